@@ -1,0 +1,494 @@
+//! conveyor's JetStream I/O, shared by the API, the workers, the projector and the tools:
+//! connecting (with the server version check), provisioning streams, consumers and buckets from
+//! the definitions in [`events::streams`], and publishing and decoding CloudEvents.
+//!
+//! Everything is idempotent: provisioning creates what is missing, reads back what the server
+//! stored and refuses to start on a mismatch (older servers silently ignore fields they do not
+//! know); publishing sets `Nats-Msg-Id` so a retried publish is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use events::streams::{self, ConsumerSpec, Retention, StreamSpec};
+use events::{Command, DecodeError, Envelope, JobEvent, JobKind, Namespace};
+
+pub use async_nats;
+
+/// The oldest nats-server conveyor runs on: `sync_interval`, multiple filters and reliable
+/// config read-back arrived in 2.10.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// How long idempotency keys are remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Could not reach the server.
+    #[error("cannot connect to NATS at {url}: {source}. Start it with `scripts/up` (or set CONVEYOR_NATS_URL)")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// The server is too old.
+    #[error("nats-server {0} is too old: conveyor needs 2.10 or newer with JetStream (scripts/up runs a current one)")]
+    ServerTooOld(String),
+    /// JetStream is not enabled.
+    #[error("JetStream is not enabled on the NATS server: start nats-server with -js")]
+    NoJetStream,
+    /// A stream or consumer exists with a configuration other than the one conveyor needs.
+    #[error("{what} exists with a different configuration ({field}: server has {got}, conveyor needs {want}); fix or delete it")]
+    Mismatch {
+        /// Stream or consumer name.
+        what: String,
+        /// The differing field.
+        field: &'static str,
+        /// What the server has.
+        got: String,
+        /// What conveyor needs.
+        want: String,
+    },
+    /// A JetStream request failed.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    /// A publish was not acknowledged.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Why.
+        reason: String,
+        /// Whether the stream refused it because it is full.
+        full: bool,
+    },
+}
+
+/// Result with the bus error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn js_err(e: impl std::fmt::Display) -> Error {
+    Error::JetStream(e.to_string())
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Namespace of every name.
+    pub namespace: Namespace,
+    /// Stream replicas (1 on a single server).
+    pub replicas: usize,
+    /// How long a JetStream request or publish ack may take before it fails.
+    pub request_timeout: Duration,
+    /// Connection name, shown in the server's monitoring.
+    pub name: String,
+}
+
+/// A connected JetStream client scoped to one namespace.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ns: Namespace,
+    replicas: usize,
+}
+
+/// Parses `major.minor` out of a server version string.
+fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.trim_start_matches('v').split(['.', '-']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+impl Bus {
+    /// Connects, checks the server version and JetStream, and keeps reconnecting for ever after
+    /// a loss (publishes then fail within `request_timeout`, never hang).
+    pub async fn connect(settings: &BusSettings) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&settings.name)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(settings.request_timeout))
+            .max_reconnects(None)
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|source| Error::Connect {
+                url: settings.url.clone(),
+                source,
+            })?;
+        let info = client.server_info();
+        match parse_version(&info.version) {
+            Some(v) if v >= MIN_SERVER_VERSION => {}
+            _ => return Err(Error::ServerTooOld(info.version)),
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(settings.request_timeout)
+            .build(client.clone());
+        js.query_account().await.map_err(|_| Error::NoJetStream)?;
+        Ok(Self {
+            client,
+            js,
+            ns: settings.namespace.clone(),
+            replicas: settings.replicas.max(1),
+        })
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The core NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Whether the connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates (or checks) the streams and buckets every role relies on.
+    pub async fn provision_streams(&self) -> Result<()> {
+        self.ensure_stream(&streams::events_stream(&self.ns, self.replicas))
+            .await?;
+        self.ensure_stream(&streams::commands_stream(&self.ns, self.replicas))
+            .await?;
+        self.ensure_kv(&self.ns.idempotency_bucket(), IDEMPOTENCY_TTL)
+            .await?;
+        self.ensure_kv(
+            &self.ns.cancels_bucket(),
+            Duration::from_secs(30 * 24 * 3600),
+        )
+        .await?;
+        self.results().await?;
+        Ok(())
+    }
+
+    /// Creates (or checks) the worker consumers of `kinds` and the canceller.
+    pub async fn provision_worker_consumers(
+        &self,
+        kinds: &[JobKind],
+        ack_wait: Duration,
+    ) -> Result<()> {
+        for kind in kinds {
+            self.ensure_consumer(&streams::worker_consumer(&self.ns, kind, ack_wait))
+                .await?;
+        }
+        self.ensure_consumer(&streams::canceller_consumer(&self.ns, ack_wait))
+            .await?;
+        Ok(())
+    }
+
+    /// The EVENTS stream handle.
+    pub async fn events_stream(&self) -> Result<stream::Stream> {
+        self.js
+            .get_stream(self.ns.events_stream())
+            .await
+            .map_err(js_err)
+    }
+
+    /// A durable pull consumer by spec (it must have been provisioned).
+    pub async fn pull_consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>> {
+        self.js
+            .get_consumer_from_stream(&spec.durable, &spec.stream)
+            .await
+            .map_err(js_err)
+    }
+
+    /// The idempotency-key bucket.
+    pub async fn idempotency(&self) -> Result<kv::Store> {
+        self.js
+            .get_key_value(self.ns.idempotency_bucket())
+            .await
+            .map_err(js_err)
+    }
+
+    /// The cancellation-marker bucket.
+    pub async fn cancels(&self) -> Result<kv::Store> {
+        self.js
+            .get_key_value(self.ns.cancels_bucket())
+            .await
+            .map_err(js_err)
+    }
+
+    /// The large-result object store (created on first use).
+    pub async fn results(&self) -> Result<object_store::ObjectStore> {
+        let name = self.ns.results_bucket();
+        match self.js.get_object_store(&name).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: name,
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(js_err),
+        }
+    }
+
+    async fn ensure_kv(&self, bucket: &str, max_age: Duration) -> Result<()> {
+        if self.js.get_key_value(bucket).await.is_ok() {
+            return Ok(());
+        }
+        let created = self
+            .js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                history: 1,
+                max_age,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another process created it between our get and create.
+            Err(_) if self.js.get_key_value(bucket).await.is_ok() => Ok(()),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<()> {
+        let want = stream::Config {
+            name: spec.name.clone(),
+            subjects: spec.subjects.clone(),
+            retention: match spec.retention {
+                Retention::Limits => stream::RetentionPolicy::Limits,
+                Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            },
+            discard: if spec.discard_new {
+                stream::DiscardPolicy::New
+            } else {
+                stream::DiscardPolicy::Old
+            },
+            max_messages: spec.max_msgs,
+            max_message_size: streams::MAX_MESSAGE_BYTES,
+            duplicate_window: spec.duplicate_window,
+            num_replicas: spec.replicas,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let info = match self.js.get_stream(&spec.name).await {
+            Ok(mut s) => s.info().await.map_err(js_err)?.clone(),
+            Err(_) => match self.js.create_stream(want.clone()).await {
+                Ok(mut s) => s.info().await.map_err(js_err)?.clone(),
+                Err(e) => match self.js.get_stream(&spec.name).await {
+                    Ok(mut s) => s.info().await.map_err(js_err)?.clone(),
+                    Err(_) => return Err(js_err(e)),
+                },
+            },
+        };
+        let got = &info.config;
+        let check = |field: &'static str, g: String, w: String| {
+            if g == w {
+                Ok(())
+            } else {
+                Err(Error::Mismatch {
+                    what: format!("stream {}", spec.name),
+                    field,
+                    got: g,
+                    want: w,
+                })
+            }
+        };
+        check(
+            "subjects",
+            format!("{:?}", got.subjects),
+            format!("{:?}", want.subjects),
+        )?;
+        check(
+            "retention",
+            format!("{:?}", got.retention),
+            format!("{:?}", want.retention),
+        )?;
+        check(
+            "discard",
+            format!("{:?}", got.discard),
+            format!("{:?}", want.discard),
+        )?;
+        check(
+            "duplicate_window",
+            format!("{:?}", got.duplicate_window),
+            format!("{:?}", want.duplicate_window),
+        )?;
+        check(
+            "num_replicas",
+            got.num_replicas.to_string(),
+            want.num_replicas.to_string(),
+        )?;
+        Ok(())
+    }
+
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<()> {
+        let want = consumer::pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subject: spec.filter.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: spec.max_ack_pending,
+            deliver_policy: consumer::DeliverPolicy::All,
+            num_replicas: 0,
+            ..Default::default()
+        };
+        let stream = self.js.get_stream(&spec.stream).await.map_err(js_err)?;
+        let info = match stream.consumer_info(&spec.durable).await {
+            Ok(info) if info.config.ack_wait == want.ack_wait => info,
+            // Missing, or an ack wait changed by configuration: create or update in place.
+            Ok(_) => stream
+                .update_consumer(want.clone())
+                .await
+                .map_err(js_err)?
+                .cached_info()
+                .clone(),
+            Err(_) => stream
+                .get_or_create_consumer(&spec.durable, want.clone())
+                .await
+                .map_err(js_err)?
+                .cached_info()
+                .clone(),
+        };
+        let got = &info.config;
+        let mismatch = |field: &'static str, g: String, w: String| Error::Mismatch {
+            what: format!("consumer {} on {}", spec.durable, spec.stream),
+            field,
+            got: g,
+            want: w,
+        };
+        if got.filter_subject != want.filter_subject {
+            return Err(mismatch(
+                "filter_subject",
+                got.filter_subject.clone(),
+                want.filter_subject.clone(),
+            ));
+        }
+        if got.ack_policy != want.ack_policy {
+            return Err(mismatch(
+                "ack_policy",
+                format!("{:?}", got.ack_policy),
+                format!("{:?}", want.ack_policy),
+            ));
+        }
+        if got.ack_wait != want.ack_wait {
+            return Err(mismatch(
+                "ack_wait",
+                format!("{:?}", got.ack_wait),
+                format!("{:?}", want.ack_wait),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes a domain event and waits for JetStream's ack. Returns the ack (its `sequence`
+    /// is the event's stream sequence; `duplicate` is set when `msg_id` was already stored).
+    pub async fn publish_event(
+        &self,
+        ev: &Envelope<JobEvent>,
+        msg_id: &str,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.publish(self.ns.event_subject(ev), ev.to_json(), msg_id)
+            .await
+    }
+
+    /// Publishes a command and waits for JetStream's ack.
+    pub async fn publish_command(
+        &self,
+        cmd: &Envelope<Command>,
+        msg_id: &str,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.publish(self.ns.command_subject(cmd), cmd.to_json(), msg_id)
+            .await
+    }
+
+    /// Publishes raw bytes with a message id and the structured CloudEvents content type.
+    pub async fn publish(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        msg_id: &str,
+    ) -> Result<jetstream::publish::PublishAck> {
+        let fail = |reason: String, full: bool| Error::Publish {
+            subject: subject.clone(),
+            reason,
+            full,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        headers.insert("Content-Type", events::envelope::STRUCTURED_CONTENT_TYPE);
+        let ack = self
+            .js
+            .send_publish(
+                subject.clone(),
+                jetstream::message::PublishMessage::build()
+                    .payload(Bytes::from(payload))
+                    .headers(headers),
+            )
+            .await
+            .map_err(|e| fail(e.to_string(), false))?;
+        ack.await.map_err(|e| {
+            let text = e.to_string();
+            // JetStream error 10077: "maximum messages exceeded" on a DiscardNew stream.
+            let full = text.contains("maximum messages") || text.contains("10077");
+            fail(text, full)
+        })
+    }
+}
+
+/// Decodes a domain event from a NATS message: structured mode (the payload is the CloudEvent),
+/// or binary mode when `ce-specversion` is among the headers.
+pub fn decode_event(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Envelope<JobEvent>, DecodeError> {
+    decode(headers, payload)
+}
+
+/// Decodes a command from a NATS message (see [`decode_event`]).
+pub fn decode_command(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Envelope<Command>, DecodeError> {
+    decode(headers, payload)
+}
+
+fn decode<P: events::Payload>(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Envelope<P>, DecodeError> {
+    match headers {
+        Some(h) if h.get("ce-specversion").is_some() => {
+            Envelope::from_binary(|name| h.get(name).map(|v| v.as_str()), payload)
+        }
+        _ => Envelope::from_json(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("2.9.10"), Some((2, 9)));
+        assert_eq!(parse_version("v2.14.6"), Some((2, 14)));
+        assert_eq!(parse_version("2.10.0-beta.1"), Some((2, 10)));
+        assert!(parse_version("2.9.10").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("2.10.0").unwrap() >= MIN_SERVER_VERSION);
+        assert_eq!(parse_version("junk"), None);
+    }
+}

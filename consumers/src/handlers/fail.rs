@@ -1,0 +1,23 @@
+use serde_json::Value;
+
+use crate::{Handler, JobContext, JobError};
+
+/// `fail`: always fails; retryably (so it uses every attempt, then is dead-lettered) unless the
+/// payload asks for a fatal error.
+#[derive(Debug, Clone, Copy)]
+pub struct Fail;
+
+#[async_trait::async_trait]
+impl Handler for Fail {
+    async fn run(&self, job: JobContext) -> Result<Value, JobError> {
+        let p = super::payload(events::kinds::Fail::from_payload, &job.payload)?;
+        let message = p
+            .message
+            .unwrap_or_else(|| "fail: this kind always fails".into());
+        Err(if p.fatal {
+            JobError::fatal(message)
+        } else {
+            JobError::retryable(message)
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! conveyor's consumers: the roles that read JetStream and act.
+//!
+//! - [`worker`]: the worker runtime. Pulls `run` commands of the kinds it serves, runs their
+//!   [`Handler`]s with bounded concurrency, heartbeats, timeouts, retries with backoff, dead
+//!   letters and cooperative cancellation, and publishes the job's domain events. Embed it in
+//!   your own binary with your own handlers through [`Registry`].
+//! - [`handlers`]: the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`).
+//! - [`projector`]: folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
+//!   `job_stats`), one transaction per batch together with the checkpoints.
+//!
+//! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`.
+
+pub mod handlers;
+pub mod projector;
+pub mod worker;
+
+pub use worker::handler::{Handler, JobContext, JobError, Registry};
+
+/// The read-model migrations (`migrations/` at the repository root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Errors that stop a consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// JetStream I/O.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// Postgres.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Anything else from NATS.
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// Result with the consumers' error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

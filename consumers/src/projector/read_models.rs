@@ -1,0 +1,428 @@
+//! The read models as a pure fold: `jobs` (current state), `job_events` (timeline) and
+//! `job_stats` (counts per tenant, kind and status), plus the SQL that writes a folded batch.
+//!
+//! A batch is folded in memory (rows of the affected jobs are loaded once, events applied in
+//! stream order), then written with one statement per table. Terminal states are sticky: a late
+//! event from a stale attempt never moves a job out of `succeeded`, `failed` or `cancelled`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use events::{Envelope, JobEvent, JobStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// One row of `jobs`; field names are the column names (rows travel as JSON to and from SQL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub(crate) id: Uuid,
+    pub(crate) tenant: String,
+    pub(crate) kind: String,
+    pub(crate) status: String,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) timeout_ms: i64,
+    pub(crate) payload: Value,
+    pub(crate) progress: Option<Value>,
+    pub(crate) result: Option<Value>,
+    pub(crate) result_ref: Option<Value>,
+    pub(crate) error: Option<Value>,
+    pub(crate) webhook_url: Option<String>,
+    pub(crate) run_at: Option<DateTime<Utc>>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) last_seq: i64,
+}
+
+/// One row of `job_events`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EventRow {
+    seq: i64,
+    job_id: Uuid,
+    tenant: String,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: DateTime<Utc>,
+    event: Value,
+}
+
+/// A change to one `job_stats` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct StatsDelta {
+    tenant: String,
+    kind: String,
+    status: String,
+    count: i64,
+    total_duration_ms: i64,
+}
+
+fn status_of(row: &JobRow) -> JobStatus {
+    JobStatus::parse(&row.status).unwrap_or(JobStatus::Queued)
+}
+
+/// Applies one event to a job's row (`None`: the job is not known yet). Returns the new row.
+pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<JobRow> {
+    let mut row = match (&ev.payload, row) {
+        (JobEvent::Submitted(s), None) => {
+            return Some(JobRow {
+                id: ev.job.0,
+                tenant: ev.tenant.to_string(),
+                kind: ev.kind.to_string(),
+                status: JobStatus::Queued.as_str().into(),
+                attempt: 0,
+                max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
+                timeout_ms: i64::try_from(s.timeout_ms).unwrap_or(i64::MAX),
+                // JSON null would become SQL NULL in the recordset; no payload is `{}`.
+                payload: if s.payload.is_null() {
+                    json!({})
+                } else {
+                    s.payload.clone()
+                },
+                progress: None,
+                result: None,
+                result_ref: None,
+                error: None,
+                webhook_url: s.webhook.as_ref().map(|w| w.url.clone()),
+                run_at: s.run_at,
+                trace_id: ev.traceparent.as_ref().map(|t| t.trace_id().to_owned()),
+                created_at: ev.time,
+                started_at: None,
+                finished_at: None,
+                updated_at: ev.time,
+                last_seq: seq,
+            });
+        }
+        // Events of a job whose submission we never saw only go to the timeline.
+        (_, None) => return None,
+        (_, Some(row)) => row,
+    };
+    if status_of(&row).is_terminal() || seq <= row.last_seq {
+        return Some(row);
+    }
+    let attempt = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
+    match &ev.payload {
+        JobEvent::Submitted(_) | JobEvent::CancelRequested(_) => {}
+        JobEvent::Started(s) => {
+            if attempt(s.attempt) >= row.attempt {
+                row.attempt = attempt(s.attempt);
+                row.status = JobStatus::Running.as_str().into();
+                row.started_at.get_or_insert(ev.time);
+                row.progress = None;
+            }
+        }
+        JobEvent::Progressed(p) => {
+            if attempt(p.attempt) >= row.attempt {
+                row.progress =
+                    Some(json!({ "current": p.current, "total": p.total, "message": p.message }));
+            }
+        }
+        JobEvent::Failed(f) => {
+            if attempt(f.attempt) >= row.attempt {
+                row.error = Some(
+                    json!({ "class": f.error.class, "message": f.error.message, "attempt": f.attempt }),
+                );
+            }
+        }
+        JobEvent::RetryScheduled(r) => {
+            if attempt(r.next_attempt) > row.attempt {
+                row.status = JobStatus::RetryScheduled.as_str().into();
+                row.run_at = Some(r.run_at);
+            }
+        }
+        JobEvent::Succeeded(s) => {
+            row.status = JobStatus::Succeeded.as_str().into();
+            row.attempt = attempt(s.attempt);
+            row.result = s.result.clone();
+            row.result_ref = s
+                .result_ref
+                .as_ref()
+                .map(|r| serde_json::to_value(r).expect("serialises"));
+            row.error = None;
+            row.finished_at = Some(ev.time);
+        }
+        JobEvent::DeadLettered(d) => {
+            row.status = JobStatus::Failed.as_str().into();
+            row.attempt = attempt(d.attempt);
+            row.error = Some(json!({ "class": d.error.class, "message": d.error.message,
+                                     "attempt": d.attempt, "reason": d.reason }));
+            row.finished_at = Some(ev.time);
+        }
+        JobEvent::Cancelled(_) => {
+            row.status = JobStatus::Cancelled.as_str().into();
+            row.finished_at = Some(ev.time);
+        }
+    }
+    row.updated_at = ev.time;
+    row.last_seq = seq;
+    Some(row)
+}
+
+/// The effect of a batch on the three read models.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) jobs: Vec<JobRow>,
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) stats: Vec<StatsDelta>,
+}
+
+/// Folds `events` (in stream order) over the rows `before` (the affected jobs' current rows).
+/// `jobs_after` and `events_after` are the checkpoints: events at or below them are skipped.
+pub(crate) fn fold(
+    before: HashMap<Uuid, JobRow>,
+    events: &[(i64, Envelope<JobEvent>)],
+    jobs_after: i64,
+    events_after: i64,
+) -> Batch {
+    let mut batch = Batch::default();
+    let mut rows: HashMap<Uuid, Option<JobRow>> = HashMap::new();
+    let mut order = Vec::new();
+    for (seq, ev) in events {
+        if *seq > events_after {
+            batch.events.push(EventRow {
+                seq: *seq,
+                job_id: ev.job.0,
+                tenant: ev.tenant.to_string(),
+                ty: ev.payload.name(),
+                time: ev.time,
+                event: ev.to_value(),
+            });
+        }
+        if *seq > jobs_after {
+            let slot = rows.entry(ev.job.0).or_insert_with(|| {
+                order.push(ev.job.0);
+                before.get(&ev.job.0).cloned()
+            });
+            *slot = apply(slot.take(), *seq, ev);
+        }
+    }
+    let mut stats: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    for id in order {
+        let Some(after) = rows.remove(&id).flatten() else {
+            continue;
+        };
+        let prior = before.get(&id);
+        let old_status = prior.map(|r| r.status.clone());
+        if old_status.as_deref() != Some(after.status.as_str()) {
+            if let Some(old) = old_status {
+                let e = stats
+                    .entry((after.tenant.clone(), after.kind.clone(), old))
+                    .or_default();
+                e.0 -= 1;
+            }
+            let run_ms = match (after.started_at, after.finished_at) {
+                (Some(s), Some(f)) if status_of(&after).is_terminal() => (f - s).num_milliseconds(),
+                _ => 0,
+            };
+            let e = stats
+                .entry((
+                    after.tenant.clone(),
+                    after.kind.clone(),
+                    after.status.clone(),
+                ))
+                .or_default();
+            e.0 += 1;
+            e.1 += run_ms;
+        }
+        if prior != Some(&after) {
+            batch.jobs.push(after);
+        }
+    }
+    batch.stats = stats
+        .into_iter()
+        .filter(|(_, (count, ms))| *count != 0 || *ms != 0)
+        .map(
+            |((tenant, kind, status), (count, total_duration_ms))| StatsDelta {
+                tenant,
+                kind,
+                status,
+                count,
+                total_duration_ms,
+            },
+        )
+        .collect();
+    batch
+        .stats
+        .sort_by(|a, b| (&a.tenant, &a.kind, &a.status).cmp(&(&b.tenant, &b.kind, &b.status)));
+    batch
+}
+
+/// Loads the current rows of `ids`.
+pub(crate) async fn load_jobs(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, JobRow>> {
+    let rows: Vec<sqlx::types::Json<JobRow>> =
+        sqlx::query_scalar("SELECT to_jsonb(j) FROM jobs j WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.0.id, r.0)).collect())
+}
+
+/// Writes a folded batch: one statement per table.
+pub(crate) async fn write(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> sqlx::Result<()> {
+    use sqlx::types::Json;
+    if !batch.jobs.is_empty() {
+        sqlx::query(
+            "INSERT INTO jobs SELECT * FROM jsonb_populate_recordset(NULL::jobs, $1)
+             ON CONFLICT (id) DO UPDATE SET
+               status = EXCLUDED.status, attempt = EXCLUDED.attempt, progress = EXCLUDED.progress,
+               result = EXCLUDED.result, result_ref = EXCLUDED.result_ref, error = EXCLUDED.error,
+               run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
+               finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
+               last_seq = EXCLUDED.last_seq",
+        )
+        .bind(Json(&batch.jobs))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !batch.events.is_empty() {
+        sqlx::query(
+            "INSERT INTO job_events SELECT * FROM jsonb_populate_recordset(NULL::job_events, $1)
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(Json(&batch.events))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !batch.stats.is_empty() {
+        sqlx::query(
+            "INSERT INTO job_stats (tenant, kind, status, count, total_duration_ms)
+             SELECT tenant, kind, status, count, total_duration_ms
+             FROM jsonb_populate_recordset(NULL::job_stats, $1)
+             ON CONFLICT (tenant, kind, status) DO UPDATE SET
+               count = job_stats.count + EXCLUDED.count,
+               total_duration_ms = job_stats.total_duration_ms + EXCLUDED.total_duration_ms",
+        )
+        .bind(Json(&batch.stats))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::job::*;
+    use events::{JobId, JobKind, Tenant};
+
+    fn ev(job: JobId, payload: JobEvent) -> Envelope<JobEvent> {
+        Envelope::new(
+            "/t",
+            job,
+            Tenant::parse("acme").unwrap(),
+            JobKind::parse("sleep").unwrap(),
+            payload,
+        )
+    }
+
+    fn submitted(job: JobId) -> Envelope<JobEvent> {
+        ev(
+            job,
+            JobEvent::Submitted(Submitted {
+                payload: Value::Null,
+                max_attempts: 3,
+                timeout_ms: 1000,
+                run_at: None,
+                webhook: None,
+            }),
+        )
+    }
+
+    fn started(job: JobId, attempt: u32) -> Envelope<JobEvent> {
+        ev(
+            job,
+            JobEvent::Started(Started {
+                attempt,
+                worker: "w".into(),
+            }),
+        )
+    }
+
+    fn succeeded(job: JobId, attempt: u32) -> Envelope<JobEvent> {
+        ev(
+            job,
+            JobEvent::Succeeded(Succeeded {
+                attempt,
+                result: Some(json!(1)),
+                result_ref: None,
+                duration_ms: 1,
+            }),
+        )
+    }
+
+    #[test]
+    fn a_job_runs_to_success_and_counts_once() {
+        let job = JobId::new();
+        let events = vec![
+            (1, submitted(job)),
+            (2, started(job, 1)),
+            (3, succeeded(job, 1)),
+        ];
+        let batch = fold(HashMap::new(), &events, 0, 0);
+        assert_eq!(batch.events.len(), 3);
+        assert_eq!(batch.jobs.len(), 1);
+        assert_eq!(batch.jobs[0].status, "succeeded");
+        assert_eq!(batch.jobs[0].last_seq, 3);
+        assert_eq!(batch.stats.len(), 1);
+        assert_eq!(
+            (batch.stats[0].status.as_str(), batch.stats[0].count),
+            ("succeeded", 1)
+        );
+    }
+
+    #[test]
+    fn batches_move_counts_between_statuses() {
+        let job = JobId::new();
+        let first = fold(HashMap::new(), &[(1, submitted(job))], 0, 0);
+        let before: HashMap<_, _> = first.jobs.into_iter().map(|r| (r.id, r)).collect();
+        let second = fold(before, &[(2, started(job, 1))], 1, 1);
+        let counts: Vec<_> = second
+            .stats
+            .iter()
+            .map(|s| (s.status.as_str(), s.count))
+            .collect();
+        assert_eq!(counts, vec![("queued", -1), ("running", 1)]);
+    }
+
+    #[test]
+    fn replayed_events_at_or_below_the_checkpoint_are_skipped() {
+        let job = JobId::new();
+        let events = vec![(1, submitted(job)), (2, started(job, 1))];
+        let batch = fold(HashMap::new(), &events, 2, 2);
+        assert!(batch.events.is_empty() && batch.jobs.is_empty() && batch.stats.is_empty());
+    }
+
+    #[test]
+    fn terminal_states_are_sticky_and_stale_attempts_ignored() {
+        let job = JobId::new();
+        let events = vec![
+            (1, submitted(job)),
+            (2, started(job, 2)),
+            (3, started(job, 1)),
+            (4, succeeded(job, 2)),
+            (
+                5,
+                ev(job, JobEvent::Cancelled(Cancelled { attempt: Some(1) })),
+            ),
+        ];
+        let batch = fold(HashMap::new(), &events, 0, 0);
+        assert_eq!(batch.jobs[0].status, "succeeded");
+        assert_eq!(batch.jobs[0].attempt, 2);
+        assert_eq!(batch.events.len(), 5, "the timeline keeps every event");
+    }
+
+    #[test]
+    fn events_of_unknown_jobs_only_reach_the_timeline() {
+        let job = JobId::new();
+        let batch = fold(HashMap::new(), &[(7, started(job, 1))], 0, 0);
+        assert_eq!(batch.events.len(), 1);
+        assert!(batch.jobs.is_empty() && batch.stats.is_empty());
+    }
+}

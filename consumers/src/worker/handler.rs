@@ -1,0 +1,156 @@
+//! What a job handler is, what it gets and what it may return.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bus::Bus;
+use events::job::Progressed;
+use events::subjects::msg_id;
+use events::{Envelope, JobEvent, JobId, JobKind, Tenant, TraceParent};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// How an attempt failed. The runtime alone maps it to JetStream: a retryable error schedules
+/// another attempt with backoff while attempts remain; a fatal one dead-letters at once.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    /// Worth another attempt (a dependency was down, a flaky call).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will never succeed (invalid input): dead-letter now.
+    #[error("{0}")]
+    Fatal(String),
+    /// The handler saw its cancellation token and stopped.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl JobError {
+    /// A retryable error.
+    pub fn retryable(msg: impl Into<String>) -> Self {
+        Self::Retryable(msg.into())
+    }
+
+    /// A fatal error.
+    pub fn fatal(msg: impl Into<String>) -> Self {
+        Self::Fatal(msg.into())
+    }
+}
+
+/// Reports progress by publishing `job.progressed`. Each report has a deterministic message id
+/// (attempt and step), so a redelivered attempt that reports the same steps adds nothing.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub(crate) bus: Bus,
+    pub(crate) job: JobId,
+    pub(crate) tenant: Tenant,
+    pub(crate) kind: JobKind,
+    pub(crate) attempt: u32,
+    pub(crate) trace: Option<TraceParent>,
+    pub(crate) step: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// Publishes `current` of `total` units done, with an optional message. Fails only when
+    /// JetStream does not acknowledge; handlers usually log and go on.
+    pub async fn report(
+        &self,
+        current: u64,
+        total: Option<u64>,
+        message: Option<String>,
+    ) -> Result<(), bus::Error> {
+        let step = self.step.fetch_add(1, Ordering::Relaxed) + 1;
+        let ev = Envelope::new(
+            crate::worker::SOURCE,
+            self.job,
+            self.tenant.clone(),
+            self.kind.clone(),
+            JobEvent::Progressed(Progressed {
+                attempt: self.attempt,
+                current,
+                total,
+                message,
+            }),
+        )
+        .with_trace(self.trace.as_ref().map(TraceParent::child));
+        self.bus
+            .publish_event(&ev, &msg_id::progress(self.job, self.attempt, step))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Everything a handler knows about the attempt it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job.
+    pub id: JobId,
+    /// Its tenant.
+    pub tenant: Tenant,
+    /// Its kind.
+    pub kind: JobKind,
+    /// Its input.
+    pub payload: Value,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Fires when the job is cancelled, times out or the worker shuts down: stop soon after.
+    pub cancel: CancellationToken,
+    /// Publishes progress.
+    pub progress: Progress,
+    /// The read-model database, when the worker was given one.
+    pub db: Option<PgPool>,
+}
+
+/// A job handler: one per kind.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one attempt. The returned value is the job's result.
+    async fn run(&self, job: JobContext) -> Result<Value, JobError>;
+}
+
+/// Which handler runs which kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<JobKind, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in kinds: `noop`, `sleep`, `flaky`, `fail`, `report.job_stats`.
+    pub fn builtin() -> Self {
+        crate::handlers::register_builtin(Self::new())
+    }
+
+    /// Adds (or replaces) the handler of `kind`.
+    pub fn register(mut self, kind: &str, handler: impl Handler) -> Self {
+        let kind = JobKind::parse(kind).expect("handler kinds must be valid job kinds");
+        self.handlers.insert(kind, Arc::new(handler));
+        self
+    }
+
+    /// The handler of `kind`.
+    pub fn get(&self, kind: &JobKind) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    /// The kinds served, sorted.
+    pub fn kinds(&self) -> Vec<JobKind> {
+        let mut kinds: Vec<_> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+}

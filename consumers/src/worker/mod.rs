@@ -1,0 +1,739 @@
+//! The worker runtime.
+//!
+//! Every worker process pulls from one durable consumer per kind it serves (shared with the other
+//! processes serving that kind), so adding processes adds throughput. For each `run` command:
+//!
+//! 1. not due yet (`run_at`, retry backoff): handed back with a delayed NAK;
+//! 2. cancelled before it started: `job.cancelled`;
+//! 3. otherwise `job.started`, then the handler runs under a timeout, with a progress heartbeat
+//!    (`+WPI` every ack-wait/3, so a live long job is never redelivered) and a cancellation token;
+//! 4. the outcome is published (`job.succeeded`; `job.failed` + `job.retry_scheduled` + the next
+//!    attempt's `run` command; or `job.failed` + `job.dead_lettered`; or `job.cancelled`), and only
+//!    then is the command acknowledged.
+//!
+//! A crash anywhere means the command is redelivered after the ack wait and the attempt runs
+//! again. Every event carries a deterministic `Nats-Msg-Id` (job, attempt, step), and all
+//! terminal events share one, so the re-run, or a paused "zombie" worker that wakes up late,
+//! adds no duplicate to the log: each job gets exactly one terminal event.
+//!
+//! Concurrency is bounded by a semaphore: a process only pulls as many commands as it has free
+//! slots, so a busy worker stops pulling and the backlog waits in JetStream, not in memory.
+
+pub mod handler;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, AckKind};
+use bus::Bus;
+use chrono::Utc;
+use events::command::RunJob;
+use events::job::{
+    Cancelled, DeadLettered, ErrorInfo, Failed, ResultRef, RetryScheduled, Started, Succeeded,
+};
+use events::subjects::msg_id;
+use events::{streams, Command, Envelope, JobEvent, JobId, JobKind, TraceParent};
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use handler::{JobContext, JobError, Progress, Registry};
+
+/// CloudEvents `source` of events published by workers.
+pub const SOURCE: &str = "/conveyor/worker";
+
+/// The most commands one pull asks for.
+const MAX_PULL: usize = 256;
+/// How long a pull waits for commands before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The longest a not-yet-due command is handed back for, so a cancelled delayed job is noticed.
+const MAX_DELAY_NAK: Duration = Duration::from_secs(15);
+
+/// Tuning of a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    /// Consumer ack wait: a job silent this long is redelivered. Heartbeats go every third of it.
+    pub ack_wait: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Results larger than this (JSON bytes) go to the object store instead of the event.
+    pub inline_result_limit: usize,
+    /// How long shutdown waits for running jobs before handing them back.
+    pub shutdown_grace: Duration,
+    /// This process's name in `job.started`.
+    pub worker_id: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            ack_wait: Duration::from_secs(30),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(600),
+            inline_result_limit: 16 * 1024,
+            shutdown_grace: Duration::from_secs(25),
+            worker_id: format!("worker-{}", std::process::id()),
+        }
+    }
+}
+
+/// A worker process: serves the kinds of its [`Registry`].
+#[derive(Debug)]
+pub struct Worker {
+    bus: Bus,
+    registry: Registry,
+    settings: WorkerSettings,
+    db: Option<PgPool>,
+}
+
+struct Shared {
+    bus: Bus,
+    registry: Registry,
+    settings: WorkerSettings,
+    db: Option<PgPool>,
+    cancels: kv::Store,
+    /// Cancellation tokens of the jobs running in this process. A std mutex: held only for a
+    /// map operation, never across an await.
+    running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Fires when the grace period is over: running jobs are handed back, not finished.
+    hard_stop: CancellationToken,
+}
+
+impl Worker {
+    /// A worker over `bus`, running `registry`'s handlers. `db` is handed to handlers that need
+    /// the read models (`report.job_stats`).
+    pub fn new(bus: Bus, registry: Registry, settings: WorkerSettings, db: Option<PgPool>) -> Self {
+        Self {
+            bus,
+            registry,
+            settings,
+            db,
+        }
+    }
+
+    /// Runs until `shutdown` fires, then stops pulling, lets running jobs finish within the grace
+    /// period, hands back the rest and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
+        let kinds = self.registry.kinds();
+        self.bus.provision_streams().await?;
+        self.bus
+            .provision_worker_consumers(&kinds, self.settings.ack_wait)
+            .await?;
+        let shared = Arc::new(Shared {
+            cancels: self.bus.cancels().await?,
+            bus: self.bus,
+            registry: self.registry,
+            settings: self.settings,
+            db: self.db,
+            running: Mutex::new(HashMap::new()),
+            hard_stop: CancellationToken::new(),
+        });
+        let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
+        let jobs = TaskTracker::new();
+        let mut loops = JoinSet::new();
+        for kind in &kinds {
+            loops.spawn(pull_loop(
+                shared.clone(),
+                kind.clone(),
+                slots.clone(),
+                jobs.clone(),
+                shutdown.clone(),
+            ));
+        }
+        loops.spawn(canceller_loop(shared.clone(), shutdown.clone()));
+        loops.spawn(cancel_listener(shared.clone(), shutdown.clone()));
+        tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
+
+        let mut result = Ok(());
+        while let Some(joined) = loops.join_next().await {
+            let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
+            if let Err(e) = r {
+                // One loop failing stops the others: the supervisor decides what happens next.
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        jobs.close();
+        if tokio::time::timeout(shared.settings.shutdown_grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining_jobs = jobs.len(),
+                "grace period over: handing running jobs back"
+            );
+            shared.hard_stop.cancel();
+            jobs.wait().await;
+        }
+        result
+    }
+}
+
+async fn pull_loop(
+    shared: Arc<Shared>,
+    kind: JobKind,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    shutdown: CancellationToken,
+) -> crate::Result<()> {
+    let spec = streams::worker_consumer(shared.bus.ns(), &kind, shared.settings.ack_wait);
+    let consumer = shared.bus.pull_consumer(&spec).await?;
+    while !shutdown.is_cancelled() {
+        // Pull only as many commands as there are free slots.
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_PULL {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        while let Some(next) = batch.next().await {
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(kind = %kind, error = %e, "pull ended");
+                    break;
+                }
+            };
+            if shutdown.is_cancelled() {
+                // Stopping: give it straight back so another worker takes it now.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            let Some(permit) = permits.pop() else {
+                // The server never sends more than asked; if it did, hand it back.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            jobs.spawn(process(shared.clone(), msg, permit));
+        }
+    }
+    Ok(())
+}
+
+async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemaphorePermit) {
+    let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, reason = %e, "poison command terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let Command::Run(run) = cmd.payload.clone() else {
+        tracing::warn!(subject = %msg.subject, "not a run command; terminated");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    };
+    let span = tracing::info_span!("job", job_id = %cmd.job, tenant = %cmd.tenant, kind = %cmd.kind,
+        attempt = run.attempt,
+        trace_id = cmd.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default());
+    async {
+        if let Err(e) = execute(&shared, &msg, &cmd, run).await {
+            // The outcome could not be published: hand the command back; the retry is
+            // idempotent because every event has a deterministic message id.
+            tracing::warn!(error = %e, "attempt outcome not published; command handed back");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes one event of `cmd`'s job, continuing its trace.
+async fn emit(
+    shared: &Shared,
+    cmd: &Envelope<Command>,
+    payload: JobEvent,
+    id: &str,
+) -> Result<jetstream::publish::PublishAck, bus::Error> {
+    let ev = Envelope::new(
+        SOURCE,
+        cmd.job,
+        cmd.tenant.clone(),
+        cmd.kind.clone(),
+        payload,
+    )
+    .with_trace(cmd.traceparent.as_ref().map(TraceParent::child));
+    shared.bus.publish_event(&ev, id).await
+}
+
+/// Whether the job already has a terminal event in the log (checked on redelivery only).
+async fn already_ended(shared: &Shared, cmd: &Envelope<Command>) -> bool {
+    let Ok(stream) = shared.bus.events_stream().await else {
+        return false;
+    };
+    for name in ["succeeded", "dead_lettered", "cancelled"] {
+        let subject = shared.bus.ns().job_event(&cmd.tenant, cmd.job, name);
+        if stream.direct_get_last_for_subject(subject).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+enum Outcome {
+    Done(Result<Value, JobError>),
+    TimedOut,
+    HandedBack,
+}
+
+async fn execute(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    cmd: &Envelope<Command>,
+    run: RunJob,
+) -> Result<(), bus::Error> {
+    let job = cmd.job;
+    if let Some(at) = run.run_at {
+        if let Ok(wait) = (at - Utc::now()).to_std() {
+            if !wait.is_zero() {
+                if shared
+                    .cancels
+                    .get(job.to_string())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    emit(
+                        shared,
+                        cmd,
+                        JobEvent::Cancelled(Cancelled { attempt: None }),
+                        &msg_id::terminal(job),
+                    )
+                    .await?;
+                    let _ = msg.ack().await;
+                    return Ok(());
+                }
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(wait.min(MAX_DELAY_NAK))))
+                    .await;
+                return Ok(());
+            }
+        }
+    }
+    let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+    if redelivered && already_ended(shared, cmd).await {
+        tracing::info!("redelivered command of a job that already ended; acknowledged");
+        let _ = msg.ack().await;
+        return Ok(());
+    }
+    if shared
+        .cancels
+        .get(job.to_string())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        emit(
+            shared,
+            cmd,
+            JobEvent::Cancelled(Cancelled { attempt: None }),
+            &msg_id::terminal(job),
+        )
+        .await?;
+        let _ = msg.ack().await;
+        return Ok(());
+    }
+    let Some(handler) = shared.registry.get(&cmd.kind) else {
+        // Cannot happen: we only pull the kinds we serve. Leave it for a worker that can.
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+            .await;
+        return Ok(());
+    };
+
+    emit(
+        shared,
+        cmd,
+        JobEvent::Started(Started {
+            attempt: run.attempt,
+            worker: shared.settings.worker_id.clone(),
+        }),
+        &msg_id::attempt_event(job, run.attempt, "started"),
+    )
+    .await?;
+
+    let token = CancellationToken::new();
+    shared
+        .running
+        .lock()
+        .expect("running map poisoned")
+        .insert(job, token.clone());
+    let ctx = JobContext {
+        id: job,
+        tenant: cmd.tenant.clone(),
+        kind: cmd.kind.clone(),
+        payload: run.payload.clone(),
+        attempt: run.attempt,
+        max_attempts: run.max_attempts,
+        cancel: token.clone(),
+        progress: Progress {
+            bus: shared.bus.clone(),
+            job,
+            tenant: cmd.tenant.clone(),
+            kind: cmd.kind.clone(),
+            attempt: run.attempt,
+            trace: cmd.traceparent.clone(),
+            step: Default::default(),
+        },
+        db: shared.db.clone(),
+    };
+    let started = Instant::now();
+    let mut task = tokio::spawn(async move { handler.run(ctx).await });
+    let heartbeat = heartbeat(shared, msg, job, &token);
+    tokio::pin!(heartbeat);
+    let outcome = tokio::select! {
+        joined = &mut task => Outcome::Done(joined.unwrap_or_else(|e| {
+            Err(JobError::retryable(format!("handler panicked: {}", panic_message(e))))
+        })),
+        _ = tokio::time::sleep(Duration::from_millis(run.timeout_ms)) => Outcome::TimedOut,
+        _ = &mut heartbeat => unreachable!("the heartbeat never ends"),
+        _ = shared.hard_stop.cancelled() => Outcome::HandedBack,
+    };
+    shared
+        .running
+        .lock()
+        .expect("running map poisoned")
+        .remove(&job);
+    if !matches!(outcome, Outcome::Done(_)) {
+        token.cancel();
+        task.abort();
+    }
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    let error = match outcome {
+        Outcome::HandedBack => {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return Ok(());
+        }
+        Outcome::Done(Ok(result)) => {
+            let (result, result_ref) = store_result(shared, job, result).await?;
+            emit(
+                shared,
+                cmd,
+                JobEvent::Succeeded(Succeeded {
+                    attempt: run.attempt,
+                    result,
+                    result_ref,
+                    duration_ms,
+                }),
+                &msg_id::terminal(job),
+            )
+            .await?;
+            let _ = msg.ack().await;
+            return Ok(());
+        }
+        Outcome::Done(Err(JobError::Cancelled)) => {
+            emit(
+                shared,
+                cmd,
+                JobEvent::Cancelled(Cancelled {
+                    attempt: Some(run.attempt),
+                }),
+                &msg_id::terminal(job),
+            )
+            .await?;
+            let _ = msg.ack().await;
+            return Ok(());
+        }
+        Outcome::TimedOut => ErrorInfo {
+            class: "timeout".into(),
+            message: format!("attempt exceeded its timeout of {} ms", run.timeout_ms),
+        },
+        Outcome::Done(Err(JobError::Retryable(m))) => ErrorInfo {
+            class: "retryable".into(),
+            message: m,
+        },
+        Outcome::Done(Err(JobError::Fatal(m))) => ErrorInfo {
+            class: "fatal".into(),
+            message: m,
+        },
+    };
+    let will_retry = error.class != "fatal" && run.attempt < run.max_attempts;
+    emit(
+        shared,
+        cmd,
+        JobEvent::Failed(Failed {
+            attempt: run.attempt,
+            error: error.clone(),
+            will_retry,
+            duration_ms,
+        }),
+        &msg_id::attempt_event(job, run.attempt, "failed"),
+    )
+    .await?;
+    if will_retry {
+        let delay = backoff(&shared.settings, run.attempt);
+        let run_at = Utc::now() + delay;
+        let next = run.attempt + 1;
+        emit(
+            shared,
+            cmd,
+            JobEvent::RetryScheduled(RetryScheduled {
+                next_attempt: next,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                run_at,
+            }),
+            &msg_id::attempt_event(job, run.attempt, "retry_scheduled"),
+        )
+        .await?;
+        let next_cmd = Envelope::new(
+            SOURCE,
+            job,
+            cmd.tenant.clone(),
+            cmd.kind.clone(),
+            Command::Run(RunJob {
+                attempt: next,
+                run_at: Some(run_at),
+                ..run
+            }),
+        )
+        .with_trace(cmd.traceparent.clone());
+        shared
+            .bus
+            .publish_command(&next_cmd, &msg_id::run(job, next))
+            .await?;
+    } else {
+        let reason = if error.class == "fatal" {
+            "fatal error".to_owned()
+        } else {
+            format!(
+                "attempts exhausted ({} of {})",
+                run.attempt, run.max_attempts
+            )
+        };
+        emit(
+            shared,
+            cmd,
+            JobEvent::DeadLettered(DeadLettered {
+                attempt: run.attempt,
+                reason,
+                error,
+            }),
+            &msg_id::terminal(job),
+        )
+        .await?;
+    }
+    let _ = msg.ack().await;
+    Ok(())
+}
+
+/// Keeps a running job's command alive (`+WPI`) and polls its cancellation marker, in case the
+/// cancel broadcast was missed. Never returns.
+async fn heartbeat(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    job: JobId,
+    token: &CancellationToken,
+) {
+    let every = (shared.settings.ack_wait / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+        if shared
+            .cancels
+            .get(job.to_string())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped, then a random point in its
+/// upper half (so retries of many jobs failing together spread out).
+fn backoff(settings: &WorkerSettings, attempt: u32) -> Duration {
+    let exp = settings
+        .retry_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(settings.retry_max);
+    let half = exp / 2;
+    half + exp.mul_f64(rand::rng().random_range(0.0..0.5))
+}
+
+/// Inlines a small result; puts a large one into the object store and returns its reference.
+async fn store_result(
+    shared: &Shared,
+    job: JobId,
+    result: Value,
+) -> Result<(Option<Value>, Option<ResultRef>), bus::Error> {
+    let bytes = serde_json::to_vec(&result).expect("a JSON value serialises");
+    if bytes.len() <= shared.settings.inline_result_limit {
+        return Ok((Some(result), None));
+    }
+    let store = shared.bus.results().await?;
+    let object = job.to_string();
+    store
+        .put(object.as_str(), &mut bytes.as_slice())
+        .await
+        .map_err(|e| bus::Error::JetStream(e.to_string()))?;
+    Ok((
+        None,
+        Some(ResultRef {
+            bucket: shared.bus.ns().results_bucket(),
+            object,
+            size: bytes.len() as u64,
+        }),
+    ))
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Turns `cancel` commands into a marker in the cancels bucket (seen by a worker that picks up
+/// the job later) and a broadcast (seen by the worker running it now).
+async fn canceller_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
+    let spec = streams::canceller_consumer(shared.bus.ns(), shared.settings.ack_wait);
+    let consumer = shared.bus.pull_consumer(&spec).await?;
+    while !shutdown.is_cancelled() {
+        let batch = consumer
+            .batch()
+            .max_messages(64)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cancel pull failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        while let Some(Ok(msg)) = batch.next().await {
+            let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, reason = %e, "poison command terminated");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            let job = cmd.job.to_string();
+            let marked = shared.cancels.put(&job, "1".into()).await;
+            let told = shared
+                .bus
+                .client()
+                .publish(shared.bus.ns().cancel_broadcast(), job.clone().into())
+                .await;
+            if marked.is_ok() && told.is_ok() {
+                let _ = msg.ack().await;
+            } else {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cancels jobs running in this process when a cancel broadcast names them.
+async fn cancel_listener(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
+    let mut sub = shared
+        .bus
+        .client()
+        .subscribe(shared.bus.ns().cancel_broadcast())
+        .await
+        .map_err(|e| crate::Error::Nats(e.to_string()))?;
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        let Ok(job) = std::str::from_utf8(&msg.payload)
+            .unwrap_or_default()
+            .parse::<JobId>()
+        else {
+            continue;
+        };
+        if let Some(token) = shared
+            .running
+            .lock()
+            .expect("running map poisoned")
+            .get(&job)
+        {
+            token.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = WorkerSettings {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            let d1 = backoff(&s, 1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = backoff(&s, 3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            let d30 = backoff(&s, 30);
+            assert!(d30 <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Commands: imperative requests on the COMMANDS work queue. Each is also a CloudEvent
+//! (`dev.conveyor.command.run`, `dev.conveyor.command.cancel`), so tools read both streams alike.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::envelope::{DecodeError, Payload};
+
+/// Run one attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunJob {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// Per-attempt time limit.
+    pub timeout_ms: u64,
+    /// Not before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// The job's input.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// Cancel a job: queued ones never start, a running one sees its cancellation token fire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelJob {}
+
+/// Every command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// See [`RunJob`].
+    Run(RunJob),
+    /// See [`CancelJob`].
+    Cancel(CancelJob),
+}
+
+impl Command {
+    /// The action token in the command's subject.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Run(_) => "run",
+            Self::Cancel(_) => "cancel",
+        }
+    }
+}
+
+impl Payload for Command {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Run(_) => "dev.conveyor.command.run",
+            Self::Cancel(_) => "dev.conveyor.command.cancel",
+        }
+    }
+
+    fn to_data(&self) -> Value {
+        match self {
+            Self::Run(c) => serde_json::to_value(c),
+            Self::Cancel(c) => serde_json::to_value(c),
+        }
+        .expect("command data always serialises")
+    }
+
+    fn from_data(event_type: &str, data: Value) -> Result<Self, DecodeError> {
+        match event_type {
+            "dev.conveyor.command.run" => Ok(Self::Run(serde_json::from_value(data)?)),
+            "dev.conveyor.command.cancel" => Ok(Self::Cancel(serde_json::from_value(data)?)),
+            other => Err(DecodeError::UnknownType(other.to_owned())),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Domain events: the facts of a job's life, in the past tense. The EVENTS stream of these is the
+//! source of truth; read models, notifications and replays are all folds over it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::envelope::{DecodeError, Payload, TYPE_PREFIX};
+use crate::ids::JobKind;
+
+/// Where a job stands, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, waiting for a worker (or for its `run_at`).
+    Queued,
+    /// A worker is running an attempt.
+    Running,
+    /// An attempt failed; another is scheduled.
+    RetryScheduled,
+    /// Finished with a result. Terminal.
+    Succeeded,
+    /// Attempts exhausted or a fatal error: dead-lettered. Terminal.
+    Failed,
+    /// Cancelled on request. Terminal.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// All statuses, in lifecycle order.
+    pub const ALL: [JobStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::RetryScheduled,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the job has ended; a terminal status never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Where a webhook is delivered when the job ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// An `http` or `https` URL.
+    pub url: String,
+}
+
+/// `job.submitted`: the API accepted the job. Carries everything needed to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job's input.
+    #[serde(default)]
+    pub payload: Value,
+    /// Attempts before dead-lettering (at least 1).
+    pub max_attempts: u32,
+    /// Per-attempt time limit.
+    pub timeout_ms: u64,
+    /// Do not start before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Completion webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// `job.started`: a worker began an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Which worker process runs it.
+    pub worker: String,
+}
+
+/// `job.progressed`: the handler reported progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progressed {
+    /// Attempt that reported it.
+    pub attempt: u32,
+    /// Units done.
+    pub current: u64,
+    /// Units in all, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A result too large to inline, kept in the JetStream object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRef {
+    /// Object store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub object: String,
+    /// Size in bytes of the JSON result.
+    pub size: u64,
+}
+
+/// `job.succeeded`: the job ended with a result. Terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Succeeded {
+    /// The attempt that succeeded.
+    pub attempt: u32,
+    /// The result, when small enough to inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Where the result is, when it was too large to inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<ResultRef>,
+    /// How long the attempt ran.
+    pub duration_ms: u64,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// `retryable`, `fatal`, `timeout` or `panic`.
+    pub class: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// `job.failed`: an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// Why.
+    pub error: ErrorInfo,
+    /// Whether another attempt follows (`job.retry_scheduled`) or the job is dead-lettered.
+    pub will_retry: bool,
+    /// How long the attempt ran.
+    pub duration_ms: u64,
+}
+
+/// `job.retry_scheduled`: the next attempt will start at `run_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryScheduled {
+    /// The attempt that will run.
+    pub next_attempt: u32,
+    /// Backoff chosen.
+    pub delay_ms: u64,
+    /// When it becomes due.
+    pub run_at: DateTime<Utc>,
+}
+
+/// `job.dead_lettered`: no attempt is left (or the error was fatal). Terminal; status `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettered {
+    /// The last attempt.
+    pub attempt: u32,
+    /// Why the job was given up.
+    pub reason: String,
+    /// The last error.
+    pub error: ErrorInfo,
+}
+
+/// `job.cancel_requested`: a client asked to cancel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    /// Optional reason given by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `job.cancelled`: the job stopped on request. Terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The attempt that was running, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+/// Every domain event of a job.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum JobEvent {
+    Submitted(Submitted),
+    Started(Started),
+    Progressed(Progressed),
+    Succeeded(Succeeded),
+    Failed(Failed),
+    RetryScheduled(RetryScheduled),
+    DeadLettered(DeadLettered),
+    CancelRequested(CancelRequested),
+    Cancelled(Cancelled),
+}
+
+impl JobEvent {
+    /// All short names, as used in subjects and in `type` filters after `job.`.
+    pub const NAMES: [&'static str; 9] = [
+        "submitted",
+        "started",
+        "progressed",
+        "succeeded",
+        "failed",
+        "retry_scheduled",
+        "dead_lettered",
+        "cancel_requested",
+        "cancelled",
+    ];
+
+    /// The short name: the last subject token (`succeeded`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Submitted(_) => "submitted",
+            Self::Started(_) => "started",
+            Self::Progressed(_) => "progressed",
+            Self::Succeeded(_) => "succeeded",
+            Self::Failed(_) => "failed",
+            Self::RetryScheduled(_) => "retry_scheduled",
+            Self::DeadLettered(_) => "dead_lettered",
+            Self::CancelRequested(_) => "cancel_requested",
+            Self::Cancelled(_) => "cancelled",
+        }
+    }
+
+    /// Whether this event ends the job.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded(_) | Self::DeadLettered(_) | Self::Cancelled(_)
+        )
+    }
+
+    /// The status the job has after this event, if the event sets one.
+    pub fn status(&self) -> Option<JobStatus> {
+        Some(match self {
+            Self::Submitted(_) => JobStatus::Queued,
+            Self::Started(_) => JobStatus::Running,
+            Self::RetryScheduled(_) => JobStatus::RetryScheduled,
+            Self::Succeeded(_) => JobStatus::Succeeded,
+            Self::DeadLettered(_) => JobStatus::Failed,
+            Self::Cancelled(_) => JobStatus::Cancelled,
+            Self::Failed(f) if !f.will_retry => JobStatus::Failed,
+            Self::Progressed(_) | Self::Failed(_) | Self::CancelRequested(_) => return None,
+        })
+    }
+}
+
+/// The full CloudEvents type for a short event name (`succeeded` → `dev.conveyor.job.succeeded`).
+pub fn full_type(name: &str) -> String {
+    format!("{TYPE_PREFIX}job.{name}")
+}
+
+impl Payload for JobEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Submitted(_) => "dev.conveyor.job.submitted",
+            Self::Started(_) => "dev.conveyor.job.started",
+            Self::Progressed(_) => "dev.conveyor.job.progressed",
+            Self::Succeeded(_) => "dev.conveyor.job.succeeded",
+            Self::Failed(_) => "dev.conveyor.job.failed",
+            Self::RetryScheduled(_) => "dev.conveyor.job.retry_scheduled",
+            Self::DeadLettered(_) => "dev.conveyor.job.dead_lettered",
+            Self::CancelRequested(_) => "dev.conveyor.job.cancel_requested",
+            Self::Cancelled(_) => "dev.conveyor.job.cancelled",
+        }
+    }
+
+    fn to_data(&self) -> Value {
+        let v = match self {
+            Self::Submitted(d) => serde_json::to_value(d),
+            Self::Started(d) => serde_json::to_value(d),
+            Self::Progressed(d) => serde_json::to_value(d),
+            Self::Succeeded(d) => serde_json::to_value(d),
+            Self::Failed(d) => serde_json::to_value(d),
+            Self::RetryScheduled(d) => serde_json::to_value(d),
+            Self::DeadLettered(d) => serde_json::to_value(d),
+            Self::CancelRequested(d) => serde_json::to_value(d),
+            Self::Cancelled(d) => serde_json::to_value(d),
+        };
+        v.expect("event data always serialises")
+    }
+
+    fn from_data(event_type: &str, data: Value) -> Result<Self, DecodeError> {
+        let name = event_type
+            .strip_prefix("dev.conveyor.job.")
+            .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
+        Ok(match name {
+            "submitted" => Self::Submitted(serde_json::from_value(data)?),
+            "started" => Self::Started(serde_json::from_value(data)?),
+            "progressed" => Self::Progressed(serde_json::from_value(data)?),
+            "succeeded" => Self::Succeeded(serde_json::from_value(data)?),
+            "failed" => Self::Failed(serde_json::from_value(data)?),
+            "retry_scheduled" => Self::RetryScheduled(serde_json::from_value(data)?),
+            "dead_lettered" => Self::DeadLettered(serde_json::from_value(data)?),
+            "cancel_requested" => Self::CancelRequested(serde_json::from_value(data)?),
+            "cancelled" => Self::Cancelled(serde_json::from_value(data)?),
+            _ => return Err(DecodeError::UnknownType(event_type.to_owned())),
+        })
+    }
+}
+
+/// The kinds every conveyor worker serves out of the box.
+pub fn builtin_kinds() -> Vec<JobKind> {
+    ["noop", "sleep", "flaky", "fail", "report.job_stats"]
+        .into_iter()
+        .map(|k| JobKind::parse(k).expect("built-in kinds are valid"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips_through_its_type() {
+        let now = Utc::now();
+        let err = ErrorInfo {
+            class: "retryable".into(),
+            message: "boom".into(),
+        };
+        let all = vec![
+            JobEvent::Submitted(Submitted {
+                payload: serde_json::json!({"ms": 5}),
+                max_attempts: 3,
+                timeout_ms: 1000,
+                run_at: Some(now),
+                webhook: Some(Webhook {
+                    url: "https://example.com/h".into(),
+                }),
+            }),
+            JobEvent::Started(Started {
+                attempt: 1,
+                worker: "w".into(),
+            }),
+            JobEvent::Progressed(Progressed {
+                attempt: 1,
+                current: 1,
+                total: None,
+                message: None,
+            }),
+            JobEvent::Succeeded(Succeeded {
+                attempt: 1,
+                result: Some(serde_json::json!({"ok": true})),
+                result_ref: None,
+                duration_ms: 3,
+            }),
+            JobEvent::Failed(Failed {
+                attempt: 1,
+                error: err.clone(),
+                will_retry: true,
+                duration_ms: 1,
+            }),
+            JobEvent::RetryScheduled(RetryScheduled {
+                next_attempt: 2,
+                delay_ms: 10,
+                run_at: now,
+            }),
+            JobEvent::DeadLettered(DeadLettered {
+                attempt: 3,
+                reason: "attempts exhausted".into(),
+                error: err,
+            }),
+            JobEvent::CancelRequested(CancelRequested { reason: None }),
+            JobEvent::Cancelled(Cancelled { attempt: Some(1) }),
+        ];
+        assert_eq!(all.len(), JobEvent::NAMES.len());
+        for (ev, name) in all.into_iter().zip(JobEvent::NAMES) {
+            assert_eq!(ev.name(), name);
+            assert_eq!(ev.event_type(), full_type(name));
+            let back = JobEvent::from_data(ev.event_type(), ev.to_data()).unwrap();
+            assert_eq!(back, ev);
+        }
+    }
+
+    #[test]
+    fn terminal_events_set_terminal_statuses() {
+        let ev = JobEvent::Cancelled(Cancelled { attempt: None });
+        assert!(ev.is_terminal());
+        assert!(ev.status().unwrap().is_terminal());
+        assert_eq!(
+            JobStatus::parse("retry_scheduled"),
+            Some(JobStatus::RetryScheduled)
+        );
+        assert_eq!(JobStatus::parse("nope"), None);
+    }
+}

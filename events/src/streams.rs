@@ -1,0 +1,113 @@
+//! Stream and consumer definitions, as data. The `bus` crate turns them into JetStream configs,
+//! creates them idempotently and reads back what the server stored, refusing to start on a
+//! mismatch. **Durable consumer names are contracts**: renaming one makes a fresh consumer that
+//! starts over, so treat a rename like a migration.
+
+use std::time::Duration;
+
+use crate::ids::{JobKind, Namespace};
+
+/// How long JetStream remembers `Nats-Msg-Id`s for deduplication. Long enough to cover a worker
+/// that crashes, waits out its ack wait and is redelivered several times.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// The largest message the streams accept (a job payload plus its envelope).
+pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
+
+/// Name of the durable consumer that turns cancel commands into markers and broadcasts.
+pub const CANCELLER_CONSUMER: &str = "canceller";
+
+/// Retention of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep by limits (age, count): replayable. Always used for domain events, never Interest,
+    /// which acknowledges and then drops messages no consumer wants.
+    Limits,
+    /// Delete on ack: the command queue.
+    WorkQueue,
+}
+
+/// A stream, as conveyor wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// Captured subjects.
+    pub subjects: Vec<String>,
+    /// Retention policy.
+    pub retention: Retention,
+    /// Refuse new messages when full (commands), rather than evicting old ones.
+    pub discard_new: bool,
+    /// Message count limit (-1: none).
+    pub max_msgs: i64,
+    /// Deduplication window.
+    pub duplicate_window: Duration,
+    /// Replicas (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+}
+
+/// A durable pull consumer, as conveyor wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// Stream it reads.
+    pub stream: String,
+    /// Durable name.
+    pub durable: String,
+    /// Subject filter.
+    pub filter: String,
+    /// Redelivery after this long without an ack or progress heartbeat.
+    pub ack_wait: Duration,
+    /// How many messages may be unacknowledged at once across all pullers.
+    pub max_ack_pending: i64,
+}
+
+/// The EVENTS stream.
+pub fn events_stream(ns: &Namespace, replicas: usize) -> StreamSpec {
+    StreamSpec {
+        name: ns.events_stream(),
+        subjects: vec![ns.all_events()],
+        retention: Retention::Limits,
+        discard_new: false,
+        max_msgs: -1,
+        duplicate_window: DUPLICATE_WINDOW,
+        replicas,
+    }
+}
+
+/// The COMMANDS stream. Bounded: a full queue refuses publishes (the API answers 503) instead of
+/// silently evicting accepted work.
+pub fn commands_stream(ns: &Namespace, replicas: usize) -> StreamSpec {
+    StreamSpec {
+        name: ns.commands_stream(),
+        subjects: vec![ns.all_commands()],
+        retention: Retention::WorkQueue,
+        discard_new: true,
+        max_msgs: 10_000_000,
+        duplicate_window: DUPLICATE_WINDOW,
+        replicas,
+    }
+}
+
+/// The worker consumer of one kind, shared by every worker process that serves the kind.
+pub fn worker_consumer(ns: &Namespace, kind: &JobKind, ack_wait: Duration) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.commands_stream(),
+        durable: format!("worker-{}", kind.token()),
+        filter: ns.run_commands(kind),
+        ack_wait,
+        // Delayed and backing-off jobs wait as pending messages, so this bounds how many may
+        // wait, not how many run: each process bounds running jobs with its own semaphore.
+        max_ack_pending: 100_000,
+    }
+}
+
+/// The canceller consumer.
+pub fn canceller_consumer(ns: &Namespace, ack_wait: Duration) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.commands_stream(),
+        durable: CANCELLER_CONSUMER.to_owned(),
+        filter: ns.cancel_commands(),
+        ack_wait,
+        max_ack_pending: 10_000,
+    }
+}

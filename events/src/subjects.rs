@@ -1,0 +1,175 @@
+//! Subject, stream, bucket and message-id builders. All names hang off a [`Namespace`], so each
+//! environment or test owns a disjoint set of them on a shared server.
+//!
+//! | what | name |
+//! |---|---|
+//! | domain event | `<ns>.events.<tenant>.job.<job_id>.<event>` |
+//! | command | `<ns>.cmd.<action>.<kind>` (`run`, `cancel`) |
+//! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
+//! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
+//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS` (KV), `<NS>_RESULTS` (object store) |
+//!
+//! Kinds may contain dots (`report.job_stats`), so the kind is the *last* part of a command
+//! subject, where a `>` filter can take it whole.
+
+use crate::command::Command;
+use crate::envelope::Envelope;
+use crate::ids::{JobId, JobKind, Namespace, Tenant};
+use crate::job::JobEvent;
+
+impl Namespace {
+    fn upper(&self) -> String {
+        self.as_str().to_ascii_uppercase()
+    }
+
+    /// The EVENTS stream: the log, source of truth.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// The COMMANDS stream: the work queue.
+    pub fn commands_stream(&self) -> String {
+        format!("{}_COMMANDS", self.upper())
+    }
+
+    /// Idempotency-key bucket (KV).
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_IDEMPOTENCY", self.upper())
+    }
+
+    /// Cancellation-marker bucket (KV).
+    pub fn cancels_bucket(&self) -> String {
+        format!("{}_CANCELS", self.upper())
+    }
+
+    /// Large-result bucket (object store).
+    pub fn results_bucket(&self) -> String {
+        format!("{}_RESULTS", self.upper())
+    }
+
+    /// Every domain event.
+    pub fn all_events(&self) -> String {
+        format!("{self}.events.>")
+    }
+
+    /// Every event of one tenant.
+    pub fn tenant_events(&self, tenant: &Tenant) -> String {
+        format!("{self}.events.{tenant}.>")
+    }
+
+    /// Every event of one job.
+    pub fn job_events(&self, tenant: &Tenant, job: JobId) -> String {
+        format!("{self}.events.{tenant}.job.{job}.*")
+    }
+
+    /// The subject of one event type of one job (for direct gets of the last such event).
+    pub fn job_event(&self, tenant: &Tenant, job: JobId, name: &str) -> String {
+        format!("{self}.events.{tenant}.job.{job}.{name}")
+    }
+
+    /// Where a domain event is published.
+    pub fn event_subject(&self, ev: &Envelope<JobEvent>) -> String {
+        self.job_event(&ev.tenant, ev.job, ev.payload.name())
+    }
+
+    /// Every command.
+    pub fn all_commands(&self) -> String {
+        format!("{self}.cmd.>")
+    }
+
+    /// Where a command is published.
+    pub fn command_subject(&self, cmd: &Envelope<Command>) -> String {
+        format!("{self}.cmd.{}.{}", cmd.payload.action(), cmd.kind)
+    }
+
+    /// The run commands of one kind: one worker consumer's filter.
+    pub fn run_commands(&self, kind: &JobKind) -> String {
+        format!("{self}.cmd.run.{kind}")
+    }
+
+    /// All cancel commands: the canceller consumer's filter.
+    pub fn cancel_commands(&self) -> String {
+        format!("{self}.cmd.cancel.>")
+    }
+
+    /// Core-NATS broadcast that tells every worker process to cancel a job it may be running.
+    pub fn cancel_broadcast(&self) -> String {
+        format!("{self}.ctl.cancel")
+    }
+}
+
+/// Parses the tenant, job id and event name out of an event subject; `None` if it is not one.
+pub fn parse_event_subject<'a>(
+    ns: &Namespace,
+    subject: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let rest = subject
+        .strip_prefix(ns.as_str())?
+        .strip_prefix(".events.")?;
+    let mut parts = rest.split('.');
+    let tenant = parts.next()?;
+    (parts.next()? == "job").then_some(())?;
+    let job = parts.next()?;
+    let name = parts.next()?;
+    parts.next().is_none().then_some((tenant, job, name))
+}
+
+/// JetStream `Nats-Msg-Id`s. A republish after an ambiguous failure, or the same step run twice by
+/// a redelivered command, carries the same id, so the stream stores it once (within the
+/// duplicate window).
+pub mod msg_id {
+    use crate::ids::JobId;
+
+    /// The one `job.submitted` of a job.
+    pub fn submitted(job: JobId) -> String {
+        format!("{job}.submitted")
+    }
+
+    /// The run command of an attempt.
+    pub fn run(job: JobId, attempt: u32) -> String {
+        format!("{job}.{attempt}.run")
+    }
+
+    /// An event of an attempt (`started`, `failed`, `retry_scheduled`).
+    pub fn attempt_event(job: JobId, attempt: u32, name: &str) -> String {
+        format!("{job}.{attempt}.{name}")
+    }
+
+    /// A progress report of an attempt.
+    pub fn progress(job: JobId, attempt: u32, step: u64) -> String {
+        format!("{job}.{attempt}.progressed.{step}")
+    }
+
+    /// The terminal event. Shared by `succeeded`, `dead_lettered` and `cancelled`, so at most one
+    /// of them is ever stored, whichever comes first (a zombie worker's late result is dropped).
+    pub fn terminal(job: JobId) -> String {
+        format!("{job}.terminal")
+    }
+
+    /// The cancellation request and command.
+    pub fn cancel(job: JobId, what: &str) -> String {
+        format!("{job}.{what}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let ns = Namespace::parse("conveyor").unwrap();
+        assert_eq!(ns.events_stream(), "CONVEYOR_EVENTS");
+        assert_eq!(ns.commands_stream(), "CONVEYOR_COMMANDS");
+        let kind = JobKind::parse("report.job_stats").unwrap();
+        assert_eq!(ns.run_commands(&kind), "conveyor.cmd.run.report.job_stats");
+        let job = JobId::new();
+        let subject = ns.job_event(&Tenant::parse("acme").unwrap(), job, "succeeded");
+        let job_str = job.to_string();
+        assert_eq!(
+            parse_event_subject(&ns, &subject),
+            Some(("acme", job_str.as_str(), "succeeded"))
+        );
+        assert_eq!(parse_event_subject(&ns, "conveyor.cmd.run.noop"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! The one error type of the API, rendered as RFC 9457 `application/problem+json`.
+//! 4xx carry a message for the client; 5xx carry a generic one, and the cause is logged once here.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON or a bad parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or invalid token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: valid token without the scope.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource for this tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: body too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: unknown kind, invalid payload or option.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: NATS or Postgres unavailable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug. The cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result with the API error.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The problem+json body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong this time, and how to fix it.
+    pub detail: String,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not-found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Unprocessable(_) => "unprocessable",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// A 503 for a database failure: logged here, generic to the client.
+    pub fn db(e: sqlx::Error) -> Self {
+        tracing::warn!(error = %e, "database unavailable");
+        Self::Unavailable("the read models are unavailable; retry shortly".into())
+    }
+
+    /// A 503 for a JetStream failure.
+    pub fn bus(e: bus::Error) -> Self {
+        tracing::warn!(error = %e, "JetStream unavailable");
+        Self::Unavailable("the event bus is unavailable; retry shortly".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error.message = %cause, "internal error");
+                "an internal error occurred".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = Problem {
+            kind: format!("https://conveyor.dev/problems/{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}

@@ -1,0 +1,276 @@
+//! Reads from the read models, with read-your-writes.
+//!
+//! A `GET` of a job the projector has not reached yet looks up the job's `job.submitted` in the
+//! EVENTS stream (a direct get by subject, which includes the tenant, so other tenants' jobs stay
+//! invisible), waits until the projector's checkpoint passes its sequence (bounded), and, if the
+//! projector is still behind, answers from the event itself. So a `GET` after a `202` never 404s.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use events::{Envelope, JobEvent, JobId, Tenant};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// Links from a job to its sub-resources.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct JobLinks {
+    #[serde(rename = "self")]
+    pub(crate) self_: String,
+    pub(crate) events: String,
+}
+
+impl JobLinks {
+    pub(crate) fn of(id: Uuid) -> Self {
+        Self {
+            self_: format!("/v1/jobs/{id}"),
+            events: format!("/v1/jobs/{id}/events"),
+        }
+    }
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct JobView {
+    pub(crate) id: Uuid,
+    pub(crate) kind: String,
+    /// `queued`, `running`, `retry_scheduled`, `succeeded`, `failed` or `cancelled`.
+    pub(crate) status: String,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) timeout_ms: i64,
+    #[schema(value_type = Object)]
+    pub(crate) payload: Value,
+    #[schema(value_type = Option<Object>)]
+    pub(crate) progress: Option<Value>,
+    /// The result, when inlined; see `result_url` otherwise.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub(crate) result_url: Option<String>,
+    #[serde(skip_serializing)]
+    #[schema(ignore)]
+    pub(crate) result_ref: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub(crate) error: Option<Value>,
+    pub(crate) run_at: Option<DateTime<Utc>>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+impl JobView {
+    fn finish(mut self) -> Self {
+        if self.result_ref.is_some() {
+            self.result_url = Some(format!("/v1/jobs/{}/result", self.id));
+        }
+        self
+    }
+
+    /// The view of a job known only from its `job.submitted` event.
+    fn from_submitted(ev: &Envelope<JobEvent>) -> Option<Self> {
+        let JobEvent::Submitted(s) = &ev.payload else {
+            return None;
+        };
+        Some(Self {
+            id: ev.job.0,
+            kind: ev.kind.to_string(),
+            status: "queued".into(),
+            attempt: 0,
+            max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
+            timeout_ms: i64::try_from(s.timeout_ms).unwrap_or(i64::MAX),
+            payload: s.payload.clone(),
+            progress: None,
+            result: None,
+            result_url: None,
+            result_ref: None,
+            error: None,
+            run_at: s.run_at,
+            trace_id: ev.traceparent.as_ref().map(|t| t.trace_id().to_owned()),
+            created_at: ev.time,
+            started_at: None,
+            finished_at: None,
+            updated_at: ev.time,
+        })
+    }
+}
+
+const JOB_COLUMNS: &str = "SELECT to_jsonb(j) - 'tenant' - 'webhook_url' - 'last_seq' FROM jobs j";
+
+/// The job from the read model only.
+pub(crate) async fn query_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: Uuid,
+) -> ApiResult<Option<JobView>> {
+    let row: Option<sqlx::types::Json<JobView>> =
+        sqlx::query_scalar(&format!("{JOB_COLUMNS} WHERE id = $1 AND tenant = $2"))
+            .bind(id)
+            .bind(tenant.as_str())
+            .fetch_optional(&state.db)
+            .await
+            .map_err(ApiError::db)?;
+    Ok(row.map(|j| j.0.finish()))
+}
+
+/// The job's `job.submitted` event and its stream sequence, straight from the log.
+pub(crate) async fn submitted_event(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+) -> ApiResult<Option<(u64, Envelope<JobEvent>)>> {
+    let stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
+    let subject = state.bus.ns().job_event(tenant, id, "submitted");
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => {
+            let ev = bus::decode_event(Some(&msg.headers), &msg.payload)
+                .map_err(|e| ApiError::Internal(format!("stored job.submitted unreadable: {e}")))?;
+            Ok(Some((msg.sequence, ev)))
+        }
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(ApiError::bus(bus::Error::JetStream(e.to_string()))),
+    }
+}
+
+/// Waits until the projector has applied `seq`, or the read-your-writes budget is spent.
+async fn wait_for_checkpoint(state: &AppState, seq: u64) -> ApiResult<bool> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let deadline = tokio::time::Instant::now() + state.settings.read_your_writes_wait;
+    let mut announced = state.checkpoint.subscribe();
+    loop {
+        if *announced.borrow_and_update() >= seq {
+            return Ok(true);
+        }
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT min(last_seq) FROM projection_checkpoints WHERE projection IN ('jobs', 'job_events')",
+        )
+        .fetch_one(&state.db)
+        .await
+        .map_err(ApiError::db)?;
+        if stored.unwrap_or(0) >= seq {
+            return Ok(true);
+        }
+        // Woken by the projector's NOTIFY; the timer is the fallback if a notification is lost.
+        tokio::select! {
+            _ = announced.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(false),
+        }
+    }
+}
+
+/// A job of `tenant`, with read-your-writes; 404 only if it was never submitted.
+pub(crate) async fn find_job(state: &AppState, tenant: &Tenant, id: JobId) -> ApiResult<JobView> {
+    if let Some(job) = query_job(state, tenant, id.0).await? {
+        return Ok(job);
+    }
+    let Some((seq, ev)) = submitted_event(state, tenant, id).await? else {
+        return Err(not_found(id));
+    };
+    if wait_for_checkpoint(state, seq).await? {
+        if let Some(job) = query_job(state, tenant, id.0).await? {
+            return Ok(job);
+        }
+    }
+    JobView::from_submitted(&ev).ok_or_else(|| not_found(id))
+}
+
+/// The 404 of a job: the same whether it does not exist or belongs to another tenant.
+pub(crate) fn not_found(id: JobId) -> ApiError {
+    ApiError::NotFound(format!("no job {id}"))
+}
+
+/// A page of jobs, newest first.
+pub(crate) async fn list_jobs(
+    state: &AppState,
+    tenant: &Tenant,
+    status: Option<&str>,
+    kind: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> ApiResult<Vec<JobView>> {
+    let rows: Vec<sqlx::types::Json<JobView>> = sqlx::query_scalar(&format!(
+        "{JOB_COLUMNS} WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    ))
+    .bind(tenant.as_str())
+    .bind(status)
+    .bind(kind)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await
+    .map_err(ApiError::db)?;
+    Ok(rows.into_iter().map(|j| j.0.finish()).collect())
+}
+
+/// The job's timeline: its CloudEvents, oldest first, with their stream sequences.
+pub(crate) async fn job_events(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+) -> ApiResult<Vec<(i64, Value)>> {
+    sqlx::query_as(
+        "SELECT seq, event FROM job_events WHERE job_id = $1 AND tenant = $2 ORDER BY seq",
+    )
+    .bind(id.0)
+    .bind(tenant.as_str())
+    .fetch_all(&state.db)
+    .await
+    .map_err(ApiError::db)
+}
+
+/// Keeps `state.checkpoint` up to date from the projector's `NOTIFY`s, reconnecting as needed.
+pub(crate) async fn checkpoint_listener(state: AppState, shutdown: CancellationToken) {
+    const CHANNEL: &str = "conveyor_checkpoint";
+    while !shutdown.is_cancelled() {
+        let listener = async {
+            let mut l = PgListener::connect_with(&state.db).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listener.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint listener not connected; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let n = tokio::select! {
+                n = listener.try_recv() => n,
+                _ = shutdown.cancelled() => return,
+            };
+            match n {
+                Ok(Some(n)) => {
+                    if let Ok(seq) = n.payload().parse::<i64>() {
+                        state.checkpoint.send_if_modified(|cur| {
+                            let newer = seq > *cur;
+                            if newer {
+                                *cur = seq;
+                            }
+                            newer
+                        });
+                    }
+                }
+                // Connection lost (notifications may have been missed: waiters also poll).
+                Ok(None) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `/healthz`, `/readyz` and `/openapi.json`.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive")))]
+pub(crate) async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// NATS, the JetStream streams and Postgres are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"),
+              (status = 503, description = "A dependency is down", body = crate::error::Problem)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let nats = state.bus.is_connected();
+    let streams = nats && state.bus.events_stream().await.is_ok();
+    let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    if nats && streams && postgres {
+        Ok(Json(
+            json!({ "status": "ready", "nats": true, "streams": true, "postgres": true }),
+        ))
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "not ready: nats={nats} streams={streams} postgres={postgres}"
+        )))
+    }
+}
+
+/// This API's OpenAPI document.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
+}

@@ -1,0 +1,19 @@
+//! Every route, one file per resource, merged here.
+
+pub(crate) mod health;
+pub(crate) mod jobs;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+
+use crate::AppState;
+
+pub(crate) fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .merge(jobs::router())
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,241 @@
+//! Settings: every one a flag and an environment variable, with defaults that work against the
+//! local services (`scripts/up`) and `compose.yaml`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use events::{JobKind, Namespace};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// The development secret `conveyor dev` uses when none is configured.
+pub const DEV_JWT_SECRET: &str = "conveyor-development-secret-do-not-use-in-production";
+
+/// Connection to NATS and the namespace.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long,
+        env = "CONVEYOR_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Prefix of every stream, subject and consumer.
+    #[arg(long, env = "CONVEYOR_NAMESPACE", default_value = "conveyor")]
+    pub namespace: String,
+    /// Replicas of streams and buckets (3 on a JetStream cluster).
+    #[arg(long, env = "CONVEYOR_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+}
+
+impl BusArgs {
+    /// Connects, checking the server version.
+    pub async fn connect(&self, role: &str) -> anyhow::Result<bus::Bus> {
+        let namespace = Namespace::parse(&self.namespace).context("CONVEYOR_NAMESPACE")?;
+        let bus = bus::Bus::connect(&bus::BusSettings {
+            url: self.nats_url.clone(),
+            namespace,
+            replicas: self.replicas,
+            request_timeout: Duration::from_secs(5),
+            name: format!("conveyor-{role}"),
+        })
+        .await?;
+        Ok(bus)
+    }
+}
+
+/// Connection to Postgres.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres URL of the read models (the database is created if missing by `migrate` and `dev`).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/conveyor"
+    )]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "CONVEYOR_DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+}
+
+impl DbArgs {
+    fn options(&self) -> anyhow::Result<PgConnectOptions> {
+        self.database_url
+            .parse()
+            .context("DATABASE_URL is not a valid Postgres URL")
+    }
+
+    fn pool_options(&self) -> PgPoolOptions {
+        // A short acquire timeout: when Postgres is down, reads answer 503 quickly.
+        PgPoolOptions::new()
+            .max_connections(self.db_pool)
+            .acquire_timeout(Duration::from_secs(3))
+    }
+
+    /// A pool that connects on first use (roles start even while Postgres is down).
+    pub fn lazy_pool(&self) -> anyhow::Result<PgPool> {
+        Ok(self.pool_options().connect_lazy_with(self.options()?))
+    }
+
+    /// Creates the database if missing and applies the migrations.
+    pub async fn migrate(&self) -> anyhow::Result<PgPool> {
+        let exists = sqlx::Postgres::database_exists(&self.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach Postgres at {}: start it with `scripts/up` or set DATABASE_URL",
+                    redact(&self.database_url)
+                )
+            })?;
+        if !exists {
+            sqlx::Postgres::create_database(&self.database_url)
+                .await
+                .context("cannot create the database")?;
+        }
+        let pool = self
+            .pool_options()
+            .connect_with(self.options()?)
+            .await
+            .context("cannot connect to Postgres")?;
+        consumers::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+        Ok(pool)
+    }
+}
+
+/// Hides the password of a database URL in messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// HS256 secret that signs and verifies tokens.
+    #[arg(long, env = "CONVEYOR_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: String,
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "CONVEYOR_JWT_ISSUER", default_value = "conveyor")]
+    pub jwt_issuer: String,
+    /// Required token audience (`aud`).
+    #[arg(long, env = "CONVEYOR_JWT_AUDIENCE", default_value = "conveyor")]
+    pub jwt_audience: String,
+}
+
+impl JwtArgs {
+    /// As the API's settings.
+    pub fn settings(&self) -> producers::JwtSettings {
+        producers::JwtSettings {
+            secret: self.jwt_secret.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: 60,
+        }
+    }
+}
+
+/// The API role.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Listen address; port 0 picks a free one (the bound address is printed).
+    #[arg(long, env = "CONVEYOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Accept webhook URLs on loopback or private networks (development and tests only).
+    #[arg(long, env = "CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", default_value_t = false)]
+    pub allow_private_webhooks: bool,
+    /// Extra job kinds to accept, comma-separated (served by your own workers).
+    #[arg(long, env = "CONVEYOR_KINDS", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "CONVEYOR_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+}
+
+impl ApiArgs {
+    /// As the API's settings.
+    pub fn settings(&self) -> anyhow::Result<producers::ApiSettings> {
+        let mut s = producers::ApiSettings::new(self.jwt.settings());
+        for k in self.kinds.iter().filter(|k| !k.is_empty()) {
+            let kind = JobKind::parse(k).context("CONVEYOR_KINDS")?;
+            if !s.kinds.contains(&kind) {
+                s.kinds.push(kind);
+            }
+        }
+        s.allow_private_webhooks = self.allow_private_webhooks;
+        s.max_body_bytes = self.max_body_bytes;
+        Ok(s)
+    }
+}
+
+/// The worker role.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once by this process.
+    #[arg(long, env = "CONVEYOR_WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Redelivery after this long without an ack or heartbeat (ms).
+    #[arg(long, env = "CONVEYOR_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    /// First retry delay (ms); doubles per attempt, with jitter.
+    #[arg(long, env = "CONVEYOR_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay (ms).
+    #[arg(long, env = "CONVEYOR_RETRY_MAX_MS", default_value_t = 600_000)]
+    pub retry_max_ms: u64,
+    /// Results larger than this many bytes go to the object store.
+    #[arg(long, env = "CONVEYOR_RESULT_INLINE_BYTES", default_value_t = 16 * 1024)]
+    pub result_inline_bytes: usize,
+    /// How long shutdown waits for running jobs before handing them back (ms).
+    #[arg(long, env = "CONVEYOR_SHUTDOWN_GRACE_MS", default_value_t = 25_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl WorkerArgs {
+    /// As the worker's settings.
+    pub fn settings(&self) -> consumers::worker::WorkerSettings {
+        consumers::worker::WorkerSettings {
+            concurrency: self.concurrency,
+            ack_wait: Duration::from_millis(self.ack_wait_ms),
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            inline_result_limit: self.result_inline_bytes,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            worker_id: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id()
+            ),
+        }
+    }
+}
+
+/// The projector role.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectorArgs {
+    /// Most events applied in one transaction.
+    #[arg(long, env = "CONVEYOR_PROJECTOR_BATCH", default_value_t = 1000)]
+    pub projector_batch: usize,
+}
+
+impl ProjectorArgs {
+    /// As the projector's settings.
+    pub fn settings(&self) -> consumers::projector::ProjectorSettings {
+        consumers::projector::ProjectorSettings {
+            batch_size: self.projector_batch.max(1),
+        }
+    }
+}

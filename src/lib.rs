@@ -1,0 +1,13 @@
+//! The `conveyor` command: every role and tool as a subcommand.
+//!
+//! - [`cli`]: the command line and what each command does.
+//! - [`config`]: typed settings from flags and environment variables.
+//! - [`supervisor`]: runs roles together until a signal or the first failure.
+//! - [`client`]: the small HTTP client behind `conveyor jobs …`.
+//! - [`telemetry`]: logging.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod supervisor;
+pub mod telemetry;
