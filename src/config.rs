@@ -161,6 +161,10 @@ pub struct ApiArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "CONVEYOR_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// How long a read of a just-accepted job waits for the projector (ms) before answering
+    /// from the event log.
+    #[arg(long, env = "CONVEYOR_READ_YOUR_WRITES_MS", default_value_t = 5_000)]
+    pub read_your_writes_ms: u64,
     #[command(flatten)]
     pub jwt: JwtArgs,
 }
@@ -177,6 +181,7 @@ impl ApiArgs {
         }
         s.allow_private_webhooks = self.allow_private_webhooks;
         s.max_body_bytes = self.max_body_bytes;
+        s.read_your_writes_wait = Duration::from_millis(self.read_your_writes_ms);
         Ok(s)
     }
 }

@@ -1,0 +1,129 @@
+//! Crash safety: processes killed with SIGKILL at awkward moments lose and duplicate nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{id_of, Env};
+
+#[tokio::test]
+async fn worker_killed_mid_job_completes_exactly_once_after_restart() {
+    let env = Env::new().await;
+    let (_api, api) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let mut worker = env.spawn("worker").await;
+    let id = id_of(
+        &api.submit(json!({ "kind": "sleep", "payload": { "ms": 3000, "steps": 6 } }))
+            .await,
+    );
+    // Mid-job: started and some progress reported.
+    api.wait_for(&id, 30, |j| {
+        j["progress"]["current"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    worker.kill().await;
+    let _replacement = env.spawn("worker").await;
+    let job = api.wait_terminal(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let timeline = api.timeline(&id).await;
+    assert_eq!(
+        timeline.iter().filter(|t| *t == "succeeded").count(),
+        1,
+        "{timeline:?}"
+    );
+    assert_eq!(
+        timeline
+            .iter()
+            .filter(|t| matches!(t.as_str(), "succeeded" | "dead_lettered" | "cancelled"))
+            .count(),
+        1
+    );
+    // Let any late redelivery play out, then check again: still exactly one terminal event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let db = env.db().await;
+    let terminal: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND type IN ('succeeded', 'dead_lettered', 'cancelled')",
+    )
+    .bind(&id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(terminal, 1);
+}
+
+#[tokio::test]
+async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
+    let mut env = Env::new().await;
+    env.set("CONVEYOR_PROJECTOR_BATCH", "20");
+    let (_api, api) = env.spawn_http("api").await;
+    let _worker = env.spawn("worker").await;
+    let mut projector = env.spawn("projector").await;
+
+    const JOBS: usize = 300;
+    let submitter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for chunk in 0..JOBS / 10 {
+                let batch = (0..10)
+                    .map(|_| api.submit(json!({ "kind": "noop", "payload": { "chunk": chunk } })));
+                ids.extend(futures::future::join_all(batch).await.iter().map(id_of));
+            }
+            ids
+        })
+    };
+    // Kill the projector repeatedly while events pour in, restarting it each time.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        projector.kill().await;
+        projector = env.spawn("projector").await;
+    }
+    let ids = submitter.await.unwrap();
+    assert_eq!(ids.len(), JOBS);
+
+    // Settle: every job terminal, and the checkpoint at the end of the stream.
+    for id in &ids {
+        api.wait_terminal(id).await;
+    }
+    let db = env.db().await;
+    let last = loop {
+        let last = env.stream_messages("EVENTS").await as i64;
+        let cp: i64 = sqlx::query_scalar("SELECT min(last_seq) FROM projection_checkpoints")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if cp == last {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        last as usize,
+        JOBS * 3,
+        "submitted, started and succeeded per job"
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "one timeline row per stream event, none missing"
+    );
+    let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(succeeded as usize, JOBS);
+    let stats: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count FROM job_stats WHERE count <> 0")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        stats,
+        vec![("succeeded".to_owned(), JOBS as i64)],
+        "job_stats equals a recount"
+    );
+}

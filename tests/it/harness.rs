@@ -1,0 +1,322 @@
+//! The test harness: a fresh namespace and database per test, the real `conveyor` binary run as
+//! child processes against the real NATS and Postgres, and a small HTTP client.
+//!
+//! Services come from `CONVEYOR_NATS_URL` and `DATABASE_URL` (set by `scripts/test`). A test that
+//! cannot reach them fails, naming the command that starts them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use events::Tenant;
+use serde_json::Value;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "test-secret";
+const START_SERVICES: &str = "run the tests with `scripts/test`, which starts NATS 2.10+ and Postgres (or start them with `scripts/up`)";
+
+/// One test's world: a namespace, a database, and the processes it started (killed on drop).
+pub(crate) struct Env {
+    pub(crate) ns: String,
+    pub(crate) nats_url: String,
+    pub(crate) db_url: String,
+    extra_env: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+/// A running `conveyor` process; killed when dropped.
+pub(crate) struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// SIGKILL, and wait until it is gone.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+impl Env {
+    /// A fresh namespace and migrated database.
+    pub(crate) async fn new() -> Self {
+        let nats_url =
+            std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let client = async_nats::connect(&nats_url).await.unwrap_or_else(|e| {
+            panic!("NATS is not reachable at {nats_url} ({e}): {START_SERVICES}")
+        });
+        let version = client.server_info().version;
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            version.starts_with("2.") && minor >= 10,
+            "NATS at {nats_url} is {version}, conveyor needs 2.10+: {START_SERVICES}"
+        );
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let ns = format!("t{}", &id[..15]);
+        let db_url = format!(
+            "{}/conveyor_test_{ns}",
+            base.rsplit_once('/')
+                .expect("DATABASE_URL has a database")
+                .0
+        );
+        sqlx::Postgres::create_database(&db_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Postgres is not reachable at {base} ({e}): {START_SERVICES}")
+            });
+        let pool = PgPool::connect(&db_url)
+            .await
+            .expect("connect to the test database");
+        consumers::MIGRATOR.run(&pool).await.expect("migrate");
+        pool.close().await;
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("logs");
+        std::fs::create_dir_all(&logs).expect("log folder");
+        Self {
+            ns,
+            nats_url,
+            db_url,
+            extra_env: Vec::new(),
+            logs,
+        }
+    }
+
+    /// Sets an environment variable for processes started from now on.
+    pub(crate) fn set(&mut self, key: &str, value: &str) -> &mut Self {
+        self.extra_env.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_conveyor"));
+        c.args(args)
+            .env("CONVEYOR_NATS_URL", &self.nats_url)
+            .env("DATABASE_URL", &self.db_url)
+            .env("CONVEYOR_NAMESPACE", &self.ns)
+            .env("CONVEYOR_JWT_SECRET", SECRET)
+            .env("CONVEYOR_HTTP_ADDR", "127.0.0.1:0")
+            .env("CONVEYOR_ACK_WAIT_MS", "2000")
+            .env("CONVEYOR_RETRY_BASE_MS", "50")
+            .env("CONVEYOR_RETRY_MAX_MS", "500")
+            .env("CONVEYOR_SHUTDOWN_GRACE_MS", "2000")
+            .env("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "true")
+            .env(
+                "CONVEYOR_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .kill_on_drop(true);
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Starts `conveyor <role>`; its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
+    pub(crate) async fn spawn(&self, role: &str) -> Proc {
+        let n = std::fs::read_dir(&self.logs)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = std::fs::File::create(self.logs.join(format!("{}-{role}-{n}.log", self.ns)))
+            .expect("log file");
+        let child = self
+            .command(&[role])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start conveyor");
+        Proc { child }
+    }
+
+    /// Starts a role that serves HTTP (`api` or `dev`) and returns a client of it.
+    pub(crate) async fn spawn_http(&self, role: &str) -> (Proc, Api) {
+        let mut proc = self.spawn(role).await;
+        let stdout = proc.child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(url) = line.strip_prefix("conveyor api listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!(
+                "conveyor {role} exited before listening; see {}",
+                self.logs.display()
+            );
+        })
+        .await
+        .expect("the API did not start within 60 s");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (
+            proc,
+            Api::new(
+                &url,
+                &self.token("acme", "jobs:write jobs:read events:read"),
+            ),
+        )
+    }
+
+    /// A token of `tenant` with `scope`.
+    pub(crate) fn token(&self, tenant: &str, scope: &str) -> String {
+        producers::auth::mint(&jwt(), "test", &Tenant::parse(tenant).unwrap(), scope, 3600)
+    }
+
+    /// A pool on this test's database.
+    pub(crate) async fn db(&self) -> PgPool {
+        PgPool::connect(&self.db_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// JetStream on the test server.
+    pub(crate) async fn js(&self) -> jetstream::Context {
+        jetstream::new(
+            async_nats::connect(&self.nats_url)
+                .await
+                .expect("connect to NATS"),
+        )
+    }
+
+    /// Messages stored in one of this namespace's streams (`EVENTS` or `COMMANDS`), 0 if absent.
+    pub(crate) async fn stream_messages(&self, which: &str) -> u64 {
+        let name = format!("{}_{which}", self.ns.to_uppercase());
+        match self.js().await.get_stream(&name).await {
+            Ok(mut s) => s.info().await.expect("stream info").state.messages,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The JWT settings the test processes use.
+pub(crate) fn jwt() -> producers::JwtSettings {
+    producers::JwtSettings {
+        secret: SECRET.into(),
+        issuer: "conveyor".into(),
+        audience: "conveyor".into(),
+        leeway_secs: 60,
+    }
+}
+
+/// A client of a running API with one token.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub(crate) fn new(base: &str, token: &str) -> Self {
+        Self {
+            base: base.into(),
+            token: token.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same API with another token.
+    pub(crate) fn with_token(&self, token: &str) -> Self {
+        Self::new(&self.base, token)
+    }
+
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// `POST /v1/jobs`, expecting `202`; returns the body.
+    pub(crate) async fn submit(&self, body: Value) -> Value {
+        let res = self
+            .request(reqwest::Method::POST, "/v1/jobs")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let json: Value = res.json().await.unwrap();
+        assert_eq!(status, 202, "submit {body}: {json}");
+        json
+    }
+
+    /// `GET` of a path: status and JSON body.
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/jobs/{id}`, expecting 200.
+    pub(crate) async fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "GET job {id}: {body}");
+        body
+    }
+
+    /// The job's timeline event types (`submitted`, `started`, …).
+    pub(crate) async fn timeline(&self, id: &str) -> Vec<String> {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}/events")).await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["type"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("dev.conveyor.job.")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Polls the job until `done(job)` holds, failing after `secs`.
+    pub(crate) async fn wait_for(
+        &self,
+        id: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} did not get there in {secs} s: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until the job is in a terminal status.
+    pub(crate) async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(id, 60, |j| {
+            matches!(
+                j["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+}
+
+/// The id of a submitted job.
+pub(crate) fn id_of(accepted: &Value) -> String {
+    accepted["id"].as_str().expect("an id").to_owned()
+}
