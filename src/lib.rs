@@ -1,10 +1,10 @@
 //! The `conveyor` command: every role and tool as a subcommand.
 //!
-//! - [`cli`]: the command line and what each command does.
-//! - [`config`]: typed settings from flags and environment variables.
-//! - [`supervisor`]: runs roles together until a signal or the first failure.
-//! - [`client`]: the small HTTP client behind `conveyor jobs …`.
-//! - [`telemetry`]: logging.
+//! - [`cli`], the command line and what each command does.
+//! - [`config`], typed settings from flags and environment variables.
+//! - [`supervisor`] runs roles together until a signal or the first failure.
+//! - [`client`] is the small HTTP client behind `conveyor jobs …`.
+//! - [`telemetry`] sets up logging.
 
 pub mod cli;
 pub mod client;

@@ -1,11 +1,11 @@
 //! conveyor's consumers: the roles that read JetStream and act.
 //!
-//! - [`worker`]: the worker runtime. Pulls `run` commands of the kinds it serves, runs their
+//! - [`worker`] is the worker runtime. Pulls `run` commands of the kinds it serves, runs their
 //!   [`Handler`]s with bounded concurrency, heartbeats, timeouts, retries with backoff, dead
 //!   letters and cooperative cancellation, and publishes the job's domain events. Embed it in
 //!   your own binary with your own handlers through [`Registry`].
-//! - [`handlers`]: the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`).
-//! - [`projector`]: folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
+//! - [`handlers`] holds the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`).
+//! - [`projector`] folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
 //!   `job_stats`), one transaction per batch together with the checkpoints.
 //!
 //! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`.

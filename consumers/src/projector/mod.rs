@@ -168,7 +168,7 @@ impl Projector {
     async fn apply(
         &self,
         cps: &mut HashMap<String, i64>,
-        events: &[(i64, Envelope<JobEvent>)],
+        events: &[Sequenced],
         last: i64,
     ) -> Result<(), ApplyError> {
         let cp = |name: &str| cps.get(name).copied().unwrap_or(0);
@@ -207,11 +207,14 @@ impl Projector {
     }
 }
 
+/// An event with its EVENTS stream sequence.
+type Sequenced = (i64, Envelope<JobEvent>);
+
 /// Decodes a batch and returns it with the sequence of its last message. Poison (not a
 /// conveyor CloudEvent) is skipped with a logged reason; the checkpoint still moves past it.
 fn decode_batch(
     batch: &[async_nats::jetstream::Message],
-) -> Result<(Vec<(i64, Envelope<JobEvent>)>, i64), ApplyError> {
+) -> Result<(Vec<Sequenced>, i64), ApplyError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut last = 0;
     for msg in batch {
