@@ -376,3 +376,48 @@ async fn health_readiness_and_openapi() {
     }
     assert!(doc["components"]["schemas"]["SubmitJob"].is_object());
 }
+
+#[tokio::test]
+async fn an_attempt_over_its_timeout_fails_and_is_retried() {
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let id = id_of(
+        &api.submit(json!({ "kind": "sleep", "payload": { "ms": 20000 }, "timeout_ms": 300, "max_attempts": 2 }))
+            .await,
+    );
+    let job = api.wait_terminal(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["class"], "timeout", "{job}");
+    assert_eq!(job["attempt"], 2);
+    let timeline = api.timeline(&id).await;
+    assert_eq!(
+        timeline.iter().filter(|t| *t == "started").count(),
+        2,
+        "{timeline:?}"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_job_longer_than_the_ack_wait_from_being_redelivered() {
+    // The harness sets a 2 s ack wait; this job runs 5 s.
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let id = id_of(
+        &api.submit(json!({ "kind": "sleep", "payload": { "ms": 5000, "steps": 5 } }))
+            .await,
+    );
+    let job = api.wait_terminal(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let js = env.js().await;
+    let stream = js
+        .get_stream(format!("{}_COMMANDS", env.ns.to_uppercase()))
+        .await
+        .unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("worker-sleep").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "the command was delivered once: {info:?}"
+    );
+}
