@@ -24,6 +24,7 @@ pub mod job;
 pub mod kinds;
 pub mod streams;
 pub mod subjects;
+pub mod webhooks;
 
 pub use command::Command;
 pub use envelope::{DecodeError, Envelope, Payload, TraceParent};

@@ -87,6 +87,8 @@ pub struct Auth {
     pub tenant: Tenant,
     /// Who.
     pub sub: String,
+    /// When the token expires (Unix seconds): live streams close then.
+    pub exp: u64,
     scopes: Vec<String>,
 }
 
@@ -122,6 +124,7 @@ pub fn verify(jwt: &JwtSettings, token: &str) -> Result<Auth, ApiError> {
     Ok(Auth {
         tenant,
         sub: data.claims.sub,
+        exp: data.claims.exp,
         scopes: data
             .claims
             .scope
@@ -135,12 +138,21 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing `Authorization: Bearer <token>` header".into())
-            })?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // Browsers cannot set headers on a WebSocket: `/v1/ws` also takes `?access_token=`.
+            if parts.uri.path() == "/v1/ws" {
+                if let Some(token) = parts.uri.query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "access_token")
+                        .map(|(_, v)| v.into_owned())
+                }) {
+                    return verify(&state.settings.jwt, &token);
+                }
+            }
+            return Err(ApiError::Unauthorized(
+                "missing `Authorization: Bearer <token>` header".into(),
+            ));
+        };
         let token = header
             .to_str()
             .ok()

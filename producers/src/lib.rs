@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
+mod live;
 mod openapi;
 mod reads;
 mod routes;
@@ -84,6 +85,10 @@ pub struct Inner {
     pub(crate) settings: ApiSettings,
     /// The projector's last checkpoint, as announced by `NOTIFY` (see [`reads`]).
     pub(crate) checkpoint: watch::Sender<i64>,
+    /// Live event fan-out to SSE and WebSocket subscribers.
+    pub(crate) hub: live::Hub,
+    /// Fires when the server shuts down: live streams end.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {
@@ -103,6 +108,8 @@ impl AppState {
                 db,
                 settings,
                 checkpoint: watch::channel(0).0,
+                hub: live::Hub::default(),
+                shutdown: CancellationToken::new(),
             }),
         })
     }
@@ -120,11 +127,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listen = tokio::spawn(reads::checkpoint_listener(state.clone(), shutdown.clone()));
+    let tail = tokio::spawn(
+        state
+            .hub
+            .clone()
+            .run_tail(state.bus.clone(), shutdown.clone()),
+    );
+    {
+        // Live streams end with the server (axum waits for open connections to finish).
+        let (token, streams) = (shutdown.clone(), state.shutdown.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            streams.cancel();
+        });
+    }
     let token = shutdown.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;
     shutdown.cancel();
     let _ = listen.await;
+    let _ = tail.await;
     served
 }

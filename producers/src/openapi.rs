@@ -9,7 +9,7 @@ use crate::routes::jobs;
 #[openapi(
     info(title = "conveyor", description = "Submit long-running jobs, follow them, read their results."),
     paths(
-        jobs::submit, jobs::get_job, jobs::list, jobs::cancel, jobs::events, jobs::result,
+        jobs::submit, jobs::get_job, crate::routes::events::events, crate::routes::events::websocket, jobs::list, jobs::cancel, jobs::events, jobs::result,
         crate::routes::health::healthz, crate::routes::health::readyz,
     ),
     components(schemas(

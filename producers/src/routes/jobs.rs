@@ -474,20 +474,43 @@ pub(crate) async fn cancel(
 }
 
 /// The job's timeline: its CloudEvents, oldest first (CloudEvents JSON batch format).
+///
+/// With `Accept: text/event-stream`: the same as server-sent events, then the live ones, and the
+/// stream ends after the terminal event (at once if the job already ended).
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
-        (status = 200, description = "The job's CloudEvents", content_type = "application/cloudevents-batch+json", body = Vec<Object>),
+        (status = 200, description = "The job's CloudEvents (or server-sent events)",
+            content_type = "application/cloudevents-batch+json", body = Vec<Object>),
         (status = 404, description = "No such job for this tenant", body = crate::error::Problem),
     ))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     auth: Auth,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     auth.require(JOBS_READ)?;
     let id = parse_id(&id)?;
     reads::find_job(&state, &auth.tenant, id).await?;
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if wants_sse {
+        let filter = crate::live::Filter {
+            tenant: auth.tenant.clone(),
+            types: Vec::new(),
+            kind: None,
+            job: Some(id),
+        };
+        let items = state
+            .hub
+            .subscribe(state.bus.clone(), filter, Some(0), true)
+            .await
+            .map_err(ApiError::bus)?;
+        return Ok(crate::routes::events::sse(&state, &auth, items));
+    }
     let events: Vec<Value> = reads::job_events(&state, &auth.tenant, id)
         .await?
         .into_iter()

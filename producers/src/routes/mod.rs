@@ -1,5 +1,6 @@
 //! Every route, one file per resource, merged here.
 
+pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
 
@@ -12,6 +13,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     Router::new()
         .merge(jobs::router())
+        .merge(events::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

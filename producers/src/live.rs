@@ -1,0 +1,327 @@
+//! Live event fan-out for SSE and WebSocket subscribers.
+//!
+//! One **tail** per API process follows the EVENTS stream with an ordered consumer and publishes
+//! every event, decoded once, into a bounded `broadcast` channel. Subscribers hold a receiver and
+//! filter by tenant, type, kind and job; an idle subscriber costs a receiver, not a JetStream
+//! consumer. A subscriber that resumes (`Last-Event-ID`, `?after=`) first **catches up** from the
+//! stream itself (direct gets by subject, from the resume point to the stream's last sequence
+//! read at subscription time), then switches to the broadcast, skipping what it already sent:
+//! no gap and no duplicate, however old the resume point and across restarts of the process.
+//!
+//! A subscriber that reads too slowly falls behind the broadcast's capacity; it then gets an
+//! [`Item::Overflow`] carrying the last sequence it was sent, and its stream ends, so the client
+//! resumes from there. The tail never waits for a subscriber.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use bus::Bus;
+use events::{JobEvent, JobId, Tenant};
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Events buffered for the slowest subscriber before it is told to resume.
+pub(crate) const BROADCAST_CAPACITY: usize = 4096;
+
+/// One event as subscribers see it.
+#[derive(Debug)]
+pub(crate) struct LiveEvent {
+    /// EVENTS stream sequence: the SSE `id`.
+    pub(crate) seq: u64,
+    pub(crate) tenant: Tenant,
+    pub(crate) job: JobId,
+    pub(crate) kind: String,
+    /// Short name (`succeeded`).
+    pub(crate) name: &'static str,
+    pub(crate) terminal: bool,
+    /// The CloudEvent, JSON.
+    pub(crate) json: String,
+}
+
+impl LiveEvent {
+    fn from_message(
+        seq: u64,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Option<Self> {
+        let ev = bus::decode_event(headers, payload).ok()?;
+        let json = if headers.is_some_and(|h| h.get("ce-specversion").is_some()) {
+            String::from_utf8(ev.to_json()).ok()?
+        } else {
+            String::from_utf8(payload.to_vec()).ok()?
+        };
+        Some(Self {
+            seq,
+            name: ev.payload.name(),
+            terminal: ev.payload.is_terminal(),
+            tenant: ev.tenant,
+            job: ev.job,
+            kind: ev.kind.to_string(),
+            json,
+        })
+    }
+
+    /// The SSE `event:` name (`job.succeeded`).
+    pub(crate) fn event_name(&self) -> String {
+        format!("job.{}", self.name)
+    }
+}
+
+/// What a subscription wants. The tenant always comes from the caller's token.
+#[derive(Debug, Clone)]
+pub(crate) struct Filter {
+    pub(crate) tenant: Tenant,
+    /// Short names (`succeeded`); empty means all.
+    pub(crate) types: Vec<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) job: Option<JobId>,
+}
+
+impl Filter {
+    /// Parses a `type=` list: `job.succeeded`, `dev.conveyor.job.succeeded` or `succeeded`.
+    pub(crate) fn parse_types(list: &str) -> Result<Vec<String>, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let short = t
+                    .strip_prefix("dev.conveyor.")
+                    .unwrap_or(t)
+                    .strip_prefix("job.")
+                    .unwrap_or(t.strip_prefix("dev.conveyor.").unwrap_or(t));
+                if JobEvent::NAMES.contains(&short) {
+                    Ok(short.to_owned())
+                } else {
+                    Err(format!("unknown event type `{t}`"))
+                }
+            })
+            .collect()
+    }
+
+    fn matches(&self, ev: &LiveEvent) -> bool {
+        ev.tenant == self.tenant
+            && (self.types.is_empty() || self.types.iter().any(|t| t == ev.name))
+            && self.kind.as_deref().is_none_or(|k| k == ev.kind)
+            && self.job.is_none_or(|j| j == ev.job)
+    }
+
+    /// The narrowest subject covering the filter, for catch-up reads.
+    fn subject(&self, bus: &Bus) -> String {
+        match self.job {
+            Some(job) => bus.ns().job_events(&self.tenant, job),
+            None => bus.ns().tenant_events(&self.tenant),
+        }
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    Event(Arc<LiveEvent>),
+    /// The subscriber fell behind (or the stream could not be read): resume after this sequence.
+    Overflow {
+        resume_after: u64,
+    },
+}
+
+/// The process's fan-out hub.
+#[derive(Debug, Clone)]
+pub(crate) struct Hub {
+    tx: broadcast::Sender<Arc<LiveEvent>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(BROADCAST_CAPACITY).0,
+        }
+    }
+}
+
+impl Hub {
+    /// Follows EVENTS from its end into the broadcast until `shutdown`; restarts after errors
+    /// from the last event it saw.
+    pub(crate) async fn run_tail(self, bus: Bus, shutdown: CancellationToken) {
+        let mut next: Option<u64> = None;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.tail_once(&bus, &mut next, &shutdown).await {
+                tracing::warn!(error = %e, "event tail interrupted; resuming");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    async fn tail_once(
+        &self,
+        bus: &Bus,
+        next: &mut Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut stream = bus.events_stream().await.map_err(|e| e.to_string())?;
+        let start = match *next {
+            Some(n) => n,
+            None => {
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence
+                    + 1
+            }
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                filter_subject: bus.ns().all_events(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        *next = Some(start);
+        loop {
+            let msg = tokio::select! {
+                m = messages.next() => m,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let msg = msg.ok_or("tail ended")?.map_err(|e| e.to_string())?;
+            let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+            *next = Some(seq + 1);
+            if let Some(ev) = LiveEvent::from_message(seq, msg.headers.as_ref(), &msg.payload) {
+                // No receivers is fine: nobody is listening.
+                let _ = self.tx.send(Arc::new(ev));
+            }
+        }
+    }
+
+    /// A subscription: events after `after` (catch-up from the stream, then live), or only live
+    /// ones when `after` is `None`. With `until_terminal`, it ends after the job's terminal event.
+    pub(crate) async fn subscribe(
+        &self,
+        bus: Bus,
+        filter: Filter,
+        after: Option<u64>,
+        until_terminal: bool,
+    ) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
+        // Subscribe before reading the stream's end, so nothing falls between the two.
+        let rx = self.tx.subscribe();
+        let (catchup_to, stream) = match after {
+            Some(after) => {
+                let mut stream = bus.events_stream().await?;
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| bus::Error::JetStream(e.to_string()))?
+                    .state
+                    .last_sequence;
+                (last, Some((stream, after + 1)))
+            }
+            None => (0, None),
+        };
+        let state = Sub {
+            subject: filter.subject(&bus),
+            filter,
+            rx,
+            last_sent: after.unwrap_or(0),
+            covered: after.unwrap_or(0),
+            catchup: stream,
+            catchup_to,
+            until_terminal,
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, |mut s| async move {
+            let item = s.next_item().await?;
+            Some((item, s))
+        }))
+    }
+}
+
+struct Sub {
+    filter: Filter,
+    subject: String,
+    rx: broadcast::Receiver<Arc<LiveEvent>>,
+    last_sent: u64,
+    /// Every event up to here was either sent or did not match: where a client resumes.
+    covered: u64,
+    /// The stream and the next sequence to read while catching up.
+    catchup: Option<(async_nats::jetstream::stream::Stream, u64)>,
+    catchup_to: u64,
+    until_terminal: bool,
+    done: bool,
+}
+
+impl Sub {
+    fn emit(&mut self, ev: Arc<LiveEvent>) -> Item {
+        self.last_sent = ev.seq;
+        self.covered = self.covered.max(ev.seq);
+        if self.until_terminal && ev.terminal {
+            self.done = true;
+        }
+        Item::Event(ev)
+    }
+
+    async fn next_item(&mut self) -> Option<Item> {
+        if self.done {
+            return None;
+        }
+        while let Some((stream, from)) = self.catchup.as_mut() {
+            if *from > self.catchup_to {
+                self.catchup = None;
+                break;
+            }
+            match stream
+                .direct_get_next_for_subject(self.subject.clone(), Some(*from))
+                .await
+            {
+                Ok(msg) if msg.sequence <= self.catchup_to => {
+                    *from = msg.sequence + 1;
+                    self.covered = self.covered.max(msg.sequence);
+                    let ev =
+                        LiveEvent::from_message(msg.sequence, Some(&msg.headers), &msg.payload);
+                    if let Some(ev) = ev.filter(|ev| self.filter.matches(ev)) {
+                        return Some(self.emit(Arc::new(ev)));
+                    }
+                }
+                Ok(_) => self.catchup = None,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.catchup = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up read failed; asking the client to resume");
+                    self.done = true;
+                    return Some(Item::Overflow {
+                        resume_after: self.covered,
+                    });
+                }
+            }
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(ev) if ev.seq > self.last_sent && self.filter.matches(&ev) => {
+                    return Some(self.emit(ev));
+                }
+                Ok(ev) => {
+                    // Not for this subscriber. Only move `covered` once past the catch-up
+                    // range, where every earlier event has been looked at.
+                    if ev.seq > self.catchup_to {
+                        self.covered = self.covered.max(ev.seq);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.done = true;
+                    return Some(Item::Overflow {
+                        resume_after: self.covered,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
