@@ -13,7 +13,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
-use crate::config::{ApiArgs, BusArgs, DbArgs, JwtArgs, ProjectorArgs, WorkerArgs, DEV_JWT_SECRET};
+use crate::config::{
+    ApiArgs, BusArgs, DbArgs, JwtArgs, ProjectorArgs, WebhookArgs, WorkerArgs, DEV_JWT_SECRET,
+};
 use crate::supervisor::Supervisor;
 
 /// conveyor: submit long-running jobs over HTTP; workers, projectors and notifiers do the rest
@@ -38,7 +40,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything in one process: API, worker and projector (migrates first).
+    /// Everything in one process: API, worker, projector and notifier (migrates first).
     Dev {
         #[command(flatten)]
         bus: BusArgs,
@@ -50,8 +52,10 @@ enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         projector: ProjectorArgs,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
     },
-    /// The HTTP API.
+    /// The HTTP API (with SSE and WebSocket event streams).
     Api {
         #[command(flatten)]
         bus: BusArgs,
@@ -59,6 +63,15 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
+    },
+    /// The notifier: delivers signed webhooks when jobs end.
+    Notifier {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
     },
     /// A worker: runs jobs of the built-in kinds.
     Worker {
@@ -100,12 +113,62 @@ enum Command {
         #[command(flatten)]
         jwt: JwtArgs,
     },
-    /// Submit, read, list and cancel jobs through the API.
+    /// Submit, read, list, watch and cancel jobs through the API.
     Jobs {
         #[command(flatten)]
         target: Target,
         #[command(subcommand)]
         command: JobsCommand,
+    },
+    /// Follow the tenant's events through the API.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Webhook signing secret and failed deliveries, through the API.
+    Webhooks {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print the tenant's events (one CloudEvent JSON per line).
+    Tail {
+        /// Keep following live events (otherwise stop once caught up with the past).
+        #[arg(long)]
+        follow: bool,
+        /// Only these types, comma-separated (`job.succeeded,job.failed`).
+        #[arg(long = "type")]
+        types: Option<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Start after this stream sequence (default: from the beginning; with --follow and no
+        /// --after, only new events).
+        #[arg(long)]
+        after: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Print the tenant's webhook signing secret.
+    Secret,
+    /// List deliveries that exhausted their attempts (admin).
+    Failed,
+    /// Queue a failed delivery again (admin).
+    Redrive {
+        /// Job id.
+        job: String,
     },
 }
 
@@ -185,6 +248,11 @@ enum JobsCommand {
         /// Job id.
         id: String,
     },
+    /// Follow a job live until it ends, printing its progress.
+    Watch {
+        /// Job id.
+        id: String,
+    },
 }
 
 /// Runs a parsed command line.
@@ -196,13 +264,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             worker,
             projector,
-        } => dev(bus, db, api, worker, projector).await,
-        Command::Api { bus, db, api } => {
+            webhooks,
+        } => dev(bus, db, api, worker, projector, webhooks).await,
+        Command::Api {
+            bus,
+            db,
+            api,
+            webhooks,
+        } => {
             if api.jwt.jwt_secret == DEV_JWT_SECRET {
                 tracing::warn!("CONVEYOR_JWT_SECRET is not set: using the development secret");
             }
             let mut sup = Supervisor::new();
-            start_api(&mut sup, &bus, &db, &api).await?;
+            start_api(&mut sup, &bus, &db, &api, &webhooks).await?;
+            sup.run(Duration::from_secs(30)).await
+        }
+        Command::Notifier { bus, webhooks } => {
+            let mut sup = Supervisor::new();
+            start_notifier(&mut sup, &bus, &webhooks).await?;
             sup.run(Duration::from_secs(30)).await
         }
         Command::Worker { bus, db, worker } => {
@@ -239,6 +318,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { target, command } => jobs(target, command).await,
+        Command::Events { target, command } => events(target, command).await,
+        Command::Webhooks { target, command } => webhooks(target, command).await,
     }
 }
 
@@ -248,12 +329,14 @@ async fn dev(
     api: ApiArgs,
     worker: WorkerArgs,
     projector: ProjectorArgs,
+    webhooks: WebhookArgs,
 ) -> anyhow::Result<()> {
     db.migrate().await?;
     let mut sup = Supervisor::new();
     start_projector(&mut sup, &bus, &db, &projector).await?;
     start_worker(&mut sup, &bus, &db, &worker).await?;
-    let addr = start_api(&mut sup, &bus, &db, &api).await?;
+    start_notifier(&mut sup, &bus, &webhooks).await?;
+    let addr = start_api(&mut sup, &bus, &db, &api, &webhooks).await?;
     let token = producers::auth::mint(
         &api.jwt.settings(),
         "developer",
@@ -278,9 +361,10 @@ async fn start_api(
     bus: &BusArgs,
     db: &DbArgs,
     api: &ApiArgs,
+    webhooks: &WebhookArgs,
 ) -> anyhow::Result<SocketAddr> {
     let bus = bus.connect("api").await?;
-    let state = producers::AppState::new(bus, db.lazy_pool()?, api.settings()?).await?;
+    let state = producers::AppState::new(bus, db.lazy_pool()?, api.settings(webhooks)?).await?;
     let listener = tokio::net::TcpListener::bind(&api.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (CONVEYOR_HTTP_ADDR)", api.http_addr))?;
@@ -328,15 +412,141 @@ async fn start_projector(
     Ok(())
 }
 
+async fn start_notifier(
+    sup: &mut Supervisor,
+    bus: &BusArgs,
+    webhooks: &WebhookArgs,
+) -> anyhow::Result<()> {
+    let bus = bus.connect("notifier").await?;
+    let n = consumers::notifiers::webhook::WebhookNotifier::new(bus, webhooks.settings());
+    let token = sup.token();
+    sup.spawn("notifier", async move { Ok(n.run(token).await?) });
+    Ok(())
+}
+
+fn client(target: &Target) -> anyhow::Result<Client> {
+    if target.token.is_empty() {
+        anyhow::bail!("no token: set CONVEYOR_TOKEN (`conveyor token` prints one) or pass --token");
+    }
+    Ok(Client::new(&target.url, &target.token))
+}
+
+async fn events(target: Target, command: EventsCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let EventsCommand::Tail {
+        follow,
+        types,
+        kind,
+        job,
+        after,
+    } = command;
+    let mut q = Vec::new();
+    q.extend(types.map(|t| format!("type={t}")));
+    q.extend(kind.map(|k| format!("kind={k}")));
+    q.extend(job.map(|j| format!("job={j}")));
+    // Without --follow: the past, until the stream goes quiet. With it: live, from --after or now.
+    let after = after.or((!follow).then_some(0));
+    let path = format!("/v1/events?{}", q.join("&"));
+    let idle = (!follow).then(|| Duration::from_secs(1));
+    let mut last_id = after.map(|a| a.to_string());
+    loop {
+        let mut resume = false;
+        let mut seen = None;
+        c.follow(&path, last_id.as_deref(), idle, |ev| {
+            if ev.event == "resume" {
+                resume = true;
+                return false;
+            }
+            println!("{}", ev.data);
+            seen = ev.id;
+            true
+        })
+        .await?;
+        last_id = seen.or(last_id);
+        // Fell behind: the server asked us to reconnect from the last event printed.
+        if !resume {
+            return Ok(());
+        }
+    }
+}
+
+async fn webhooks(target: Target, command: WebhooksCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let out = match command {
+        WebhooksCommand::Secret => {
+            c.call(Method::GET, "/v1/webhooks/secret", None, &[])
+                .await?
+        }
+        WebhooksCommand::Failed => {
+            c.call(Method::GET, "/v1/admin/webhooks/failed", None, &[])
+                .await?
+        }
+        WebhooksCommand::Redrive { job } => {
+            c.call(
+                Method::POST,
+                &format!("/v1/admin/webhooks/failed/{job}/redrive"),
+                None,
+                &[],
+            )
+            .await?
+        }
+    };
+    print(&out);
+    Ok(())
+}
+
+/// Follows a job until its terminal event, printing a line per event.
+async fn watch(c: &Client, id: &str) -> anyhow::Result<()> {
+    let mut outcome = None;
+    c.follow(&format!("/v1/jobs/{id}/events"), None, None, |ev| {
+        let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+        let d = &data["data"];
+        let line = match ev.event.as_str() {
+            "job.progressed" => {
+                let (cur, total) = (d["current"].as_u64().unwrap_or(0), d["total"].as_u64());
+                let bar = total.filter(|t| *t > 0).map(|t| {
+                    let filled = (cur.min(t) * 20 / t) as usize;
+                    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
+                });
+                format!(
+                    "progress {}{cur}{} {}",
+                    bar.unwrap_or_default(),
+                    total.map(|t| format!("/{t}")).unwrap_or_default(),
+                    d["message"].as_str().unwrap_or_default()
+                )
+            }
+            "job.started" => format!("started (attempt {})", d["attempt"]),
+            "job.failed" => format!("attempt {} failed: {}", d["attempt"], d["error"]["message"]),
+            "job.retry_scheduled" => format!("retry scheduled at {}", d["run_at"]),
+            "job.succeeded" => format!("succeeded: {}", d["result"]),
+            "job.dead_lettered" => format!("failed for good: {}", d["reason"]),
+            other => other.trim_start_matches("job.").to_owned(),
+        };
+        println!("{} {line}", data["time"].as_str().unwrap_or_default());
+        if matches!(
+            ev.event.as_str(),
+            "job.succeeded" | "job.dead_lettered" | "job.cancelled"
+        ) {
+            outcome = Some(ev.event);
+        }
+        true
+    })
+    .await?;
+    match outcome.as_deref() {
+        Some("job.succeeded") => Ok(()),
+        Some(other) => anyhow::bail!("job {id} ended: {}", other.trim_start_matches("job.")),
+        None => anyhow::bail!(
+            "the event stream ended before job {id} did; run the command again to resume"
+        ),
+    }
+}
+
 fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
-    if target.token.is_empty() {
-        anyhow::bail!("no token: set CONVEYOR_TOKEN (`conveyor token` prints one) or pass --token");
-    }
-    let c = Client::new(&target.url, &target.token);
+    let c = client(&target)?;
     let out = match command {
         JobsCommand::Submit {
             kind,
@@ -396,6 +606,7 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
             c.call(Method::GET, &format!("/v1/jobs/{id}/events"), None, &[])
                 .await?
         }
+        JobsCommand::Watch { id } => return watch(&c, &id).await,
     };
     print(&out);
     Ok(())

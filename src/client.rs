@@ -55,3 +55,125 @@ impl Client {
         }
     }
 }
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `id:` (the stream sequence).
+    pub id: Option<String>,
+    /// `event:`.
+    pub event: String,
+    /// `data:` lines, joined by newlines.
+    pub data: String,
+}
+
+/// Splits a server-sent-events byte stream into events (comments and `retry:` are skipped).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+    current: SseEvent,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.find('\n') {
+            let line: String = self.buf.drain(..=pos).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                let ev = std::mem::take(&mut self.current);
+                if !ev.data.is_empty() || !ev.event.is_empty() {
+                    out.push(ev);
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.current.id = Some(value.to_owned()),
+                "event" => self.current.event = value.to_owned(),
+                "data" => {
+                    if !self.current.data.is_empty() {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl Client {
+    /// Follows an SSE endpoint, calling `on_event` for each event until it returns `false`, the
+    /// server ends the stream, nothing arrives for `idle` (when given), or an error occurs.
+    pub async fn follow(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+        idle: Option<std::time::Duration>,
+        mut on_event: impl FnMut(SseEvent) -> bool,
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.with_context(|| {
+            format!("cannot reach the API at {}: is `conveyor dev` or `conveyor api` running? (set CONVEYOR_URL)", self.base)
+        })?;
+        if !res.status().is_success() {
+            let status = res.status();
+            let json: Value = res.json().await.unwrap_or(Value::Null);
+            let detail = json
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            return Err(anyhow!("{} {detail}", status.as_u16()));
+        }
+        let mut parser = SseParser::default();
+        let mut body = res.bytes_stream();
+        loop {
+            let next = match idle {
+                Some(idle) => match tokio::time::timeout(idle, body.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok(()),
+                },
+                None => body.next().await,
+            };
+            let Some(chunk) = next else { break };
+            for ev in parser.feed(&chunk.context("reading the event stream")?) {
+                if !on_event(ev) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_splits_events_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b": keep-alive\n\nid: 7\nevent: job.succ").is_empty());
+        let evs = p.feed(b"eeded\ndata: {\"a\":1}\n\nevent: resume\ndata: x\r\n\r\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].id.as_deref(), Some("7"));
+        assert_eq!(evs[0].event, "job.succeeded");
+        assert_eq!(evs[0].data, "{\"a\":1}");
+        assert_eq!(evs[1].event, "resume");
+    }
+}

@@ -152,9 +152,6 @@ pub struct ApiArgs {
     /// Listen address; port 0 picks a free one (the bound address is printed).
     #[arg(long, env = "CONVEYOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
-    /// Accept webhook URLs on loopback or private networks (development and tests only).
-    #[arg(long, env = "CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", default_value_t = false)]
-    pub allow_private_webhooks: bool,
     /// Extra job kinds to accept, comma-separated (served by your own workers).
     #[arg(long, env = "CONVEYOR_KINDS", value_delimiter = ',')]
     pub kinds: Vec<String>,
@@ -171,15 +168,16 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     /// As the API's settings.
-    pub fn settings(&self) -> anyhow::Result<producers::ApiSettings> {
+    pub fn settings(&self, webhooks: &WebhookArgs) -> anyhow::Result<producers::ApiSettings> {
         let mut s = producers::ApiSettings::new(self.jwt.settings());
+        s.allow_private_webhooks = webhooks.allow_private_webhooks;
+        s.webhook_secret = webhooks.webhook_secret.clone();
         for k in self.kinds.iter().filter(|k| !k.is_empty()) {
             let kind = JobKind::parse(k).context("CONVEYOR_KINDS")?;
             if !s.kinds.contains(&kind) {
                 s.kinds.push(kind);
             }
         }
-        s.allow_private_webhooks = self.allow_private_webhooks;
         s.max_body_bytes = self.max_body_bytes;
         s.read_your_writes_wait = Duration::from_millis(self.read_your_writes_ms);
         Ok(s)
@@ -241,6 +239,47 @@ impl ProjectorArgs {
     pub fn settings(&self) -> consumers::projector::ProjectorSettings {
         consumers::projector::ProjectorSettings {
             batch_size: self.projector_batch.max(1),
+        }
+    }
+}
+
+/// The development webhook master secret used when none is configured.
+pub const DEV_WEBHOOK_SECRET: &str = "conveyor-development-webhook-secret";
+
+/// Webhooks: signing, targets and delivery.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Master secret; each tenant's signing secret derives from it (`GET /v1/webhooks/secret`).
+    #[arg(long, env = "CONVEYOR_WEBHOOK_SECRET", default_value = DEV_WEBHOOK_SECRET, hide_default_value = true)]
+    pub webhook_secret: String,
+    /// Accept and deliver to webhook URLs on loopback or private networks (development and tests).
+    #[arg(long, env = "CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", default_value_t = false)]
+    pub allow_private_webhooks: bool,
+    /// Attempts before a delivery is recorded as failed.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+    /// Time limit of one delivery (ms).
+    #[arg(long, env = "CONVEYOR_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Deliveries in flight per notifier process.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_CONCURRENCY", default_value_t = 128)]
+    pub webhook_concurrency: usize,
+    /// First retry delay (ms); doubles per attempt, with jitter, up to 10 minutes.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub webhook_retry_base_ms: u64,
+}
+
+impl WebhookArgs {
+    /// As the notifier's settings.
+    pub fn settings(&self) -> consumers::notifiers::webhook::WebhookSettings {
+        consumers::notifiers::webhook::WebhookSettings {
+            master_secret: self.webhook_secret.clone(),
+            max_attempts: self.webhook_max_attempts.max(1),
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            concurrency: self.webhook_concurrency,
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_max: Duration::from_secs(600),
+            allow_private: self.allow_private_webhooks,
         }
     }
 }

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use events::streams::{self, ConsumerSpec, Retention, StreamSpec};
 use events::{Command, DecodeError, Envelope, JobEvent, JobKind, Namespace};
 
+pub mod webhook_url;
+
 pub use async_nats;
 
 /// The oldest nats-server conveyor runs on: `sync_interval`, multiple filters and reliable
@@ -169,8 +171,26 @@ impl Bus {
             Duration::from_secs(30 * 24 * 3600),
         )
         .await?;
+        self.ensure_kv(&self.ns.webhook_failures_bucket(), Duration::ZERO)
+            .await?;
         self.results().await?;
+        self.ensure_consumer(&streams::webhook_fanin_consumer(&self.ns))
+            .await?;
         Ok(())
+    }
+
+    /// Creates (or checks) the webhook delivery consumer.
+    pub async fn provision_webhook_consumer(&self, ack_wait: Duration) -> Result<()> {
+        self.ensure_consumer(&streams::webhook_delivery_consumer(&self.ns, ack_wait))
+            .await
+    }
+
+    /// The failed-webhook-deliveries bucket.
+    pub async fn webhook_failures(&self) -> Result<kv::Store> {
+        self.js
+            .get_key_value(self.ns.webhook_failures_bucket())
+            .await
+            .map_err(js_err)
     }
 
     /// Creates (or checks) the worker consumers of `kinds` and the canceller.
@@ -335,9 +355,14 @@ impl Bus {
     }
 
     async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<()> {
+        let (filter_subject, filter_subjects) = match spec.filters.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
         let want = consumer::pull::Config {
             durable_name: Some(spec.durable.clone()),
-            filter_subject: spec.filter.clone(),
+            filter_subject,
+            filter_subjects,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: spec.ack_wait,
             max_deliver: -1,
@@ -370,11 +395,12 @@ impl Bus {
             got: g,
             want: w,
         };
-        if got.filter_subject != want.filter_subject {
+        if got.filter_subject != want.filter_subject || got.filter_subjects != want.filter_subjects
+        {
             return Err(mismatch(
-                "filter_subject",
-                got.filter_subject.clone(),
-                want.filter_subject.clone(),
+                "filter_subjects",
+                format!("{} {:?}", got.filter_subject, got.filter_subjects),
+                format!("{} {:?}", want.filter_subject, want.filter_subjects),
             ));
         }
         if got.ack_policy != want.ack_policy {

@@ -7,10 +7,12 @@
 //! - [`handlers`] holds the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`).
 //! - [`projector`] folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
 //!   `job_stats`), one transaction per batch together with the checkpoints.
+//! - [`notifiers`] has webhook delivery (signed, retried, dead-lettered), never run by replays.
 //!
 //! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`.
 
 pub mod handlers;
+pub mod notifiers;
 pub mod projector;
 pub mod worker;
 

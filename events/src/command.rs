@@ -28,6 +28,15 @@ pub struct RunJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelJob {}
 
+/// Deliver a job's terminal event to its webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverWebhook {
+    /// EVENTS stream sequence of the terminal event (the body of the POST).
+    pub event_seq: u64,
+    /// Where to POST it.
+    pub url: String,
+}
+
 /// Every command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -35,6 +44,8 @@ pub enum Command {
     Run(RunJob),
     /// See [`CancelJob`].
     Cancel(CancelJob),
+    /// See [`DeliverWebhook`].
+    Webhook(DeliverWebhook),
 }
 
 impl Command {
@@ -43,6 +54,7 @@ impl Command {
         match self {
             Self::Run(_) => "run",
             Self::Cancel(_) => "cancel",
+            Self::Webhook(_) => "webhook",
         }
     }
 }
@@ -52,6 +64,7 @@ impl Payload for Command {
         match self {
             Self::Run(_) => "dev.conveyor.command.run",
             Self::Cancel(_) => "dev.conveyor.command.cancel",
+            Self::Webhook(_) => "dev.conveyor.command.webhook",
         }
     }
 
@@ -59,6 +72,7 @@ impl Payload for Command {
         match self {
             Self::Run(c) => serde_json::to_value(c),
             Self::Cancel(c) => serde_json::to_value(c),
+            Self::Webhook(c) => serde_json::to_value(c),
         }
         .expect("command data always serialises")
     }
@@ -67,6 +81,7 @@ impl Payload for Command {
         match event_type {
             "dev.conveyor.command.run" => Ok(Self::Run(serde_json::from_value(data)?)),
             "dev.conveyor.command.cancel" => Ok(Self::Cancel(serde_json::from_value(data)?)),
+            "dev.conveyor.command.webhook" => Ok(Self::Webhook(serde_json::from_value(data)?)),
             other => Err(DecodeError::UnknownType(other.to_owned())),
         }
     }

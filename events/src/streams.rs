@@ -16,6 +16,10 @@ pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
 
 /// Name of the durable consumer that turns cancel commands into markers and broadcasts.
 pub const CANCELLER_CONSUMER: &str = "canceller";
+/// Name of the durable consumer that turns terminal events into webhook deliveries.
+pub const WEBHOOK_FANIN_CONSUMER: &str = "webhook-fanin";
+/// Name of the durable consumer that delivers webhooks.
+pub const WEBHOOK_DELIVERY_CONSUMER: &str = "webhooks";
 
 /// Retention of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +57,8 @@ pub struct ConsumerSpec {
     pub stream: String,
     /// Durable name.
     pub durable: String,
-    /// Subject filter.
-    pub filter: String,
+    /// Subject filters (several need nats-server 2.10).
+    pub filters: Vec<String>,
     /// Redelivery after this long without an ack or progress heartbeat.
     pub ack_wait: Duration,
     /// How many messages may be unacknowledged at once across all pullers.
@@ -93,7 +97,7 @@ pub fn worker_consumer(ns: &Namespace, kind: &JobKind, ack_wait: Duration) -> Co
     ConsumerSpec {
         stream: ns.commands_stream(),
         durable: format!("worker-{}", kind.token()),
-        filter: ns.run_commands(kind),
+        filters: vec![ns.run_commands(kind)],
         ack_wait,
         // Delayed and backing-off jobs wait as pending messages, so this bounds how many may
         // wait, not how many run: each process bounds running jobs with its own semaphore.
@@ -106,8 +110,32 @@ pub fn canceller_consumer(ns: &Namespace, ack_wait: Duration) -> ConsumerSpec {
     ConsumerSpec {
         stream: ns.commands_stream(),
         durable: CANCELLER_CONSUMER.to_owned(),
-        filter: ns.cancel_commands(),
+        filters: vec![ns.cancel_commands()],
         ack_wait,
         max_ack_pending: 10_000,
+    }
+}
+
+/// The webhook fan-in: reads terminal events and queues a delivery for jobs with a webhook.
+/// Created with the streams, so it sees every terminal event from the start.
+pub fn webhook_fanin_consumer(ns: &Namespace) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.events_stream(),
+        durable: WEBHOOK_FANIN_CONSUMER.to_owned(),
+        filters: ns.terminal_events(),
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+    }
+}
+
+/// The webhook deliveries queue's consumer.
+pub fn webhook_delivery_consumer(ns: &Namespace, ack_wait: Duration) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.commands_stream(),
+        durable: WEBHOOK_DELIVERY_CONSUMER.to_owned(),
+        filters: vec![ns.webhook_commands()],
+        ack_wait,
+        // Retries wait as pending messages (delayed NAKs), so this bounds waiting deliveries.
+        max_ack_pending: 100_000,
     }
 }

@@ -92,6 +92,24 @@ impl Namespace {
         format!("{self}.cmd.cancel.>")
     }
 
+    /// All webhook delivery commands: the webhook delivery consumer's filter.
+    pub fn webhook_commands(&self) -> String {
+        format!("{self}.cmd.webhook.>")
+    }
+
+    /// The terminal events of every job: what the webhook fan-in reads.
+    pub fn terminal_events(&self) -> Vec<String> {
+        ["succeeded", "dead_lettered", "cancelled"]
+            .iter()
+            .map(|name| format!("{self}.events.*.job.*.{name}"))
+            .collect()
+    }
+
+    /// Failed webhook deliveries (KV), for operators to list and re-drive.
+    pub fn webhook_failures_bucket(&self) -> String {
+        format!("{}_WEBHOOK_FAILURES", self.upper())
+    }
+
     /// Core-NATS broadcast that tells every worker process to cancel a job it may be running.
     pub fn cancel_broadcast(&self) -> String {
         format!("{self}.ctl.cancel")
@@ -144,6 +162,15 @@ pub mod msg_id {
     /// of them is ever stored, whichever comes first (a zombie worker's late result is dropped).
     pub fn terminal(job: JobId) -> String {
         format!("{job}.terminal")
+    }
+
+    /// The webhook delivery command of a job (`redrive` > 0 for an operator's re-drive).
+    pub fn webhook(job: JobId, redrive: u64) -> String {
+        if redrive == 0 {
+            format!("{job}.webhook")
+        } else {
+            format!("{job}.webhook.redrive.{redrive}")
+        }
     }
 
     /// The cancellation request and command.

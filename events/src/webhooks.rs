@@ -22,6 +22,28 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// A delivery that exhausted its attempts (or was refused), kept for operators to list and
+/// re-drive, under the key `<tenant>.<job>` of the `<NS>_WEBHOOK_FAILURES` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailedDelivery {
+    /// The job.
+    pub job: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its kind.
+    pub kind: String,
+    /// The target.
+    pub url: String,
+    /// EVENTS sequence of the terminal event that was being delivered.
+    pub event_seq: u64,
+    /// Attempts made.
+    pub attempts: u64,
+    /// The last error.
+    pub last_error: String,
+    /// When it was given up (RFC 3339).
+    pub failed_at: String,
+}
+
 /// How far a delivery's timestamp may be from the receiver's clock (replay protection).
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 

@@ -19,7 +19,6 @@ mod live;
 mod openapi;
 mod reads;
 mod routes;
-mod webhook_url;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +53,8 @@ pub struct ApiSettings {
     pub read_your_writes_wait: Duration,
     /// Accept webhook URLs that resolve to loopback or private addresses (development, tests).
     pub allow_private_webhooks: bool,
+    /// Master secret of webhook signatures (each tenant's secret derives from it).
+    pub webhook_secret: String,
 }
 
 impl ApiSettings {
@@ -67,6 +68,7 @@ impl ApiSettings {
             default_timeout_ms: 300_000,
             read_your_writes_wait: Duration::from_secs(5),
             allow_private_webhooks: false,
+            webhook_secret: String::new(),
         }
     }
 }

@@ -39,6 +39,17 @@ impl Proc {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+
+    /// Resident memory of the process, in KiB (Linux).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("process is running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("read /proc status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
 }
 
 impl Env {
@@ -109,6 +120,8 @@ impl Env {
             .env("CONVEYOR_RETRY_MAX_MS", "500")
             .env("CONVEYOR_SHUTDOWN_GRACE_MS", "2000")
             .env("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "true")
+            .env("CONVEYOR_WEBHOOK_SECRET", "test-webhook-secret")
+            .env("CONVEYOR_WEBHOOK_RETRY_BASE_MS", "50")
             .env(
                 "CONVEYOR_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -5,3 +5,5 @@ mod bad_input;
 mod crash;
 mod harness;
 mod jobs;
+mod live;
+mod webhooks;

@@ -118,7 +118,7 @@ async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Subm
         return Err(unprocessable("timeout_ms must be between 1 and 86400000"));
     }
     if let Some(w) = &req.webhook {
-        crate::webhook_url::check(&w.url, state.settings.allow_private_webhooks)
+        bus::webhook_url::check(&w.url, state.settings.allow_private_webhooks)
             .await
             .map_err(unprocessable)?;
     }

@@ -3,6 +3,7 @@
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
+pub(crate) mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -14,6 +15,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use url::{Host, Url};
 
 /// Whether an address must never be a webhook target by default.
-pub(crate) fn is_forbidden(ip: IpAddr) -> bool {
+pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
@@ -35,7 +35,7 @@ pub(crate) fn is_forbidden(ip: IpAddr) -> bool {
 }
 
 /// Checks a webhook URL; `Err` carries the reason for a 422.
-pub(crate) async fn check(raw: &str, allow_private: bool) -> Result<(), String> {
+pub async fn check(raw: &str, allow_private: bool) -> Result<(), String> {
     if raw.len() > 2048 {
         return Err("webhook.url is longer than 2048 characters".into());
     }

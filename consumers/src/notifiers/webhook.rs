@@ -1,0 +1,405 @@
+//! Webhook delivery.
+//!
+//! Two steps, each with its own durable consumer, so a slow or dead endpoint never delays jobs,
+//! projections or the fan-in:
+//!
+//! 1. **Fan-in** (`webhook-fanin` on EVENTS, filtered to terminal events): for a job submitted
+//!    with `webhook.url`, queues a `webhook` command on COMMANDS (message id `<job>.webhook`, so a
+//!    redelivered terminal event queues nothing new).
+//! 2. **Delivery** (`webhooks` on COMMANDS): POSTs the terminal CloudEvent, signed per Standard
+//!    Webhooks with the tenant's secret, with a bounded number of deliveries in flight, a timeout
+//!    per request and no redirects. A non-2xx answer, a timeout or a connection error is retried
+//!    with exponential backoff and jitter (a delayed NAK; `Retry-After` of a 429 or 503 is
+//!    honoured) up to `max_attempts`; then, or at once on `410 Gone` or a refused target, the
+//!    delivery is recorded in the `<NS>_WEBHOOK_FAILURES` bucket, where operators list and
+//!    re-drive it. The target is re-checked against private ranges at each delivery, so a DNS
+//!    change cannot turn a vetted host into an internal one.
+//!
+//! Deliveries are at least once: receivers deduplicate on `webhook-id` (the CloudEvent id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bus::Bus;
+use chrono::Utc;
+use events::command::DeliverWebhook;
+use events::job::JobEvent;
+use events::subjects::msg_id;
+use events::webhooks::FailedDelivery;
+use events::{streams, Command, Envelope};
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// CloudEvents `source` of commands the notifier publishes.
+pub const SOURCE: &str = "/conveyor/notifier";
+
+/// Tuning of webhook delivery.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Master secret from which each tenant's signing secret is derived.
+    pub master_secret: String,
+    /// Attempts before a delivery is recorded as failed.
+    pub max_attempts: u32,
+    /// Time limit of one POST.
+    pub timeout: Duration,
+    /// Deliveries in flight per process.
+    pub concurrency: usize,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Deliver to loopback and private addresses (development and tests only).
+    pub allow_private: bool,
+}
+
+/// The webhook notifier role.
+#[derive(Debug)]
+pub struct WebhookNotifier {
+    bus: Bus,
+    settings: WebhookSettings,
+}
+
+struct Shared {
+    bus: Bus,
+    settings: WebhookSettings,
+    http: reqwest::Client,
+    failures: async_nats::jetstream::kv::Store,
+}
+
+impl WebhookNotifier {
+    /// A notifier over `bus`.
+    pub fn new(bus: Bus, settings: WebhookSettings) -> Self {
+        Self { bus, settings }
+    }
+
+    fn ack_wait(settings: &WebhookSettings) -> Duration {
+        settings.timeout * 2 + Duration::from_secs(10)
+    }
+
+    /// Runs until `shutdown`; deliveries in flight finish (bounded by the request timeout).
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
+        self.bus.provision_streams().await?;
+        self.bus
+            .provision_webhook_consumer(Self::ack_wait(&self.settings))
+            .await?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.settings.timeout)
+            .connect_timeout(self.settings.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("conveyor-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::Error::Nats(format!("HTTP client: {e}")))?;
+        let shared = Arc::new(Shared {
+            failures: self.bus.webhook_failures().await?,
+            bus: self.bus,
+            settings: self.settings,
+            http,
+        });
+        let mut loops = JoinSet::new();
+        loops.spawn(fanin_loop(shared.clone(), shutdown.clone()));
+        loops.spawn(delivery_loop(shared.clone(), shutdown.clone()));
+        let mut result = Ok(());
+        while let Some(joined) = loops.join_next().await {
+            let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
+            if let Err(e) = r {
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+async fn fanin_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
+    let consumer = shared
+        .bus
+        .pull_consumer(&streams::webhook_fanin_consumer(shared.bus.ns()))
+        .await?;
+    while !shutdown.is_cancelled() {
+        let mut batch = match consumer
+            .batch()
+            .max_messages(256)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook fan-in pull failed; retrying");
+                if !pause(&shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        while let Some(Ok(msg)) = batch.next().await {
+            match queue_delivery(&shared, &msg).await {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(Some(e)) => {
+                    tracing::warn!(error = %e, "webhook not queued; retrying");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                Err(None) => {
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Queues the delivery of a terminal event if its job has a webhook. `Err(None)`: poison.
+async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(), Option<String>> {
+    let ev = bus::decode_event(msg.headers.as_ref(), &msg.payload).map_err(|e| {
+        tracing::warn!(subject = %msg.subject, reason = %e, "poison event skipped by the webhook fan-in");
+        None
+    })?;
+    let seq = msg.info().map_err(|e| Some(e.to_string()))?.stream_sequence;
+    let stream = shared
+        .bus
+        .events_stream()
+        .await
+        .map_err(|e| Some(e.to_string()))?;
+    let subject = shared.bus.ns().job_event(&ev.tenant, ev.job, "submitted");
+    let submitted = match stream.direct_get_last_for_subject(subject).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Some(e.to_string())),
+    };
+    let url = match bus::decode_event(Some(&submitted.headers), &submitted.payload) {
+        Ok(Envelope {
+            payload: JobEvent::Submitted(s),
+            ..
+        }) => s.webhook.map(|w| w.url),
+        _ => None,
+    };
+    let Some(url) = url else { return Ok(()) };
+    let cmd = Envelope::new(
+        SOURCE,
+        ev.job,
+        ev.tenant.clone(),
+        ev.kind.clone(),
+        Command::Webhook(DeliverWebhook {
+            event_seq: seq,
+            url,
+        }),
+    )
+    .with_trace(ev.traceparent.as_ref().map(|t| t.child()));
+    shared
+        .bus
+        .publish_command(&cmd, &msg_id::webhook(ev.job, 0))
+        .await
+        .map(drop)
+        .map_err(|e| Some(e.to_string()))
+}
+
+async fn delivery_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
+    let spec = streams::webhook_delivery_consumer(
+        shared.bus.ns(),
+        WebhookNotifier::ack_wait(&shared.settings),
+    );
+    let consumer = shared.bus.pull_consumer(&spec).await?;
+    let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
+    let tasks = TaskTracker::new();
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < 256 {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook delivery pull failed; retrying");
+                drop(permits);
+                if !pause(&shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        while let Some(Ok(msg)) = batch.next().await {
+            let Some(permit) = permits.pop() else {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                deliver(&shared, &msg).await;
+                drop(permit);
+            });
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    /// Retry later (after this long, if the receiver said so).
+    Retry(String, Option<Duration>),
+    /// Never retry.
+    GiveUp(String),
+}
+
+async fn deliver(shared: &Shared, msg: &jetstream::Message) {
+    let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
+        Ok(Envelope {
+            payload: Command::Webhook(d),
+            job,
+            tenant,
+            kind,
+            ..
+        }) => (d, job, tenant, kind),
+        _ => {
+            tracing::warn!(subject = %msg.subject, "poison webhook command terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let (delivery, job, tenant, kind) = cmd;
+    let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+    let span = tracing::info_span!("webhook", job_id = %job, tenant = %tenant, attempt);
+    let _enter = span.enter();
+    let outcome = attempt_delivery(shared, &delivery, tenant.as_str()).await;
+    let error = match outcome {
+        Attempt::Delivered => {
+            tracing::debug!("webhook delivered");
+            let _ = msg.ack().await;
+            return;
+        }
+        Attempt::Retry(e, after) if attempt < u64::from(shared.settings.max_attempts) => {
+            let delay = after.unwrap_or_else(|| backoff(&shared.settings, attempt));
+            tracing::info!(error = %e, retry_in = ?delay, "webhook delivery failed; will retry");
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        Attempt::Retry(e, _) | Attempt::GiveUp(e) => e,
+    };
+    tracing::warn!(error = %error, "webhook delivery failed for good; recorded for re-drive");
+    let record = FailedDelivery {
+        job: job.to_string(),
+        tenant: tenant.to_string(),
+        kind: kind.to_string(),
+        url: delivery.url.clone(),
+        event_seq: delivery.event_seq,
+        attempts: attempt,
+        last_error: error,
+        failed_at: Utc::now().to_rfc3339(),
+    };
+    let key = format!("{tenant}.{job}");
+    let value = serde_json::to_vec(&record).expect("a record serialises");
+    match shared.failures.put(key, value.into()).await {
+        Ok(_) => {
+            let _ = msg.ack().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "failed delivery not recorded; retrying");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}
+
+async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &str) -> Attempt {
+    if let Err(e) = bus::webhook_url::check(&delivery.url, shared.settings.allow_private).await {
+        return Attempt::GiveUp(e);
+    }
+    let stream = match shared.bus.events_stream().await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Retry(e.to_string(), Some(Duration::from_secs(1))),
+    };
+    let event = match stream.direct_get(delivery.event_seq).await {
+        Ok(m) => m,
+        Err(e) => {
+            return Attempt::Retry(
+                format!("reading the event: {e}"),
+                Some(Duration::from_secs(1)),
+            )
+        }
+    };
+    let id = match bus::decode_event(Some(&event.headers), &event.payload) {
+        Ok(ev) => ev.id.to_string(),
+        Err(e) => return Attempt::GiveUp(format!("the event is unreadable: {e}")),
+    };
+    let secret = events::webhooks::tenant_secret(&shared.settings.master_secret, tenant);
+    let timestamp = Utc::now().timestamp();
+    let signature = events::webhooks::sign(&secret, &id, timestamp, &event.payload)
+        .expect("derived secrets are valid");
+    let sent = shared
+        .http
+        .post(&delivery.url)
+        .header("content-type", events::envelope::STRUCTURED_CONTENT_TYPE)
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(event.payload.clone())
+        .send()
+        .await;
+    match sent {
+        Ok(res) if res.status().is_success() => Attempt::Delivered,
+        Ok(res) if res.status() == reqwest::StatusCode::GONE => {
+            Attempt::GiveUp("the endpoint answered 410 Gone".into())
+        }
+        Ok(res) => {
+            let status = res.status();
+            let retry_after = matches!(status.as_u16(), 429 | 503)
+                .then(|| {
+                    res.headers()
+                        .get("retry-after")?
+                        .to_str()
+                        .ok()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .flatten()
+                .map(|s| Duration::from_secs(s.min(600)));
+            Attempt::Retry(format!("the endpoint answered {status}"), retry_after)
+        }
+        Err(e) if e.is_timeout() => {
+            Attempt::Retry("the endpoint did not answer in time".into(), None)
+        }
+        Err(e) => Attempt::Retry(format!("cannot reach the endpoint: {e}"), None),
+    }
+}
+
+fn backoff(settings: &WebhookSettings, attempt: u64) -> Duration {
+    let exp = settings
+        .retry_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(settings.retry_max);
+    exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5))
+}
