@@ -158,6 +158,9 @@ pub struct ApiArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "CONVEYOR_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
+    /// Events buffered for the slowest SSE/WebSocket subscriber before it is told to resume.
+    #[arg(long, env = "CONVEYOR_SSE_BUFFER", default_value_t = 4096)]
+    pub sse_buffer: usize,
     /// How long a read of a just-accepted job waits for the projector (ms) before answering
     /// from the event log.
     #[arg(long, env = "CONVEYOR_READ_YOUR_WRITES_MS", default_value_t = 5_000)]
@@ -180,6 +183,7 @@ impl ApiArgs {
         }
         s.max_body_bytes = self.max_body_bytes;
         s.read_your_writes_wait = Duration::from_millis(self.read_your_writes_ms);
+        s.sse_buffer = self.sse_buffer;
         Ok(s)
     }
 }

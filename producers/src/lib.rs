@@ -55,6 +55,8 @@ pub struct ApiSettings {
     pub allow_private_webhooks: bool,
     /// Master secret of webhook signatures (each tenant's secret derives from it).
     pub webhook_secret: String,
+    /// Events buffered for the slowest live subscriber before it is told to resume.
+    pub sse_buffer: usize,
 }
 
 impl ApiSettings {
@@ -69,6 +71,7 @@ impl ApiSettings {
             read_your_writes_wait: Duration::from_secs(5),
             allow_private_webhooks: false,
             webhook_secret: String::new(),
+            sse_buffer: 4096,
         }
     }
 }
@@ -106,11 +109,11 @@ impl AppState {
         bus.provision_streams().await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                hub: live::Hub::new(settings.sse_buffer),
                 bus,
                 db,
                 settings,
                 checkpoint: watch::channel(0).0,
-                hub: live::Hub::default(),
                 shutdown: CancellationToken::new(),
             }),
         })
@@ -144,6 +147,10 @@ pub async fn serve(
         });
     }
     let token = shutdown.clone();
+    // Small request/response pairs: Nagle's algorithm would hold them back waiting for ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;

@@ -23,9 +23,6 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// Events buffered for the slowest subscriber before it is told to resume.
-pub(crate) const BROADCAST_CAPACITY: usize = 4096;
-
 /// One event as subscribers see it.
 #[derive(Debug)]
 pub(crate) struct LiveEvent {
@@ -133,15 +130,14 @@ pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<LiveEvent>>,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
+impl Hub {
+    /// A hub buffering `capacity` events for the slowest subscriber.
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            tx: broadcast::channel(BROADCAST_CAPACITY).0,
+            tx: broadcast::channel(capacity.max(1)).0,
         }
     }
-}
 
-impl Hub {
     /// Follows EVENTS from its end into the broadcast until `shutdown`; restarts after errors
     /// from the last event it saw.
     pub(crate) async fn run_tail(self, bus: Bus, shutdown: CancellationToken) {
@@ -323,5 +319,88 @@ impl Sub {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, tenant: &str) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent {
+            seq,
+            tenant: Tenant::parse(tenant).unwrap(),
+            job: JobId::new(),
+            kind: "noop".into(),
+            name: "submitted",
+            terminal: false,
+            json: "{}".into(),
+        })
+    }
+
+    fn live_sub(hub: &Hub, tenant: &str) -> Sub {
+        Sub {
+            filter: Filter {
+                tenant: Tenant::parse(tenant).unwrap(),
+                types: Vec::new(),
+                kind: None,
+                job: None,
+            },
+            subject: String::new(),
+            rx: hub.tx.subscribe(),
+            last_sent: 0,
+            covered: 0,
+            catchup: None,
+            catchup_to: 0,
+            until_terminal: false,
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_where_to_resume_and_others_go_on() {
+        let hub = Hub::new(4);
+        let mut slow = live_sub(&hub, "acme");
+        let mut fast = live_sub(&hub, "acme");
+        hub.tx.send(event(1, "acme")).unwrap();
+        hub.tx.send(event(2, "globex")).unwrap();
+        for expected in [1] {
+            match fast.next_item().await {
+                Some(Item::Event(ev)) => assert_eq!(ev.seq, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+        match slow.next_item().await {
+            Some(Item::Event(ev)) => assert_eq!(ev.seq, 1),
+            other => panic!("{other:?}"),
+        }
+        // The slow one stops reading; more events than the buffer holds go by.
+        for seq in 3..=10 {
+            hub.tx.send(event(seq, "acme")).unwrap();
+        }
+        match slow.next_item().await {
+            Some(Item::Overflow { resume_after }) => assert_eq!(resume_after, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            slow.next_item().await.is_none(),
+            "the stream ends after the resume hint"
+        );
+        // Sending never waited for it, and a subscriber that keeps up is unaffected.
+        let mut keeping_up = live_sub(&hub, "acme");
+        hub.tx.send(event(11, "acme")).unwrap();
+        match keeping_up.next_item().await {
+            Some(Item::Event(ev)) => assert_eq!(ev.seq, 11),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_filters() {
+        assert_eq!(
+            Filter::parse_types("job.succeeded, dev.conveyor.job.failed,cancelled").unwrap(),
+            ["succeeded", "failed", "cancelled"]
+        );
+        assert!(Filter::parse_types("job.exploded").is_err());
     }
 }

@@ -192,6 +192,9 @@ async fn pull_loop(
 ) -> crate::Result<()> {
     let spec = streams::worker_consumer(shared.bus.ns(), &kind, shared.settings.ack_wait);
     let consumer = shared.bus.pull_consumer(&spec).await?;
+    // How many commands to ask for next. It grows while pulls come back full and falls back to
+    // one when the kind is idle, so an idle kind never sits on the slots a busy one needs.
+    let mut want = 1;
     while !shutdown.is_cancelled() {
         // Pull only as many commands as there are free slots.
         let first = tokio::select! {
@@ -199,15 +202,16 @@ async fn pull_loop(
             _ = shutdown.cancelled() => break,
         };
         let mut permits = vec![first];
-        while permits.len() < MAX_PULL {
+        while permits.len() < want {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
             }
         }
+        let asked = permits.len();
         let batch = consumer
             .batch()
-            .max_messages(permits.len())
+            .max_messages(asked)
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -223,6 +227,7 @@ async fn pull_loop(
                 continue;
             }
         };
+        let mut received = 0;
         while let Some(next) = batch.next().await {
             let msg = match next {
                 Ok(m) => m,
@@ -231,6 +236,7 @@ async fn pull_loop(
                     break;
                 }
             };
+            received += 1;
             if shutdown.is_cancelled() {
                 // Stopping: give it straight back so another worker takes it now.
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -243,6 +249,11 @@ async fn pull_loop(
             };
             jobs.spawn(process(shared.clone(), msg, permit));
         }
+        want = if received >= asked {
+            (asked * 2).min(MAX_PULL)
+        } else {
+            (received + 1).min(MAX_PULL)
+        };
     }
     Ok(())
 }

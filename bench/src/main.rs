@@ -1,0 +1,124 @@
+//! `conveyor-bench`: measures a running conveyor from the outside, as a client would.
+//!
+//! Run through `scripts/bench`, which starts the services and conveyor's roles as separate
+//! processes and passes their address and a token.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use conveyor::client::Client;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+#[command(name = "conveyor-bench", about = "Benchmarks of a running conveyor")]
+struct Cli {
+    /// API base URL.
+    #[arg(long, env = "CONVEYOR_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token with jobs:write, jobs:read and events:read.
+    #[arg(long, env = "CONVEYOR_TOKEN")]
+    token: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Latency from `job.succeeded` being published to an SSE client receiving it.
+    NotifyLatency {
+        /// Jobs to run (one latency sample each).
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// Submissions in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n = {})",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0,
+        h.len()
+    )
+}
+
+async fn notify_latency(c: Client, jobs: usize, concurrency: usize) -> anyhow::Result<()> {
+    let published_to_received = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let seen = Arc::new(Mutex::new(0usize));
+    // The subscriber: live events of type job.succeeded.
+    let listener = {
+        let (c, hist, seen) = (c.clone(), published_to_received.clone(), seen.clone());
+        tokio::spawn(async move {
+            c.follow("/v1/events?type=job.succeeded", None, None, |ev| {
+                let received = Utc::now();
+                let ce: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                if let Some(Ok(published)) = ce["time"].as_str().map(str::parse::<DateTime<Utc>>) {
+                    let us = (received - published)
+                        .num_microseconds()
+                        .unwrap_or(0)
+                        .max(0) as u64;
+                    let _ = hist.lock().expect("histogram").record(us);
+                }
+                let mut n = seen.lock().expect("counter");
+                *n += 1;
+                *n < jobs
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let submit = futures::stream::iter(0..jobs).for_each_concurrent(concurrency, |_| {
+        let c = c.clone();
+        async move {
+            if let Err(e) = c
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/jobs",
+                    Some(&json!({ "kind": "noop" })),
+                    &[],
+                )
+                .await
+            {
+                eprintln!("submit failed: {e:#}");
+            }
+        }
+    });
+    submit.await;
+    let submitted = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(120), listener)
+        .await
+        .context("not every job.succeeded arrived within 120 s")???;
+    let elapsed = started.elapsed();
+    let h = published_to_received.lock().expect("histogram");
+    println!(
+        "notification latency, job.succeeded published -> SSE client: {}",
+        quantiles(&h)
+    );
+    println!(
+        "{jobs} jobs submitted in {:.2} s, all succeeded and notified in {:.2} s ({:.0} jobs/s at {concurrency} submitters)",
+        submitted.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let c = Client::new(&cli.url, &cli.token);
+    match cli.command {
+        Command::NotifyLatency { jobs, concurrency } => notify_latency(c, jobs, concurrency).await,
+    }
+}
