@@ -37,6 +37,10 @@ enum Command {
         /// Submissions in flight.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Extra SSE subscribers held open (of the same tenant, filtering for an event type
+        /// that never comes), so every event is checked against them too.
+        #[arg(long, default_value_t = 0)]
+        idle_subscribers: usize,
     },
 }
 
@@ -50,6 +54,30 @@ fn quantiles(h: &Histogram<u64>) -> String {
         h.max() as f64 / 1000.0,
         h.len()
     )
+}
+
+async fn open_idle_subscribers(
+    url: &str,
+    token: &str,
+    n: usize,
+) -> anyhow::Result<Vec<reqwest::Response>> {
+    let http = reqwest::Client::new();
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        let res = http
+            .get(format!("{url}/v1/events?type=job.cancel_requested"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("opening an idle subscriber")?;
+        anyhow::ensure!(
+            res.status().is_success(),
+            "idle subscriber refused: {}",
+            res.status()
+        );
+        open.push(res);
+    }
+    Ok(open)
 }
 
 async fn notify_latency(c: Client, jobs: usize, concurrency: usize) -> anyhow::Result<()> {
@@ -119,6 +147,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let c = Client::new(&cli.url, &cli.token);
     match cli.command {
-        Command::NotifyLatency { jobs, concurrency } => notify_latency(c, jobs, concurrency).await,
+        Command::NotifyLatency {
+            jobs,
+            concurrency,
+            idle_subscribers,
+        } => {
+            let _idle = open_idle_subscribers(&cli.url, &cli.token, idle_subscribers).await?;
+            if idle_subscribers > 0 {
+                println!("{idle_subscribers} idle SSE subscribers open");
+            }
+            notify_latency(c, jobs, concurrency).await
+        }
     }
 }

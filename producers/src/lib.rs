@@ -132,11 +132,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listen = tokio::spawn(reads::checkpoint_listener(state.clone(), shutdown.clone()));
+    // Before the first request: subscribers can then rely on the tail covering what follows.
+    let start = live::Hub::start_position(&state.bus).await;
     let tail = tokio::spawn(
         state
             .hub
             .clone()
-            .run_tail(state.bus.clone(), shutdown.clone()),
+            .run_tail(state.bus.clone(), start, shutdown.clone()),
     );
     {
         // Live streams end with the server (axum waits for open connections to finish).

@@ -1,9 +1,9 @@
 //! Live event fan-out for SSE and WebSocket subscribers.
 //!
 //! One **tail** per API process follows the EVENTS stream with an ordered consumer and publishes
-//! every event, decoded once, into a bounded `broadcast` channel. Subscribers hold a receiver and
-//! filter by tenant, type, kind and job; an idle subscriber costs a receiver, not a JetStream
-//! consumer. A subscriber that resumes (`Last-Event-ID`, `?after=`) first **catches up** from the
+//! every event, decoded once, into its tenant's bounded `broadcast` channel. Subscribers hold a
+//! receiver of their tenant's channel and filter by type, kind and job; an idle subscriber costs
+//! a receiver, not a JetStream consumer, and other tenants' events never wake it. A subscriber that resumes (`Last-Event-ID`, `?after=`) first **catches up** from the
 //! stream itself (direct gets by subject, from the resume point to the stream's last sequence
 //! read at subscription time), then switches to the broadcast, skipping what it already sent:
 //! no gap and no duplicate, however old the resume point and across restarts of the process.
@@ -12,6 +12,7 @@
 //! [`Item::Overflow`] carrying the last sequence it was sent, and its stream ends, so the client
 //! resumes from there. The tail never waits for a subscriber.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,24 +125,53 @@ pub(crate) enum Item {
     },
 }
 
-/// The process's fan-out hub.
+/// The process's fan-out hub: one bounded broadcast channel per tenant with subscribers, so an
+/// event only wakes the subscribers of its own tenant.
 #[derive(Debug, Clone)]
 pub(crate) struct Hub {
-    tx: broadcast::Sender<Arc<LiveEvent>>,
+    capacity: usize,
+    /// A std mutex: held only for a map lookup, never across an await.
+    tenants: Arc<std::sync::Mutex<HashMap<Tenant, broadcast::Sender<Arc<LiveEvent>>>>>,
 }
 
 impl Hub {
-    /// A hub buffering `capacity` events for the slowest subscriber.
+    /// A hub buffering `capacity` events per tenant for the slowest subscriber.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            tx: broadcast::channel(capacity.max(1)).0,
+            capacity: capacity.max(1),
+            tenants: Default::default(),
         }
     }
 
-    /// Follows EVENTS from its end into the broadcast until `shutdown`; restarts after errors
-    /// from the last event it saw.
-    pub(crate) async fn run_tail(self, bus: Bus, shutdown: CancellationToken) {
-        let mut next: Option<u64> = None;
+    fn receiver(&self, tenant: &Tenant) -> broadcast::Receiver<Arc<LiveEvent>> {
+        let mut tenants = self.tenants.lock().expect("hub map poisoned");
+        tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// Hands an event to its tenant's subscribers, if any; forgets tenants nobody follows.
+    fn publish(&self, ev: Arc<LiveEvent>) {
+        let mut tenants = self.tenants.lock().expect("hub map poisoned");
+        if let Some(tx) = tenants.get(&ev.tenant) {
+            if tx.send(ev.clone()).is_err() {
+                tenants.remove(&ev.tenant);
+            }
+        }
+    }
+
+    /// The sequence the tail must start from: the stream's end, read *before* the server takes
+    /// its first subscriber, so no event falls between a subscriber's catch-up and the tail.
+    pub(crate) async fn start_position(bus: &Bus) -> Option<u64> {
+        let mut stream = bus.events_stream().await.ok()?;
+        Some(stream.info().await.ok()?.state.last_sequence + 1)
+    }
+
+    /// Follows EVENTS from `start` (or the stream's end) into the broadcast until `shutdown`;
+    /// restarts after errors from the last event it saw.
+    pub(crate) async fn run_tail(self, bus: Bus, start: Option<u64>, shutdown: CancellationToken) {
+        let mut next = start;
         while !shutdown.is_cancelled() {
             if let Err(e) = self.tail_once(&bus, &mut next, &shutdown).await {
                 tracing::warn!(error = %e, "event tail interrupted; resuming");
@@ -193,8 +223,7 @@ impl Hub {
             let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
             *next = Some(seq + 1);
             if let Some(ev) = LiveEvent::from_message(seq, msg.headers.as_ref(), &msg.payload) {
-                // No receivers is fine: nobody is listening.
-                let _ = self.tx.send(Arc::new(ev));
+                self.publish(Arc::new(ev));
             }
         }
     }
@@ -209,7 +238,7 @@ impl Hub {
         until_terminal: bool,
     ) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
         // Subscribe before reading the stream's end, so nothing falls between the two.
-        let rx = self.tx.subscribe();
+        let rx = self.receiver(&filter.tenant);
         let (catchup_to, stream) = match after {
             Some(after) => {
                 let mut stream = bus.events_stream().await?;
@@ -347,7 +376,7 @@ mod tests {
                 job: None,
             },
             subject: String::new(),
-            rx: hub.tx.subscribe(),
+            rx: hub.receiver(&Tenant::parse(tenant).unwrap()),
             last_sent: 0,
             covered: 0,
             catchup: None,
@@ -362,8 +391,8 @@ mod tests {
         let hub = Hub::new(4);
         let mut slow = live_sub(&hub, "acme");
         let mut fast = live_sub(&hub, "acme");
-        hub.tx.send(event(1, "acme")).unwrap();
-        hub.tx.send(event(2, "globex")).unwrap();
+        hub.publish(event(1, "acme"));
+        hub.publish(event(2, "globex"));
         for expected in [1] {
             match fast.next_item().await {
                 Some(Item::Event(ev)) => assert_eq!(ev.seq, expected),
@@ -376,7 +405,7 @@ mod tests {
         }
         // The slow one stops reading; more events than the buffer holds go by.
         for seq in 3..=10 {
-            hub.tx.send(event(seq, "acme")).unwrap();
+            hub.publish(event(seq, "acme"));
         }
         match slow.next_item().await {
             Some(Item::Overflow { resume_after }) => assert_eq!(resume_after, 1),
@@ -388,7 +417,7 @@ mod tests {
         );
         // Sending never waited for it, and a subscriber that keeps up is unaffected.
         let mut keeping_up = live_sub(&hub, "acme");
-        hub.tx.send(event(11, "acme")).unwrap();
+        hub.publish(event(11, "acme"));
         match keeping_up.next_item().await {
             Some(Item::Event(ev)) => assert_eq!(ev.seq, 11),
             other => panic!("{other:?}"),
