@@ -268,6 +268,9 @@ pub struct WebhookArgs {
     /// Deliveries in flight per notifier process.
     #[arg(long, env = "CONVEYOR_WEBHOOK_CONCURRENCY", default_value_t = 128)]
     pub webhook_concurrency: usize,
+    /// Deliveries in flight per target host and port.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_PER_HOST", default_value_t = 16)]
+    pub webhook_per_host: usize,
     /// First retry delay (ms); doubles per attempt, with jitter, up to 10 minutes.
     #[arg(long, env = "CONVEYOR_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
     pub webhook_retry_base_ms: u64,
@@ -281,6 +284,7 @@ impl WebhookArgs {
             max_attempts: self.webhook_max_attempts.max(1),
             timeout: Duration::from_millis(self.webhook_timeout_ms),
             concurrency: self.webhook_concurrency,
+            per_host: self.webhook_per_host,
             retry_base: Duration::from_millis(self.webhook_retry_base_ms),
             retry_max: Duration::from_secs(600),
             allow_private: self.allow_private_webhooks,

@@ -35,6 +35,16 @@ pub struct DeliverWebhook {
     pub event_seq: u64,
     /// Where to POST it.
     pub url: String,
+    /// 1-based attempt number.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Not before this time (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Every command.

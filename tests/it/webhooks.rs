@@ -195,31 +195,24 @@ async fn secret_of_other_tenant(env: &Env, api: &Api) -> String {
 #[tokio::test]
 async fn a_receiver_that_never_answers_does_not_slow_other_deliveries() {
     let mut env = Env::new().await;
-    env.set("CONVEYOR_WEBHOOK_TIMEOUT_MS", "60000");
+    env.set("CONVEYOR_WEBHOOK_TIMEOUT_MS", "60000")
+        .set("CONVEYOR_WEBHOOK_CONCURRENCY", "4")
+        .set("CONVEYOR_WEBHOOK_PER_HOST", "2");
     let (_dev, api) = env.spawn_http("dev").await;
-    let (receiver, base) = start_receiver().await;
-    api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{base}/hang") } }))
-        .await;
-    wait_until("the hanging delivery to start", 30, || {
-        receiver.hanging.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    for _ in 0..5 {
-        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{base}/ok") } }))
-            .await;
+    let (dead, dead_base) = start_receiver().await;
+    let (alive, alive_base) = start_receiver().await;
+    // More hanging deliveries than the notifier has slots in all.
+    for _ in 0..6 {
+        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{dead_base}/hang") } })).await;
     }
-    wait_until("the other deliveries", 30, || {
-        successes(&receiver).len() == 5
-    })
-    .await;
-    // They all arrived while the first delivery was still waiting for its answer.
-    assert_eq!(receiver.hanging.load(Ordering::SeqCst), 1);
-    assert!(receiver
-        .deliveries
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|d| d.path == "ok"));
+    wait_until("the hanging deliveries to start", 30, || dead.hanging.load(Ordering::SeqCst) == 2).await;
+    for _ in 0..5 {
+        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{alive_base}/ok") } })).await;
+    }
+    wait_until("the other endpoint's deliveries", 30, || successes(&alive).len() == 5).await;
+    // They all arrived while the dead endpoint held its (capped) share of slots.
+    assert_eq!(dead.hanging.load(Ordering::SeqCst), 2, "at most 2 in flight per host");
+    assert!(dead.deliveries.lock().unwrap().is_empty(), "no hanging request has been answered");
 }
 
 #[tokio::test]

@@ -7,10 +7,11 @@
 //!    with `webhook.url`, queues a `webhook` command on COMMANDS (message id `<job>.webhook`, so a
 //!    redelivered terminal event queues nothing new).
 //! 2. **Delivery** (`webhooks` on COMMANDS): POSTs the terminal CloudEvent, signed per Standard
-//!    Webhooks with the tenant's secret, with a bounded number of deliveries in flight, a timeout
-//!    per request and no redirects. A non-2xx answer, a timeout or a connection error is retried
-//!    with exponential backoff and jitter (a delayed NAK; `Retry-After` of a 429 or 503 is
-//!    honoured) up to `max_attempts`; then, or at once on `410 Gone` or a refused target, the
+//!    Webhooks with the tenant's secret, with a bounded number of deliveries in flight (in all
+//!    and per target host), a timeout per request and no redirects. A non-2xx answer, a timeout or
+//!    a connection error is retried with exponential backoff and jitter (the next attempt is a new
+//!    command with a `not_before`; `Retry-After` of a 429 or 503 is honoured) up to
+//!    `max_attempts`; then, or at once on `410 Gone` or a refused target, the
 //!    delivery is recorded in the `<NS>_WEBHOOK_FAILURES` bucket, where operators list and
 //!    re-drive it. The target is re-checked against private ranges at each delivery, so a DNS
 //!    change cannot turn a vetted host into an internal one.
@@ -49,6 +50,8 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Deliveries in flight per process.
     pub concurrency: usize,
+    /// Deliveries in flight per target host (and port), so one endpoint cannot take them all.
+    pub per_host: usize,
     /// First retry delay; doubles per attempt, with jitter.
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -69,6 +72,7 @@ struct Shared {
     settings: WebhookSettings,
     http: reqwest::Client,
     failures: async_nats::jetstream::kv::Store,
+    hosts: HostSlots,
 }
 
 impl WebhookNotifier {
@@ -95,6 +99,7 @@ impl WebhookNotifier {
             .build()
             .map_err(|e| crate::Error::Nats(format!("HTTP client: {e}")))?;
         let shared = Arc::new(Shared {
+            hosts: HostSlots::new(self.settings.per_host),
             failures: self.bus.webhook_failures().await?,
             bus: self.bus,
             settings: self.settings,
@@ -200,6 +205,8 @@ async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(),
         Command::Webhook(DeliverWebhook {
             event_seq: seq,
             url,
+            attempt: 1,
+            not_before: None,
         }),
     )
     .with_trace(ev.traceparent.as_ref().map(|t| t.child()));
@@ -275,51 +282,84 @@ enum Attempt {
 }
 
 async fn deliver(shared: &Shared, msg: &jetstream::Message) {
-    let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
-        Ok(Envelope {
-            payload: Command::Webhook(d),
-            job,
-            tenant,
-            kind,
-            ..
-        }) => (d, job, tenant, kind),
-        _ => {
-            tracing::warn!(subject = %msg.subject, "poison webhook command terminated");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
+    let cmd = bus::decode_command(msg.headers.as_ref(), &msg.payload).ok();
+    let Some(Command::Webhook(delivery)) = cmd.as_ref().map(|c| &c.payload) else {
+        tracing::warn!(subject = %msg.subject, "poison webhook command terminated");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
     };
-    let (delivery, job, tenant, kind) = cmd;
-    let attempt = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
-    let span = tracing::info_span!("webhook", job_id = %job, tenant = %tenant, attempt);
+    let cmd = cmd.as_ref().expect("decoded above");
+    if let Some(wait) = delivery
+        .not_before
+        .and_then(|t| (t - Utc::now()).to_std().ok())
+    {
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(wait.min(Duration::from_secs(15)))))
+            .await;
+        return;
+    }
+    // One target may only hold a few of the delivery slots, so a slow or dead endpoint never
+    // delays the deliveries of others. Handing the command back does not use up an attempt.
+    let Some(_host_slot) = shared.hosts.try_acquire(&delivery.url) else {
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+            .await;
+        return;
+    };
+    let span = tracing::info_span!("webhook", job_id = %cmd.job, tenant = %cmd.tenant, attempt = delivery.attempt);
     let _enter = span.enter();
-    let outcome = attempt_delivery(shared, &delivery, tenant.as_str()).await;
-    let error = match outcome {
+    let error = match attempt_delivery(shared, delivery, cmd.tenant.as_str()).await {
         Attempt::Delivered => {
             tracing::debug!("webhook delivered");
             let _ = msg.ack().await;
             return;
         }
-        Attempt::Retry(e, after) if attempt < u64::from(shared.settings.max_attempts) => {
-            let delay = after.unwrap_or_else(|| backoff(&shared.settings, attempt));
+        Attempt::Retry(e, after) if delivery.attempt < shared.settings.max_attempts => {
+            let delay = after.unwrap_or_else(|| backoff(&shared.settings, delivery.attempt.into()));
             tracing::info!(error = %e, retry_in = ?delay, "webhook delivery failed; will retry");
-            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            // The next attempt is a new command, so attempts are counted exactly, whatever
+            // redeliveries happen in between.
+            let next = Envelope {
+                id: uuid::Uuid::now_v7(),
+                time: Utc::now(),
+                payload: Command::Webhook(DeliverWebhook {
+                    attempt: delivery.attempt + 1,
+                    not_before: Some(Utc::now() + delay),
+                    ..delivery.clone()
+                }),
+                ..cmd.clone()
+            };
+            match shared
+                .bus
+                .publish_command(&next, &format!("{}.next", cmd.id))
+                .await
+            {
+                Ok(_) => {
+                    let _ = msg.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retry not queued; handing the delivery back");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
             return;
         }
         Attempt::Retry(e, _) | Attempt::GiveUp(e) => e,
     };
     tracing::warn!(error = %error, "webhook delivery failed for good; recorded for re-drive");
     let record = FailedDelivery {
-        job: job.to_string(),
-        tenant: tenant.to_string(),
-        kind: kind.to_string(),
+        job: cmd.job.to_string(),
+        tenant: cmd.tenant.to_string(),
+        kind: cmd.kind.to_string(),
         url: delivery.url.clone(),
         event_seq: delivery.event_seq,
-        attempts: attempt,
+        attempts: delivery.attempt.into(),
         last_error: error,
         failed_at: Utc::now().to_rfc3339(),
     };
-    let key = format!("{tenant}.{job}");
+    let key = format!("{}.{}", cmd.tenant, cmd.job);
     let value = serde_json::to_vec(&record).expect("a record serialises");
     match shared.failures.put(key, value.into()).await {
         Ok(_) => {
@@ -331,6 +371,66 @@ async fn deliver(shared: &Shared, msg: &jetstream::Message) {
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await;
         }
+    }
+}
+
+/// In-flight deliveries per target host, each bounded.
+#[derive(Debug)]
+struct HostSlots {
+    limit: usize,
+    /// A std mutex: held only for a map operation.
+    hosts: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A delivery slot of one host; frees itself (and forgets an idle host) when dropped.
+struct HostSlot<'a> {
+    slots: &'a HostSlots,
+    host: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for HostSlot<'_> {
+    fn drop(&mut self) {
+        let mut hosts = self.slots.hosts.lock().expect("host map poisoned");
+        // Our permit is still held here: the host is idle once it is the only one out.
+        if hosts
+            .get(&self.host)
+            .is_some_and(|s| s.available_permits() + 1 == self.slots.limit)
+        {
+            hosts.remove(&self.host);
+        }
+    }
+}
+
+impl HostSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            hosts: Default::default(),
+        }
+    }
+
+    fn try_acquire(&self, url: &str) -> Option<HostSlot<'_>> {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+            })
+            .unwrap_or_default();
+        let sem = {
+            let mut hosts = self.hosts.lock().expect("host map poisoned");
+            hosts
+                .entry(host.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                .clone()
+        };
+        let permit = sem.try_acquire_owned().ok()?;
+        Some(HostSlot {
+            slots: self,
+            host,
+            _permit: permit,
+        })
     }
 }
 

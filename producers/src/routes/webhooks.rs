@@ -105,6 +105,8 @@ pub(crate) async fn redrive(
         Command::Webhook(DeliverWebhook {
             event_seq: failed.event_seq,
             url: failed.url,
+            attempt: 1,
+            not_before: None,
         }),
     );
     let nonce = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
