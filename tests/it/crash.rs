@@ -127,3 +127,38 @@ async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
         "job_stats equals a recount"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_running_job_finish_and_exits_cleanly() {
+    let mut env = Env::new().await;
+    env.set("CONVEYOR_SHUTDOWN_GRACE_MS", "10000");
+    let (_api, api) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let mut worker = env.spawn("worker").await;
+    let id = id_of(
+        &api.submit(json!({ "kind": "sleep", "payload": { "ms": 1500, "steps": 3 } }))
+            .await,
+    );
+    api.wait_for(&id, 30, |j| j["status"] == "running").await;
+    let status = worker.terminate_and_wait().await;
+    assert!(
+        status.success(),
+        "the worker exits 0 on SIGTERM: {status:?}"
+    );
+    // It finished the job before exiting, with no other worker around.
+    let job = api.job(&id).await;
+    let job = if job["status"] == "succeeded" {
+        job
+    } else {
+        api.wait_terminal(&id).await
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        api.timeline(&id)
+            .await
+            .iter()
+            .filter(|t| *t == "started")
+            .count(),
+        1
+    );
+}

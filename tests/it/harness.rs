@@ -40,6 +40,20 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
+    /// SIGTERM, then wait for the exit status.
+    pub(crate) async fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the process exits within 60 s of SIGTERM")
+            .expect("wait for the process")
+    }
+
     /// Resident memory of the process, in KiB (Linux).
     pub(crate) fn rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("process is running");

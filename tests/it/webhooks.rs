@@ -203,16 +203,31 @@ async fn a_receiver_that_never_answers_does_not_slow_other_deliveries() {
     let (alive, alive_base) = start_receiver().await;
     // More hanging deliveries than the notifier has slots in all.
     for _ in 0..6 {
-        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{dead_base}/hang") } })).await;
+        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{dead_base}/hang") } }))
+            .await;
     }
-    wait_until("the hanging deliveries to start", 30, || dead.hanging.load(Ordering::SeqCst) == 2).await;
+    wait_until("the hanging deliveries to start", 30, || {
+        dead.hanging.load(Ordering::SeqCst) == 2
+    })
+    .await;
     for _ in 0..5 {
-        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{alive_base}/ok") } })).await;
+        api.submit(json!({ "kind": "noop", "webhook": { "url": format!("{alive_base}/ok") } }))
+            .await;
     }
-    wait_until("the other endpoint's deliveries", 30, || successes(&alive).len() == 5).await;
+    wait_until("the other endpoint's deliveries", 30, || {
+        successes(&alive).len() == 5
+    })
+    .await;
     // They all arrived while the dead endpoint held its (capped) share of slots.
-    assert_eq!(dead.hanging.load(Ordering::SeqCst), 2, "at most 2 in flight per host");
-    assert!(dead.deliveries.lock().unwrap().is_empty(), "no hanging request has been answered");
+    assert_eq!(
+        dead.hanging.load(Ordering::SeqCst),
+        2,
+        "at most 2 in flight per host"
+    );
+    assert!(
+        dead.deliveries.lock().unwrap().is_empty(),
+        "no hanging request has been answered"
+    );
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ pub const SOURCE: &str = "/conveyor/worker";
 /// The most commands one pull asks for.
 const MAX_PULL: usize = 256;
 /// How long a pull waits for commands before asking again.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// The longest a not-yet-due command is handed back for, so a cancelled delayed job is noticed.
 const MAX_DELAY_NAK: Duration = Duration::from_secs(15);
 
