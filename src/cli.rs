@@ -120,10 +120,8 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
-    /// Follow the tenant's events through the API.
+    /// The event log: follow it through the API, or export and import it (operators).
     Events {
-        #[command(flatten)]
-        target: Target,
         #[command(subcommand)]
         command: EventsCommand,
     },
@@ -138,8 +136,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum EventsCommand {
-    /// Print the tenant's events (one CloudEvent JSON per line).
+    /// Print the tenant's events through the API (one CloudEvent JSON per line).
     Tail {
+        #[command(flatten)]
+        target: Target,
         /// Keep following live events (otherwise stop once caught up with the past).
         #[arg(long)]
         follow: bool,
@@ -156,6 +156,29 @@ enum EventsCommand {
         /// --after, only new events).
         #[arg(long)]
         after: Option<u64>,
+    },
+    /// Write the event log as CloudEvents JSON Lines to stdout (reads JetStream directly).
+    Export {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// From this time: `10m`, `2h`, `7d` ago, or RFC 3339.
+        #[arg(long, conflicts_with = "from_seq")]
+        since: Option<String>,
+        /// Up to this time: `10m` ago, or RFC 3339 (default: the end of the log now).
+        #[arg(long)]
+        until: Option<String>,
+        /// From this stream sequence.
+        #[arg(long)]
+        from_seq: Option<u64>,
+    },
+    /// Append a CloudEvents JSON Lines file to this namespace's event log. Each event's id is
+    /// its message id, so importing a file twice (within the stream's 10-minute duplicate
+    /// window) adds nothing.
+    Import {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// The file (`-` for stdin).
+        file: std::path::PathBuf,
     },
 }
 
@@ -318,7 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { target, command } => jobs(target, command).await,
-        Command::Events { target, command } => events(target, command).await,
+        Command::Events { command } => events(command).await,
         Command::Webhooks { target, command } => webhooks(target, command).await,
     }
 }
@@ -431,15 +454,60 @@ fn client(target: &Target) -> anyhow::Result<Client> {
     Ok(Client::new(&target.url, &target.token))
 }
 
-async fn events(target: Target, command: EventsCommand) -> anyhow::Result<()> {
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    let (target, follow, types, kind, job, after) = match command {
+        EventsCommand::Tail {
+            target,
+            follow,
+            types,
+            kind,
+            job,
+            after,
+        } => (target, follow, types, kind, job, after),
+        EventsCommand::Export {
+            bus,
+            since,
+            until,
+            from_seq,
+        } => {
+            let bus = bus.connect("export").await?;
+            let start = match (from_seq, since) {
+                (Some(seq), _) => crate::log_tools::Start::Seq(seq),
+                (None, Some(t)) => crate::log_tools::Start::Time(crate::log_tools::parse_time(&t)?),
+                (None, None) => crate::log_tools::Start::All,
+            };
+            let until = until
+                .as_deref()
+                .map(crate::log_tools::parse_time)
+                .transpose()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = crate::log_tools::export(&bus, start, until, &mut out).await?;
+            eprintln!("exported {n} events");
+            return Ok(());
+        }
+        EventsCommand::Import { bus, file } => {
+            let bus = bus.connect("import").await?;
+            bus.provision_streams().await?;
+            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("cannot open {}", file.display()))?,
+                ))
+            };
+            let r = crate::log_tools::import(&bus, input).await?;
+            println!(
+                "imported {} events into namespace {} ({} new, {} already there)",
+                r.stored + r.duplicates,
+                bus.ns(),
+                r.stored,
+                r.duplicates
+            );
+            return Ok(());
+        }
+    };
     let c = client(&target)?;
-    let EventsCommand::Tail {
-        follow,
-        types,
-        kind,
-        job,
-        after,
-    } = command;
     let mut q = Vec::new();
     q.extend(types.map(|t| format!("type={t}")));
     q.extend(kind.map(|k| format!("kind={k}")));

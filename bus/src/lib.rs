@@ -441,23 +441,39 @@ impl Bus {
             .await
     }
 
-    /// Publishes raw bytes with a message id and the structured CloudEvents content type.
+    /// Publishes raw bytes with a message id and the structured CloudEvents content type, and
+    /// waits for JetStream's ack.
     pub async fn publish(
         &self,
         subject: String,
         payload: Vec<u8>,
         msg_id: &str,
     ) -> Result<jetstream::publish::PublishAck> {
-        let fail = |reason: String, full: bool| Error::Publish {
-            subject: subject.clone(),
-            reason,
-            full,
-        };
+        let pending = self.send(subject.clone(), payload, msg_id).await?;
+        pending.await.map_err(|e| {
+            let text = e.to_string();
+            // JetStream error 10077: "maximum messages exceeded" on a DiscardNew stream.
+            let full = text.contains("maximum messages") || text.contains("10077");
+            Error::Publish {
+                subject,
+                reason: text,
+                full,
+            }
+        })
+    }
+
+    /// Sends a publish and returns the future of its ack, so a caller can pipeline publishes
+    /// (sent in order) and await the acks together.
+    pub async fn send(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        msg_id: &str,
+    ) -> Result<jetstream::context::PublishAckFuture> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         headers.insert("Content-Type", events::envelope::STRUCTURED_CONTENT_TYPE);
-        let ack = self
-            .js
+        self.js
             .send_publish(
                 subject.clone(),
                 jetstream::message::PublishMessage::build()
@@ -465,13 +481,11 @@ impl Bus {
                     .headers(headers),
             )
             .await
-            .map_err(|e| fail(e.to_string(), false))?;
-        ack.await.map_err(|e| {
-            let text = e.to_string();
-            // JetStream error 10077: "maximum messages exceeded" on a DiscardNew stream.
-            let full = text.contains("maximum messages") || text.contains("10077");
-            fail(text, full)
-        })
+            .map_err(|e| Error::Publish {
+                subject,
+                reason: e.to_string(),
+                full: false,
+            })
     }
 }
 

@@ -147,6 +147,35 @@ impl Env {
         c
     }
 
+    /// Runs a one-shot `conveyor` command to completion; panics on failure.
+    pub(crate) async fn run(&self, args: &[&str]) -> std::process::Output {
+        let out = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .expect("run conveyor");
+        assert!(
+            out.status.success(),
+            "conveyor {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Every row of a read-model table, as JSON, in a stable order.
+    pub(crate) async fn table(&self, table: &str, order: &str) -> Vec<Value> {
+        let db = self.db().await;
+        let rows: Vec<sqlx::types::Json<Value>> = sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(t) FROM {table} t ORDER BY {order}"
+        ))
+        .fetch_all(&db)
+        .await
+        .expect("read table");
+        rows.into_iter().map(|r| r.0).collect()
+    }
+
     /// Starts `conveyor <role>`; its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
     pub(crate) async fn spawn(&self, role: &str) -> Proc {
         let n = std::fs::read_dir(&self.logs)

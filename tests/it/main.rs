@@ -6,4 +6,5 @@ mod crash;
 mod harness;
 mod jobs;
 mod live;
+mod log_tools;
 mod webhooks;

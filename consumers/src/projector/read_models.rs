@@ -302,6 +302,16 @@ pub(crate) async fn write(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> 
         .bind(Json(&batch.stats))
         .execute(&mut **tx)
         .await?;
+        // A row that went back to nothing is removed, so the table is the same however the
+        // events were batched (a rebuild must equal the live model row for row).
+        sqlx::query(
+            "DELETE FROM job_stats s USING jsonb_populate_recordset(NULL::job_stats, $1) d
+             WHERE s.tenant = d.tenant AND s.kind = d.kind AND s.status = d.status
+               AND s.count = 0 AND s.total_duration_ms = 0",
+        )
+        .bind(Json(&batch.stats))
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

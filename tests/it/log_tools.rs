@@ -1,0 +1,87 @@
+//! Export and import of the event log.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{id_of, Env};
+
+#[tokio::test]
+async fn export_then_import_elsewhere_rebuilds_identical_read_models() {
+    let source = Env::new().await;
+    let (dev, api) = source.spawn_http("dev").await;
+    let mut ids = Vec::new();
+    for body in [
+        json!({ "kind": "noop", "payload": { "echo": { "n": 1 } } }),
+        json!({ "kind": "flaky", "payload": { "fail_times": 1 } }),
+        json!({ "kind": "fail", "max_attempts": 2 }),
+        json!({ "kind": "sleep", "payload": { "ms": 50, "steps": 2 } }),
+    ] {
+        ids.push(id_of(&api.submit(body).await));
+    }
+    let other = api.with_token(&source.token("globex", "jobs:write jobs:read"));
+    ids.push(id_of(&other.submit(json!({ "kind": "noop" })).await));
+    for id in &ids[..4] {
+        api.wait_terminal(id).await;
+    }
+    other.wait_terminal(&ids[4]).await;
+    drop(dev);
+
+    let exported = source.run(&["events", "export"]).await.stdout;
+    let lines = exported
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+    assert_eq!(
+        lines,
+        source.stream_messages("EVENTS").await,
+        "one line per event"
+    );
+    let file = std::env::temp_dir().join(format!("{}.jsonl", source.ns));
+    std::fs::write(&file, &exported).unwrap();
+    let path = file.to_str().unwrap();
+
+    let target = Env::new().await;
+    let first = target.run(&["events", "import", path]).await;
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains(&format!("({lines} new, 0 already there)"))
+    );
+    let again = target.run(&["events", "import", path]).await;
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(&format!("(0 new, {lines} already there)")),
+        "importing twice adds nothing: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(target.stream_messages("EVENTS").await, lines);
+
+    let _projector = target.spawn("projector").await;
+    let db = target.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cp: i64 = sqlx::query_scalar("SELECT min(last_seq) FROM projection_checkpoints")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if cp as u64 == lines {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (table, order) in [
+        ("jobs", "id"),
+        ("job_events", "seq"),
+        ("job_stats", "tenant, kind, status"),
+    ] {
+        let (a, b) = (
+            source.table(table, order).await,
+            target.table(table, order).await,
+        );
+        assert!(!a.is_empty(), "{table} has rows");
+        assert_eq!(a, b, "{table} differs after export and import");
+    }
+    let _ = std::fs::remove_file(file);
+}
