@@ -125,6 +125,13 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Dead-lettered jobs: list, show and re-drive them through the API (admin scope).
+    Dlq {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Webhook signing secret and failed deliveries, through the API.
     Webhooks {
         #[command(flatten)]
@@ -179,6 +186,36 @@ enum EventsCommand {
         bus: BusArgs,
         /// The file (`-` for stdin).
         file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered jobs, newest first.
+    List {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Page size (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a dead-lettered job and its timeline.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// Run dead-lettered jobs again with a fresh budget of attempts.
+    Redrive {
+        /// Job id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead-lettered job (of `--kind`, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this kind.
+        #[arg(long, requires = "all")]
+        kind: Option<String>,
     },
 }
 
@@ -343,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { target, command } => jobs(target, command).await,
         Command::Events { command } => events(command).await,
         Command::Webhooks { target, command } => webhooks(target, command).await,
+        Command::Dlq { target, command } => dlq(target, command).await,
     }
 }
 
@@ -536,6 +574,91 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+async fn dlq(target: Target, command: DlqCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let kind_q = |kind: &Option<String>| {
+        kind.as_ref()
+            .map(|k| format!("&kind={k}"))
+            .unwrap_or_default()
+    };
+    match command {
+        DlqCommand::List { kind, limit } => {
+            let page = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/admin/dead-letters?limit={limit}{}", kind_q(&kind)),
+                    None,
+                    &[],
+                )
+                .await?;
+            print(&page);
+        }
+        DlqCommand::Show { id } => {
+            let job = c
+                .call(Method::GET, &format!("/v1/jobs/{id}"), None, &[])
+                .await?;
+            let events = c
+                .call(Method::GET, &format!("/v1/jobs/{id}/events"), None, &[])
+                .await?;
+            print(&json!({ "job": job, "events": events }));
+        }
+        DlqCommand::Redrive { id: Some(id), .. } => {
+            let out = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/admin/dead-letters/{id}/redrive"),
+                    None,
+                    &[],
+                )
+                .await?;
+            print(&out);
+        }
+        DlqCommand::Redrive { id: None, kind, .. } => {
+            // Collect first (re-driven jobs leave the list as they are projected), then re-drive.
+            let mut ids = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let page = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/admin/dead-letters?limit=500{}{cursor}", kind_q(&kind)),
+                        None,
+                        &[],
+                    )
+                    .await?;
+                ids.extend(
+                    page["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|j| j["id"].as_str().map(str::to_owned)),
+                );
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = format!("&cursor={next}"),
+                    None => break,
+                }
+            }
+            let mut redriven = 0;
+            for id in &ids {
+                match c
+                    .call(
+                        Method::POST,
+                        &format!("/v1/admin/dead-letters/{id}/redrive"),
+                        None,
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(_) => redriven += 1,
+                    Err(e) => eprintln!("not re-driven {id}: {e:#}"),
+                }
+            }
+            println!("{redriven} of {} dead-lettered jobs re-driven", ids.len());
+        }
+    }
+    Ok(())
 }
 
 async fn webhooks(target: Target, command: WebhooksCommand) -> anyhow::Result<()> {

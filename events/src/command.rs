@@ -22,6 +22,13 @@ pub struct RunJob {
     /// The job's input.
     #[serde(default)]
     pub payload: Value,
+    /// Re-drives of the job so far (0 until an operator re-drives it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Cancel a job: queued ones never start, a running one sees its cancellation token fire.

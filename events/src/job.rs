@@ -196,6 +196,19 @@ pub struct Cancelled {
     pub attempt: Option<u32>,
 }
 
+/// `job.redriven`: an operator re-drove a dead-lettered job; it is queued again with a fresh
+/// budget of attempts, numbered on from the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redriven {
+    /// The re-drive's number (1 for the first), which keeps its terminal event apart from the
+    /// earlier ones.
+    pub generation: u32,
+    /// The attempt that will run next.
+    pub next_attempt: u32,
+    /// The new limit of attempts (`next_attempt - 1` + the job's `max_attempts`).
+    pub max_attempts: u32,
+}
+
 /// Every domain event of a job.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
@@ -209,11 +222,12 @@ pub enum JobEvent {
     DeadLettered(DeadLettered),
     CancelRequested(CancelRequested),
     Cancelled(Cancelled),
+    Redriven(Redriven),
 }
 
 impl JobEvent {
     /// All short names, as used in subjects and in `type` filters after `job.`.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "submitted",
         "started",
         "progressed",
@@ -223,6 +237,7 @@ impl JobEvent {
         "dead_lettered",
         "cancel_requested",
         "cancelled",
+        "redriven",
     ];
 
     /// The short name: the last subject token (`succeeded`).
@@ -237,6 +252,7 @@ impl JobEvent {
             Self::DeadLettered(_) => "dead_lettered",
             Self::CancelRequested(_) => "cancel_requested",
             Self::Cancelled(_) => "cancelled",
+            Self::Redriven(_) => "redriven",
         }
     }
 
@@ -257,6 +273,7 @@ impl JobEvent {
             Self::Succeeded(_) => JobStatus::Succeeded,
             Self::DeadLettered(_) => JobStatus::Failed,
             Self::Cancelled(_) => JobStatus::Cancelled,
+            Self::Redriven(_) => JobStatus::Queued,
             Self::Failed(f) if !f.will_retry => JobStatus::Failed,
             Self::Progressed(_) | Self::Failed(_) | Self::CancelRequested(_) => return None,
         })
@@ -280,6 +297,7 @@ impl Payload for JobEvent {
             Self::DeadLettered(_) => "dev.conveyor.job.dead_lettered",
             Self::CancelRequested(_) => "dev.conveyor.job.cancel_requested",
             Self::Cancelled(_) => "dev.conveyor.job.cancelled",
+            Self::Redriven(_) => "dev.conveyor.job.redriven",
         }
     }
 
@@ -294,6 +312,7 @@ impl Payload for JobEvent {
             Self::DeadLettered(d) => serde_json::to_value(d),
             Self::CancelRequested(d) => serde_json::to_value(d),
             Self::Cancelled(d) => serde_json::to_value(d),
+            Self::Redriven(d) => serde_json::to_value(d),
         };
         v.expect("event data always serialises")
     }
@@ -312,6 +331,7 @@ impl Payload for JobEvent {
             "dead_lettered" => Self::DeadLettered(serde_json::from_value(data)?),
             "cancel_requested" => Self::CancelRequested(serde_json::from_value(data)?),
             "cancelled" => Self::Cancelled(serde_json::from_value(data)?),
+            "redriven" => Self::Redriven(serde_json::from_value(data)?),
             _ => return Err(DecodeError::UnknownType(event_type.to_owned())),
         })
     }
@@ -380,6 +400,11 @@ mod tests {
             }),
             JobEvent::CancelRequested(CancelRequested { reason: None }),
             JobEvent::Cancelled(Cancelled { attempt: Some(1) }),
+            JobEvent::Redriven(Redriven {
+                generation: 1,
+                next_attempt: 4,
+                max_attempts: 6,
+            }),
         ];
         assert_eq!(all.len(), JobEvent::NAMES.len());
         for (ev, name) in all.into_iter().zip(JobEvent::NAMES) {

@@ -160,8 +160,18 @@ pub mod msg_id {
 
     /// The terminal event. Shared by `succeeded`, `dead_lettered` and `cancelled`, so at most one
     /// of them is ever stored, whichever comes first (a zombie worker's late result is dropped).
-    pub fn terminal(job: JobId) -> String {
-        format!("{job}.terminal")
+    /// Each re-drive (`generation`) has its own.
+    pub fn terminal(job: JobId, generation: u32) -> String {
+        if generation == 0 {
+            format!("{job}.terminal")
+        } else {
+            format!("{job}.terminal.{generation}")
+        }
+    }
+
+    /// The `job.redriven` of a re-drive.
+    pub fn redriven(job: JobId, generation: u32) -> String {
+        format!("{job}.redriven.{generation}")
     }
 
     /// The webhook delivery command of a job (`redrive` > 0 for an operator's re-drive).

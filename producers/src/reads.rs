@@ -231,6 +231,24 @@ pub(crate) async fn job_events(
     .map_err(ApiError::db)
 }
 
+/// How many events of type `name` the job's timeline has.
+pub(crate) async fn count_events(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+    name: &str,
+) -> ApiResult<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1 AND tenant = $2 AND type = $3",
+    )
+    .bind(id.0)
+    .bind(tenant.as_str())
+    .bind(name)
+    .fetch_one(&state.db)
+    .await
+    .map_err(ApiError::db)
+}
+
 /// Keeps `state.checkpoint` up to date from the projector's `NOTIFY`s, reconnecting as needed.
 pub(crate) async fn checkpoint_listener(state: AppState, shutdown: CancellationToken) {
     const CHANNEL: &str = "conveyor_checkpoint";

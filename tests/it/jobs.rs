@@ -421,3 +421,79 @@ async fn heartbeats_keep_a_job_longer_than_the_ack_wait_from_being_redelivered()
         "the command was delivered once: {info:?}"
     );
 }
+
+#[tokio::test]
+async fn a_dead_lettered_job_redriven_succeeds_with_a_fresh_attempt_budget() {
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let admin = api.with_token(&env.token("acme", "jobs:read admin"));
+    let id = id_of(
+        &api.submit(json!({ "kind": "flaky", "payload": { "fail_times": 2 }, "max_attempts": 2 }))
+            .await,
+    );
+    let job = api.wait_terminal(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempt"].as_i64()),
+        (Some("failed"), Some(2)),
+        "{job}"
+    );
+    let (status, dead) = admin.get("/v1/admin/dead-letters?kind=flaky").await;
+    assert_eq!(status, 200, "{dead}");
+    assert_eq!(dead["items"][0]["id"], id.as_str());
+    // Not for callers without the admin scope, nor for jobs that did not fail.
+    let res = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/redrive"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let res = admin
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/redrive"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // The read model shows `failed` until the projector has the re-drive.
+    let job = api.wait_for(&id, 60, |j| j["status"] == "succeeded").await;
+    assert_eq!(
+        (job["attempt"].as_i64(), job["max_attempts"].as_i64()),
+        (Some(3), Some(4))
+    );
+    let timeline = api.timeline(&id).await;
+    let after_redrive: Vec<_> = timeline
+        .iter()
+        .skip_while(|t| *t != "redriven")
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        after_redrive,
+        ["redriven", "started", "succeeded"],
+        "{timeline:?}"
+    );
+    assert!(timeline.contains(&"dead_lettered".to_owned()));
+    let res = admin
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/admin/dead-letters/{id}/redrive"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409, "a succeeded job cannot be re-driven");
+    let (_, dead) = admin.get("/v1/admin/dead-letters").await;
+    assert_eq!(dead["items"], json!([]));
+    // Stats follow: one flaky job, succeeded.
+    let stats: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count FROM job_stats WHERE kind = 'flaky'")
+            .fetch_all(&env.db().await)
+            .await
+            .unwrap();
+    assert_eq!(stats, vec![("succeeded".to_owned(), 1)]);
+}

@@ -61,6 +61,14 @@ pub(crate) struct StatsDelta {
     total_duration_ms: i64,
 }
 
+/// The run time a job in a terminal status contributes to `job_stats` (0 otherwise).
+fn run_ms(row: &JobRow) -> i64 {
+    match (row.started_at, row.finished_at) {
+        (Some(s), Some(f)) if status_of(row).is_terminal() => (f - s).num_milliseconds(),
+        _ => 0,
+    }
+}
+
 fn status_of(row: &JobRow) -> JobStatus {
     JobStatus::parse(&row.status).unwrap_or(JobStatus::Queued)
 }
@@ -101,7 +109,10 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
         (_, None) => return None,
         (_, Some(row)) => row,
     };
-    if status_of(&row).is_terminal() || seq <= row.last_seq {
+    // Terminal states are sticky, except that a re-drive brings a failed job back.
+    let redrive =
+        matches!(ev.payload, JobEvent::Redriven(_)) && status_of(&row) == JobStatus::Failed;
+    if (status_of(&row).is_terminal() && !redrive) || seq <= row.last_seq {
         return Some(row);
     }
     let attempt = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
@@ -156,6 +167,14 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
             row.status = JobStatus::Cancelled.as_str().into();
             row.finished_at = Some(ev.time);
         }
+        JobEvent::Redriven(r) => {
+            row.status = JobStatus::Queued.as_str().into();
+            row.max_attempts = attempt(r.max_attempts);
+            row.error = None;
+            row.progress = None;
+            row.finished_at = None;
+            row.run_at = None;
+        }
     }
     row.updated_at = ev.time;
     row.last_seq = seq;
@@ -208,16 +227,18 @@ pub(crate) fn fold(
         let prior = before.get(&id);
         let old_status = prior.map(|r| r.status.clone());
         if old_status.as_deref() != Some(after.status.as_str()) {
-            if let Some(old) = old_status {
+            if let Some(prior) = prior {
+                // Leaving a status takes back what entering it added (a re-drive leaves `failed`).
                 let e = stats
-                    .entry((after.tenant.clone(), after.kind.clone(), old))
+                    .entry((
+                        prior.tenant.clone(),
+                        prior.kind.clone(),
+                        prior.status.clone(),
+                    ))
                     .or_default();
                 e.0 -= 1;
+                e.1 -= run_ms(prior);
             }
-            let run_ms = match (after.started_at, after.finished_at) {
-                (Some(s), Some(f)) if status_of(&after).is_terminal() => (f - s).num_milliseconds(),
-                _ => 0,
-            };
             let e = stats
                 .entry((
                     after.tenant.clone(),
@@ -226,7 +247,7 @@ pub(crate) fn fold(
                 ))
                 .or_default();
             e.0 += 1;
-            e.1 += run_ms;
+            e.1 += run_ms(&after);
         }
         if prior != Some(&after) {
             batch.jobs.push(after);
@@ -271,7 +292,8 @@ pub(crate) async fn write(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> 
         sqlx::query(
             "INSERT INTO jobs SELECT * FROM jsonb_populate_recordset(NULL::jobs, $1)
              ON CONFLICT (id) DO UPDATE SET
-               status = EXCLUDED.status, attempt = EXCLUDED.attempt, progress = EXCLUDED.progress,
+               status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
+               progress = EXCLUDED.progress,
                result = EXCLUDED.result, result_ref = EXCLUDED.result_ref, error = EXCLUDED.error,
                run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
@@ -426,6 +448,56 @@ mod tests {
         assert_eq!(batch.jobs[0].status, "succeeded");
         assert_eq!(batch.jobs[0].attempt, 2);
         assert_eq!(batch.events.len(), 5, "the timeline keeps every event");
+    }
+
+    #[test]
+    fn a_redrive_brings_a_failed_job_back_and_counts_move() {
+        let job = JobId::new();
+        let dead = ev(
+            job,
+            JobEvent::DeadLettered(DeadLettered {
+                attempt: 3,
+                reason: "attempts exhausted".into(),
+                error: ErrorInfo {
+                    class: "retryable".into(),
+                    message: "x".into(),
+                },
+            }),
+        );
+        let first = fold(
+            HashMap::new(),
+            &[(1, submitted(job)), (2, started(job, 3)), (3, dead)],
+            0,
+            0,
+        );
+        assert_eq!(first.jobs[0].status, "failed");
+        let before: HashMap<_, _> = first.jobs.into_iter().map(|r| (r.id, r)).collect();
+        let redriven = ev(
+            job,
+            JobEvent::Redriven(Redriven {
+                generation: 1,
+                next_attempt: 4,
+                max_attempts: 6,
+            }),
+        );
+        let batch = fold(
+            before,
+            &[(4, redriven), (5, started(job, 4)), (6, succeeded(job, 4))],
+            3,
+            3,
+        );
+        let row = &batch.jobs[0];
+        assert_eq!(
+            (row.status.as_str(), row.attempt, row.max_attempts),
+            ("succeeded", 4, 6)
+        );
+        assert!(row.error.is_none());
+        let counts: Vec<_> = batch
+            .stats
+            .iter()
+            .map(|s| (s.status.as_str(), s.count))
+            .collect();
+        assert_eq!(counts, vec![("failed", -1), ("succeeded", 1)]);
     }
 
     #[test]

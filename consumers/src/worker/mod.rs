@@ -307,14 +307,26 @@ async fn emit(
     shared.bus.publish_event(&ev, id).await
 }
 
-/// Whether the job already has a terminal event in the log (checked on redelivery only).
+/// Whether the job already ended in this generation (checked on redelivery only): its last
+/// terminal event is newer than the job's last re-drive.
 async fn already_ended(shared: &Shared, cmd: &Envelope<Command>) -> bool {
     let Ok(stream) = shared.bus.events_stream().await else {
         return false;
     };
-    for name in ["succeeded", "dead_lettered", "cancelled"] {
+    let last_seq = |name: &'static str| {
         let subject = shared.bus.ns().job_event(&cmd.tenant, cmd.job, name);
-        if stream.direct_get_last_for_subject(subject).await.is_ok() {
+        let stream = &stream;
+        async move {
+            stream
+                .direct_get_last_for_subject(subject)
+                .await
+                .map(|m| m.sequence)
+                .unwrap_or(0)
+        }
+    };
+    let redriven = last_seq("redriven").await;
+    for name in ["succeeded", "dead_lettered", "cancelled"] {
+        if last_seq(name).await > redriven {
             return true;
         }
     }
@@ -349,7 +361,7 @@ async fn execute(
                         shared,
                         cmd,
                         JobEvent::Cancelled(Cancelled { attempt: None }),
-                        &msg_id::terminal(job),
+                        &msg_id::terminal(job, run.generation),
                     )
                     .await?;
                     let _ = msg.ack().await;
@@ -380,7 +392,7 @@ async fn execute(
             shared,
             cmd,
             JobEvent::Cancelled(Cancelled { attempt: None }),
-            &msg_id::terminal(job),
+            &msg_id::terminal(job, run.generation),
         )
         .await?;
         let _ = msg.ack().await;
@@ -469,7 +481,7 @@ async fn execute(
                     result_ref,
                     duration_ms,
                 }),
-                &msg_id::terminal(job),
+                &msg_id::terminal(job, run.generation),
             )
             .await?;
             let _ = msg.ack().await;
@@ -482,7 +494,7 @@ async fn execute(
                 JobEvent::Cancelled(Cancelled {
                     attempt: Some(run.attempt),
                 }),
-                &msg_id::terminal(job),
+                &msg_id::terminal(job, run.generation),
             )
             .await?;
             let _ = msg.ack().await;
@@ -562,7 +574,7 @@ async fn execute(
                 reason,
                 error,
             }),
-            &msg_id::terminal(job),
+            &msg_id::terminal(job, run.generation),
         )
         .await?;
     }

@@ -235,6 +235,7 @@ async fn publish_submission(
             timeout_ms: job.timeout_ms,
             run_at: job.run_at,
             payload: job.payload,
+            generation: 0,
         }),
     )
     .with_trace(Some(trace));

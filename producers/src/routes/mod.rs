@@ -1,5 +1,6 @@
 //! Every route, one file per resource, merged here.
 
+pub(crate) mod admin;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
@@ -16,6 +17,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(admin::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -1,0 +1,162 @@
+//! Operations on dead letters: jobs that exhausted their attempts (or failed fatally).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use events::command::RunJob;
+use events::job::Redriven;
+use events::subjects::msg_id;
+use events::{Command, Envelope, JobEvent, JobKind, JobStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{Auth, ADMIN};
+use crate::error::{ApiError, ApiResult};
+use crate::reads;
+use crate::{AppState, SOURCE};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/dead-letters", get(list))
+        .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
+}
+
+/// Query of `GET /v1/admin/dead-letters`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterQuery {
+    /// Only jobs of this kind.
+    kind: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Dead-lettered jobs of the caller's tenant, newest first.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
+    responses((status = 200, description = "A page of dead-lettered jobs", body = crate::routes::jobs::JobPage),
+              (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    auth.require(ADMIN)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(k) = &q.kind {
+        JobKind::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
+        .transpose()?;
+    let mut items = reads::list_jobs(
+        &state,
+        &auth.tenant,
+        Some("failed"),
+        q.kind.as_deref(),
+        before,
+        limit + 1,
+    )
+    .await?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|j| j.id.to_string())
+    });
+    Ok(Json(
+        json!({ "items": items, "next_cursor": next_cursor.flatten() }),
+    ))
+}
+
+/// Run a dead-lettered job again, with a fresh budget of attempts. Its timeline shows
+/// `job.redriven`, then the new attempts.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/redrive", tag = "admin",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 202, description = "Queued again"),
+              (status = 404, description = "No such job for this tenant", body = crate::error::Problem),
+              (status = 409, description = "The job is not dead-lettered", body = crate::error::Problem)))]
+pub(crate) async fn redrive(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth.require(ADMIN)?;
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no job {id}")))?;
+    let job = reads::find_job(&state, &auth.tenant, id).await?;
+    if job.status != JobStatus::Failed.as_str() {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}, only dead-lettered (failed) jobs can be re-driven",
+            job.status
+        )));
+    }
+    let Some((_, submitted)) = reads::submitted_event(&state, &auth.tenant, id).await? else {
+        return Err(reads::not_found(id));
+    };
+    let JobEvent::Submitted(original) = submitted.payload else {
+        return Err(ApiError::Internal("job.submitted has another type".into()));
+    };
+    let generation =
+        u32::try_from(reads::count_events(&state, &auth.tenant, id, "redriven").await?)
+            .unwrap_or(u32::MAX - 1)
+            + 1;
+    let last = u32::try_from(job.attempt.max(0)).unwrap_or(0);
+    let next_attempt = last + 1;
+    let max_attempts = last + original.max_attempts;
+    let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let trace = submitted.traceparent.as_ref().map(|t| t.child());
+    let ev = Envelope::new(
+        SOURCE,
+        id,
+        auth.tenant.clone(),
+        kind.clone(),
+        JobEvent::Redriven(Redriven {
+            generation,
+            next_attempt,
+            max_attempts,
+        }),
+    )
+    .with_trace(trace.clone());
+    let cmd = Envelope::new(
+        SOURCE,
+        id,
+        auth.tenant.clone(),
+        kind,
+        Command::Run(RunJob {
+            attempt: next_attempt,
+            max_attempts,
+            timeout_ms: original.timeout_ms,
+            run_at: None,
+            payload: original.payload,
+            generation,
+        }),
+    )
+    .with_trace(trace);
+    let (ev_id, cmd_id) = (
+        msg_id::redriven(id, generation),
+        msg_id::run(id, next_attempt),
+    );
+    tokio::try_join!(
+        state.bus.publish_event(&ev, &ev_id),
+        state.bus.publish_command(&cmd, &cmd_id),
+    )
+    .map_err(ApiError::bus)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "id": id, "status": "queued", "next_attempt": next_attempt, "max_attempts": max_attempts }),
+        ),
+    ))
+}
