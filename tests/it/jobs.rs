@@ -378,6 +378,35 @@ async fn health_readiness_and_openapi() {
 }
 
 #[tokio::test]
+async fn admins_see_each_projection_caught_up_with_the_stream() {
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    api.wait_terminal(&id).await;
+    let admin = api.with_token(&env.token("acme", "admin"));
+    assert_eq!(api.get("/v1/admin/projections").await.0, 403);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = admin.get("/v1/admin/projections").await;
+        assert_eq!(status, 200, "{body}");
+        let items = body["items"].as_array().unwrap();
+        let names: Vec<_> = items.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["job_events", "job_stats", "jobs"]);
+        if items
+            .iter()
+            .all(|p| p["lag"] == 0 && p["checkpoint"] == 3 && p["stream_last_seq"] == 3)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not catch up: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_attempt_over_its_timeout_fails_and_is_retried() {
     let env = Env::new().await;
     let (_dev, api) = env.spawn_http("dev").await;

@@ -21,6 +21,46 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/dead-letters", get(list))
         .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
+        .route("/v1/admin/projections", get(projections))
+}
+
+/// Each projection's version, checkpoint and lag behind the EVENTS stream.
+#[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
+    responses((status = 200, description = "Projections", body = Object),
+              (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
+pub(crate) async fn projections(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> ApiResult<Json<Value>> {
+    auth.require(ADMIN)?;
+    let rows: Vec<(String, i32, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT projection, version, last_seq, updated_at FROM projection_checkpoints ORDER BY projection",
+    )
+    .fetch_all(&state.db)
+    .await
+    .map_err(ApiError::db)?;
+    let mut stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?
+        .state
+        .last_sequence;
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(name, version, checkpoint, updated_at)| {
+            let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
+            json!({
+                "name": name,
+                "version": version,
+                "checkpoint": checkpoint,
+                "stream_last_seq": last,
+                "lag": last.saturating_sub(checkpoint),
+                "updated_at": updated_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
 }
 
 /// Query of `GET /v1/admin/dead-letters`.
