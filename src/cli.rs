@@ -91,6 +91,29 @@ enum Command {
         #[command(flatten)]
         projector: ProjectorArgs,
     },
+    /// Rebuilds the read models from the event log into a new version beside the live one,
+    /// then switches reads to it and drops the old one. The live version keeps serving and
+    /// updating meanwhile; an interrupted rebuild (Ctrl-C, crash) resumes when run again.
+    Replay {
+        /// `jobs`, `job_events` or `job_stats` (the three are rebuilt together: `job_stats`
+        /// derives from `jobs`).
+        projection: String,
+        /// Start from this stream sequence (default: the first event).
+        #[arg(long, conflicts_with = "since")]
+        from_seq: Option<u64>,
+        /// Start from the first event at or after this time (`10m`, `2h`, `7d` ago, or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only say what would be rebuilt and how many events that is.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        projector: ProjectorArgs,
+    },
     /// Creates the database if missing and applies the migrations.
     Migrate {
         #[command(flatten)]
@@ -355,6 +378,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             start_projector(&mut sup, &bus, &db, &projector).await?;
             sup.run(Duration::from_secs(30)).await
         }
+        Command::Replay {
+            projection,
+            from_seq,
+            since,
+            dry_run,
+            bus,
+            db,
+            projector,
+        } => replay(projection, from_seq, since, dry_run, bus, db, projector).await,
         Command::Migrate { db } => {
             db.migrate().await?;
             println!(
@@ -483,6 +515,99 @@ async fn start_notifier(
     let token = sup.token();
     sup.spawn("notifier", async move { Ok(n.run(token).await?) });
     Ok(())
+}
+
+async fn replay(
+    projection: String,
+    from_seq: Option<u64>,
+    since: Option<String>,
+    dry_run: bool,
+    bus: BusArgs,
+    db: DbArgs,
+    settings: ProjectorArgs,
+) -> anyhow::Result<()> {
+    use consumers::projector::{self, RebuildOutcome};
+    if !projector::PROJECTIONS.contains(&projection.as_str()) {
+        anyhow::bail!(
+            "no projection `{projection}`: use one of {}",
+            projector::PROJECTIONS.join(", ")
+        );
+    }
+    let pool = db.migrate().await?;
+    let bus = bus.connect("replay").await?;
+    let from = match (from_seq, since) {
+        (Some(seq), _) => seq,
+        (None, Some(t)) => {
+            crate::log_tools::first_seq_since(&bus, crate::log_tools::parse_time(&t)?).await?
+        }
+        (None, None) => 1,
+    };
+    let mut stream = bus.events_stream().await?;
+    let last = stream.info().await?.state.last_sequence;
+    let live: i32 =
+        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
+            .fetch_one(&pool)
+            .await?;
+    let building = projector::building_version(&pool).await?;
+    let events = (last + 1).saturating_sub(from);
+    if dry_run {
+        println!(
+            "would rebuild jobs, job_events and job_stats into version {} beside live version {live}: \
+             {events} events (sequences {from} to {last}){}",
+            building.unwrap_or(live + 1),
+            if building.is_some() { ", resuming the rebuild already under way" } else { "" },
+        );
+        return Ok(());
+    }
+    let (version, new) = projector::request_rebuild(&pool, from).await?;
+    eprintln!(
+        "{} version {version} of jobs, job_events and job_stats from sequence {from} ({events} events); live version {live} keeps serving",
+        if new { "rebuilding" } else { "resuming the rebuild of" }
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("stopping; run the same command again to resume");
+            token.cancel();
+        });
+    }
+    let p = projector::Projector::new(bus, pool.clone(), settings.settings());
+    let started = std::time::Instant::now();
+    let mut reported = std::time::Instant::now();
+    let outcome = p
+        .rebuild(version, &shutdown, |pr| {
+            if reported.elapsed() >= Duration::from_secs(2) {
+                let rate = pr.applied as f64 / started.elapsed().as_secs_f64().max(0.001);
+                let left = pr.stream_last.saturating_sub(pr.checkpoint);
+                eprintln!(
+                    "version {}: at {} of {} ({rate:.0} events/s, about {:.0} s left)",
+                    pr.version,
+                    pr.checkpoint,
+                    pr.stream_last,
+                    left as f64 / rate.max(1.0)
+                );
+                reported = std::time::Instant::now();
+            }
+        })
+        .await?;
+    match outcome {
+        Some(RebuildOutcome::Switched { version }) => {
+            println!(
+                "version {version} is live ({events} events in {:.1} s); version {live} dropped",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some(RebuildOutcome::Interrupted) => {
+            anyhow::bail!("rebuild of version {version} interrupted; live version {live} is untouched; run again to resume")
+        }
+        None => {
+            println!("version {version} is being rebuilt by another process (a projector); it switches when it has caught up");
+            Ok(())
+        }
+    }
 }
 
 fn client(target: &Target) -> anyhow::Result<Client> {

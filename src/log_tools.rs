@@ -31,6 +31,34 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
     Ok(Utc::now() - chrono::Duration::seconds(secs))
 }
 
+/// The sequence of the first event stored at or after `time` (the stream's end + 1 if none).
+pub async fn first_seq_since(bus: &Bus, time: DateTime<Utc>) -> anyhow::Result<u64> {
+    let mut stream = bus.events_stream().await?;
+    let last = stream.info().await?.state.last_sequence;
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    time.timestamp_nanos_opt().unwrap_or(0).into(),
+                )?,
+            },
+            filter_subject: bus.ns().all_events(),
+            ..Default::default()
+        })
+        .await?;
+    if consumer.info().await?.num_pending == 0 {
+        return Ok(last + 1);
+    }
+    let mut messages = consumer.messages().await?;
+    match messages.next().await {
+        Some(Ok(msg)) => Ok(msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence),
+        _ => Ok(last + 1),
+    }
+}
+
 /// Where an export starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Start {

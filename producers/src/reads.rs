@@ -152,7 +152,9 @@ async fn wait_for_checkpoint(state: &AppState, seq: u64) -> ApiResult<bool> {
             return Ok(true);
         }
         let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT min(last_seq) FROM projection_checkpoints WHERE projection IN ('jobs', 'job_events')",
+            "SELECT min(last_seq) FROM projection_checkpoints
+             WHERE projection IN ('jobs', 'job_events')
+               AND version = (SELECT version FROM read_model_versions WHERE state = 'live')",
         )
         .fetch_one(&state.db)
         .await

@@ -49,11 +49,57 @@ enum ApplyError {
     Db(#[from] sqlx::Error),
     #[error("checkpoint of {0} moved under us: another projector is active")]
     Conflict(&'static str),
+    #[error("read-model version {0} is no longer the one this follower writes")]
+    VersionChanged(i32),
     #[error("JetStream: {0}")]
     Bus(String),
     #[error("the EVENTS stream starts at {first} but the checkpoint needs {wanted}: events were removed before they were projected")]
     Gap { first: u64, wanted: u64 },
 }
+
+/// What a follower maintains: the live version, or one being rebuilt beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Live,
+    Build,
+}
+
+impl Role {
+    fn state(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Build => "building",
+        }
+    }
+}
+
+/// How a rebuild ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildOutcome {
+    /// The new version is live; the old one was dropped.
+    Switched {
+        /// The version now live.
+        version: i32,
+    },
+    /// Stopped by shutdown; run again to resume from its checkpoint.
+    Interrupted,
+}
+
+/// Progress of a rebuild, reported after each batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildProgress {
+    /// The version being built.
+    pub version: i32,
+    /// Its checkpoint.
+    pub checkpoint: u64,
+    /// The stream's last sequence.
+    pub stream_last: u64,
+    /// Events applied by this run so far.
+    pub applied: u64,
+}
+
+/// Serialises rebuilders across processes (`pg_try_advisory_lock`).
+const REBUILD_LOCK: i64 = 0x636f_6e76_6579_6f72; // "conveyor"
 
 /// The projector role.
 #[derive(Debug)]
@@ -69,17 +115,52 @@ impl Projector {
         Self { bus, db, settings }
     }
 
-    /// Runs until `shutdown`. Failures (NATS or Postgres down) are retried with backoff from the
-    /// last checkpoint; only a gap in the stream stops it.
+    /// Runs until `shutdown`: follows EVENTS into the live version, and builds a new version
+    /// when one is requested (`conveyor replay`, `POST /v1/admin/projections/{name}/rebuild`).
+    /// Failures (NATS or Postgres down) are retried with backoff from the last checkpoint; only a
+    /// gap in the stream stops it.
     pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         self.bus.provision_streams().await?;
+        let builder = async {
+            while !shutdown.is_cancelled() {
+                if let Ok(Some(version)) = building_version(&self.db).await {
+                    match self.rebuild(version, &shutdown, |_| {}).await {
+                        Ok(Some(outcome)) => tracing::info!(?outcome, "rebuild ended"),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "rebuild interrupted; will resume"),
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        };
+        let live = self.follow_with_retries(Role::Live, &shutdown);
+        let (live, ()) = tokio::join!(live, builder);
+        live
+    }
+
+    async fn follow_with_retries(
+        &self,
+        role: Role,
+        shutdown: &CancellationToken,
+    ) -> crate::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.follow(&shutdown).await {
-                Ok(()) => return Ok(()),
+            match self.follow(role, shutdown, &mut |_| {}).await {
+                Ok(_) => return Ok(()),
                 Err(e @ ApplyError::Gap { .. }) => {
                     tracing::error!(error = %e, "projector stopped");
                     return Err(crate::Error::Nats(e.to_string()));
+                }
+                Err(ApplyError::VersionChanged(v)) => {
+                    tracing::info!(
+                        old_version = v,
+                        "read models switched version; following the new one"
+                    );
+                    delay = Duration::from_millis(100);
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "projector restarting from its checkpoint");
@@ -93,18 +174,77 @@ impl Projector {
         }
     }
 
-    async fn checkpoints(&self) -> sqlx::Result<HashMap<String, i64>> {
+    /// Builds the requested `version` (creating its tables if needed) until it catches up with
+    /// the stream, then switches reads to it and drops the old version. `None` if another process
+    /// holds the rebuild lock. Interrupted builds resume from their own checkpoint.
+    pub async fn rebuild(
+        &self,
+        version: i32,
+        shutdown: &CancellationToken,
+        mut progress: impl FnMut(RebuildProgress),
+    ) -> crate::Result<Option<RebuildOutcome>> {
+        let mut lock = self.db.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(REBUILD_LOCK)
+            .fetch_one(&mut *lock)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let result = async {
+            prepare_version(&self.db, version).await?;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.follow(Role::Build, shutdown, &mut progress).await {
+                    Ok(Some(v)) => return Ok(RebuildOutcome::Switched { version: v }),
+                    Ok(None) => return Ok(RebuildOutcome::Interrupted),
+                    Err(e @ (ApplyError::Gap { .. } | ApplyError::VersionChanged(_))) => {
+                        return Err(crate::Error::Nats(e.to_string()))
+                    }
+                    Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "rebuild restarting from its checkpoint"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(RebuildOutcome::Interrupted),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut *lock)
+            .await;
+        result.map(Some)
+    }
+
+    async fn checkpoints(&self, version: i32) -> sqlx::Result<HashMap<String, i64>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT projection, last_seq FROM projection_checkpoints WHERE projection = ANY($1)",
+            "SELECT projection, last_seq FROM projection_checkpoints
+             WHERE projection = ANY($1) AND version = $2",
         )
         .bind(&PROJECTIONS[..])
+        .bind(version)
         .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().collect())
     }
 
-    async fn follow(&self, shutdown: &CancellationToken) -> Result<(), ApplyError> {
-        let mut cps = self.checkpoints().await?;
+    /// Follows EVENTS into the version `role` designates. Returns `Ok(None)` on shutdown, and
+    /// for a build `Ok(Some(version))` once it caught up and switched reads to it.
+    async fn follow(
+        &self,
+        role: Role,
+        shutdown: &CancellationToken,
+        progress: &mut impl FnMut(RebuildProgress),
+    ) -> Result<Option<i32>, ApplyError> {
+        let version: i32 =
+            sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = $1")
+                .bind(role.state())
+                .fetch_optional(&self.db)
+                .await?
+                .ok_or(ApplyError::VersionChanged(0))?;
+        let mut cps = self.checkpoints(version).await?;
         let start = PROJECTIONS
             .iter()
             .map(|p| cps.get(*p).copied().unwrap_or(0))
@@ -129,6 +269,10 @@ impl Projector {
                 wanted,
             });
         }
+        if role == Role::Build && state.last_sequence < wanted {
+            // Nothing to replay: already caught up.
+            return self.switch(version).await.map(Some);
+        }
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
@@ -143,11 +287,17 @@ impl Projector {
             .messages()
             .await
             .map_err(|e| ApplyError::Bus(e.to_string()))?;
-        tracing::info!(from_seq = wanted, "projector following EVENTS");
+        tracing::info!(
+            from_seq = wanted,
+            version,
+            role = role.state(),
+            "projector following EVENTS"
+        );
+        let mut applied = 0u64;
         loop {
             let first = tokio::select! {
                 m = messages.next() => m,
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(None),
             };
             let mut batch = vec![first
                 .ok_or_else(|| ApplyError::Bus("event stream ended".into()))?
@@ -160,44 +310,131 @@ impl Projector {
                     _ => break,
                 }
             }
-            let (decoded, last) = decode_batch(&batch)?;
-            self.apply(&mut cps, &decoded, last).await?;
+            let (decoded, last, pending) = decode_batch(&batch)?;
+            self.apply(role, version, &mut cps, &decoded, last).await?;
+            applied += batch.len() as u64;
+            if role == Role::Build {
+                let checkpoint = u64::try_from(last).unwrap_or(0);
+                progress(RebuildProgress {
+                    version,
+                    checkpoint,
+                    stream_last: checkpoint + pending,
+                    applied,
+                });
+                // Caught up, or close enough that the live follower takes the rest from this
+                // version's own checkpoint after the switch.
+                if pending < self.settings.batch_size as u64 {
+                    return self.switch(version).await.map(Some);
+                }
+            }
         }
+    }
+
+    /// Points the read-model views at `version`, makes it live and drops the old live version.
+    /// Waits for the live projector's batch in flight (it holds its version row `FOR SHARE`).
+    async fn switch(&self, version: i32) -> Result<i32, ApplyError> {
+        let mut tx = self.db.begin().await?;
+        let old: Option<i32> = sqlx::query_scalar(
+            "SELECT version FROM read_model_versions WHERE state = 'live' FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let building: Option<i32> = sqlx::query_scalar(
+            "SELECT version FROM read_model_versions WHERE version = $1 AND state = 'building' FOR UPDATE",
+        )
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if building.is_none() {
+            return Err(ApplyError::VersionChanged(version));
+        }
+        let schema = read_models::schema(version);
+        if let Some(old) = old {
+            sqlx::query("DELETE FROM read_model_versions WHERE version = $1")
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM projection_checkpoints WHERE version = $1")
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE read_model_versions SET state = 'live' WHERE version = $1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        for table in PROJECTIONS {
+            sqlx::query(&format!(
+                "CREATE OR REPLACE VIEW public.{table} AS SELECT * FROM {schema}.{table}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if let Some(old) = old.filter(|o| *o != version) {
+            // Nothing reads the old version any more: the views moved, and DROP waits for
+            // queries still running on it.
+            sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                read_models::schema(old)
+            ))
+            .execute(&self.db)
+            .await?;
+        }
+        tracing::info!(version, "read models switched to the rebuilt version");
+        Ok(version)
     }
 
     async fn apply(
         &self,
+        role: Role,
+        version: i32,
         cps: &mut HashMap<String, i64>,
         events: &[Sequenced],
         last: i64,
     ) -> Result<(), ApplyError> {
         let cp = |name: &str| cps.get(name).copied().unwrap_or(0);
         let mut tx = self.db.begin().await?;
+        // Still the version this follower writes? Holding the row `FOR SHARE` makes a switch
+        // wait for this batch, so no batch lands in a version after it was retired.
+        let still: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM read_model_versions WHERE version = $1 FOR SHARE",
+        )
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still.as_deref() != Some(role.state()) {
+            return Err(ApplyError::VersionChanged(version));
+        }
+        let schema = read_models::schema(version);
         let mut ids: Vec<uuid::Uuid> = events.iter().map(|(_, e)| e.job.0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let before = read_models::load_jobs(&mut tx, &ids).await?;
+        let before = read_models::load_jobs(&mut tx, &schema, &ids).await?;
         let batch = read_models::fold(before, events, cp("jobs"), cp("job_events"));
-        read_models::write(&mut tx, &batch).await?;
+        read_models::write(&mut tx, &schema, &batch).await?;
         for name in PROJECTIONS {
             let moved = sqlx::query(
                 "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now()
-                 WHERE projection = $1 AND last_seq = $3",
+                 WHERE projection = $1 AND version = $4 AND last_seq = $3",
             )
             .bind(name)
             .bind(last.max(cp(name)))
             .bind(cp(name))
+            .bind(version)
             .execute(&mut *tx)
             .await?;
             if moved.rows_affected() != 1 {
                 return Err(ApplyError::Conflict(name));
             }
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHECKPOINT_CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
+        if role == Role::Live {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHECKPOINT_CHANNEL)
+                .bind(last.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         let moved: Vec<_> = PROJECTIONS.iter().map(|n| (*n, last.max(cp(n)))).collect();
         for (name, v) in moved {
@@ -207,28 +444,91 @@ impl Projector {
     }
 }
 
+/// The version being built, if a rebuild was requested.
+pub async fn building_version(db: &PgPool) -> sqlx::Result<Option<i32>> {
+    sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'building'")
+        .fetch_optional(db)
+        .await
+}
+
+/// Requests a rebuild from stream sequence `from_seq` (1 for the whole log): registers a new
+/// version in state `building`, or returns the one already requested (which then resumes).
+pub async fn request_rebuild(db: &PgPool, from_seq: u64) -> sqlx::Result<(i32, bool)> {
+    if let Some(v) = building_version(db).await? {
+        return Ok((v, false));
+    }
+    let inserted: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO read_model_versions (version, state, from_seq)
+         SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions
+         ON CONFLICT DO NOTHING RETURNING version",
+    )
+    .bind(i64::try_from(from_seq.max(1)).unwrap_or(1))
+    .fetch_optional(db)
+    .await?;
+    match inserted {
+        Some(v) => Ok((v, true)),
+        // Someone else requested one at the same moment.
+        None => Ok((building_version(db).await?.unwrap_or(0), false)),
+    }
+}
+
+/// Creates the tables and checkpoints of `version` if they do not exist yet (idempotent, so an
+/// interrupted build resumes).
+async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let live: i32 =
+        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
+            .fetch_one(&mut *tx)
+            .await?;
+    let from_seq: i64 =
+        sqlx::query_scalar("SELECT from_seq FROM read_model_versions WHERE version = $1")
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
+    let (schema, live_schema) = (read_models::schema(version), read_models::schema(live));
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in PROJECTIONS {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.{table} (LIKE {live_schema}.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, version, last_seq) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(table)
+        .bind(version)
+        .bind(from_seq - 1)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
 /// An event with its EVENTS stream sequence.
 type Sequenced = (i64, Envelope<JobEvent>);
 
-/// Decodes a batch and returns it with the sequence of its last message. Poison (not a
-/// conveyor CloudEvent) is skipped with a logged reason; the checkpoint still moves past it.
+/// Decodes a batch and returns it with the sequence of its last message and how many messages
+/// the stream had after it. Poison (not a conveyor CloudEvent) is skipped with a logged reason;
+/// the checkpoint still moves past it.
 fn decode_batch(
     batch: &[async_nats::jetstream::Message],
-) -> Result<(Vec<Sequenced>, i64), ApplyError> {
+) -> Result<(Vec<Sequenced>, i64, u64), ApplyError> {
     let mut out = Vec::with_capacity(batch.len());
-    let mut last = 0;
+    let (mut last, mut pending) = (0, 0);
     for msg in batch {
-        let seq = msg
-            .info()
-            .map_err(|e| ApplyError::Bus(e.to_string()))?
-            .stream_sequence;
-        last = i64::try_from(seq).unwrap_or(i64::MAX);
+        let info = msg.info().map_err(|e| ApplyError::Bus(e.to_string()))?;
+        last = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
+        pending = info.pending;
         match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
             Ok(ev) => out.push((last, ev)),
             Err(e) => {
-                tracing::warn!(seq, subject = %msg.subject, reason = %e, "poison event skipped")
+                tracing::warn!(seq = last, subject = %msg.subject, reason = %e, "poison event skipped")
             }
         }
     }
-    Ok((out, last))
+    Ok((out, last, pending))
 }

@@ -272,65 +272,78 @@ pub(crate) fn fold(
     batch
 }
 
-/// Loads the current rows of `ids`.
+/// The Postgres schema holding a version of the read models.
+pub fn schema(version: i32) -> String {
+    format!("rm_{version}")
+}
+
+/// Loads the current rows of `ids` from the read models in `schema`.
 pub(crate) async fn load_jobs(
     tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
     ids: &[Uuid],
 ) -> sqlx::Result<HashMap<Uuid, JobRow>> {
-    let rows: Vec<sqlx::types::Json<JobRow>> =
-        sqlx::query_scalar("SELECT to_jsonb(j) FROM jobs j WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&mut **tx)
-            .await?;
+    let rows: Vec<sqlx::types::Json<JobRow>> = sqlx::query_scalar(&format!(
+        "SELECT to_jsonb(j) FROM {schema}.jobs j WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(rows.into_iter().map(|r| (r.0.id, r.0)).collect())
 }
 
-/// Writes a folded batch: one statement per table.
-pub(crate) async fn write(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> sqlx::Result<()> {
+/// Writes a folded batch into the read models in `schema`: one statement per table.
+pub(crate) async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    batch: &Batch,
+) -> sqlx::Result<()> {
     use sqlx::types::Json;
     if !batch.jobs.is_empty() {
-        sqlx::query(
-            "INSERT INTO jobs SELECT * FROM jsonb_populate_recordset(NULL::jobs, $1)
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.jobs SELECT * FROM jsonb_populate_recordset(NULL::{schema}.jobs, $1)
              ON CONFLICT (id) DO UPDATE SET
                status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
                progress = EXCLUDED.progress,
                result = EXCLUDED.result, result_ref = EXCLUDED.result_ref, error = EXCLUDED.error,
                run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
-               last_seq = EXCLUDED.last_seq",
-        )
+               last_seq = EXCLUDED.last_seq"
+        ))
         .bind(Json(&batch.jobs))
         .execute(&mut **tx)
         .await?;
     }
     if !batch.events.is_empty() {
-        sqlx::query(
-            "INSERT INTO job_events SELECT * FROM jsonb_populate_recordset(NULL::job_events, $1)
-             ON CONFLICT (seq) DO NOTHING",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.job_events
+             SELECT * FROM jsonb_populate_recordset(NULL::{schema}.job_events, $1)
+             ON CONFLICT (seq) DO NOTHING"
+        ))
         .bind(Json(&batch.events))
         .execute(&mut **tx)
         .await?;
     }
     if !batch.stats.is_empty() {
-        sqlx::query(
-            "INSERT INTO job_stats (tenant, kind, status, count, total_duration_ms)
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.job_stats AS s (tenant, kind, status, count, total_duration_ms)
              SELECT tenant, kind, status, count, total_duration_ms
-             FROM jsonb_populate_recordset(NULL::job_stats, $1)
+             FROM jsonb_populate_recordset(NULL::{schema}.job_stats, $1)
              ON CONFLICT (tenant, kind, status) DO UPDATE SET
-               count = job_stats.count + EXCLUDED.count,
-               total_duration_ms = job_stats.total_duration_ms + EXCLUDED.total_duration_ms",
-        )
+               count = s.count + EXCLUDED.count,
+               total_duration_ms = s.total_duration_ms + EXCLUDED.total_duration_ms"
+        ))
         .bind(Json(&batch.stats))
         .execute(&mut **tx)
         .await?;
         // A row that went back to nothing is removed, so the table is the same however the
         // events were batched (a rebuild must equal the live model row for row).
-        sqlx::query(
-            "DELETE FROM job_stats s USING jsonb_populate_recordset(NULL::job_stats, $1) d
+        sqlx::query(&format!(
+            "DELETE FROM {schema}.job_stats s
+             USING jsonb_populate_recordset(NULL::{schema}.job_stats, $1) d
              WHERE s.tenant = d.tenant AND s.kind = d.kind AND s.status = d.status
-               AND s.count = 0 AND s.total_duration_ms = 0",
-        )
+               AND s.count = 0 AND s.total_duration_ms = 0"
+        ))
         .bind(Json(&batch.stats))
         .execute(&mut **tx)
         .await?;

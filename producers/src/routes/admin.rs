@@ -22,6 +22,52 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/admin/dead-letters", get(list))
         .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
         .route("/v1/admin/projections", get(projections))
+        .route("/v1/admin/projections/{name}/rebuild", post(rebuild))
+}
+
+/// The projections, which are rebuilt together (`job_stats` derives from `jobs`).
+const PROJECTIONS: [&str; 3] = ["jobs", "job_events", "job_stats"];
+
+/// Ask the projector to rebuild the read models into a new version from the event log, then
+/// switch reads to it. Rebuilding any one rebuilds the three together. A rebuild already under
+/// way is returned instead of starting another.
+#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
+    params(("name" = String, Path, description = "jobs, job_events or job_stats")),
+    responses((status = 202, description = "Rebuild requested", body = Object),
+              (status = 404, description = "No such projection", body = crate::error::Problem)))]
+pub(crate) async fn rebuild(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth.require(ADMIN)?;
+    if !PROJECTIONS.contains(&name.as_str()) {
+        return Err(ApiError::NotFound(format!(
+            "no projection `{name}`; projections: {}",
+            PROJECTIONS.join(", ")
+        )));
+    }
+    let requested: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO read_model_versions (version, state, from_seq)
+         SELECT coalesce(max(version), 0) + 1, 'building', 1 FROM read_model_versions
+         ON CONFLICT DO NOTHING RETURNING version",
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(ApiError::db)?;
+    let version = match requested {
+        Some(v) => v,
+        None => {
+            sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'building'")
+                .fetch_one(&state.db)
+                .await
+                .map_err(ApiError::db)?
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "projections": PROJECTIONS, "version": version, "state": "building" })),
+    ))
 }
 
 /// Each projection's version, checkpoint and lag behind the EVENTS stream.
@@ -33,8 +79,10 @@ pub(crate) async fn projections(
     auth: Auth,
 ) -> ApiResult<Json<Value>> {
     auth.require(ADMIN)?;
-    let rows: Vec<(String, i32, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT projection, version, last_seq, updated_at FROM projection_checkpoints ORDER BY projection",
+    let rows: Vec<(String, i32, String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT c.projection, c.version, v.state, c.last_seq, c.updated_at
+         FROM projection_checkpoints c JOIN read_model_versions v USING (version)
+         ORDER BY c.projection, c.version",
     )
     .fetch_all(&state.db)
     .await
@@ -48,11 +96,12 @@ pub(crate) async fn projections(
         .last_sequence;
     let items: Vec<Value> = rows
         .into_iter()
-        .map(|(name, version, checkpoint, updated_at)| {
+        .map(|(name, version, version_state, checkpoint, updated_at)| {
             let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
             json!({
                 "name": name,
                 "version": version,
+                "state": version_state,
                 "checkpoint": checkpoint,
                 "stream_last_seq": last,
                 "lag": last.saturating_sub(checkpoint),
