@@ -176,15 +176,17 @@ impl Env {
         rows.into_iter().map(|r| r.0).collect()
     }
 
-    /// Starts `conveyor <role>`; its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
+    /// Starts `conveyor <role>` (words split on spaces); its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
     pub(crate) async fn spawn(&self, role: &str) -> Proc {
         let n = std::fs::read_dir(&self.logs)
             .map(|d| d.count())
             .unwrap_or(0);
-        let log = std::fs::File::create(self.logs.join(format!("{}-{role}-{n}.log", self.ns)))
+        let name = role.replace(' ', "-");
+        let log = std::fs::File::create(self.logs.join(format!("{}-{name}-{n}.log", self.ns)))
             .expect("log file");
+        let args: Vec<&str> = role.split_whitespace().collect();
         let child = self
-            .command(&[role])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -7,4 +7,5 @@ mod harness;
 mod jobs;
 mod live;
 mod log_tools;
+mod replay;
 mod webhooks;
