@@ -270,8 +270,16 @@ impl Projector {
             });
         }
         if role == Role::Build && state.last_sequence < wanted {
-            // Nothing to replay: already caught up.
-            return self.switch(version).await.map(Some);
+            // Nothing left to replay: switch as soon as the live version is not ahead.
+            loop {
+                if let Some(v) = self.switch(version).await? {
+                    return Ok(Some(v));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+            }
         }
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -321,18 +329,22 @@ impl Projector {
                     stream_last: checkpoint + pending,
                     applied,
                 });
-                // Caught up, or close enough that the live follower takes the rest from this
-                // version's own checkpoint after the switch.
+                // Near the end of the stream: switch if this version has reached the live one
+                // (checked under lock, so reads never go back in time); else go on.
                 if pending < self.settings.batch_size as u64 {
-                    return self.switch(version).await.map(Some);
+                    if let Some(v) = self.switch(version).await? {
+                        return Ok(Some(v));
+                    }
                 }
             }
         }
     }
 
-    /// Points the read-model views at `version`, makes it live and drops the old live version.
-    /// Waits for the live projector's batch in flight (it holds its version row `FOR SHARE`).
-    async fn switch(&self, version: i32) -> Result<i32, ApplyError> {
+    /// Points the read-model views at `version`, makes it live and drops the old live version,
+    /// if `version` has applied at least what the live one has (`None` otherwise: not yet).
+    /// Waits for the live projector's batch in flight (it holds its version row `FOR SHARE`),
+    /// and holds the live one back while it compares.
+    async fn switch(&self, version: i32) -> Result<Option<i32>, ApplyError> {
         let mut tx = self.db.begin().await?;
         let old: Option<i32> = sqlx::query_scalar(
             "SELECT version FROM read_model_versions WHERE state = 'live' FOR UPDATE",
@@ -347,6 +359,20 @@ impl Projector {
         .await?;
         if building.is_none() {
             return Err(ApplyError::VersionChanged(version));
+        }
+        let checkpoint = |v: Option<i32>| {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT min(last_seq) FROM projection_checkpoints WHERE version = $1",
+            )
+            .bind(v)
+        };
+        let built = checkpoint(Some(version))
+            .fetch_one(&mut *tx)
+            .await?
+            .unwrap_or(0);
+        let live = checkpoint(old).fetch_one(&mut *tx).await?.unwrap_or(0);
+        if built < live {
+            return Ok(None);
         }
         let schema = read_models::schema(version);
         if let Some(old) = old {
@@ -382,7 +408,7 @@ impl Projector {
             .await?;
         }
         tracing::info!(version, "read models switched to the rebuilt version");
-        Ok(version)
+        Ok(Some(version))
     }
 
     async fn apply(
