@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long, env = "CONVEYOR_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Bearer token with jobs:write, jobs:read and events:read.
-    #[arg(long, env = "CONVEYOR_TOKEN")]
+    #[arg(long, env = "CONVEYOR_TOKEN", default_value = "")]
     token: String,
     #[command(subcommand)]
     command: Command,
@@ -42,7 +42,28 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         idle_subscribers: usize,
     },
+    /// Fills a fresh namespace's EVENTS with `events` events (3 per job), then measures the raw
+    /// ordered-consumer read rate of the stream and the rate of a full read-model rebuild.
+    Replay {
+        /// Events to publish and replay.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// NATS URL.
+        #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Namespace to fill (must be new).
+        #[arg(long, env = "CONVEYOR_NAMESPACE")]
+        namespace: String,
+        /// Postgres URL of a fresh, migrated database.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Events per rebuild transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
 }
+
+mod replay;
 
 fn quantiles(h: &Histogram<u64>) -> String {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -147,6 +168,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let c = Client::new(&cli.url, &cli.token);
     match cli.command {
+        Command::Replay {
+            events,
+            nats_url,
+            namespace,
+            database_url,
+            batch,
+        } => replay::run(events, &nats_url, &namespace, &database_url, batch).await,
         Command::NotifyLatency {
             jobs,
             concurrency,

@@ -329,9 +329,10 @@ impl Projector {
                     stream_last: checkpoint + pending,
                     applied,
                 });
-                // Near the end of the stream: switch if this version has reached the live one
-                // (checked under lock, so reads never go back in time); else go on.
-                if pending < self.settings.batch_size as u64 {
+                // Past the end the stream had when this run started, and near its end now:
+                // switch if this version has reached the live one (checked under lock, so reads
+                // never go back in time); else go on.
+                if checkpoint >= state.last_sequence && pending < self.settings.batch_size as u64 {
                     if let Some(v) = self.switch(version).await? {
                         return Ok(Some(v));
                     }
