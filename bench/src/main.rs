@@ -49,7 +49,11 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// NATS URL.
-        #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(
+            long,
+            env = "CONVEYOR_NATS_URL",
+            default_value = "nats://127.0.0.1:4222"
+        )]
         nats_url: String,
         /// Namespace to fill (must be new).
         #[arg(long, env = "CONVEYOR_NAMESPACE")]

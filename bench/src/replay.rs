@@ -12,7 +12,13 @@ use events::{Envelope, JobEvent, JobId, JobKind, Namespace, Tenant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-pub(crate) async fn run(events: u64, nats_url: &str, namespace: &str, database_url: &str, batch: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    events: u64,
+    nats_url: &str,
+    namespace: &str,
+    database_url: &str,
+    batch: usize,
+) -> anyhow::Result<()> {
     let bus = Bus::connect(&BusSettings {
         url: nats_url.to_owned(),
         namespace: Namespace::parse(namespace)?,
@@ -37,13 +43,39 @@ pub(crate) async fn run(events: u64, nats_url: &str, namespace: &str, database_u
     while published < events {
         let job = JobId::new();
         let payloads = [
-            JobEvent::Submitted(Submitted { payload: serde_json::json!({}), max_attempts: 3, timeout_ms: 60_000, run_at: None, webhook: None }),
-            JobEvent::Started(Started { attempt: 1, worker: "bench".into() }),
-            JobEvent::Succeeded(Succeeded { attempt: 1, result: None, result_ref: None, duration_ms: 1 }),
+            JobEvent::Submitted(Submitted {
+                payload: serde_json::json!({}),
+                max_attempts: 3,
+                timeout_ms: 60_000,
+                run_at: None,
+                webhook: None,
+            }),
+            JobEvent::Started(Started {
+                attempt: 1,
+                worker: "bench".into(),
+            }),
+            JobEvent::Succeeded(Succeeded {
+                attempt: 1,
+                result: None,
+                result_ref: None,
+                duration_ms: 1,
+            }),
         ];
         for payload in payloads.into_iter().take((events - published) as usize) {
-            let ev = Envelope::new("/conveyor/bench", job, tenant.clone(), kind.clone(), payload);
-            let ack = bus.send(bus.ns().event_subject(&ev), ev.to_json(), &ev.id.to_string()).await?;
+            let ev = Envelope::new(
+                "/conveyor/bench",
+                job,
+                tenant.clone(),
+                kind.clone(),
+                payload,
+            );
+            let ack = bus
+                .send(
+                    bus.ns().event_subject(&ev),
+                    ev.to_json(),
+                    &ev.id.to_string(),
+                )
+                .await?;
             in_flight.push(std::future::IntoFuture::into_future(ack));
             published += 1;
             while in_flight.len() >= 4096 {
@@ -55,7 +87,11 @@ pub(crate) async fn run(events: u64, nats_url: &str, namespace: &str, database_u
         ack?;
     }
     let fill = started.elapsed();
-    println!("filled EVENTS with {events} events in {:.1} s ({:.0}/s)", fill.as_secs_f64(), events as f64 / fill.as_secs_f64());
+    println!(
+        "filled EVENTS with {events} events in {:.1} s ({:.0}/s)",
+        fill.as_secs_f64(),
+        events as f64 / fill.as_secs_f64()
+    );
 
     // Raw read: an ordered consumer over the whole stream, counting messages.
     let stream = bus.events_stream().await?;
@@ -84,10 +120,18 @@ pub(crate) async fn run(events: u64, nats_url: &str, namespace: &str, database_u
         .rebuild(version, &tokio_util::sync::CancellationToken::new(), |_| {})
         .await?;
     let took = started.elapsed();
-    anyhow::ensure!(matches!(outcome, Some(RebuildOutcome::Switched { .. })), "the rebuild did not finish: {outcome:?}");
+    anyhow::ensure!(
+        matches!(outcome, Some(RebuildOutcome::Switched { .. })),
+        "the rebuild did not finish: {outcome:?}"
+    );
     let rebuilt = events as f64 / took.as_secs_f64();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events").fetch_one(&db).await?;
-    anyhow::ensure!(rows as u64 == events, "rebuilt {rows} timeline rows, expected {events}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
+        .fetch_one(&db)
+        .await?;
+    anyhow::ensure!(
+        rows as u64 == events,
+        "rebuilt {rows} timeline rows, expected {events}"
+    );
     println!("raw ordered-consumer read: {raw:.0} events/s");
     println!(
         "read-model rebuild (jobs, job_events, job_stats; {batch} events per transaction): {rebuilt:.0} events/s in {:.1} s = {:.0}% of the raw read rate ({})",

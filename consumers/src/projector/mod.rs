@@ -310,11 +310,24 @@ impl Projector {
             let mut batch = vec![first
                 .ok_or_else(|| ApplyError::Bus("event stream ended".into()))?
                 .map_err(|e| ApplyError::Bus(e.to_string()))?];
-            // Take whatever else is already here, without waiting: low latency when idle,
-            // large transactions under load.
+            // Live: take whatever else is already here, without waiting (low latency when idle,
+            // large transactions under load). Build: fill the batch while the stream has more,
+            // since every transaction costs a commit.
             while batch.len() < self.settings.batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(m),
+                let more = batch
+                    .last()
+                    .and_then(|m| m.info().ok())
+                    .is_some_and(|i| i.pending > 0);
+                let next = if role == Role::Build && more {
+                    tokio::time::timeout(Duration::from_millis(100), messages.next())
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    messages.next().now_or_never().flatten()
+                };
+                match next {
+                    Some(Ok(m)) => batch.push(m),
                     _ => break,
                 }
             }
