@@ -192,8 +192,44 @@ pub(crate) fn not_found(id: JobId) -> ApiError {
     ApiError::NotFound(format!("no job {id}"))
 }
 
+/// A page of jobs, newest first, from query parameters as clients send them: validates the
+/// filters, the `limit` (1 to 500, default 50) and the `cursor`, and returns the page with the
+/// cursor of the next one.
+pub(crate) async fn page_jobs(
+    state: &AppState,
+    tenant: &Tenant,
+    status: Option<&str>,
+    kind: Option<&str>,
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> ApiResult<(Vec<JobView>, Option<String>)> {
+    if let Some(s) = status {
+        events::JobStatus::parse(s)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`")))?;
+    }
+    if let Some(k) = kind {
+        events::JobKind::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 500".into(),
+        ));
+    }
+    let before = cursor
+        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
+        .transpose()?;
+    let mut items = list_jobs(state, tenant, status, kind, before, limit + 1).await?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|j| j.id.to_string())
+    });
+    Ok((items, next_cursor.flatten()))
+}
+
 /// A page of jobs, newest first.
-pub(crate) async fn list_jobs(
+async fn list_jobs(
     state: &AppState,
     tenant: &Tenant,
     status: Option<&str>,

@@ -10,7 +10,6 @@ use events::subjects::msg_id;
 use events::{Command, Envelope, JobEvent, JobKind, JobStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use crate::auth::{Auth, ADMIN};
 use crate::error::{ApiError, ApiResult};
@@ -135,37 +134,16 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<Value>> {
     auth.require(ADMIN)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(k) = &q.kind {
-        JobKind::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 500".into(),
-        ));
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
-        .transpose()?;
-    let mut items = reads::list_jobs(
+    let (items, next_cursor) = reads::page_jobs(
         &state,
         &auth.tenant,
-        Some("failed"),
+        Some(JobStatus::Failed.as_str()),
         q.kind.as_deref(),
-        before,
-        limit + 1,
+        q.limit,
+        q.cursor.as_deref(),
     )
     .await?;
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let next_cursor = (items.len() > limit).then(|| {
-        items.truncate(limit);
-        items.last().map(|j| j.id.to_string())
-    });
-    Ok(Json(
-        json!({ "items": items, "next_cursor": next_cursor.flatten() }),
-    ))
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 /// Run a dead-lettered job again, with a fresh budget of attempts. Its timeline shows

@@ -377,38 +377,15 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<JobPage>> {
     auth.require(JOBS_READ)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(s) = &q.status {
-        JobStatus::parse(s).ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`")))?;
-    }
-    if let Some(k) = &q.kind {
-        JobKind::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 500".into(),
-        ));
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
-        .transpose()?;
-    let mut items = reads::list_jobs(
+    let (items, next_cursor) = reads::page_jobs(
         &state,
         &auth.tenant,
         q.status.as_deref(),
         q.kind.as_deref(),
-        before,
-        limit + 1,
+        q.limit,
+        q.cursor.as_deref(),
     )
     .await?;
-    let next_cursor = if items.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        items.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
     Ok(Json(JobPage { items, next_cursor }))
 }
 
