@@ -166,10 +166,26 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum EventsCommand {
-    /// Print the tenant's events through the API (one CloudEvent JSON per line).
+    /// Print events, one CloudEvent JSON per line: the token's tenant through the API, or, with
+    /// `--direct`, any tenant's straight from JetStream (operators).
     Tail {
         #[command(flatten)]
         target: Target,
+        /// Read JetStream directly instead of the API (uses CONVEYOR_NATS_URL and
+        /// CONVEYOR_NAMESPACE).
+        #[arg(long)]
+        direct: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+        /// With --direct: only this tenant.
+        #[arg(long, requires = "direct")]
+        tenant: Option<String>,
+        /// With --direct: from this time (`10m`, `2h`, `7d` ago, or RFC 3339).
+        #[arg(long, requires = "direct", conflicts_with = "from_seq")]
+        since: Option<String>,
+        /// With --direct: from this stream sequence.
+        #[arg(long, requires = "direct")]
+        from_seq: Option<u64>,
         /// Keep following live events (otherwise stop once caught up with the past).
         #[arg(long)]
         follow: bool,
@@ -575,23 +591,16 @@ async fn replay(
     }
     let p = projector::Projector::new(bus, pool.clone(), settings.settings());
     let started = std::time::Instant::now();
-    let mut reported = std::time::Instant::now();
+    let mut bar = crate::progress::Progress::new(events, "events");
     let outcome = p
         .rebuild(version, &shutdown, |pr| {
-            if reported.elapsed() >= Duration::from_secs(2) {
-                let rate = pr.applied as f64 / started.elapsed().as_secs_f64().max(0.001);
-                let left = pr.stream_last.saturating_sub(pr.checkpoint);
-                eprintln!(
-                    "version {}: at {} of {} ({rate:.0} events/s, about {:.0} s left)",
-                    pr.version,
-                    pr.checkpoint,
-                    pr.stream_last,
-                    left as f64 / rate.max(1.0)
-                );
-                reported = std::time::Instant::now();
-            }
+            bar.set(
+                pr.checkpoint.saturating_sub(from - 1),
+                pr.stream_last.saturating_sub(from - 1),
+            )
         })
         .await?;
+    bar.finish();
     match outcome {
         Some(RebuildOutcome::Switched { version }) => {
             println!(
@@ -620,12 +629,57 @@ fn client(target: &Target) -> anyhow::Result<Client> {
 async fn events(command: EventsCommand) -> anyhow::Result<()> {
     let (target, follow, types, kind, job, after) = match command {
         EventsCommand::Tail {
+            direct: true,
+            bus,
+            tenant,
+            since,
+            from_seq,
+            follow,
+            types,
+            kind,
+            job,
+            ..
+        } => {
+            let bus = bus.connect("tail").await?;
+            let start = match (from_seq, since) {
+                (Some(seq), _) => Some(crate::log_tools::Start::Seq(seq)),
+                (None, Some(t)) => Some(crate::log_tools::Start::Time(
+                    crate::log_tools::parse_time(&t)?,
+                )),
+                (None, None) => None,
+            };
+            let filter = crate::log_tools::TailFilter {
+                tenant: tenant
+                    .map(|t| events::Tenant::parse(&t))
+                    .transpose()
+                    .context("--tenant")?,
+                types: match types {
+                    Some(t) => t
+                        .split(',')
+                        .map(|t| {
+                            t.trim()
+                                .trim_start_matches("dev.conveyor.")
+                                .trim_start_matches("job.")
+                                .to_owned()
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
+                kind,
+                job,
+            };
+            let mut out = std::io::stdout().lock();
+            crate::log_tools::tail(&bus, start, follow, &filter, &mut out).await?;
+            return Ok(());
+        }
+        EventsCommand::Tail {
             target,
             follow,
             types,
             kind,
             job,
             after,
+            ..
         } => (target, follow, types, kind, job, after),
         EventsCommand::Export {
             bus,

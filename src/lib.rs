@@ -4,12 +4,14 @@
 //! - [`config`], typed settings from flags and environment variables.
 //! - [`supervisor`] runs roles together until a signal or the first failure.
 //! - [`client`] is the small HTTP client behind `conveyor jobs …`.
-//! - [`log_tools`] exports and imports the event log.
+//! - [`log_tools`] exports, imports and tails the event log.
+//! - [`progress`] shows the progress of long commands.
 //! - [`telemetry`] sets up logging.
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod log_tools;
+pub mod progress;
 pub mod supervisor;
 pub mod telemetry;

@@ -214,3 +214,82 @@ mod tests {
         assert!(parse_time("10y").is_err());
     }
 }
+
+/// What `conveyor events tail --direct` prints.
+#[derive(Debug, Default, Clone)]
+pub struct TailFilter {
+    /// Only this tenant (a narrower subject filter).
+    pub tenant: Option<events::Tenant>,
+    /// Only these short types (`succeeded`); empty for all.
+    pub types: Vec<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this job.
+    pub job: Option<String>,
+}
+
+/// Prints events straight from JetStream, in stream order, from `start` (default: the first
+/// event, or only new ones with `follow`); without `follow`, stops at the stream's end as of now.
+pub async fn tail(
+    bus: &Bus,
+    start: Option<Start>,
+    follow: bool,
+    filter: &TailFilter,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut stream = bus.events_stream().await?;
+    let last = stream.info().await?.state.last_sequence;
+    let deliver_policy = match start {
+        Some(Start::Seq(seq)) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq,
+        },
+        Some(Start::Time(t)) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                t.timestamp_nanos_opt().unwrap_or(0).into(),
+            )?,
+        },
+        Some(Start::All) | None if !follow => DeliverPolicy::All,
+        _ => DeliverPolicy::New,
+    };
+    let subject = match &filter.tenant {
+        Some(t) => bus.ns().tenant_events(t),
+        None => bus.ns().all_events(),
+    };
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy,
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await?;
+    if !follow && (last == 0 || consumer.info().await?.num_pending == 0) {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if !follow && seq > last {
+            break;
+        }
+        if let Ok(ev) = bus::decode_event(msg.headers.as_ref(), &msg.payload) {
+            let keep = (filter.types.is_empty()
+                || filter.types.iter().any(|t| t == ev.payload.name()))
+                && filter.kind.as_deref().is_none_or(|k| k == ev.kind.as_str())
+                && filter
+                    .job
+                    .as_deref()
+                    .is_none_or(|j| j == ev.job.to_string());
+            if keep {
+                out.write_all(&ev.to_json())?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+        }
+        if !follow && (seq >= last || pending == 0) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -27,6 +27,40 @@ async fn export_then_import_elsewhere_rebuilds_identical_read_models() {
     other.wait_terminal(&ids[4]).await;
     drop(dev);
 
+    // Operators tail the log directly, across tenants or for one.
+    let lines_of = |out: std::process::Output| {
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let globex = lines_of(
+        source
+            .run(&["events", "tail", "--direct", "--tenant", "globex"])
+            .await,
+    );
+    assert_eq!(globex.len(), 3, "{globex:?}");
+    assert!(globex.iter().all(|l| l.contains("\"tenant\":\"globex\"")));
+    let succeeded = lines_of(
+        source
+            .run(&[
+                "events",
+                "tail",
+                "--direct",
+                "--type",
+                "job.succeeded",
+                "--from-seq",
+                "1",
+            ])
+            .await,
+    );
+    assert_eq!(
+        succeeded.len(),
+        4,
+        "noop, flaky, sleep and globex's noop succeeded: {succeeded:?}"
+    );
+
     let exported = source.run(&["events", "export"]).await.stdout;
     let lines = exported
         .split(|b| *b == b'\n')
