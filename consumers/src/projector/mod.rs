@@ -159,8 +159,7 @@ impl Projector {
                         old_version = v,
                         "read models switched version; following the new one"
                     );
-                    delay = Duration::from_millis(100);
-                    continue;
+                    delay = Duration::from_millis(50);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "projector restarting from its checkpoint");
@@ -413,13 +412,15 @@ impl Projector {
         tx.commit().await?;
         if let Some(old) = old.filter(|o| *o != version) {
             // Nothing reads the old version any more: the views moved, and DROP waits for
-            // queries still running on it.
-            sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                read_models::schema(old)
-            ))
-            .execute(&self.db)
-            .await?;
+            // queries still running on it. The switch is done either way; a failed drop only
+            // leaves an unused schema behind.
+            let schema = read_models::schema(old);
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&self.db)
+                .await
+            {
+                tracing::warn!(error = %e, schema, "old read-model version not dropped; drop it by hand");
+            }
         }
         tracing::info!(version, "read models switched to the rebuilt version");
         Ok(Some(version))
