@@ -289,3 +289,29 @@ async fn idle_sse_subscribers_cost_little_memory() {
         .unwrap();
     assert!(String::from_utf8_lossy(&chunk).contains(&id));
 }
+
+#[tokio::test]
+async fn a_live_stream_closes_when_its_token_expires() {
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let short = producers::auth::encode(
+        &crate::harness::jwt(),
+        &producers::auth::Claims {
+            sub: "t".into(),
+            tenant: "acme".into(),
+            scope: "events:read".into(),
+            exp: (chrono::Utc::now().timestamp() + 2) as u64,
+            iss: "conveyor".into(),
+            aud: "conveyor".into(),
+        },
+    );
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        client(&api.with_token(&short)).follow("/v1/events", None, None, |_| true),
+    )
+    .await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the stream ended by itself: {ended:?}"
+    );
+}
