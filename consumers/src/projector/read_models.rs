@@ -40,15 +40,42 @@ pub struct JobRow {
 }
 
 /// One row of `job_events`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub(crate) struct EventRow {
     seq: i64,
     job_id: Uuid,
     tenant: String,
-    #[serde(rename = "type")]
     ty: &'static str,
     time: DateTime<Utc>,
-    event: Value,
+    /// The CloudEvent, JSON.
+    event: Vec<u8>,
+}
+
+impl EventRow {
+    /// Appends the row in `COPY … (FORMAT text)` form: tab-separated, backslash-escaped.
+    fn write_copy_line(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t",
+            self.seq,
+            self.job_id,
+            self.tenant,
+            self.ty,
+            self.time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+        for &b in &self.event {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => out.push(b),
+            }
+        }
+        out.push(b'\n');
+    }
 }
 
 /// A change to one `job_stats` row.
@@ -208,7 +235,7 @@ pub(crate) fn fold(
                 tenant: ev.tenant.to_string(),
                 ty: ev.payload.name(),
                 time: ev.time,
-                event: ev.to_value(),
+                event: ev.to_json(),
             });
         }
         if *seq > jobs_after {
@@ -315,14 +342,20 @@ pub(crate) async fn write(
         .await?;
     }
     if !batch.events.is_empty() {
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.job_events
-             SELECT * FROM jsonb_populate_recordset(NULL::{schema}.job_events, $1)
-             ON CONFLICT (seq) DO NOTHING"
-        ))
-        .bind(Json(&batch.events))
-        .execute(&mut **tx)
-        .await?;
+        // COPY: about half the cost of inserting the same rows from a JSON document. No
+        // conflict can arise: rows at or below the checkpoint were filtered out by the fold,
+        // and the checkpoint moves in this same transaction.
+        let mut data = Vec::with_capacity(batch.events.len() * 768);
+        for row in &batch.events {
+            row.write_copy_line(&mut data);
+        }
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY {schema}.job_events (seq, job_id, tenant, type, time, event) FROM STDIN"
+            ))
+            .await?;
+        copy.send(data).await?;
+        copy.finish().await?;
     }
     if !batch.stats.is_empty() {
         sqlx::query(&format!(
