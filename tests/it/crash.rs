@@ -86,17 +86,7 @@ async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
         api.wait_terminal(id).await;
     }
     let db = env.db().await;
-    let last = loop {
-        let last = env.stream_messages("EVENTS").await as i64;
-        let cp: i64 = sqlx::query_scalar("SELECT min(last_seq) FROM projection_checkpoints")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        if cp == last {
-            break last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let last = env.settle().await;
     assert_eq!(
         last as usize,
         JOBS * 3,

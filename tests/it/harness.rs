@@ -164,6 +164,31 @@ impl Env {
         out
     }
 
+    /// Waits until the live read models have applied every event in the stream; returns the
+    /// stream's last sequence.
+    pub(crate) async fn settle(&self) -> i64 {
+        let db = self.db().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = self.stream_messages("EVENTS").await as i64;
+            let cp: Option<i64> = sqlx::query_scalar(
+                "SELECT min(last_seq) FROM projection_checkpoints
+                 WHERE version = (SELECT version FROM read_model_versions WHERE state = 'live')",
+            )
+            .fetch_one(&db)
+            .await
+            .expect("read checkpoints");
+            if cp == Some(last) {
+                return last;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "projections did not catch up ({cp:?} of {last})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every row of a read-model table, as JSON, in a stable order.
     pub(crate) async fn table(&self, table: &str, order: &str) -> Vec<Value> {
         let db = self.db().await;

@@ -1,7 +1,5 @@
 //! Export and import of the event log.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::harness::{id_of, Env};
@@ -89,22 +87,7 @@ async fn export_then_import_elsewhere_rebuilds_identical_read_models() {
     assert_eq!(target.stream_messages("EVENTS").await, lines);
 
     let _projector = target.spawn("projector").await;
-    let db = target.db().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let cp: i64 = sqlx::query_scalar("SELECT min(last_seq) FROM projection_checkpoints")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-        if cp as u64 == lines {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the projector did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(target.settle().await as u64, lines);
     for (table, order) in [
         ("jobs", "id"),
         ("job_events", "seq"),

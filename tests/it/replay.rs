@@ -25,30 +25,6 @@ async fn snapshot(env: &Env) -> Vec<Vec<Value>> {
     out
 }
 
-/// Waits until the live checkpoints reach the end of the stream.
-async fn settle(env: &Env) -> i64 {
-    let db = env.db().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = env.stream_messages("EVENTS").await as i64;
-        let cp: Option<i64> = sqlx::query_scalar(
-            "SELECT min(last_seq) FROM projection_checkpoints
-             WHERE version = (SELECT version FROM read_model_versions WHERE state = 'live')",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        if cp == Some(last) {
-            return last;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projections did not catch up ({cp:?} of {last})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn mixed_jobs(api: &Api) -> Vec<String> {
     let mut ids = Vec::new();
     for body in [
@@ -71,7 +47,7 @@ async fn a_rebuild_equals_the_live_read_models_row_for_row() {
     let env = Env::new().await;
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
-    let last = settle(&env).await;
+    let last = env.settle().await;
     let before = snapshot(&env).await;
 
     let dry = env.run(&["replay", "jobs", "--dry-run"]).await;
@@ -138,7 +114,7 @@ async fn a_rebuild_while_jobs_keep_flowing_loses_and_duplicates_nothing() {
     for id in &ids {
         api.wait_terminal(id).await;
     }
-    let last = settle(&env).await;
+    let last = env.settle().await;
     let db = env.db().await;
     let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
         .fetch_all(&db)
@@ -178,7 +154,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
     for id in &ids {
         api.wait_terminal(id).await;
     }
-    settle(&env).await;
+    env.settle().await;
     let before = snapshot(&env).await;
     env.set("CONVEYOR_PROJECTOR_BATCH", "1");
     let mut replay = env.spawn("replay jobs").await;
@@ -215,7 +191,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    settle(&env).await;
+    env.settle().await;
     assert_eq!(snapshot(&env).await, before);
 }
 
@@ -224,7 +200,7 @@ async fn the_admin_api_asks_the_projector_for_a_rebuild() {
     let env = Env::new().await;
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
-    settle(&env).await;
+    env.settle().await;
     let before = snapshot(&env).await;
     let admin = api.with_token(&env.token("acme", "admin"));
     let res = api
@@ -258,6 +234,6 @@ async fn the_admin_api_asks_the_projector_for_a_rebuild() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    settle(&env).await;
+    env.settle().await;
     assert_eq!(snapshot(&env).await, before);
 }
