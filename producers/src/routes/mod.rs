@@ -4,6 +4,7 @@ pub(crate) mod admin;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
+pub(crate) mod kinds;
 pub(crate) mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
@@ -15,11 +16,15 @@ pub(crate) fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     Router::new()
         .merge(jobs::router())
+        .merge(kinds::router())
         .merge(events::router())
         .merge(webhooks::router())
         .merge(admin::router())
         .merge(health::router())
         .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::track,
+        ))
         .with_state(state)
 }
