@@ -1068,3 +1068,36 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
     print(&out);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every environment variable a command reads, with the commands that read it.
+    fn variables(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            variables(sub, out);
+        }
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_variable() {
+        let mut all = Default::default();
+        variables(&super::Cli::command(), &mut all);
+        let doc = include_str!("../docs/configuration.md");
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|v| !doc.contains(&format!("`{v}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md: {missing:?}"
+        );
+        assert!(all.len() > 40, "{all:?}");
+    }
+}
