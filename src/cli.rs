@@ -319,10 +319,15 @@ struct Target {
 
 #[derive(Debug, Subcommand)]
 enum JobsCommand {
-    /// Submit a job.
+    /// Submit a job, or (with `--file`) many, in batches of 1,000.
     Submit {
         /// Job kind (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`, …).
-        kind: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        kind: Option<String>,
+        /// Submit the jobs of a JSON Lines file (`-` for stdin): one `POST /v1/jobs` body per
+        /// line, each with an optional `idempotency_key`.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
         /// Payload as JSON, e.g. '{"ms": 500}'.
         #[arg(long)]
         payload: Option<String>,
@@ -998,6 +1003,65 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Submits a JSON Lines file of jobs in batches; reports refused lines on stderr, a summary on
+/// stdout, and fails if any job was not accepted.
+async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        ))
+    };
+    let mut jobs = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job: Value = serde_json::from_str(&line)
+            .with_context(|| format!("line {}: not JSON (one job object per line)", n + 1))?;
+        jobs.push((n + 1, job));
+    }
+    let mut bar = crate::progress::Progress::new(jobs.len() as u64, "jobs");
+    let (mut accepted, mut repeated, mut failed, mut done) = (0u64, 0u64, 0u64, 0u64);
+    for chunk in jobs.chunks(producers::MAX_BATCH) {
+        let body = json!({ "jobs": chunk.iter().map(|(_, j)| j).collect::<Vec<_>>() });
+        let out = c
+            .call(Method::POST, "/v1/jobs/batch", Some(&body), &[])
+            .await?;
+        for ((line, _), item) in chunk
+            .iter()
+            .zip(out["items"].as_array().into_iter().flatten())
+        {
+            match item["status"].as_u64() {
+                Some(202) => accepted += 1,
+                Some(200) => repeated += 1,
+                status => {
+                    failed += 1;
+                    eprintln!(
+                        "line {line}: {} {}",
+                        status.unwrap_or(0),
+                        item["problem"]["detail"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        done += chunk.len() as u64;
+        bar.set(done, jobs.len() as u64);
+    }
+    bar.finish();
+    println!("{accepted} jobs accepted, {repeated} already submitted, {failed} refused");
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} jobs were not accepted (see above)",
+            jobs.len()
+        );
+    }
+    Ok(())
+}
+
 fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -1006,13 +1070,17 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
     let c = client(&target)?;
     let out = match command {
         JobsCommand::Submit {
-            kind,
+            file: Some(file), ..
+        } => return submit_file(&c, &file).await,
+        JobsCommand::Submit {
+            kind: Some(kind),
             payload,
             max_attempts,
             timeout_ms,
             run_at,
             webhook,
             idempotency_key,
+            file: None,
         } => {
             let mut body = json!({ "kind": kind });
             if let Some(p) = payload {
@@ -1037,6 +1105,9 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
                 .unwrap_or_default();
             c.call(Method::POST, "/v1/jobs", Some(&body), &headers)
                 .await?
+        }
+        JobsCommand::Submit { kind: None, .. } => {
+            anyhow::bail!("name a kind to submit, or --file with jobs")
         }
         JobsCommand::Get { id } => {
             c.call(Method::GET, &format!("/v1/jobs/{id}"), None, &[])

@@ -157,22 +157,30 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem+json body of this error (an internal error's cause is logged, not shown).
+    pub fn problem(&self) -> Problem {
         let status = self.status();
-        let detail = match &self {
+        let detail = match self {
             Self::Internal(cause) => {
                 tracing::error!(error.message = %cause, "internal error");
                 "an internal error occurred".to_owned()
             }
             other => other.to_string(),
         };
-        let body = Problem {
+        Problem {
             kind: format!("https://conveyor.dev/problems/{}", self.slug()),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.problem();
         let mut res = (status, axum::Json(body)).into_response();
         let headers = res.headers_mut();
         headers.insert(

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::JwtSettings;
 pub use limits::Limits;
 pub use openapi::openapi_json;
+pub use routes::batch::MAX_BATCH;
 
 /// CloudEvents `source` of events published by the API.
 pub const SOURCE: &str = "/conveyor/api";

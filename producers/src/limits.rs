@@ -69,6 +69,8 @@ struct ActiveCount {
     /// Accepted by this process since.
     accepted_since: i64,
     read_at: Option<Instant>,
+    /// A request is reading it now: the others go on with the last count.
+    reading: bool,
 }
 
 /// The limits in force, with their state.
@@ -180,27 +182,24 @@ impl Guard {
         if max == 0 {
             return Ok(());
         }
-        let stale = {
-            let active = self.active.lock().expect("active counts poisoned");
-            active
-                .get(tenant)
-                .and_then(|c| c.read_at)
-                .is_none_or(|t| t.elapsed() >= ACTIVE_TTL)
+        let read_now = {
+            let mut active = self.active.lock().expect("active counts poisoned");
+            let c = active.entry(tenant.clone()).or_default();
+            let stale = c.read_at.is_none_or(|t| t.elapsed() >= ACTIVE_TTL);
+            let read_now = stale && !c.reading;
+            c.reading |= read_now;
+            read_now
         };
-        if stale {
+        if read_now {
             let read = tokio::time::timeout(ACTIVE_QUERY_TIMEOUT, active_jobs(db, tenant)).await;
             let mut active = self.active.lock().expect("active counts poisoned");
             let c = active.entry(tenant.clone()).or_default();
-            match read {
-                Ok(Ok(projected)) => {
-                    *c = ActiveCount {
-                        projected,
-                        accepted_since: 0,
-                        read_at: Some(Instant::now()),
-                    };
-                }
-                // Postgres is slow or down: go on with the last count, and try again later.
-                _ => c.read_at = Some(Instant::now()),
+            c.reading = false;
+            c.read_at = Some(Instant::now());
+            // Postgres slow or down: go on with the last count, and read again later.
+            if let Ok(Ok(projected)) = read {
+                c.projected = projected;
+                c.accepted_since = 0;
             }
         }
         let mut active = self.active.lock().expect("active counts poisoned");

@@ -43,13 +43,17 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let response = if declared.is_some_and(|n| n > state.settings.max_body_bytes) {
+    let body_limit = if route == "/v1/jobs/batch" {
+        crate::routes::batch_body_limit(state.settings.max_body_bytes)
+    } else {
+        state.settings.max_body_bytes
+    };
+    let response = if declared.is_some_and(|n| n > body_limit) {
         // Read (and drop) what the client is sending before answering: closing the connection
         // on an unread body resets it, and the client would see a broken pipe instead of 413.
-        drain(req.into_body(), 8 * state.settings.max_body_bytes).await;
+        drain(req.into_body(), 8 * body_limit).await;
         ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the {} bytes allowed",
-            state.settings.max_body_bytes
+            "the request body is larger than the {body_limit} bytes allowed"
         ))
         .into_response()
     } else if header_bytes > MAX_HEADER_BYTES {

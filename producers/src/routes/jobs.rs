@@ -61,10 +61,14 @@ pub(crate) struct SubmitJob {
     /// Completion webhook.
     #[serde(default)]
     webhook: Option<WebhookRequest>,
+    /// Deduplicates retries, like the `Idempotency-Key` header (which wins when both are given);
+    /// in a batch, each job's own.
+    #[serde(default, skip_serializing)]
+    idempotency_key: Option<String>,
 }
 
 /// The answer to an accepted submission.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
     id: Uuid,
     kind: String,
@@ -183,17 +187,25 @@ async fn claim_key(
     Ok((held.job, held.created_at, false))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
+/// The idempotency key of a submission: the header's, else the body's; 1 to 255 visible ASCII
+/// characters.
+pub(crate) fn idempotency_key(
+    headers: Option<&HeaderMap>,
+    req: &SubmitJob,
+) -> ApiResult<Option<String>> {
+    let bad =
+        || ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into());
+    let key = match headers.and_then(|h| h.get("idempotency-key")) {
+        Some(v) => v.to_str().map_err(|_| bad())?,
+        None => match &req.idempotency_key {
+            Some(k) => k.as_str(),
+            None => return Ok(None),
+        },
     };
-    let key = v
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| {
-            ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
-        })?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(bad());
+    }
     Ok(Some(key.to_owned()))
 }
 
@@ -269,20 +281,29 @@ pub(crate) async fn submit(
 ) -> ApiResult<Response> {
     auth.require(JOBS_WRITE)?;
     tracing::Span::current().record("tenant", auth.tenant.as_str());
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(Some(&headers), &req)?;
     let (kind, job) = validate(&state, &req).await?;
     // Nothing is accepted without JetStream: say so at once rather than after a timeout.
     if !state.bus.is_connected() {
         return Err(ApiError::bus(bus::Error::Disconnected));
     }
     state.limits.check_rate(&auth.tenant, 1)?;
-    let (code, body) = accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await?;
+    state
+        .limits
+        .reserve_active(&state.db, &auth.tenant, 1)
+        .await?;
+    let accepted = accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await;
+    if !matches!(accepted, Ok((StatusCode::ACCEPTED, _))) {
+        state.limits.release_active(&auth.tenant, 1);
+    }
+    let (code, body) = accepted?;
     let location = HeaderValue::from_str(&body.links.self_).expect("a path is a valid header");
     Ok((code, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
 /// Accepts one validated submission: claims its idempotency key (a repeat returns the original
-/// job, `200`), reserves a place in the tenant's quota and publishes it (`202`).
+/// job, `200`) and publishes it (`202`). The caller has reserved its place in the tenant's
+/// quota, and gives it back unless the answer is `202`.
 pub(crate) async fn accept(
     state: &AppState,
     tenant: &Tenant,
@@ -298,7 +319,6 @@ pub(crate) async fn accept(
     };
     tracing::Span::current().record("job_id", tracing::field::display(id));
     let known = if fresh {
-        state.limits.reserve_active(&state.db, tenant, 1).await?;
         None
     } else {
         reads::submitted_event(state, tenant, id).await?
@@ -307,12 +327,7 @@ pub(crate) async fn accept(
         Some((seq, _)) => seq,
         // New, or a repeat whose first attempt never got its events stored: publish (again).
         None => {
-            let published =
-                publish_submission(state, tenant, id, created_at, &kind, job, trace.clone()).await;
-            if published.is_err() && fresh {
-                state.limits.release_active(tenant, 1);
-            }
-            published?
+            publish_submission(state, tenant, id, created_at, &kind, job, trace.clone()).await?
         }
     };
     let status = if fresh {

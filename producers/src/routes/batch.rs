@@ -1,0 +1,154 @@
+//! `POST /v1/jobs/batch`: up to 1,000 jobs in one request, each validated, deduplicated and
+//! answered on its own; the valid ones are published together, pipelined.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Auth, JOBS_WRITE};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::AppJson;
+use crate::middleware::RequestTrace;
+use crate::routes::jobs::{self, Accepted, SubmitJob};
+use crate::AppState;
+
+/// The most jobs in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Submissions of one batch in flight at once (each waits for its two publish acks).
+const PIPELINE: usize = 256;
+
+pub(crate) fn router(body_limit: usize) -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/batch", post(submit_batch))
+        .layer(DefaultBodyLimit::max(body_limit))
+}
+
+/// Jobs to submit together.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitBatch {
+    /// 1 to 1,000 jobs; each may carry its own `idempotency_key`.
+    jobs: Vec<SubmitJob>,
+}
+
+/// What became of one job of a batch: `job` when `status` is 202 (accepted) or 200 (a repeat of
+/// an earlier submission with the same idempotency key), `problem` otherwise.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchItem {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<Problem>,
+}
+
+/// The answer to a batch: one item per job, in the order sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchResult {
+    /// Jobs accepted (202).
+    accepted: usize,
+    /// Repeats of earlier submissions (200).
+    repeated: usize,
+    /// Jobs refused or not stored (see their `problem`).
+    failed: usize,
+    items: Vec<BatchItem>,
+}
+
+impl BatchItem {
+    fn of(result: ApiResult<(StatusCode, Accepted)>) -> Self {
+        match result {
+            Ok((status, job)) => Self {
+                status: status.as_u16(),
+                job: Some(job),
+                problem: None,
+            },
+            Err(e) => {
+                let problem = e.problem();
+                Self {
+                    status: problem.status,
+                    job: None,
+                    problem: Some(problem),
+                }
+            }
+        }
+    }
+}
+
+/// Submit up to 1,000 jobs at once.
+///
+/// Each job is validated and answered on its own (`items`, in the order sent): 202 accepted,
+/// 200 a repeat of an earlier submission with the same `idempotency_key`, or an error status
+/// with its problem. The tenant's rate limit and quota count every valid job; a batch over them
+/// is refused whole (429).
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch,
+    responses(
+        (status = 200, description = "Each job's outcome", body = BatchResult),
+        (status = 400, description = "Malformed JSON, or not 1 to 1,000 jobs", body = crate::error::Problem),
+        (status = 429, description = "The tenant's rate or quota would be exceeded", body = crate::error::Problem),
+        (status = 503, description = "Event bus unavailable", body = crate::error::Problem),
+    ))]
+pub(crate) async fn submit_batch(
+    State(state): State<AppState>,
+    auth: Auth,
+    Extension(trace): Extension<RequestTrace>,
+    AppJson(batch): AppJson<SubmitBatch>,
+) -> ApiResult<impl IntoResponse> {
+    auth.require(JOBS_WRITE)?;
+    tracing::Span::current().record("tenant", auth.tenant.as_str());
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch has 1 to {MAX_BATCH} jobs, this one has {}",
+            batch.jobs.len()
+        )));
+    }
+    let mut checked = Vec::with_capacity(batch.jobs.len());
+    for req in &batch.jobs {
+        let key = jobs::idempotency_key(None, req);
+        checked.push(match key {
+            Ok(key) => jobs::validate(&state, req).await.map(|v| (key, v)),
+            Err(e) => Err(e),
+        });
+    }
+    let valid = checked.iter().filter(|c| c.is_ok()).count();
+    if valid > 0 {
+        if !state.bus.is_connected() {
+            return Err(ApiError::bus(bus::Error::Disconnected));
+        }
+        let n = u32::try_from(valid).unwrap_or(u32::MAX);
+        state.limits.check_rate(&auth.tenant, n)?;
+        state
+            .limits
+            .reserve_active(&state.db, &auth.tenant, u64::from(n))
+            .await?;
+    }
+    let results: Vec<ApiResult<(StatusCode, Accepted)>> =
+        futures::stream::iter(batch.jobs.into_iter().zip(checked))
+            .map(|(req, checked)| {
+                let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
+                async move {
+                    let (key, (kind, job)) = checked?;
+                    jobs::accept(&state, &tenant, &trace, key, &req, kind, job).await
+                }
+            })
+            .buffered(PIPELINE)
+            .collect()
+            .await;
+    let items: Vec<BatchItem> = results.into_iter().map(BatchItem::of).collect();
+    let count = |status: u16| items.iter().filter(|i| i.status == status).count();
+    let (accepted, repeated) = (count(202), count(200));
+    let failed = items.len() - accepted - repeated;
+    // Give back the quota reserved for jobs that were not accepted after all.
+    state
+        .limits
+        .release_active(&auth.tenant, (valid - accepted) as u64);
+    Ok(Json(BatchResult {
+        accepted,
+        repeated,
+        failed,
+        items,
+    }))
+}
