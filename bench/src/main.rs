@@ -1,194 +1,459 @@
-//! `conveyor-bench`: measures a running conveyor from the outside, as a client would.
+//! `conveyor-bench`: the benchmark suite behind `scripts/bench`.
 //!
-//! Run through `scripts/bench`, which starts the services and conveyor's roles as separate
-//! processes and passes their address and a token.
+//! In one run on one machine it starts a nats-server of its own (with the default fsync policy,
+//! then with `sync_interval: always`), conveyor's roles as separate processes in fresh
+//! namespaces and databases, measures the raw limits of the same NATS and Postgres, then
+//! conveyor's figures from the outside as a client would, and prints one table with each
+//! figure, its ratio to the matching limit, the versions and the durability settings. With
+//! `--peer-dir`, graphile-worker runs the same no-op workload on the same Postgres.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod load;
+mod procs;
+mod raw;
+mod replay;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
-use conveyor::client::Client;
-use futures::StreamExt;
-use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use clap::Parser;
+
+use procs::{Nats, Roles, Setup, Sync};
+use report::{pct, Results, Table};
+
+/// The JWT secret the benchmark's roles use.
+const SECRET: &str = "bench-secret";
 
 #[derive(Debug, Parser)]
-#[command(name = "conveyor-bench", about = "Benchmarks of a running conveyor")]
+#[command(name = "conveyor-bench", about = "conveyor's benchmark suite")]
 struct Cli {
-    /// API base URL.
-    #[arg(long, env = "CONVEYOR_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token with jobs:write, jobs:read and events:read.
-    #[arg(long, env = "CONVEYOR_TOKEN", default_value = "")]
-    token: String,
-    #[command(subcommand)]
-    command: Command,
+    /// Short runs, once each (under 2 minutes); otherwise three runs of each figure.
+    #[arg(long)]
+    quick: bool,
+    /// The `conveyor` binary (release build).
+    #[arg(long)]
+    conveyor: PathBuf,
+    /// A nats-server binary, 2.10 or newer.
+    #[arg(long)]
+    nats_server: PathBuf,
+    /// Postgres URL (its database part is replaced by fresh ones).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// A folder where graphile-worker is installed: runs the peer benchmark there.
+    #[arg(long)]
+    peer_dir: Option<PathBuf>,
+    /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `peer`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only this fsync policy: `default` or `always` (both otherwise).
+    #[arg(long)]
+    sync: Option<String>,
+    /// Where logs and stores go.
+    #[arg(long, default_value = "target/bench")]
+    work: PathBuf,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Latency from `job.succeeded` being published to an SSE client receiving it.
-    NotifyLatency {
-        /// Jobs to run (one latency sample each).
-        #[arg(long, default_value_t = 1000)]
-        jobs: usize,
-        /// Submissions in flight.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Extra SSE subscribers held open (of the same tenant, filtering for an event type
-        /// that never comes), so every event is checked against them too.
-        #[arg(long, default_value_t = 0)]
-        idle_subscribers: usize,
-    },
-    /// Fills a fresh namespace's EVENTS with `events` events (3 per job), then measures the raw
-    /// ordered-consumer read rate of the stream and the rate of a full read-model rebuild.
-    Replay {
-        /// Events to publish and replay.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// NATS URL.
-        #[arg(
-            long,
-            env = "CONVEYOR_NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
-        /// Namespace to fill (must be new).
-        #[arg(long, env = "CONVEYOR_NAMESPACE")]
-        namespace: String,
-        /// Postgres URL of a fresh, migrated database.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
-        /// Events per rebuild transaction.
-        #[arg(long, default_value_t = 5000)]
-        batch: usize,
-    },
+/// How long and how many of everything.
+struct Plan {
+    runs: usize,
+    submit: Duration,
+    batch: Duration,
+    e2e: Duration,
+    paced: Duration,
+    raw: Duration,
+    replay_events: u64,
+    drain_jobs: u64,
 }
 
-mod replay;
-
-fn quantiles(h: &Histogram<u64>) -> String {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    format!(
-        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n = {})",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        h.max() as f64 / 1000.0,
-        h.len()
-    )
-}
-
-async fn open_idle_subscribers(
-    url: &str,
-    token: &str,
-    n: usize,
-) -> anyhow::Result<Vec<reqwest::Response>> {
-    let http = reqwest::Client::new();
-    let mut open = Vec::with_capacity(n);
-    for _ in 0..n {
-        let res = http
-            .get(format!("{url}/v1/events?type=job.cancel_requested"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .context("opening an idle subscriber")?;
-        anyhow::ensure!(
-            res.status().is_success(),
-            "idle subscriber refused: {}",
-            res.status()
-        );
-        open.push(res);
-    }
-    Ok(open)
-}
-
-async fn notify_latency(c: Client, jobs: usize, concurrency: usize) -> anyhow::Result<()> {
-    let published_to_received = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let seen = Arc::new(Mutex::new(0usize));
-    // The subscriber: live events of type job.succeeded.
-    let listener = {
-        let (c, hist, seen) = (c.clone(), published_to_received.clone(), seen.clone());
-        tokio::spawn(async move {
-            c.follow("/v1/events?type=job.succeeded", None, None, |ev| {
-                let received = Utc::now();
-                let ce: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                if let Some(Ok(published)) = ce["time"].as_str().map(str::parse::<DateTime<Utc>>) {
-                    let us = (received - published)
-                        .num_microseconds()
-                        .unwrap_or(0)
-                        .max(0) as u64;
-                    let _ = hist.lock().expect("histogram").record(us);
-                }
-                let mut n = seen.lock().expect("counter");
-                *n += 1;
-                *n < jobs
-            })
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let submit = futures::stream::iter(0..jobs).for_each_concurrent(concurrency, |_| {
-        let c = c.clone();
-        async move {
-            if let Err(e) = c
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/jobs",
-                    Some(&json!({ "kind": "noop" })),
-                    &[],
-                )
-                .await
-            {
-                eprintln!("submit failed: {e:#}");
+impl Plan {
+    fn of(quick: bool) -> Self {
+        if quick {
+            Self {
+                runs: 1,
+                submit: Duration::from_secs(3),
+                batch: Duration::from_secs(3),
+                e2e: Duration::from_secs(8),
+                paced: Duration::from_secs(4),
+                raw: Duration::from_secs(2),
+                replay_events: 150_000,
+                drain_jobs: 30_000,
+            }
+        } else {
+            Self {
+                runs: 3,
+                submit: Duration::from_secs(8),
+                batch: Duration::from_secs(6),
+                e2e: Duration::from_secs(60),
+                paced: Duration::from_secs(12),
+                raw: Duration::from_secs(5),
+                replay_events: 1_000_000,
+                drain_jobs: 200_000,
             }
         }
-    });
-    submit.await;
-    let submitted = started.elapsed();
-    tokio::time::timeout(Duration::from_secs(120), listener)
-        .await
-        .context("not every job.succeeded arrived within 120 s")???;
-    let elapsed = started.elapsed();
-    let h = published_to_received.lock().expect("histogram");
-    println!(
-        "notification latency, job.succeeded published -> SSE client: {}",
-        quantiles(&h)
-    );
-    println!(
-        "{jobs} jobs submitted in {:.2} s, all succeeded and notified in {:.2} s ({:.0} jobs/s at {concurrency} submitters)",
-        submitted.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        jobs as f64 / elapsed.as_secs_f64()
-    );
-    Ok(())
+    }
+}
+
+struct Suite {
+    cli: Cli,
+    plan: Plan,
+    results: Results,
+    notes: Vec<String>,
+    serial: usize,
+}
+
+impl Suite {
+    fn wants(&self, part: &str) -> bool {
+        self.cli.only.is_empty() || self.cli.only.iter().any(|o| o == part)
+    }
+
+    /// A fresh namespace and database for one run.
+    async fn setup(&mut self, nats: &Nats, tag: &str) -> anyhow::Result<Setup> {
+        self.serial += 1;
+        let namespace = format!("bench_{tag}_{}_{}", std::process::id(), self.serial);
+        let database_url =
+            procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}")).await?;
+        Ok(Setup {
+            conveyor: self.cli.conveyor.clone(),
+            nats_url: nats.url.clone(),
+            namespace,
+            database_url,
+            logs: self.cli.work.join("logs"),
+        })
+    }
+
+    fn token() -> String {
+        producers::auth::mint(
+            &producers::JwtSettings::hs256(SECRET),
+            "bench",
+            &events::Tenant::parse("bench").expect("valid"),
+            "jobs:write jobs:read events:read admin",
+            86_400,
+        )
+    }
+
+    async fn raw(&mut self, nats: &Nats, sync: Sync) -> anyhow::Result<()> {
+        let key = sync_key(sync);
+        for _ in 0..self.plan.runs {
+            let rate = raw::publish_per_message_ack(&nats.url, 64, self.plan.raw).await?;
+            self.results.add(&format!("raw.publish.{key}"), rate);
+        }
+        eprintln!("  raw JetStream publish, 64 publishers, ack per message: {}", self.results.get(&format!("raw.publish.{key}")).show(0, "/s"));
+        Ok(())
+    }
+
+    async fn load(&mut self, nats: &Nats, sync: Sync) -> anyhow::Result<()> {
+        let key = sync_key(sync);
+        let token = Self::token();
+        for run in 0..self.plan.runs {
+            let setup = self.setup(nats, key).await?;
+            let roles = Roles::start(&setup).await?;
+            let db = sqlx::PgPool::connect(&setup.database_url).await?;
+            if sync == Sync::Default && run == 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                for (name, rss) in ["api", "worker", "projector", "notifier"].iter().zip(roles.rss()) {
+                    self.results.add(&format!("rss.idle.{name}"), rss as f64);
+                }
+            }
+            let (rate, lat, n1) = load::bounded("single submissions", self.plan.submit * 4, load::submit_single(&roles.url, &token, 64, self.plan.submit)).await?;
+            self.results.add(&format!("submit.rate.{key}"), rate);
+            self.results.add(&format!("submit.p50.{key}"), lat.p50);
+            self.results.add(&format!("submit.p99.{key}"), lat.p99);
+            load::drain(&db, n1, Duration::from_secs(300)).await?;
+            let (rate, n2) = load::bounded("batch submissions", self.plan.batch * 4, load::submit_batch(&roles.url, &token, 4, self.plan.batch)).await?;
+            self.results.add(&format!("batch.rate.{key}"), rate);
+            load::drain(&db, n1 + n2, Duration::from_secs(300)).await?;
+            let mut peak = [0u64; 4];
+            let (e2e, total) = load::bounded(
+                "end to end",
+                self.plan.e2e * 3 + Duration::from_secs(300),
+                load::end_to_end(&roles.url, &token, &db, n1 + n2, 20_000, self.plan.e2e, || {
+                    for (p, now) in peak.iter_mut().zip(roles.rss()) {
+                        *p = (*p).max(now);
+                    }
+                }),
+            )
+            .await?;
+            self.results.add(&format!("e2e.rate.{key}"), e2e);
+            if sync == Sync::Default {
+                for (name, rss) in ["api", "worker", "projector", "notifier"].iter().zip(peak) {
+                    self.results.add(&format!("rss.busy.{name}"), rss as f64);
+                }
+            }
+            let paced = load::bounded(
+                "paced submissions",
+                self.plan.paced * 4 + Duration::from_secs(120),
+                load::paced(&roles.url, &token, &setup.database_url, e2e / 2.0, self.plan.paced),
+            )
+            .await?;
+            self.results.add(&format!("paced.rate.{key}"), paced.rate);
+            self.results.add(&format!("paced.submit.p50.{key}"), paced.submit.p50);
+            self.results.add(&format!("paced.submit.p99.{key}"), paced.submit.p99);
+            self.results.add(&format!("paced.visible.p50.{key}"), paced.visible.p50);
+            self.results.add(&format!("paced.visible.p99.{key}"), paced.visible.p99);
+            self.results.add(&format!("notify.p50.{key}"), paced.notify.p50);
+            self.results.add(&format!("notify.p99.{key}"), paced.notify.p99);
+            eprintln!(
+                "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, end to end {e2e:.0} jobs/s ({total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
+                run + 1, rate_of(&self.results, &format!("submit.rate.{key}")), lat.p99,
+                rate_of(&self.results, &format!("batch.rate.{key}")), paced.rate, paced.submit.p99,
+                paced.visible.p50, paced.visible.p99, paced.notify.p99
+            );
+            drop(roles);
+            db.close().await;
+            // Jobs queued before the workers start, then drained: the figure graphile-worker
+            // reports for itself.
+            let rate = self.drain(nats, key).await?;
+            self.results.add(&format!("drain.rate.{key}"), rate);
+            eprintln!("  run {}: drain of {} queued jobs: {rate:.0} jobs/s", run + 1, self.plan.drain_jobs);
+        }
+        Ok(())
+    }
+
+    /// Queues `drain_jobs` no-op jobs with no worker running, then starts one and times until
+    /// every job is `succeeded` in the read model.
+    async fn drain(&mut self, nats: &Nats, key: &str) -> anyhow::Result<f64> {
+        let setup = self.setup(nats, &format!("drain{key}")).await?;
+        setup.run(&["migrate"]).await?;
+        let (_projector, _) = setup.spawn("projector", &[]).await?;
+        let (_api, url) = setup.spawn("api", &[]).await?;
+        let db = sqlx::PgPool::connect(&setup.database_url).await?;
+        let token = Self::token();
+        let http = reqwest::Client::new();
+        let mut queued = 0;
+        while queued < self.plan.drain_jobs {
+            let n = (self.plan.drain_jobs - queued).min(1000) as usize;
+            let jobs: Vec<serde_json::Value> = (0..n).map(|_| serde_json::json!({ "kind": "noop" })).collect();
+            let res = http
+                .post(format!("{url}/v1/jobs/batch"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "jobs": jobs }))
+                .send()
+                .await?;
+            anyhow::ensure!(res.status() == 200, "batch answered {}", res.status());
+            queued += n as u64;
+        }
+        let started = std::time::Instant::now();
+        let (_worker, _) = setup
+            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", "256")])
+            .await?;
+        load::drain(&db, queued, Duration::from_secs(600)).await?;
+        Ok(queued as f64 / started.elapsed().as_secs_f64())
+    }
+
+    async fn replay(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let namespace = format!("bench_replay_{}", std::process::id());
+        let bus = replay::bus(&nats.url, &namespace).await?;
+        let fill = replay::fill(&bus, self.plan.replay_events).await?;
+        eprintln!("  filled {} events at {fill:.0}/s", self.plan.replay_events);
+        let stream = events::Namespace::parse(&namespace)?.events_stream();
+        for run in 0..self.plan.runs {
+            let raw = raw::ordered_read(&nats.url, &stream, self.plan.replay_events).await?;
+            self.results.add("raw.read", raw);
+            let db = procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}_{run}")).await?;
+            let rebuilt = replay::rebuild(bus.clone(), &db, self.plan.replay_events, 5000).await?;
+            self.results.add("replay.rate", rebuilt);
+            eprintln!("  run {}: raw read {raw:.0} events/s, rebuild {rebuilt:.0} events/s", run + 1);
+        }
+        for _ in 0..self.plan.runs {
+            let db = procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}_pg")).await?;
+            self.results.add("raw.upsert", raw::pg_upsert(&db, 1000, self.plan.raw).await?);
+        }
+        Ok(())
+    }
+
+    async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let setup = self.setup(nats, "memory").await?;
+        let roles = Roles::start(&setup).await?;
+        let added = load::idle_subscribers(&roles.url, &Self::token(), 1000, &roles.api).await?;
+        self.results.add("rss.sse1000", added as f64);
+        drop(roles);
+        let setup = self.setup(nats, "dev").await?;
+        let (dev, _) = setup.spawn("dev", &[]).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.results.add("rss.dev", dev.rss() as f64);
+        Ok(())
+    }
+
+    async fn peer(&mut self) -> anyhow::Result<()> {
+        let Some(dir) = self.cli.peer_dir.clone() else {
+            return Ok(());
+        };
+        for run in 0..self.plan.runs {
+            let db = procs::fresh_database(&self.cli.database_url, &format!("graphile_worker_bench_{run}")).await?;
+            let out = tokio::process::Command::new("node")
+                .arg("run.cjs")
+                .current_dir(&dir)
+                .env("DATABASE_URL", &db)
+                .env("JOBS", self.plan.drain_jobs.to_string())
+                .env("PROCESSES", "2")
+                .output()
+                .await
+                .context("running node (graphile-worker's benchmark)")?;
+            anyhow::ensure!(out.status.success(), "graphile-worker run failed: {}", String::from_utf8_lossy(&out.stderr));
+            let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("graphile-worker printed: {}", String::from_utf8_lossy(&out.stdout)))?;
+            let rate = result["jobs_per_sec"].as_f64().unwrap_or(0.0);
+            self.results.add("peer.rate", rate);
+            self.results.add("peer.enqueue", result["enqueue_per_sec"].as_f64().unwrap_or(0.0));
+            if run == 0 {
+                self.notes.push(format!(
+                    "peer: graphile-worker {} ({} jobs, 2 worker processes × 24 concurrent jobs, local queue 500, batched completion: its own benchmark settings)",
+                    result["version"].as_str().unwrap_or("?"),
+                    result["jobs"]
+                ));
+            }
+            eprintln!("  run {}: graphile-worker {rate:.0} jobs/s", run + 1);
+        }
+        Ok(())
+    }
+
+    fn table(&self) -> String {
+        let r = &self.results;
+        let mut t = Table::default();
+        let ms = |key: &str| r.get(key).show(2, " ms");
+        let rate = |key: &str| r.get(key).show(0, "/s");
+        let mib = |key: &str| {
+            let s = r.get(key);
+            report::Samples(s.0.iter().map(|b| b / 1_048_576.0).collect()).show(1, " MiB")
+        };
+        for key in ["default", "always"] {
+            if r.get(&format!("e2e.rate.{key}")).0.is_empty() && r.get(&format!("raw.publish.{key}")).0.is_empty() {
+                continue;
+            }
+            let sync = if key == "default" { "" } else { ", sync always" };
+            let raw_pub = r.median(&format!("raw.publish.{key}"));
+            t.row(&format!("1. submit, one job per request, 64 clients{sync}"),
+                format!("{} jobs (p50 {}, p99 {})", rate(&format!("submit.rate.{key}")), ms(&format!("submit.p50.{key}")), ms(&format!("submit.p99.{key}"))),
+                format!("{} raw publishes, ack each (2 per job)", rate(&format!("raw.publish.{key}"))),
+                pct(2.0 * r.median(&format!("submit.rate.{key}")), raw_pub), "");
+            t.row(&format!("1. submit, batches of 1,000, 4 clients{sync}"),
+                format!("{} jobs", rate(&format!("batch.rate.{key}"))),
+                format!("{} raw publishes, ack each", rate(&format!("raw.publish.{key}"))),
+                pct(r.median(&format!("batch.rate.{key}")), raw_pub), "≥ 50%");
+            t.row(&format!("2. end to end, saturated, sustained{sync}"),
+                format!("{} jobs", rate(&format!("e2e.rate.{key}"))),
+                format!("{} graphile-worker (drain)", rate("peer.rate")),
+                pct(r.median(&format!("e2e.rate.{key}")), r.median("peer.rate")), "≥ 100%");
+            t.row(&format!("2. drain of queued jobs{sync}"),
+                format!("{} jobs", rate(&format!("drain.rate.{key}"))),
+                format!("{} graphile-worker (drain)", rate("peer.rate")),
+                pct(r.median(&format!("drain.rate.{key}")), r.median("peer.rate")), "≥ 100%");
+            t.row(&format!("1. submit latency at half saturation{sync}"),
+                format!("p50 {}, p99 {} at {}", ms(&format!("paced.submit.p50.{key}")), ms(&format!("paced.submit.p99.{key}")), rate(&format!("paced.rate.{key}"))),
+                String::new(), String::new(), "p99 < 5 ms");
+            t.row(&format!("2. 202 → succeeded visible, half saturation{sync}"),
+                format!("p50 {}, p99 {}", ms(&format!("paced.visible.p50.{key}")), ms(&format!("paced.visible.p99.{key}"))),
+                String::new(), String::new(), "p50 < 5 ms, p99 < 25 ms");
+            t.row(&format!("3. job.succeeded published → SSE client{sync}"),
+                format!("p50 {}, p99 {}", ms(&format!("notify.p50.{key}")), ms(&format!("notify.p99.{key}"))),
+                String::new(), String::new(), "");
+        }
+        if !r.get("replay.rate").0.is_empty() {
+            t.row(&format!("4. replay: rebuild of {} events", self.plan.replay_events),
+                format!("{} events", rate("replay.rate")),
+                format!("{} raw ordered-consumer read", rate("raw.read")),
+                pct(r.median("replay.rate"), r.median("raw.read")), "≥ 50%");
+            t.row("   Postgres: batched upsert, 1,000 rows per statement", String::new(),
+                format!("{} rows", rate("raw.upsert")), String::new(), "");
+        }
+        if !r.get("rss.dev").0.is_empty() {
+            t.row("5. memory: `conveyor dev` idle", mib("rss.dev"), String::new(), String::new(), "< 40 MiB");
+            t.row("5. memory: 1,000 idle SSE subscribers (API)", mib("rss.sse1000"), String::new(), String::new(), "< 30 MB");
+        }
+        for role in ["api", "worker", "projector", "notifier"] {
+            if !r.get(&format!("rss.idle.{role}")).0.is_empty() {
+                t.row(&format!("5. memory: {role}, idle → saturated"),
+                    format!("{} → {}", mib(&format!("rss.idle.{role}")), mib(&format!("rss.busy.{role}"))),
+                    String::new(), String::new(), "");
+            }
+        }
+        if !r.get("peer.enqueue").0.is_empty() {
+            t.row("   graphile-worker: bulk add_jobs", String::new(), format!("{} jobs", rate("peer.enqueue")), String::new(), "");
+        }
+        t.render()
+    }
+}
+
+fn sync_key(sync: Sync) -> &'static str {
+    match sync {
+        Sync::Default => "default",
+        Sync::Always => "always",
+    }
+}
+
+fn rate_of(r: &Results, key: &str) -> f64 {
+    r.get(key).0.last().copied().unwrap_or(0.0)
+}
+
+async fn versions(cli: &Cli, nats: &str) -> String {
+    let pg: String = match sqlx::PgPool::connect(&cli.database_url).await {
+        Ok(db) => sqlx::query_scalar("SHOW server_version").fetch_one(&db).await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    format!(
+        "conveyor {rev} (release), nats-server {nats}, PostgreSQL {pg} (fsync on, synchronous_commit on), {cores} cores, {:.0} GiB; everything on one host, each role a separate process",
+        mem as f64 / 1_048_576.0
+    )
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let c = Client::new(&cli.url, &cli.token);
-    match cli.command {
-        Command::Replay {
-            events,
-            nats_url,
-            namespace,
-            database_url,
-            batch,
-        } => replay::run(events, &nats_url, &namespace, &database_url, batch).await,
-        Command::NotifyLatency {
-            jobs,
-            concurrency,
-            idle_subscribers,
-        } => {
-            let _idle = open_idle_subscribers(&cli.url, &cli.token, idle_subscribers).await?;
-            if idle_subscribers > 0 {
-                println!("{idle_subscribers} idle SSE subscribers open");
+    std::fs::create_dir_all(cli.work.join("logs"))?;
+    let plan = Plan::of(cli.quick);
+    let modes: Vec<Sync> = match cli.sync.as_deref() {
+        Some("default") => vec![Sync::Default],
+        Some("always") => vec![Sync::Always],
+        Some(other) => anyhow::bail!("--sync {other}: use default or always"),
+        None => vec![Sync::Default, Sync::Always],
+    };
+    let mut suite = Suite { cli, plan, results: Results::default(), notes: Vec::new(), serial: 0 };
+    let started = std::time::Instant::now();
+    let mut version = String::new();
+    for sync in modes {
+        eprintln!("== NATS with {}", sync.label());
+        let nats = Nats::start(&suite.cli.nats_server, &suite.cli.work, sync).await?;
+        version = nats.version.clone();
+        if suite.wants("raw") {
+            suite.raw(&nats, sync).await?;
+        }
+        if suite.wants("load") {
+            suite.load(&nats, sync).await?;
+        }
+        if sync == Sync::Default {
+            if suite.wants("replay") {
+                suite.replay(&nats).await?;
             }
-            notify_latency(c, jobs, concurrency).await
+            if suite.wants("memory") {
+                suite.memory(&nats).await?;
+            }
         }
     }
+    if suite.wants("peer") {
+        eprintln!("== peer");
+        suite.peer().await?;
+    }
+    println!("\n{}\n", versions(&suite.cli, &version).await);
+    println!("{}", suite.table());
+    for note in &suite.notes {
+        println!("{note}");
+    }
+    println!(
+        "{} run(s) of each figure (median, with the range when several); took {:.0} s.",
+        suite.plan.runs,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -1,0 +1,2 @@
+// The no-op job: does nothing and succeeds.
+module.exports = async () => {};
