@@ -1,6 +1,7 @@
 //! Every route, one file per resource, merged here.
 
 pub(crate) mod admin;
+pub(crate) mod dashboard;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
@@ -19,6 +20,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(admin::router())
         .merge(health::router())
+        .merge(dashboard::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
