@@ -103,3 +103,26 @@ async fn asset(Path((version, file)): Path<(String, String)>) -> Result<Response
     };
     Ok((headers(content_type, cache), *bytes).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module added to `dashboard/` but not to [`FILES`] would 404 in the browser.
+    #[test]
+    fn every_dashboard_file_is_served() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboard");
+        for entry in std::fs::read_dir(dir).expect("dashboard/ exists") {
+            let name = entry.expect("a directory entry").file_name();
+            let name = name.to_str().expect("a UTF-8 name");
+            if name == "index.html" || name == "package.json" {
+                continue;
+            }
+            assert!(
+                FILES.iter().any(|(file, _, _)| *file == name),
+                "dashboard/{name} is not listed in FILES"
+            );
+        }
+        assert!(PAGE.contains(&format!("/ui/{}/app.js", *VERSION)));
+    }
+}
