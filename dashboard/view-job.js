@@ -121,10 +121,10 @@ export function render(main, { id }) {
     const key = `${canCancel}/${canRedrive}`;
     if (actions.dataset.key === key) return;
     actions.dataset.key = key;
-    actions.replaceChildren(
-      canCancel ? h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 'cancel', `/v1/jobs/${id}/cancel`) }, 'Cancel job') : null,
-      canRedrive ? h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 're-drive', `/v1/admin/dead-letters/${id}/redrive`) }, 'Re-drive') : null,
-    );
+    const buttons = [];
+    if (canCancel) buttons.push(h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 'cancel', `/v1/jobs/${id}/cancel`) }, 'Cancel job'));
+    if (canRedrive) buttons.push(h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 're-drive', `/v1/admin/dead-letters/${id}/redrive`) }, 'Re-drive'));
+    actions.replaceChildren(...buttons);
   }
 
   function drawOutput() {
