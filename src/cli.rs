@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::config::{
-    ApiArgs, BusArgs, DbArgs, JwtArgs, ProjectorArgs, WebhookArgs, WorkerArgs, DEV_JWT_SECRET,
+    ApiArgs, BusArgs, DbArgs, JwtArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs,
+    DEV_JWT_SECRET,
 };
 use crate::supervisor::Supervisor;
 
@@ -34,8 +35,26 @@ pub struct Cli {
         global = true
     )]
     pub log_format: String,
+    /// Export traces over OTLP/HTTP to this collector (e.g. `http://127.0.0.1:4318`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The role this command runs, naming the process in traces (`api`, `worker`, …).
+    pub fn role(&self) -> &'static str {
+        match &self.command {
+            Command::Dev { .. } => "dev",
+            Command::Api { .. } => "api",
+            Command::Worker { .. } => "worker",
+            Command::Projector { .. } => "projector",
+            Command::Notifier { .. } => "notifier",
+            Command::Replay { .. } => "replay",
+            _ => "cli",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +91,8 @@ enum Command {
         bus: BusArgs,
         #[command(flatten)]
         webhooks: WebhookArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
     },
     /// A worker: runs jobs of the built-in kinds.
     Worker {
@@ -81,6 +102,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
     },
     /// The projector: builds the read models in Postgres from the event log.
     Projector {
@@ -90,6 +113,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         projector: ProjectorArgs,
+        #[command(flatten)]
+        ops: OpsArgs,
     },
     /// Rebuilds the read models from the event log into a new version beside the live one,
     /// then switches reads to it and drops the old one. The live version keeps serving and
@@ -371,27 +396,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             webhooks,
         } => {
-            if api.jwt.jwt_secret == DEV_JWT_SECRET {
+            if api.jwt.jwt_secret == DEV_JWT_SECRET && api.jwt.jwks_url.is_none() {
                 tracing::warn!("CONVEYOR_JWT_SECRET is not set: using the development secret");
             }
             let mut sup = Supervisor::new();
-            start_api(&mut sup, &bus, &db, &api, &webhooks).await?;
+            let metrics = start_metrics(&mut sup);
+            start_api(&mut sup, &bus, &db, &api, &webhooks, &metrics).await?;
             sup.run(Duration::from_secs(30)).await
         }
-        Command::Notifier { bus, webhooks } => {
+        Command::Notifier { bus, webhooks, ops } => {
             let mut sup = Supervisor::new();
-            start_notifier(&mut sup, &bus, &webhooks).await?;
+            let metrics = start_metrics(&mut sup);
+            let bus = start_notifier(&mut sup, &bus, &webhooks).await?;
+            start_ops(&mut sup, &ops, metrics, bus).await?;
             sup.run(Duration::from_secs(30)).await
         }
-        Command::Worker { bus, db, worker } => {
+        Command::Worker {
+            bus,
+            db,
+            worker,
+            ops,
+        } => {
             let mut sup = Supervisor::new();
-            start_worker(&mut sup, &bus, &db, &worker).await?;
+            let metrics = start_metrics(&mut sup);
+            let bus = start_worker(&mut sup, &bus, &db, &worker).await?;
+            start_ops(&mut sup, &ops, metrics, bus).await?;
             sup.run(Duration::from_millis(worker.shutdown_grace_ms) + Duration::from_secs(5))
                 .await
         }
-        Command::Projector { bus, db, projector } => {
+        Command::Projector {
+            bus,
+            db,
+            projector,
+            ops,
+        } => {
             let mut sup = Supervisor::new();
-            start_projector(&mut sup, &bus, &db, &projector).await?;
+            let metrics = start_metrics(&mut sup);
+            let bus = start_projector(&mut sup, &bus, &db, &projector).await?;
+            start_ops(&mut sup, &ops, metrics, bus).await?;
             sup.run(Duration::from_secs(30)).await
         }
         Command::Replay {
@@ -421,7 +463,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = Tenant::parse(&tenant).context("--tenant")?;
             println!(
                 "{}",
-                producers::auth::mint(&jwt.settings(), &sub, &tenant, &scope, ttl)
+                producers::auth::mint(&jwt.minting()?, &sub, &tenant, &scope, ttl)
             );
             Ok(())
         }
@@ -442,20 +484,29 @@ async fn dev(
 ) -> anyhow::Result<()> {
     db.migrate().await?;
     let mut sup = Supervisor::new();
+    let metrics = start_metrics(&mut sup);
     start_projector(&mut sup, &bus, &db, &projector).await?;
     start_worker(&mut sup, &bus, &db, &worker).await?;
     start_notifier(&mut sup, &bus, &webhooks).await?;
-    let addr = start_api(&mut sup, &bus, &db, &api, &webhooks).await?;
-    let token = producers::auth::mint(
-        &api.jwt.settings(),
-        "developer",
-        &Tenant::parse("dev").expect("valid tenant"),
-        "jobs:write jobs:read events:read admin",
-        7 * 86_400,
-    );
+    let addr = start_api(&mut sup, &bus, &db, &api, &webhooks, &metrics).await?;
+    let token = match api.jwt.minting() {
+        Ok(jwt) => {
+            let token = producers::auth::mint(
+                &jwt,
+                "developer",
+                &Tenant::parse("dev").expect("valid tenant"),
+                "jobs:write jobs:read events:read admin",
+                7 * 86_400,
+            );
+            format!(
+                "A development token (tenant `dev`, valid 7 days):\n\n  export CONVEYOR_URL=http://{addr}\n  export CONVEYOR_TOKEN={token}\n"
+            )
+        }
+        Err(e) => format!("{e:#}\n\n  export CONVEYOR_URL=http://{addr}\n"),
+    };
     println!(
-        "\nconveyor dev is running: API on http://{addr} (namespace {}, NATS {}, Postgres {})\n\
-         A development token (tenant `dev`, valid 7 days):\n\n  export CONVEYOR_URL=http://{addr}\n  export CONVEYOR_TOKEN={token}\n\n\
+        "\nconveyor dev is running: API and dashboard on http://{addr} (namespace {}, NATS {}, Postgres {})\n\
+         {token}\n\
          Try: conveyor jobs submit sleep --payload '{{\"ms\": 2000, \"steps\": 4}}'\n",
         bus.namespace,
         bus.nats_url,
@@ -465,15 +516,51 @@ async fn dev(
         .await
 }
 
+/// Installs the metrics recorder and keeps its histograms drained.
+fn start_metrics(sup: &mut Supervisor) -> producers::MetricsRender {
+    let render = crate::metrics::install();
+    let (r, token) = (render.clone(), sup.token());
+    sup.spawn("metrics", async move {
+        crate::metrics::upkeep(r, token).await;
+        Ok(())
+    });
+    render
+}
+
+async fn start_ops(
+    sup: &mut Supervisor,
+    ops: &OpsArgs,
+    metrics: producers::MetricsRender,
+    bus: bus::Bus,
+) -> anyhow::Result<()> {
+    let (addr, served) = crate::ops::serve(&ops.metrics_addr, metrics, bus, sup.token()).await?;
+    // Machine-readable, like the API's line, for scripts that start roles on port 0.
+    println!("conveyor metrics listening on http://{addr}");
+    tracing::info!(%addr, "metrics and health endpoints listening");
+    sup.spawn("metrics endpoint", served);
+    Ok(())
+}
+
 async fn start_api(
     sup: &mut Supervisor,
     bus: &BusArgs,
     db: &DbArgs,
     api: &ApiArgs,
     webhooks: &WebhookArgs,
+    metrics: &producers::MetricsRender,
 ) -> anyhow::Result<SocketAddr> {
-    let bus = bus.connect("api").await?;
-    let state = producers::AppState::new(bus, db.lazy_pool()?, api.settings(webhooks)?).await?;
+    let mut settings = bus.settings("api")?;
+    // The API answers 503 at once rather than hold requests while NATS is away or saturated.
+    settings.fail_fast = true;
+    settings.max_publishes_in_flight = api.limits.publish_inflight.max(1);
+    let bus = bus::Bus::connect(&settings).await?;
+    let state = producers::AppState::new(
+        bus,
+        db.lazy_pool()?,
+        api.settings(webhooks)?,
+        Some(metrics.clone()),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&api.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (CONVEYOR_HTTP_ADDR)", api.http_addr))?;
@@ -494,17 +581,17 @@ async fn start_worker(
     bus: &BusArgs,
     db: &DbArgs,
     worker: &WorkerArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bus::Bus> {
     let bus = bus.connect("worker").await?;
     let w = Worker::new(
-        bus,
+        bus.clone(),
         Registry::builtin(),
         worker.settings(),
         Some(db.lazy_pool()?),
     );
     let token = sup.token();
     sup.spawn("worker", async move { Ok(w.run(token).await?) });
-    Ok(())
+    Ok(bus)
 }
 
 async fn start_projector(
@@ -512,25 +599,25 @@ async fn start_projector(
     bus: &BusArgs,
     db: &DbArgs,
     projector: &ProjectorArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bus::Bus> {
     let pool = db.migrate().await?;
     let bus = bus.connect("projector").await?;
-    let p = Projector::new(bus, pool, projector.settings());
+    let p = Projector::new(bus.clone(), pool, projector.settings());
     let token = sup.token();
     sup.spawn("projector", async move { Ok(p.run(token).await?) });
-    Ok(())
+    Ok(bus)
 }
 
 async fn start_notifier(
     sup: &mut Supervisor,
     bus: &BusArgs,
     webhooks: &WebhookArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bus::Bus> {
     let bus = bus.connect("notifier").await?;
-    let n = consumers::notifiers::webhook::WebhookNotifier::new(bus, webhooks.settings());
+    let n = consumers::notifiers::webhook::WebhookNotifier::new(bus.clone(), webhooks.settings());
     let token = sup.token();
     sup.spawn("notifier", async move { Ok(n.run(token).await?) });
-    Ok(())
+    Ok(bus)
 }
 
 async fn replay(

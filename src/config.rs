@@ -32,18 +32,17 @@ pub struct BusArgs {
 }
 
 impl BusArgs {
-    /// Connects, checking the server version.
+    /// Connects, checking the server version. Publishers wait for capacity (workers, tools).
     pub async fn connect(&self, role: &str) -> anyhow::Result<bus::Bus> {
+        Ok(bus::Bus::connect(&self.settings(role)?).await?)
+    }
+
+    /// The connection settings of `role`.
+    pub fn settings(&self, role: &str) -> anyhow::Result<bus::BusSettings> {
         let namespace = Namespace::parse(&self.namespace).context("CONVEYOR_NAMESPACE")?;
-        let bus = bus::Bus::connect(&bus::BusSettings {
-            url: self.nats_url.clone(),
-            namespace,
-            replicas: self.replicas,
-            request_timeout: Duration::from_secs(5),
-            name: format!("conveyor-{role}"),
-        })
-        .await?;
-        Ok(bus)
+        let mut s = bus::BusSettings::new(&self.nats_url, namespace, &format!("conveyor-{role}"));
+        s.replicas = self.replicas;
+        Ok(s)
     }
 }
 
@@ -123,27 +122,121 @@ pub fn redact(url: &str) -> String {
 /// Token verification.
 #[derive(Debug, Clone, Args)]
 pub struct JwtArgs {
+    /// The one accepted signing algorithm: `HS256` (shared secret), `RS256` or `ES256` (keys from
+    /// CONVEYOR_JWKS_URL).
+    #[arg(long, env = "CONVEYOR_JWT_ALGORITHM", default_value = "HS256")]
+    pub jwt_algorithm: String,
     /// HS256 secret that signs and verifies tokens.
     #[arg(long, env = "CONVEYOR_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
     pub jwt_secret: String,
+    /// The identity provider's JWKS URL (RS256/ES256), e.g.
+    /// `https://idp.example.com/realms/acme/protocol/openid-connect/certs`.
+    #[arg(long, env = "CONVEYOR_JWKS_URL")]
+    pub jwks_url: Option<String>,
     /// Required token issuer (`iss`).
     #[arg(long, env = "CONVEYOR_JWT_ISSUER", default_value = "conveyor")]
     pub jwt_issuer: String,
     /// Required token audience (`aud`).
     #[arg(long, env = "CONVEYOR_JWT_AUDIENCE", default_value = "conveyor")]
     pub jwt_audience: String,
+    /// The claim naming the caller's tenant.
+    #[arg(long, env = "CONVEYOR_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+    /// Clock skew allowed on `exp` and `nbf` (seconds).
+    #[arg(long, env = "CONVEYOR_JWT_LEEWAY_SECS", default_value_t = 60)]
+    pub jwt_leeway_secs: u64,
+    /// Fewest milliseconds between two JWKS fetches caused by tokens with unknown key ids.
+    #[arg(long, env = "CONVEYOR_JWKS_REFRESH_MIN_MS", default_value_t = 30_000)]
+    pub jwks_refresh_min_ms: u64,
+    /// The JWKS is fetched again once it is this old (seconds).
+    #[arg(long, env = "CONVEYOR_JWKS_MAX_AGE_SECS", default_value_t = 600)]
+    pub jwks_max_age_secs: u64,
 }
 
 impl JwtArgs {
     /// As the API's settings.
-    pub fn settings(&self) -> producers::JwtSettings {
-        producers::JwtSettings {
+    pub fn settings(&self) -> anyhow::Result<producers::JwtSettings> {
+        use producers::auth::Algorithm;
+        let algorithm = match self.jwt_algorithm.to_ascii_uppercase().as_str() {
+            "HS256" => Algorithm::HS256,
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            other => anyhow::bail!(
+                "CONVEYOR_JWT_ALGORITHM={other} is not supported: use HS256, RS256 or ES256"
+            ),
+        };
+        Ok(producers::JwtSettings {
+            algorithm,
             secret: self.jwt_secret.clone(),
+            jwks_url: self.jwks_url.clone().filter(|u| !u.is_empty()),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
-            leeway_secs: 60,
+            tenant_claim: self.jwt_tenant_claim.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+            jwks_refresh_min: Duration::from_millis(self.jwks_refresh_min_ms),
+            jwks_max_age: Duration::from_secs(self.jwks_max_age_secs),
+        })
+    }
+
+    /// Settings for minting development tokens: only HS256 can be minted here.
+    pub fn minting(&self) -> anyhow::Result<producers::JwtSettings> {
+        let s = self.settings()?;
+        if s.algorithm != producers::auth::Algorithm::HS256 {
+            anyhow::bail!(
+                "conveyor mints HS256 tokens only; with CONVEYOR_JWT_ALGORITHM={:?}, get tokens from your identity provider",
+                s.algorithm
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// Per-tenant limits and the API process's load bounds (0 turns one off).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Job submissions per second per tenant, per API process.
+    #[arg(long, env = "CONVEYOR_RATE_LIMIT", default_value_t = 500)]
+    pub rate_limit: u32,
+    /// Submissions a tenant may make in a burst above its rate.
+    #[arg(long, env = "CONVEYOR_RATE_BURST", default_value_t = 1000)]
+    pub rate_burst: u32,
+    /// Queued, running and retry-scheduled jobs a tenant may have.
+    #[arg(long, env = "CONVEYOR_TENANT_MAX_ACTIVE", default_value_t = 100_000)]
+    pub tenant_max_active: u64,
+    /// Open SSE/WebSocket streams per tenant, per API process.
+    #[arg(long, env = "CONVEYOR_TENANT_MAX_STREAMS", default_value_t = 256)]
+    pub tenant_max_streams: usize,
+    /// Open SSE/WebSocket streams per API process.
+    #[arg(long, env = "CONVEYOR_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Requests handled at once per API process; more get 503 with Retry-After.
+    #[arg(long, env = "CONVEYOR_MAX_INFLIGHT", default_value_t = 2048)]
+    pub max_inflight: usize,
+    /// Publishes awaiting JetStream's ack per API process; more get 503 with Retry-After.
+    #[arg(long, env = "CONVEYOR_PUBLISH_INFLIGHT", default_value_t = 4096)]
+    pub publish_inflight: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> producers::Limits {
+        producers::Limits {
+            submit_rate: self.rate_limit,
+            submit_burst: self.rate_burst,
+            max_active_jobs: self.tenant_max_active,
+            max_streams_per_tenant: self.tenant_max_streams,
+            max_streams: self.max_streams,
+            max_inflight: self.max_inflight,
         }
     }
+}
+
+/// Where a role without an HTTP API serves `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Args)]
+pub struct OpsArgs {
+    /// Listen address of the metrics and health endpoints (`worker`, `projector`, `notifier`);
+    /// port 0 picks a free one (printed). The API and `dev` serve them on the API's address.
+    #[arg(long, env = "CONVEYOR_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: String,
 }
 
 /// The API role.
@@ -167,19 +260,19 @@ pub struct ApiArgs {
     pub read_your_writes_ms: u64,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl ApiArgs {
     /// As the API's settings.
     pub fn settings(&self, webhooks: &WebhookArgs) -> anyhow::Result<producers::ApiSettings> {
-        let mut s = producers::ApiSettings::new(self.jwt.settings());
+        let mut s = producers::ApiSettings::new(self.jwt.settings()?);
+        s.limits = self.limits.limits();
         s.allow_private_webhooks = webhooks.allow_private_webhooks;
         s.webhook_secret = webhooks.webhook_secret.clone();
         for k in self.kinds.iter().filter(|k| !k.is_empty()) {
-            let kind = JobKind::parse(k).context("CONVEYOR_KINDS")?;
-            if !s.kinds.contains(&kind) {
-                s.kinds.push(kind);
-            }
+            s.kinds.push(JobKind::parse(k).context("CONVEYOR_KINDS")?);
         }
         s.max_body_bytes = self.max_body_bytes;
         s.read_your_writes_wait = Duration::from_millis(self.read_your_writes_ms);

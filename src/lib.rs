@@ -6,12 +6,15 @@
 //! - [`client`] is the small HTTP client behind `conveyor jobs …`.
 //! - [`log_tools`] exports, imports and tails the event log.
 //! - [`progress`] shows the progress of long commands.
-//! - [`telemetry`] sets up logging.
+//! - [`telemetry`] sets up logs and trace export; [`metrics`] the Prometheus recorder; [`ops`]
+//!   serves metrics and health for roles without an HTTP API.
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod log_tools;
+pub mod metrics;
+pub mod ops;
 pub mod progress;
 pub mod supervisor;
 pub mod telemetry;

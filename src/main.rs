@@ -1,4 +1,4 @@
-//! The `conveyor` binary: parses the command line, sets up logging and runs the command.
+//! The `conveyor` binary: parses the command line, sets up logs and traces and runs the command.
 
 use std::process::ExitCode;
 
@@ -6,9 +6,21 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = conveyor::cli::Cli::parse();
-    conveyor::telemetry::init(&cli.log, &cli.log_format);
+    let otlp = conveyor::telemetry::Otlp {
+        endpoint: cli.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+        traces_endpoint: std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty()),
+        service_name: std::env::var("OTEL_SERVICE_NAME").ok(),
+    };
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
-    match runtime.block_on(conveyor::cli::run(cli)) {
+    let result = runtime.block_on(async {
+        let telemetry = conveyor::telemetry::init(&cli.log, &cli.log_format, cli.role(), &otlp)?;
+        let result = conveyor::cli::run(cli).await;
+        telemetry.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conveyor: {e:#}");

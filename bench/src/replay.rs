@@ -19,14 +19,9 @@ pub(crate) async fn run(
     database_url: &str,
     batch: usize,
 ) -> anyhow::Result<()> {
-    let bus = Bus::connect(&BusSettings {
-        url: nats_url.to_owned(),
-        namespace: Namespace::parse(namespace)?,
-        replicas: 1,
-        request_timeout: Duration::from_secs(10),
-        name: "conveyor-bench".into(),
-    })
-    .await?;
+    let mut settings = BusSettings::new(nats_url, Namespace::parse(namespace)?, "conveyor-bench");
+    settings.request_timeout = Duration::from_secs(10);
+    let bus = Bus::connect(&settings).await?;
     bus.provision_streams().await?;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)

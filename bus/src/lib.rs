@@ -14,6 +14,7 @@ use bytes::Bytes;
 use events::streams::{self, ConsumerSpec, Retention, StreamSpec};
 use events::{Command, DecodeError, Envelope, JobEvent, JobKind, Namespace};
 
+pub mod trace;
 pub mod webhook_url;
 
 pub use async_nats;
@@ -57,6 +58,12 @@ pub enum Error {
     /// A JetStream request failed.
     #[error("JetStream: {0}")]
     JetStream(String),
+    /// Not connected to NATS right now (the client keeps reconnecting).
+    #[error("not connected to NATS")]
+    Disconnected,
+    /// Too many publishes of this process are waiting for their acks.
+    #[error("too many publishes in flight")]
+    Busy,
     /// A publish was not acknowledged.
     #[error("publish to {subject} failed: {reason}")]
     Publish {
@@ -89,6 +96,26 @@ pub struct BusSettings {
     pub request_timeout: Duration,
     /// Connection name, shown in the server's monitoring.
     pub name: String,
+    /// Most publishes waiting for their acks at once.
+    pub max_publishes_in_flight: usize,
+    /// Fail a publish at once while disconnected or at `max_publishes_in_flight` (the API: it
+    /// answers 503 rather than hold a request), instead of waiting (workers, tools).
+    pub fail_fast: bool,
+}
+
+impl BusSettings {
+    /// Settings for `url` and `namespace` with the usual timeouts (5 s), waiting publishers.
+    pub fn new(url: &str, namespace: Namespace, name: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            namespace,
+            replicas: 1,
+            request_timeout: Duration::from_secs(5),
+            name: name.to_owned(),
+            max_publishes_in_flight: 4096,
+            fail_fast: false,
+        }
+    }
 }
 
 /// A connected JetStream client scoped to one namespace.
@@ -98,6 +125,7 @@ pub struct Bus {
     js: jetstream::Context,
     ns: Namespace,
     replicas: usize,
+    fail_fast: bool,
 }
 
 /// Parses `major.minor` out of a server version string.
@@ -128,6 +156,8 @@ impl Bus {
         }
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.request_timeout)
+            .max_ack_inflight(settings.max_publishes_in_flight.max(1))
+            .backpressure_on_inflight(!settings.fail_fast)
             .build(client.clone());
         js.query_account().await.map_err(|_| Error::NoJetStream)?;
         Ok(Self {
@@ -135,6 +165,7 @@ impl Bus {
             js,
             ns: settings.namespace.clone(),
             replicas: settings.replicas.max(1),
+            fail_fast: settings.fail_fast,
         })
     }
 
@@ -172,6 +203,8 @@ impl Bus {
         )
         .await?;
         self.ensure_kv(&self.ns.webhook_failures_bucket(), Duration::ZERO)
+            .await?;
+        self.ensure_kv(&self.ns.kinds_bucket(), Duration::ZERO)
             .await?;
         self.results().await?;
         self.ensure_consumer(&streams::webhook_fanin_consumer(&self.ns))
@@ -227,11 +260,68 @@ impl Bus {
             .map_err(js_err)
     }
 
+    /// Reports the backlog of durable consumers as gauges (`conveyor_consumer_pending`,
+    /// `_ack_pending`, `_redelivered`) every `every` until `stop` resolves.
+    pub async fn report_consumers(
+        &self,
+        specs: Vec<ConsumerSpec>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            for spec in &specs {
+                let Ok(mut consumer) = self.pull_consumer(spec).await else {
+                    continue;
+                };
+                let Ok(info) = consumer.info().await else {
+                    continue;
+                };
+                let labels = [
+                    ("stream", spec.stream.clone()),
+                    ("consumer", spec.durable.clone()),
+                ];
+                metrics::gauge!("conveyor_consumer_pending", &labels).set(info.num_pending as f64);
+                metrics::gauge!("conveyor_consumer_ack_pending", &labels)
+                    .set(info.num_ack_pending as f64);
+                metrics::gauge!("conveyor_consumer_redelivered", &labels)
+                    .set(info.num_redelivered as f64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stop => return,
+            }
+        }
+    }
+
     /// The idempotency-key bucket.
     pub async fn idempotency(&self) -> Result<kv::Store> {
         self.js
             .get_key_value(self.ns.idempotency_bucket())
             .await
+            .map_err(js_err)
+    }
+
+    /// The kind registry: which kinds workers serve, with their payload schemas.
+    pub async fn kinds(&self) -> Result<kv::Store> {
+        self.js
+            .get_key_value(self.ns.kinds_bucket())
+            .await
+            .map_err(js_err)
+    }
+
+    /// Records that a worker serves `kind`, with its payload schema (if it declares one).
+    pub async fn register_kind(
+        &self,
+        kind: &JobKind,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let entry = serde_json::json!({ "kind": kind, "schema": schema });
+        self.kinds()
+            .await?
+            .put(kind.as_str(), entry.to_string().into())
+            .await
+            .map(drop)
             .map_err(js_err)
     }
 
@@ -449,8 +539,20 @@ impl Bus {
         payload: Vec<u8>,
         msg_id: &str,
     ) -> Result<jetstream::publish::PublishAck> {
+        let started = std::time::Instant::now();
+        let stream = if subject
+            .get(self.ns.as_str().len() + 1..)
+            .is_some_and(|rest| rest.starts_with("events."))
+        {
+            "events"
+        } else {
+            "commands"
+        };
         let pending = self.send(subject.clone(), payload, msg_id).await?;
-        pending.await.map_err(|e| {
+        let acked = pending.await;
+        metrics::histogram!("conveyor_publish_duration_seconds", "stream" => stream)
+            .record(started.elapsed().as_secs_f64());
+        acked.map_err(|e| {
             let text = e.to_string();
             // JetStream error 10077: "maximum messages exceeded" on a DiscardNew stream.
             let full = text.contains("maximum messages") || text.contains("10077");
@@ -470,6 +572,9 @@ impl Bus {
         payload: Vec<u8>,
         msg_id: &str,
     ) -> Result<jetstream::context::PublishAckFuture> {
+        if self.fail_fast && !self.is_connected() {
+            return Err(Error::Disconnected);
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         headers.insert("Content-Type", events::envelope::STRUCTURED_CONTENT_TYPE);
@@ -481,10 +586,13 @@ impl Bus {
                     .headers(headers),
             )
             .await
-            .map_err(|e| Error::Publish {
-                subject,
-                reason: e.to_string(),
-                full: false,
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::MaxAckPending => Error::Busy,
+                _ => Error::Publish {
+                    subject,
+                    reason: e.to_string(),
+                    full: false,
+                },
             })
     }
 }

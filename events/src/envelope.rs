@@ -106,9 +106,25 @@ impl TraceParent {
         Self(format!("00-{}-{span}-{}", self.trace_id(), &self.0[53..55]))
     }
 
+    /// Builds one from a trace id (32 hex digits), a span id (16) and trace flags; `None` if
+    /// they do not make a valid `traceparent`.
+    pub fn from_parts(trace_id: &str, span_id: &str, flags: u8) -> Option<Self> {
+        Self::parse(&format!("00-{trace_id}-{span_id}-{flags:02x}"))
+    }
+
     /// The 32-hex-digit trace id.
     pub fn trace_id(&self) -> &str {
         &self.0[3..35]
+    }
+
+    /// The 16-hex-digit id of the span it names (the publisher's span).
+    pub fn span_id(&self) -> &str {
+        &self.0[36..52]
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.0[53..55], 16).unwrap_or(0)
     }
 
     /// The header value.

@@ -104,6 +104,83 @@ impl JobStatsReport {
     }
 }
 
+/// The JSON Schema of a built-in kind's payload (what `GET /v1/kinds` publishes, so clients can
+/// build forms and validate before submitting). `None` when `kind` is not built in.
+pub fn builtin_schema(kind: &str) -> Option<Value> {
+    let object = |properties: Value, required: &[&str]| {
+        serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": ["object", "null"],
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false,
+        })
+    };
+    Some(match kind {
+        "noop" => serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "Succeeds at once; the result is `echo`.",
+            "type": ["object", "null"],
+            "properties": { "echo": { "description": "Returned as the result." } },
+        }),
+        "sleep" => object(
+            serde_json::json!({
+                "ms": { "type": "integer", "minimum": 0, "maximum": 3_600_000,
+                        "description": "Total time to sleep, in ms." },
+                "steps": { "type": "integer", "minimum": 1, "maximum": 10_000, "default": 1,
+                           "description": "Progress reports along the way." },
+            }),
+            &["ms"],
+        ),
+        "flaky" => object(
+            serde_json::json!({
+                "fail_times": { "type": "integer", "minimum": 0, "maximum": 100,
+                                "description": "Attempts that fail before one succeeds." },
+            }),
+            &["fail_times"],
+        ),
+        "fail" => object(
+            serde_json::json!({
+                "message": { "type": "string", "description": "Error message." },
+                "fatal": { "type": "boolean", "default": false,
+                           "description": "Dead-letter at once, without retries." },
+            }),
+            &[],
+        ),
+        "report.job_stats" => object(
+            serde_json::json!({
+                "window_secs": { "type": "integer", "minimum": 1, "maximum": 31_622_400,
+                                 "default": 86_400, "description": "How far back to count." },
+            }),
+            &[],
+        ),
+        _ => return None,
+    })
+}
+
+/// How deeply a payload may nest (objects and arrays).
+pub const MAX_PAYLOAD_DEPTH: usize = 32;
+
+/// Checks a payload against the structural limits every kind shares: nesting depth at most
+/// [`MAX_PAYLOAD_DEPTH`]. (Size is bounded by the request body limit.)
+pub fn check_limits(payload: &Value) -> Result<(), String> {
+    let mut stack = vec![(payload, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > MAX_PAYLOAD_DEPTH {
+            return Err(format!(
+                "the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            ));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
 /// Validates the payload of a built-in kind. `None` when `kind` is not built in (a user's kind,
 /// whose handler validates its own input).
 pub fn validate_builtin(kind: &str, payload: &Value) -> Option<Result<(), String>> {
@@ -148,5 +225,25 @@ mod tests {
         );
         assert_eq!(validate_builtin("custom", &Value::Null), None);
         assert_eq!(Sleep::from_payload(&json!({"ms": 5})).unwrap().steps, 1);
+    }
+
+    #[test]
+    fn every_builtin_kind_has_a_schema() {
+        for kind in crate::job::builtin_kinds() {
+            let schema = builtin_schema(kind.as_str()).expect("a schema");
+            assert!(schema["type"].is_array(), "{kind}");
+        }
+        assert_eq!(builtin_schema("custom"), None);
+    }
+
+    #[test]
+    fn depth_limit() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_PAYLOAD_DEPTH {
+            deep = json!([deep]);
+        }
+        assert!(check_limits(&deep).is_ok());
+        assert!(check_limits(&json!({ "a": deep })).is_err());
+        assert!(check_limits(&json!({"a": [1, {"b": "c"}]})).is_ok());
     }
 }

@@ -7,7 +7,7 @@
 //! | command | `<ns>.cmd.<action>.<kind>` (`run`, `cancel`) |
 //! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
 //! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
-//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS` (KV), `<NS>_RESULTS` (object store) |
+//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS` (KV), `<NS>_RESULTS` (object store) |
 //!
 //! Kinds may contain dots (`report.job_stats`), so the kind is the *last* part of a command
 //! subject, where a `>` filter can take it whole.
@@ -40,6 +40,12 @@ impl Namespace {
     /// Cancellation-marker bucket (KV).
     pub fn cancels_bucket(&self) -> String {
         format!("{}_CANCELS", self.upper())
+    }
+
+    /// Kind registry (KV): each worker records the kinds it serves and their payload schemas,
+    /// so the API accepts them and can validate payloads without the handler's code.
+    pub fn kinds_bucket(&self) -> String {
+        format!("{}_KINDS", self.upper())
     }
 
     /// Large-result bucket (object store).

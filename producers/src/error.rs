@@ -32,9 +32,23 @@ pub enum ApiError {
     /// 422: unknown kind, invalid payload or option.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: a rate limit or quota; retry after `retry_after_secs`.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What was exceeded.
+        detail: String,
+        /// When to come back.
+        retry_after_secs: u64,
+    },
+    /// 431: request headers too large.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 503: NATS or Postgres unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: this process is at its capacity; retry later (or on another process).
+    #[error("{0}")]
+    Overloaded(String),
     /// 500: a bug. The cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,7 +82,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,7 +99,10 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
+            Self::TooManyRequests { .. } => "too-many-requests",
+            Self::HeadersTooLarge(_) => "headers-too-large",
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -96,8 +115,23 @@ impl ApiError {
 
     /// A 503 for a JetStream failure.
     pub fn bus(e: bus::Error) -> Self {
-        tracing::warn!(error = %e, "JetStream unavailable");
-        Self::Unavailable("the event bus is unavailable; retry shortly".into())
+        match e {
+            bus::Error::Busy => {
+                metrics::counter!("conveyor_rejected_requests_total", "reason" => "publishes_in_flight")
+                    .increment(1);
+                Self::Overloaded(
+                    "too many submissions in flight on this server; retry shortly".into(),
+                )
+            }
+            bus::Error::Publish { full: true, .. } => {
+                tracing::warn!(error = %e, "the command queue is full");
+                Self::Unavailable("the job queue is full; retry later".into())
+            }
+            e => {
+                tracing::warn!(error = %e, "JetStream unavailable");
+                Self::Unavailable("the event bus is unavailable; retry shortly".into())
+            }
+        }
     }
 }
 
@@ -124,8 +158,13 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Overloaded(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

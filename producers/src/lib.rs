@@ -15,7 +15,10 @@
 pub mod auth;
 pub mod error;
 mod extract;
+mod kinds;
+pub mod limits;
 mod live;
+mod middleware;
 mod openapi;
 mod reads;
 mod routes;
@@ -31,17 +34,22 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::JwtSettings;
+pub use limits::Limits;
 pub use openapi::openapi_json;
 
 /// CloudEvents `source` of events published by the API.
 pub const SOURCE: &str = "/conveyor/api";
+
+/// Renders this process's metrics in the Prometheus text format (served at `/metrics`).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Settings of the API role.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     /// Token verification.
     pub jwt: JwtSettings,
-    /// Kinds accepted by `POST /v1/jobs` (the built-in ones plus any a deployment adds).
+    /// Kinds accepted by `POST /v1/jobs` besides the built-in ones and those workers register
+    /// (a deployment's own kinds, accepted before their workers start).
     pub kinds: Vec<JobKind>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
@@ -57,6 +65,8 @@ pub struct ApiSettings {
     pub webhook_secret: String,
     /// Events buffered for the slowest live subscriber before it is told to resume.
     pub sse_buffer: usize,
+    /// Per-tenant rate limits and quotas, and the process's load bounds.
+    pub limits: Limits,
 }
 
 impl ApiSettings {
@@ -64,7 +74,7 @@ impl ApiSettings {
     pub fn new(jwt: JwtSettings) -> Self {
         Self {
             jwt,
-            kinds: events::job::builtin_kinds(),
+            kinds: Vec::new(),
             max_body_bytes: 256 * 1024,
             default_max_attempts: 3,
             default_timeout_ms: 300_000,
@@ -72,27 +82,49 @@ impl ApiSettings {
             allow_private_webhooks: false,
             webhook_secret: String::new(),
             sse_buffer: 4096,
+            limits: Limits::default(),
         }
     }
 }
 
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// JetStream provisioning failed.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// A setting cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
 /// Shared state of the API: cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
 /// What [`AppState`] shares (its fields are internal).
+#[allow(missing_debug_implementations)]
 pub struct Inner {
     pub(crate) bus: Bus,
     pub(crate) db: PgPool,
     pub(crate) settings: ApiSettings,
+    pub(crate) verifier: auth::Verifier,
+    pub(crate) kinds: kinds::Catalog,
+    pub(crate) limits: limits::Guard,
+    pub(crate) metrics: Option<MetricsRender>,
     /// The projector's last checkpoint, as announced by `NOTIFY` (see [`reads`]).
     pub(crate) checkpoint: watch::Sender<i64>,
     /// Live event fan-out to SSE and WebSocket subscribers.
     pub(crate) hub: live::Hub,
-    /// Fires when the server shuts down: live streams end.
+    /// Fires when the server shuts down: live streams end (with a resume hint).
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -104,12 +136,23 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state and provisions the streams and buckets the API publishes to.
-    pub async fn new(bus: Bus, db: PgPool, settings: ApiSettings) -> Result<Self, bus::Error> {
+    /// Builds the state and provisions the streams and buckets the API publishes to. `metrics`
+    /// renders what `/metrics` serves (none: `/metrics` answers 404).
+    pub async fn new(
+        bus: Bus,
+        db: PgPool,
+        settings: ApiSettings,
+        metrics: Option<MetricsRender>,
+    ) -> Result<Self, StartError> {
+        let verifier = auth::Verifier::new(settings.jwt.clone()).map_err(StartError::Config)?;
         bus.provision_streams().await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 hub: live::Hub::new(settings.sse_buffer),
+                kinds: kinds::Catalog::new(&settings.kinds),
+                limits: limits::Guard::new(settings.limits.clone()),
+                verifier,
+                metrics,
                 bus,
                 db,
                 settings,
@@ -132,6 +175,23 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listen = tokio::spawn(reads::checkpoint_listener(state.clone(), shutdown.clone()));
+    let kinds = tokio::spawn(
+        state
+            .kinds
+            .clone()
+            .follow(state.bus.clone(), shutdown.clone()),
+    );
+    let housekeeping = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => state.limits.housekeeping(),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     // Before the first request: subscribers can then rely on the tail covering what follows.
     let start = live::Hub::start_position(&state.bus).await;
     let tail = tokio::spawn(
@@ -157,7 +217,6 @@ pub async fn serve(
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await;
     shutdown.cancel();
-    let _ = listen.await;
-    let _ = tail.await;
+    let _ = tokio::join!(listen, tail, kinds, housekeeping);
     served
 }

@@ -9,8 +9,9 @@
 //! no gap and no duplicate, however old the resume point and across restarts of the process.
 //!
 //! A subscriber that reads too slowly falls behind the broadcast's capacity; it then gets an
-//! [`Item::Overflow`] carrying the last sequence it was sent, and its stream ends, so the client
-//! resumes from there. The tail never waits for a subscriber.
+//! [`Item::Resume`] carrying the last sequence it covered, and its stream ends, so the client
+//! resumes from there. The same happens when the server shuts down or the token expires. The
+//! tail never waits for a subscriber.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use bus::Bus;
 use events::{JobEvent, JobId, Tenant};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -119,11 +120,41 @@ impl Filter {
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
     Event(Arc<LiveEvent>),
-    /// The subscriber fell behind (or the stream could not be read): resume after this sequence.
-    Overflow {
-        resume_after: u64,
+    /// The subscription ends; the client resumes after this sequence (everything up to it was
+    /// sent or did not match).
+    Resume {
+        after: u64,
+        reason: Ended,
     },
 }
+
+/// Why a live stream ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The subscriber read too slowly and fell behind the buffer.
+    FellBehind,
+    /// The event log could not be read.
+    ReadFailed,
+    /// The server is shutting down.
+    ServerStopping,
+    /// The caller's token expired.
+    TokenExpired,
+}
+
+impl Ended {
+    /// What the client is told.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::FellBehind => "this client fell behind; reconnect with Last-Event-ID to resume",
+            Self::ReadFailed => "the event log could not be read; reconnect with Last-Event-ID to resume",
+            Self::ServerStopping => "the server is shutting down; reconnect (to another server) with Last-Event-ID to resume",
+            Self::TokenExpired => "the token expired; reconnect with a new token and Last-Event-ID to resume",
+        }
+    }
+}
+
+/// A future that ends a subscription (shutdown, token expiry) with its reason.
+pub(crate) type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send>>;
 
 /// The process's fan-out hub: one bounded broadcast channel per tenant with subscribers, so an
 /// event only wakes the subscribers of its own tenant.
@@ -236,6 +267,7 @@ impl Hub {
         filter: Filter,
         after: Option<u64>,
         until_terminal: bool,
+        stop: Stop,
     ) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
         // Subscribe before reading the stream's end, so nothing falls between the two.
         let rx = self.receiver(&filter.tenant);
@@ -262,6 +294,7 @@ impl Hub {
             catchup_to,
             until_terminal,
             done: false,
+            stop,
         };
         Ok(futures::stream::unfold(state, |mut s| async move {
             let item = s.next_item().await?;
@@ -282,9 +315,18 @@ struct Sub {
     catchup_to: u64,
     until_terminal: bool,
     done: bool,
+    stop: Stop,
 }
 
 impl Sub {
+    fn end(&mut self, reason: Ended) -> Item {
+        self.done = true;
+        Item::Resume {
+            after: self.covered,
+            reason,
+        }
+    }
+
     fn emit(&mut self, ev: Arc<LiveEvent>) -> Item {
         self.last_sent = ev.seq;
         self.covered = self.covered.max(ev.seq);
@@ -299,6 +341,9 @@ impl Sub {
             return None;
         }
         while let Some((stream, from)) = self.catchup.as_mut() {
+            if let Some(reason) = (&mut self.stop).now_or_never() {
+                return Some(self.end(reason));
+            }
             if *from > self.catchup_to {
                 self.catchup = None;
                 break;
@@ -320,15 +365,16 @@ impl Sub {
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.catchup = None,
                 Err(e) => {
                     tracing::warn!(error = %e, "catch-up read failed; asking the client to resume");
-                    self.done = true;
-                    return Some(Item::Overflow {
-                        resume_after: self.covered,
-                    });
+                    return Some(self.end(Ended::ReadFailed));
                 }
             }
         }
         loop {
-            match self.rx.recv().await {
+            let received = tokio::select! {
+                r = self.rx.recv() => r,
+                reason = &mut self.stop => return Some(self.end(reason)),
+            };
+            match received {
                 Ok(ev) if ev.seq > self.last_sent && self.filter.matches(&ev) => {
                     return Some(self.emit(ev));
                 }
@@ -340,10 +386,7 @@ impl Sub {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.done = true;
-                    return Some(Item::Overflow {
-                        resume_after: self.covered,
-                    });
+                    return Some(self.end(Ended::FellBehind));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -383,6 +426,7 @@ mod tests {
             catchup_to: 0,
             until_terminal: false,
             done: false,
+            stop: Box::pin(futures::future::pending()),
         }
     }
 
@@ -408,7 +452,9 @@ mod tests {
             hub.publish(event(seq, "acme"));
         }
         match slow.next_item().await {
-            Some(Item::Overflow { resume_after }) => assert_eq!(resume_after, 1),
+            Some(Item::Resume { after, reason }) => {
+                assert_eq!((after, reason), (1, Ended::FellBehind))
+            }
             other => panic!("{other:?}"),
         }
         assert!(
@@ -422,6 +468,27 @@ mod tests {
             Some(Item::Event(ev)) => assert_eq!(ev.seq, 11),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_subscription_says_where_to_resume() {
+        let hub = Hub::new(16);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut sub = live_sub(&hub, "acme");
+        sub.stop = Box::pin(async move {
+            let _ = rx.await;
+            Ended::ServerStopping
+        });
+        hub.publish(event(7, "acme"));
+        assert!(matches!(sub.next_item().await, Some(Item::Event(ev)) if ev.seq == 7));
+        tx.send(()).unwrap();
+        match sub.next_item().await {
+            Some(Item::Resume { after, reason }) => {
+                assert_eq!((after, reason), (7, Ended::ServerStopping))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sub.next_item().await.is_none());
     }
 
     #[test]

@@ -10,13 +10,14 @@ use crate::routes::jobs;
     info(title = "conveyor", description = "Submit long-running jobs, follow them, read their results."),
     paths(
         jobs::submit, jobs::get_job, crate::routes::events::events, crate::routes::events::websocket, jobs::list, jobs::cancel, jobs::events, jobs::result,
-        crate::routes::admin::list, crate::routes::admin::redrive, crate::routes::admin::projections, crate::routes::admin::rebuild,
+        crate::routes::admin::list, crate::routes::admin::redrive, crate::routes::admin::projections, crate::routes::admin::rebuild, crate::routes::admin::consumers,
+        crate::routes::kinds::list,
         crate::routes::webhooks::secret, crate::routes::webhooks::list_failed, crate::routes::webhooks::redrive,
         crate::routes::health::healthz, crate::routes::health::readyz,
     ),
     components(schemas(
         jobs::SubmitJob, jobs::WebhookRequest, jobs::Accepted, jobs::JobPage, jobs::CancelAccepted,
-        crate::reads::JobView, crate::reads::JobLinks, crate::routes::webhooks::Secret, crate::error::Problem,
+        crate::reads::JobView, crate::reads::JobLinks, crate::routes::kinds::KindList, crate::kinds::KindInfo, crate::routes::webhooks::Secret, crate::error::Problem,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

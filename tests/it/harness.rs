@@ -136,6 +136,7 @@ impl Env {
             .env("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "true")
             .env("CONVEYOR_WEBHOOK_SECRET", "test-webhook-secret")
             .env("CONVEYOR_WEBHOOK_RETRY_BASE_MS", "50")
+            .env("CONVEYOR_METRICS_ADDR", "127.0.0.1:0")
             .env(
                 "CONVEYOR_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -221,12 +222,33 @@ impl Env {
 
     /// Starts a role that serves HTTP (`api` or `dev`) and returns a client of it.
     pub(crate) async fn spawn_http(&self, role: &str) -> (Proc, Api) {
+        let (proc, url) = self
+            .spawn_announcing(role, "conveyor api listening on ")
+            .await;
+        (
+            proc,
+            Api::new(
+                &url,
+                &self.token("acme", "jobs:write jobs:read events:read"),
+            ),
+        )
+    }
+
+    /// Starts a role without an API (`worker`, `projector`, `notifier`) and returns the base URL
+    /// of its metrics and health endpoints.
+    pub(crate) async fn spawn_ops(&self, role: &str) -> (Proc, String) {
+        self.spawn_announcing(role, "conveyor metrics listening on ")
+            .await
+    }
+
+    /// Starts a role and waits for the stdout line starting with `prefix`; returns what follows.
+    async fn spawn_announcing(&self, role: &str, prefix: &str) -> (Proc, String) {
         let mut proc = self.spawn(role).await;
         let stdout = proc.child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(stdout).lines();
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(url) = line.strip_prefix("conveyor api listening on ") {
+                if let Some(url) = line.strip_prefix(prefix) {
                     return url.to_owned();
                 }
             }
@@ -236,16 +258,10 @@ impl Env {
             );
         })
         .await
-        .expect("the API did not start within 60 s");
+        .expect("the process did not start within 60 s");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (
-            proc,
-            Api::new(
-                &url,
-                &self.token("acme", "jobs:write jobs:read events:read"),
-            ),
-        )
+        (proc, url)
     }
 
     /// A token of `tenant` with `scope`.
@@ -281,12 +297,7 @@ impl Env {
 
 /// The JWT settings the test processes use.
 pub(crate) fn jwt() -> producers::JwtSettings {
-    producers::JwtSettings {
-        secret: SECRET.into(),
-        issuer: "conveyor".into(),
-        audience: "conveyor".into(),
-        leeway_secs: 60,
-    }
+    producers::JwtSettings::hs256(SECRET)
 }
 
 /// A client of a running API with one token.

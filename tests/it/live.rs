@@ -250,7 +250,8 @@ async fn websocket_subscription_streams_the_same_events() {
 
 #[tokio::test]
 async fn idle_sse_subscribers_cost_little_memory() {
-    let env = Env::new().await;
+    let mut env = Env::new().await;
+    env.set("CONVEYOR_TENANT_MAX_STREAMS", "1000");
     let (api_proc, api) = env.spawn_http("api").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = api_proc.rss_kib();

@@ -7,5 +7,6 @@ mod harness;
 mod jobs;
 mod live;
 mod log_tools;
+mod operations;
 mod replay;
 mod webhooks;

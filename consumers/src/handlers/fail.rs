@@ -20,4 +20,8 @@ impl Handler for Fail {
             JobError::retryable(message)
         })
     }
+
+    fn schema(&self) -> Option<Value> {
+        events::kinds::builtin_schema("fail")
+    }
 }

@@ -18,4 +18,8 @@ impl Handler for Flaky {
         }
         Ok(json!({ "succeeded_on_attempt": job.attempt }))
     }
+
+    fn schema(&self) -> Option<Value> {
+        events::kinds::builtin_schema("flaky")
+    }
 }

@@ -41,4 +41,8 @@ impl Handler for JobStats {
             .collect();
         Ok(json!({ "since": since, "until": until, "rows": rows }))
     }
+
+    fn schema(&self) -> Option<Value> {
+        events::kinds::builtin_schema("report.job_stats")
+    }
 }

@@ -12,4 +12,8 @@ impl Handler for Noop {
     async fn run(&self, job: JobContext) -> Result<Value, JobError> {
         Ok(job.payload.get("echo").cloned().unwrap_or(Value::Null))
     }
+
+    fn schema(&self) -> Option<Value> {
+        events::kinds::builtin_schema("noop")
+    }
 }

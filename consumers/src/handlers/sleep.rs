@@ -34,4 +34,8 @@ impl Handler for Sleep {
         }
         Ok(json!({ "slept_ms": p.ms }))
     }
+
+    fn schema(&self) -> Option<Value> {
+        events::kinds::builtin_schema("sleep")
+    }
 }

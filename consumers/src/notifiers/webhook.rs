@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// CloudEvents `source` of commands the notifier publishes.
 pub const SOURCE: &str = "/conveyor/notifier";
@@ -108,6 +109,22 @@ impl WebhookNotifier {
         let mut loops = JoinSet::new();
         loops.spawn(fanin_loop(shared.clone(), shutdown.clone()));
         loops.spawn(delivery_loop(shared.clone(), shutdown.clone()));
+        {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            let specs = vec![
+                streams::webhook_fanin_consumer(shared.bus.ns()),
+                streams::webhook_delivery_consumer(
+                    shared.bus.ns(),
+                    WebhookNotifier::ack_wait(&shared.settings),
+                ),
+            ];
+            loops.spawn(async move {
+                let bus = shared.bus.clone();
+                bus.report_consumers(specs, Duration::from_secs(5), shutdown.cancelled())
+                    .await;
+                Ok(())
+            });
+        }
         let mut result = Ok(());
         while let Some(joined) = loops.join_next().await {
             let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
@@ -277,8 +294,10 @@ enum Attempt {
     Delivered,
     /// Retry later (after this long, if the receiver said so).
     Retry(String, Option<Duration>),
-    /// Never retry.
+    /// Never retry: the target is refused, or the event cannot be read.
     GiveUp(String),
+    /// The receiver answered `410 Gone`: never retry.
+    Gone,
 }
 
 async fn deliver(shared: &Shared, msg: &jetstream::Message) {
@@ -306,9 +325,33 @@ async fn deliver(shared: &Shared, msg: &jetstream::Message) {
             .await;
         return;
     };
-    let span = tracing::info_span!("webhook", job_id = %cmd.job, tenant = %cmd.tenant, attempt = delivery.attempt);
-    let _enter = span.enter();
-    let error = match attempt_delivery(shared, delivery, cmd.tenant.as_str()).await {
+    let span = tracing::info_span!("webhook", otel.kind = "producer", job_id = %cmd.job,
+        tenant = %cmd.tenant, attempt = delivery.attempt, trace_id = tracing::field::Empty);
+    bus::trace::continue_trace(&span, cmd.traceparent.as_ref());
+    finish_delivery(shared, msg, cmd, delivery)
+        .instrument(span)
+        .await;
+}
+
+async fn finish_delivery(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    cmd: &Envelope<Command>,
+    delivery: &DeliverWebhook,
+) {
+    let started = std::time::Instant::now();
+    let attempt = attempt_delivery(shared, delivery, cmd.tenant.as_str()).await;
+    metrics::histogram!("conveyor_webhook_delivery_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let outcome = match &attempt {
+        Attempt::Delivered => "delivered",
+        Attempt::Retry(..) if delivery.attempt < shared.settings.max_attempts => "retried",
+        Attempt::Retry(..) => "failed",
+        Attempt::GiveUp(_) => "refused",
+        Attempt::Gone => "gone",
+    };
+    metrics::counter!("conveyor_webhook_deliveries_total", "outcome" => outcome).increment(1);
+    let error = match attempt {
         Attempt::Delivered => {
             tracing::debug!("webhook delivered");
             let _ = msg.ack().await;
@@ -347,6 +390,7 @@ async fn deliver(shared: &Shared, msg: &jetstream::Message) {
             return;
         }
         Attempt::Retry(e, _) | Attempt::GiveUp(e) => e,
+        Attempt::Gone => "the endpoint answered 410 Gone".to_owned(),
     };
     tracing::warn!(error = %error, "webhook delivery failed for good; recorded for re-drive");
     let record = FailedDelivery {
@@ -471,9 +515,7 @@ async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &s
         .await;
     match sent {
         Ok(res) if res.status().is_success() => Attempt::Delivered,
-        Ok(res) if res.status() == reqwest::StatusCode::GONE => {
-            Attempt::GiveUp("the endpoint answered 410 Gone".into())
-        }
+        Ok(res) if res.status() == reqwest::StatusCode::GONE => Attempt::Gone,
         Ok(res) => {
             let status = res.status();
             let retry_after = matches!(status.as_u16(), 429 | 503)

@@ -14,6 +14,7 @@
 pub mod read_models;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
@@ -107,12 +108,60 @@ pub struct Projector {
     bus: Bus,
     db: PgPool,
     settings: ProjectorSettings,
+    /// The live version's checkpoint as last committed here (for the lag metrics).
+    live_checkpoint: AtomicI64,
 }
 
 impl Projector {
     /// A projector from `bus` into `db` (migrated).
     pub fn new(bus: Bus, db: PgPool, settings: ProjectorSettings) -> Self {
-        Self { bus, db, settings }
+        Self {
+            bus,
+            db,
+            settings,
+            live_checkpoint: AtomicI64::new(-1),
+        }
+    }
+
+    /// Keeps the lag gauges current (`conveyor_projection_lag_events` and `_seconds`), also
+    /// while the projector is stuck (Postgres down), until `shutdown`.
+    async fn report_lag(&self, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let checkpoint = self.live_checkpoint.load(Ordering::Relaxed);
+            let Ok(checkpoint) = u64::try_from(checkpoint) else {
+                continue;
+            };
+            let Ok(mut stream) = self.bus.events_stream().await else {
+                continue;
+            };
+            let Ok(info) = stream.info().await else {
+                continue;
+            };
+            let lag = info.state.last_sequence.saturating_sub(checkpoint);
+            // Age of the oldest event not applied yet: when it was stored.
+            let age = if lag == 0 {
+                0.0
+            } else {
+                match stream.direct_get(checkpoint + 1).await {
+                    Ok(m) => {
+                        let stored = m.time.unix_timestamp_nanos() as f64 / 1e9;
+                        let now =
+                            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as f64 / 1e9;
+                        (now - stored).max(0.0)
+                    }
+                    Err(_) => continue,
+                }
+            };
+            for name in PROJECTIONS {
+                metrics::gauge!("conveyor_projection_lag_events", "projection" => name)
+                    .set(lag as f64);
+                metrics::gauge!("conveyor_projection_lag_seconds", "projection" => name).set(age);
+            }
+        }
     }
 
     /// Runs until `shutdown`: follows EVENTS into the live version, and builds a new version
@@ -137,7 +186,7 @@ impl Projector {
             }
         };
         let live = self.follow_with_retries(Role::Live, &shutdown);
-        let (live, ()) = tokio::join!(live, builder);
+        let (live, (), ()) = tokio::join!(live, builder, self.report_lag(&shutdown));
         live
     }
 
@@ -250,6 +299,9 @@ impl Projector {
             .min()
             .unwrap_or(0)
             + 1;
+        if role == Role::Live {
+            self.live_checkpoint.store(start - 1, Ordering::Relaxed);
+        }
         let mut stream = self
             .bus
             .events_stream()
@@ -447,6 +499,23 @@ impl Projector {
         if still.as_deref() != Some(role.state()) {
             return Err(ApplyError::VersionChanged(version));
         }
+        let started = std::time::Instant::now();
+        // Live: one span per event, in the trace of the job it belongs to, covering the
+        // transaction that applies it. (Rebuilds are not part of any job's life: no spans.)
+        let _spans: Vec<tracing::Span> = if role == Role::Live {
+            events
+                .iter()
+                .map(|(seq, ev)| {
+                    let span = tracing::info_span!("project", otel.kind = "consumer",
+                        job_id = %ev.job, tenant = %ev.tenant, event = ev.payload.name(),
+                        seq, trace_id = tracing::field::Empty);
+                    bus::trace::continue_trace(&span, ev.traceparent.as_ref());
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let schema = read_models::schema(version);
         let mut ids: Vec<uuid::Uuid> = events.iter().map(|(_, e)| e.job.0).collect();
         ids.sort_unstable();
@@ -480,6 +549,28 @@ impl Projector {
         let moved: Vec<_> = PROJECTIONS.iter().map(|n| (*n, last.max(cp(n)))).collect();
         for (name, v) in moved {
             cps.insert(name.to_owned(), v);
+        }
+        if role == Role::Live {
+            let checkpoint = PROJECTIONS
+                .iter()
+                .filter_map(|n| cps.get(*n).copied())
+                .min()
+                .unwrap_or(last);
+            self.live_checkpoint.store(checkpoint, Ordering::Relaxed);
+            for name in PROJECTIONS {
+                metrics::gauge!("conveyor_projection_checkpoint", "projection" => name)
+                    .set(checkpoint as f64);
+            }
+            metrics::histogram!("conveyor_projector_batch_events").record(events.len() as f64);
+            metrics::histogram!("conveyor_projector_batch_seconds")
+                .record(started.elapsed().as_secs_f64());
+            for f in &batch.finished {
+                metrics::counter!("conveyor_jobs_finished_total",
+                    "kind" => f.kind.clone(), "status" => f.status.clone())
+                .increment(1);
+                metrics::histogram!("conveyor_job_latency_seconds", "kind" => f.kind.clone())
+                    .record(f.latency.as_secs_f64());
+            }
         }
         Ok(())
     }

@@ -214,6 +214,17 @@ pub(crate) struct Batch {
     pub(crate) jobs: Vec<JobRow>,
     pub(crate) events: Vec<EventRow>,
     pub(crate) stats: Vec<StatsDelta>,
+    /// Jobs that reached a terminal status in this batch (for metrics).
+    pub(crate) finished: Vec<Finished>,
+}
+
+/// A job that reached a terminal status.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Finished {
+    pub(crate) kind: String,
+    pub(crate) status: String,
+    /// From submission to the terminal event.
+    pub(crate) latency: std::time::Duration,
 }
 
 /// Folds `events` (in stream order) over the rows `before` (the affected jobs' current rows).
@@ -253,6 +264,16 @@ pub(crate) fn fold(
         };
         let prior = before.get(&id);
         let old_status = prior.map(|r| r.status.clone());
+        if status_of(&after).is_terminal() && !prior.is_some_and(|p| status_of(p).is_terminal()) {
+            batch.finished.push(Finished {
+                kind: after.kind.clone(),
+                status: after.status.clone(),
+                latency: after
+                    .finished_at
+                    .and_then(|f| (f - after.created_at).to_std().ok())
+                    .unwrap_or_default(),
+            });
+        }
         if old_status.as_deref() != Some(after.status.as_str()) {
             if let Some(prior) = prior {
                 // Leaving a status takes back what entering it added (a re-drive leaves `failed`).

@@ -110,6 +110,13 @@ pub struct JobContext {
 pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt. The returned value is the job's result.
     async fn run(&self, job: JobContext) -> Result<Value, JobError>;
+
+    /// The JSON Schema of this kind's payload, if it declares one. Workers publish it in the
+    /// kind registry; the API then validates submissions of the kind against it (`422` with the
+    /// violations) and lists it at `GET /v1/kinds`.
+    fn schema(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// Which handler runs which kind.

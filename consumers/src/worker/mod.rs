@@ -131,6 +131,10 @@ impl Worker {
         self.bus
             .provision_worker_consumers(&kinds, self.settings.ack_wait)
             .await?;
+        for kind in &kinds {
+            let schema = self.registry.get(kind).and_then(|h| h.schema());
+            self.bus.register_kind(kind, schema.as_ref()).await?;
+        }
         let shared = Arc::new(Shared {
             cancels: self.bus.cancels().await?,
             bus: self.bus,
@@ -153,6 +157,23 @@ impl Worker {
             ));
         }
         loops.spawn(canceller_loop(shared.clone(), shutdown.clone()));
+        {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            let mut specs: Vec<_> = kinds
+                .iter()
+                .map(|k| streams::worker_consumer(shared.bus.ns(), k, shared.settings.ack_wait))
+                .collect();
+            specs.push(streams::canceller_consumer(
+                shared.bus.ns(),
+                shared.settings.ack_wait,
+            ));
+            loops.spawn(async move {
+                let bus = shared.bus.clone();
+                bus.report_consumers(specs, Duration::from_secs(5), shutdown.cancelled())
+                    .await;
+                Ok(())
+            });
+        }
         loops.spawn(cancel_listener(shared.clone(), shutdown.clone()));
         tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
 
@@ -272,11 +293,13 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
         let _ = msg.ack_with(AckKind::Term).await;
         return;
     };
-    let span = tracing::info_span!("job", job_id = %cmd.job, tenant = %cmd.tenant, kind = %cmd.kind,
-        attempt = run.attempt,
-        trace_id = cmd.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default());
+    let span = tracing::info_span!("job", otel.kind = "consumer", job_id = %cmd.job,
+        tenant = %cmd.tenant, kind = %cmd.kind, attempt = run.attempt,
+        trace_id = tracing::field::Empty);
+    // The attempt continues the trace of whoever queued it; what it publishes carries its own.
+    let trace = bus::trace::continue_trace(&span, cmd.traceparent.as_ref());
     async {
-        if let Err(e) = execute(&shared, &msg, &cmd, run).await {
+        if let Err(e) = execute(&shared, &msg, &cmd, &trace, run).await {
             // The outcome could not be published: hand the command back; the retry is
             // idempotent because every event has a deterministic message id.
             tracing::warn!(error = %e, "attempt outcome not published; command handed back");
@@ -289,10 +312,11 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
     .await
 }
 
-/// Publishes one event of `cmd`'s job, continuing its trace.
+/// Publishes one event of `cmd`'s job, in the attempt's trace.
 async fn emit(
     shared: &Shared,
     cmd: &Envelope<Command>,
+    trace: &TraceParent,
     payload: JobEvent,
     id: &str,
 ) -> Result<jetstream::publish::PublishAck, bus::Error> {
@@ -303,7 +327,7 @@ async fn emit(
         cmd.kind.clone(),
         payload,
     )
-    .with_trace(cmd.traceparent.as_ref().map(TraceParent::child));
+    .with_trace(Some(trace.clone()));
     shared.bus.publish_event(&ev, id).await
 }
 
@@ -343,6 +367,7 @@ async fn execute(
     shared: &Shared,
     msg: &jetstream::Message,
     cmd: &Envelope<Command>,
+    trace: &TraceParent,
     run: RunJob,
 ) -> Result<(), bus::Error> {
     let job = cmd.job;
@@ -360,6 +385,7 @@ async fn execute(
                     emit(
                         shared,
                         cmd,
+                        trace,
                         JobEvent::Cancelled(Cancelled { attempt: None }),
                         &msg_id::terminal(job, run.generation),
                     )
@@ -391,6 +417,7 @@ async fn execute(
         emit(
             shared,
             cmd,
+            trace,
             JobEvent::Cancelled(Cancelled { attempt: None }),
             &msg_id::terminal(job, run.generation),
         )
@@ -409,6 +436,7 @@ async fn execute(
     emit(
         shared,
         cmd,
+        trace,
         JobEvent::Started(Started {
             attempt: run.attempt,
             worker: shared.settings.worker_id.clone(),
@@ -437,13 +465,15 @@ async fn execute(
             tenant: cmd.tenant.clone(),
             kind: cmd.kind.clone(),
             attempt: run.attempt,
-            trace: cmd.traceparent.clone(),
+            trace: Some(trace.clone()),
             step: Default::default(),
         },
         db: shared.db.clone(),
     };
     let started = Instant::now();
-    let mut task = tokio::spawn(async move { handler.run(ctx).await });
+    let kind_label = cmd.kind.to_string();
+    metrics::gauge!("conveyor_jobs_running", "kind" => kind_label.clone()).increment(1.0);
+    let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
     let heartbeat = heartbeat(shared, msg, job, &token);
     tokio::pin!(heartbeat);
     let outcome = tokio::select! {
@@ -464,6 +494,18 @@ async fn execute(
         task.abort();
     }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    metrics::gauge!("conveyor_jobs_running", "kind" => kind_label.clone()).decrement(1.0);
+    let outcome_label = match &outcome {
+        Outcome::Done(Ok(_)) => "succeeded",
+        Outcome::Done(Err(JobError::Cancelled)) => "cancelled",
+        Outcome::Done(Err(_)) => "failed",
+        Outcome::TimedOut => "timed_out",
+        Outcome::HandedBack => "handed_back",
+    };
+    metrics::counter!("conveyor_job_attempts_total", "kind" => kind_label.clone(), "outcome" => outcome_label)
+        .increment(1);
+    metrics::histogram!("conveyor_job_duration_seconds", "kind" => kind_label)
+        .record(started.elapsed().as_secs_f64());
 
     let error = match outcome {
         Outcome::HandedBack => {
@@ -475,6 +517,7 @@ async fn execute(
             emit(
                 shared,
                 cmd,
+                trace,
                 JobEvent::Succeeded(Succeeded {
                     attempt: run.attempt,
                     result,
@@ -491,6 +534,7 @@ async fn execute(
             emit(
                 shared,
                 cmd,
+                trace,
                 JobEvent::Cancelled(Cancelled {
                     attempt: Some(run.attempt),
                 }),
@@ -517,6 +561,7 @@ async fn execute(
     emit(
         shared,
         cmd,
+        trace,
         JobEvent::Failed(Failed {
             attempt: run.attempt,
             error: error.clone(),
@@ -533,6 +578,7 @@ async fn execute(
         emit(
             shared,
             cmd,
+            trace,
             JobEvent::RetryScheduled(RetryScheduled {
                 next_attempt: next,
                 delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -552,7 +598,7 @@ async fn execute(
                 ..run
             }),
         )
-        .with_trace(cmd.traceparent.clone());
+        .with_trace(Some(trace.clone()));
         shared
             .bus
             .publish_command(&next_cmd, &msg_id::run(job, next))
@@ -569,6 +615,7 @@ async fn execute(
         emit(
             shared,
             cmd,
+            trace,
             JobEvent::DeadLettered(DeadLettered {
                 attempt: run.attempt,
                 reason,

@@ -22,6 +22,50 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
         .route("/v1/admin/projections", get(projections))
         .route("/v1/admin/projections/{name}/rebuild", post(rebuild))
+        .route("/v1/admin/consumers", get(consumers))
+}
+
+/// The durable consumers of the EVENTS and COMMANDS streams, with how much each has waiting:
+/// `pending` (not yet delivered), `ack_pending` (delivered, not yet acknowledged: running jobs,
+/// and retries waiting out their backoff), `redelivered` and `waiting` (pull requests).
+#[utoipa::path(get, path = "/v1/admin/consumers", tag = "admin",
+    responses((status = 200, description = "Consumers", body = Object),
+              (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
+pub(crate) async fn consumers(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    use futures::TryStreamExt;
+    auth.require(ADMIN)?;
+    let ns = state.bus.ns();
+    let mut items = Vec::new();
+    for name in [ns.events_stream(), ns.commands_stream()] {
+        let stream = state
+            .bus
+            .js()
+            .get_stream(&name)
+            .await
+            .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+        let infos: Vec<_> = stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+        items.extend(
+            infos
+                .into_iter()
+                .filter(|i| i.config.durable_name.is_some())
+                .map(|i| {
+                    json!({
+                        "stream": name,
+                        "consumer": i.name,
+                        "pending": i.num_pending,
+                        "ack_pending": i.num_ack_pending,
+                        "redelivered": i.num_redelivered,
+                        "waiting": i.num_waiting,
+                    })
+                }),
+        );
+    }
+    items.sort_by(|a, b| a["consumer"].as_str().cmp(&b["consumer"].as_str()));
+    Ok(Json(json!({ "items": items })))
 }
 
 /// The projections, which are rebuilt together (`job_stats` derives from `jobs`).

@@ -17,7 +17,8 @@ use serde_json::json;
 
 use crate::auth::{Auth, EVENTS_READ};
 use crate::error::{ApiError, ApiResult};
-use crate::live::{Filter, Item};
+use crate::limits::StreamSlot;
+use crate::live::{Ended, Filter, Item, Stop};
 use crate::AppState;
 
 /// Keep-alive comment interval on SSE streams.
@@ -82,42 +83,35 @@ impl EventsQuery {
     }
 }
 
-/// Ends a live stream when the token expires or the server stops.
-fn bounded<S: Stream + Send + 'static>(
-    state: &AppState,
-    auth: &Auth,
-    stream: S,
-) -> impl Stream<Item = S::Item> + Send + 'static {
+/// What ends a live stream early: the server stopping, or the caller's token expiring.
+pub(crate) fn stop_signal(state: &AppState, auth: &Auth) -> Stop {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let left = Duration::from_secs(auth.exp.saturating_sub(now));
     let shutdown = state.shutdown.clone();
-    stream.take_until(async move {
+    Box::pin(async move {
         tokio::select! {
-            _ = tokio::time::sleep(left) => {}
-            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(left) => Ended::TokenExpired,
+            _ = shutdown.cancelled() => Ended::ServerStopping,
         }
     })
 }
 
-/// An SSE response over a subscription.
-pub(crate) fn sse(
-    state: &AppState,
-    auth: &Auth,
-    items: impl Stream<Item = Item> + Send + 'static,
-) -> Response {
-    let events = bounded(state, auth, items).map(|item| {
+/// An SSE response over a subscription; `slot` is held until the stream ends.
+pub(crate) fn sse(items: impl Stream<Item = Item> + Send + 'static, slot: StreamSlot) -> Response {
+    let events = items.map(move |item| {
+        let _held = &slot;
         Ok::<_, Infallible>(match item {
             Item::Event(ev) => Event::default()
                 .id(ev.seq.to_string())
                 .event(ev.event_name())
                 .data(&ev.json),
-            Item::Overflow { resume_after } => Event::default().event("resume").data(
+            Item::Resume { after, reason } => Event::default().event("resume").data(
                 json!({
-                    "reason": "this client fell behind; reconnect with Last-Event-ID to resume",
-                    "last_event_id": resume_after.to_string(),
+                    "reason": reason.reason(),
+                    "last_event_id": after.to_string(),
                 })
                 .to_string(),
             ),
@@ -153,12 +147,19 @@ pub(crate) async fn events(
         Some(v) => Some(parse_seq(v.to_str().unwrap_or("x"))?),
         None => q.after.as_deref().map(parse_seq).transpose()?,
     };
+    let slot = state.limits.open_stream(&auth.tenant, "sse")?;
     let items = state
         .hub
-        .subscribe(state.bus.clone(), filter, after, false)
+        .subscribe(
+            state.bus.clone(),
+            filter,
+            after,
+            false,
+            stop_signal(&state, &auth),
+        )
         .await
         .map_err(ApiError::bus)?;
-    Ok(sse(&state, &auth, items))
+    Ok(sse(items, slot))
 }
 
 /// What a WebSocket client sends first.
@@ -187,12 +188,13 @@ pub(crate) async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     auth.require(EVENTS_READ)?;
+    let slot = state.limits.open_stream(&auth.tenant, "websocket")?;
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| serve_socket(state, auth, socket)))
+        .on_upgrade(move |socket| serve_socket(state, auth, socket, slot)))
 }
 
-async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket) {
+async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket, _slot: StreamSlot) {
     let close = |reason: String| {
         Message::Text(
             json!({ "type": "error", "detail": reason })
@@ -232,7 +234,13 @@ async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket) {
         .or(sub.filters.after.as_deref().and_then(|a| a.parse().ok()));
     let items = match state
         .hub
-        .subscribe(state.bus.clone(), filter, after, false)
+        .subscribe(
+            state.bus.clone(),
+            filter,
+            after,
+            false,
+            stop_signal(&state, &auth),
+        )
         .await
     {
         Ok(items) => items,
@@ -243,7 +251,6 @@ async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket) {
             return;
         }
     };
-    let items = bounded(&state, &auth, items);
     tokio::pin!(items);
     loop {
         tokio::select! {
@@ -252,8 +259,8 @@ async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket) {
                     Some(Item::Event(ev)) => format!(
                         "{{\"id\":{},\"event\":\"{}\",\"data\":{}}}", ev.seq, ev.event_name(), ev.json
                     ),
-                    Some(Item::Overflow { resume_after }) => {
-                        let msg = json!({ "type": "resume", "last_event_id": resume_after });
+                    Some(Item::Resume { after, reason }) => {
+                        let msg = json!({ "type": "resume", "reason": reason.reason(), "last_event_id": after });
                         let _ = socket.send(Message::Text(msg.to_string().into())).await;
                         break;
                     }

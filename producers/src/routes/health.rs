@@ -14,6 +14,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
 }
 
 /// The process is alive.
@@ -40,6 +41,21 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoRes
             "not ready: nats={nats} streams={streams} postgres={postgres}"
         )))
     }
+}
+
+/// This process's metrics, in the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let render = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("metrics are not enabled in this process".into()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(),
+    ))
 }
 
 /// This API's OpenAPI document.

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use events::command::{CancelJob, RunJob};
 use events::job::{CancelRequested, Submitted, Webhook};
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::auth::{Auth, JOBS_READ, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::AppJson;
+use crate::middleware::RequestTrace;
 use crate::reads::{self, JobLinks, JobView};
 use crate::{AppState, SOURCE};
 
@@ -93,20 +94,17 @@ fn unprocessable(msg: impl Into<String>) -> ApiError {
     ApiError::Unprocessable(msg.into())
 }
 
+/// The longest webhook URL accepted.
+const MAX_WEBHOOK_URL: usize = 2048;
+
 /// Validates a submission into the kind and the `job.submitted` data.
-async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Submitted)> {
+pub(crate) async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Submitted)> {
     let kind = JobKind::parse(&req.kind).map_err(|e| unprocessable(e.to_string()))?;
-    if !state.settings.kinds.contains(&kind) {
-        let known: Vec<_> = state.settings.kinds.iter().map(JobKind::as_str).collect();
-        return Err(unprocessable(format!(
-            "unknown job kind `{kind}`; known kinds: {}",
-            known.join(", ")
-        )));
-    }
     let payload = req.payload.clone().unwrap_or(Value::Null);
-    if let Some(Err(e)) = events::kinds::validate_builtin(kind.as_str(), &payload) {
-        return Err(unprocessable(format!("invalid payload for `{kind}`: {e}")));
-    }
+    state
+        .kinds
+        .validate(&kind, &payload)
+        .map_err(unprocessable)?;
     let max_attempts = req
         .max_attempts
         .unwrap_or(state.settings.default_max_attempts);
@@ -118,6 +116,11 @@ async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Subm
         return Err(unprocessable("timeout_ms must be between 1 and 86400000"));
     }
     if let Some(w) = &req.webhook {
+        if w.url.len() > MAX_WEBHOOK_URL {
+            return Err(unprocessable(format!(
+                "webhook.url is longer than {MAX_WEBHOOK_URL} characters"
+            )));
+        }
         bus::webhook_url::check(&w.url, state.settings.allow_private_webhooks)
             .await
             .map_err(unprocessable)?;
@@ -132,16 +135,6 @@ async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Subm
             webhook: req.webhook.as_ref().map(|w| Webhook { url: w.url.clone() }),
         },
     ))
-}
-
-/// The trace of this request: continues a valid inbound `traceparent`, else starts one.
-fn trace_of(headers: &HeaderMap) -> TraceParent {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::generate)
 }
 
 /// What the idempotency bucket remembers of a key.
@@ -264,45 +257,69 @@ async fn publish_submission(
         (status = 409, description = "Idempotency-Key reused with another request", body = crate::error::Problem),
         (status = 413, description = "Body too large", body = crate::error::Problem),
         (status = 422, description = "Unknown kind or invalid payload", body = crate::error::Problem),
-        (status = 503, description = "Event bus unavailable", body = crate::error::Problem),
+        (status = 429, description = "The tenant's submission rate or active-jobs quota is exceeded (see Retry-After)", body = crate::error::Problem),
+        (status = 503, description = "Event bus unavailable, or this server is at capacity (see Retry-After)", body = crate::error::Problem),
     ))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     auth: Auth,
+    Extension(trace): Extension<RequestTrace>,
     headers: HeaderMap,
     AppJson(req): AppJson<SubmitJob>,
 ) -> ApiResult<Response> {
     auth.require(JOBS_WRITE)?;
+    tracing::Span::current().record("tenant", auth.tenant.as_str());
+    let key = idempotency_key(&headers)?;
     let (kind, job) = validate(&state, &req).await?;
-    let (id, created_at, fresh) = match idempotency_key(&headers)? {
+    // Nothing is accepted without JetStream: say so at once rather than after a timeout.
+    if !state.bus.is_connected() {
+        return Err(ApiError::bus(bus::Error::Disconnected));
+    }
+    state.limits.check_rate(&auth.tenant, 1)?;
+    let (code, body) = accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await?;
+    let location = HeaderValue::from_str(&body.links.self_).expect("a path is a valid header");
+    Ok((code, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// Accepts one validated submission: claims its idempotency key (a repeat returns the original
+/// job, `200`), reserves a place in the tenant's quota and publishes it (`202`).
+pub(crate) async fn accept(
+    state: &AppState,
+    tenant: &Tenant,
+    trace: &TraceParent,
+    key: Option<String>,
+    req: &SubmitJob,
+    kind: JobKind,
+    job: Submitted,
+) -> ApiResult<(StatusCode, Accepted)> {
+    let (id, created_at, fresh) = match key {
         None => (JobId::new(), Utc::now(), true),
-        Some(key) => claim_key(&state, &auth.tenant, &key, &req).await?,
+        Some(key) => claim_key(state, tenant, &key, req).await?,
     };
+    tracing::Span::current().record("job_id", tracing::field::display(id));
     let known = if fresh {
+        state.limits.reserve_active(&state.db, tenant, 1).await?;
         None
     } else {
-        reads::submitted_event(&state, &auth.tenant, id).await?
+        reads::submitted_event(state, tenant, id).await?
     };
     let seq = match known {
         Some((seq, _)) => seq,
         // New, or a repeat whose first attempt never got its events stored: publish (again).
         None => {
-            publish_submission(
-                &state,
-                &auth.tenant,
-                id,
-                created_at,
-                &kind,
-                job,
-                trace_of(&headers),
-            )
-            .await?
+            let published =
+                publish_submission(state, tenant, id, created_at, &kind, job, trace.clone()).await;
+            if published.is_err() && fresh {
+                state.limits.release_active(tenant, 1);
+            }
+            published?
         }
     };
     let status = if fresh {
+        metrics::counter!("conveyor_jobs_submitted_total", "kind" => kind.to_string()).increment(1);
         JobStatus::Queued.as_str().to_owned()
     } else {
-        reads::query_job(&state, &auth.tenant, id.0)
+        reads::query_job(state, tenant, id.0)
             .await
             .ok()
             .flatten()
@@ -322,8 +339,7 @@ pub(crate) async fn submit(
     } else {
         StatusCode::OK
     };
-    let location = HeaderValue::from_str(&body.links.self_).expect("a path is a valid header");
-    Ok((code, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok((code, body))
 }
 
 fn parse_id(id: &str) -> ApiResult<JobId> {
@@ -403,7 +419,7 @@ pub(crate) async fn list(
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
-    headers: HeaderMap,
+    Extension(trace): Extension<RequestTrace>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<CancelAccepted>)> {
     auth.require(JOBS_WRITE)?;
@@ -416,7 +432,7 @@ pub(crate) async fn cancel(
         )));
     }
     let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let trace = Some(trace_of(&headers));
+    let trace = Some(trace.0);
     let ev = Envelope::new(
         SOURCE,
         id,
@@ -482,12 +498,14 @@ pub(crate) async fn events(
             kind: None,
             job: Some(id),
         };
+        let slot = state.limits.open_stream(&auth.tenant, "sse")?;
+        let stop = crate::routes::events::stop_signal(&state, &auth);
         let items = state
             .hub
-            .subscribe(state.bus.clone(), filter, Some(0), true)
+            .subscribe(state.bus.clone(), filter, Some(0), true, stop)
             .await
             .map_err(ApiError::bus)?;
-        return Ok(crate::routes::events::sse(&state, &auth, items));
+        return Ok(crate::routes::events::sse(items, slot));
     }
     let events: Vec<Value> = reads::job_events(&state, &auth.tenant, id)
         .await?
