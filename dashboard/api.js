@@ -25,7 +25,11 @@ export function claims() {
   }
 }
 
-export const scopes = () => new Set((claims()?.scope ?? '').split(/\s+/).filter(Boolean));
+/** Scopes as the server reads them: `scope`, `scp` or `permissions`, a string or an array. */
+export function scopes() {
+  const c = claims() ?? {};
+  return new Set(['scope', 'scp', 'permissions'].flatMap((k) => (Array.isArray(c[k]) ? c[k] : String(c[k] ?? '').split(/\s+/))).filter(Boolean));
+}
 export const hasScope = (s) => scopes().has(s) || scopes().has('admin');
 
 export class ApiError extends Error {

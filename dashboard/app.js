@@ -27,7 +27,8 @@ function header() {
   document.getElementById('who').hidden = !signedIn;
   if (signedIn) {
     const c = claims();
-    document.getElementById('who-text').textContent = c ? `${c.sub ?? '?'} @ ${c.tenant ?? '?'}` : 'signed in';
+    // The tenant claim's name is the server's setting; `tenant` is its default.
+    document.getElementById('who-text').textContent = c ? `${c.sub ?? 'signed in'}${c.tenant ? ` @ ${c.tenant}` : ''}` : 'signed in';
   }
   const here = `#${(location.hash.replace(/^#/, '') || '/jobs').split('/').slice(0, 2).join('/')}`;
   for (const a of document.querySelectorAll('#nav a')) {
