@@ -43,6 +43,13 @@ export function draw(figure, { title, unit, series, capacity }) {
     });
     return svg('path', { d, fill: 'none', stroke: COLOURS[n % COLOURS.length], 'stroke-width': 2, 'stroke-linejoin': 'round' });
   });
+  // The newest point of each series as a dot, so a series with one point shows too.
+  const dots = series.flatMap((s, n) => {
+    const i = s.points.length - 1;
+    const v = s.points[i];
+    if (v === null || v === undefined || !Number.isFinite(v)) return [];
+    return [svg('circle', { cx: x(i + capacity - s.points.length).toFixed(1), cy: y(v).toFixed(1), r: 2.5, fill: COLOURS[n % COLOURS.length] })];
+  });
   const latest = (s) => [...s.points].reverse().find((v) => v !== null && Number.isFinite(v));
   const label = series.map((s) => `${s.name} ${latest(s) === undefined ? 'no data' : `${compact(latest(s))}${unit}`}`).join(', ');
   const chart = svg(
@@ -54,6 +61,7 @@ export function draw(figure, { title, unit, series, capacity }) {
     svg('text', { x: PAD.l - 4, y: y(0) + 4, 'text-anchor': 'end', class: 'tick' }, '0'),
     svg('text', { x: W - PAD.r, y: H - 2, 'text-anchor': 'end', class: 'tick' }, 'now'),
     ...lines,
+    ...dots,
   );
   const legend = document.createElement('ul');
   legend.className = 'legend';

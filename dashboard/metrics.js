@@ -28,10 +28,12 @@ export class Window {
     this.seconds = seconds;
   }
 
-  /** Increase of one series; a counter that went down was reset, so all of it is new. */
+  /**
+   * Increase of one series. A series appears at its first increment, so one new since the last
+   * scrape counts from zero; a counter that went down was reset, so all of it is new.
+   */
   delta(s) {
-    const before = this.prev.get(key(s));
-    if (before === undefined) return 0; // appeared in this scrape: no baseline yet
+    const before = this.prev.get(key(s)) ?? 0;
     return s.value >= before ? s.value - before : s.value;
   }
 

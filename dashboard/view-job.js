@@ -18,7 +18,7 @@ export function render(main, { id }) {
   const heading = h('h1', { tabIndex: -1 }, `Job ${shortId(id)}`);
   const badge = h('span');
   const facts = h('dl', { class: 'facts' });
-  const actions = h('div', { class: 'actions' });
+  const actions = h('div', { class: 'job-actions' });
   const output = h('div');
   const timeline = h('ol', { class: 'timeline', 'aria-live': 'polite', 'aria-relevant': 'additions' });
   const conn = h('span', { class: 'conn', role: 'status' });

@@ -233,10 +233,12 @@ test('operations: projections rebuild with progress; consumers; charts from /met
   await page.getByText(/Rebuilding the read models into version/).waitFor();
   await page.locator(`[data-projection="jobs"][data-state="live"] td:nth-child(2)`, { hasText: String(before + 1) }).waitFor();
   await page.locator('[data-consumer]').first().waitFor();
-  // Charts need two scrapes and some traffic between them.
-  await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } });
-  await page.locator('svg.chart').first().waitFor();
-  await until(async () => (await page.locator('svg.chart path[d^="M"]').count()) > 0, 'a line on a chart');
+  // Charts need scrapes with traffic between them: jobs submitted now show up as a rate and a
+  // latency, drawn as lines once there are two points.
+  for (let i = 0; i < 3; i++) await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } });
+  await page.locator('.legend li', { hasText: /^submitted: (?!0\/s)\S+\/s$/ }).waitFor();
+  await page.locator('.legend li', { hasText: /^latency p50: \d\S*s$/ }).waitFor();
+  await until(async () => (await page.locator('svg.chart path[d*="L"]').count()) > 0, 'a line on a chart');
   await everyControlNamed();
   await shot('6-operations');
   noProblems();

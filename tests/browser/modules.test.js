@@ -53,8 +53,8 @@ test('metrics: counter rates, resets, and histogram quantiles between two scrape
     conveyor_jobs_running{kind="sleep"} 2
     conveyor_jobs_running{kind="noop"} 1`);
   const w = new Window(before, after, 2);
-  // (6 + 4) / 2 s; a series new in this scrape has no baseline and counts nothing yet.
-  assert.equal(w.rate('conveyor_job_attempts_total', (l) => l.outcome === 'succeeded'), 5);
+  // (6 + 4 + 50) / 2 s: a series new in this scrape counts from zero.
+  assert.equal(w.rate('conveyor_job_attempts_total', (l) => l.outcome === 'succeeded'), 30);
   assert.equal(w.rate('conveyor_job_attempts_total', (l) => l.outcome === 'failed'), 1.5, 'a reset counter counts from zero');
   assert.equal(w.quantile('conveyor_job_latency_seconds', 0.5), 0.1);
   assert.ok(Math.abs(w.quantile('conveyor_job_latency_seconds', 0.75) - 0.55) < 1e-9);
