@@ -14,13 +14,14 @@ function svg(tag, attrs, ...children) {
   return el;
 }
 
-/** Compact numbers for axis labels: 0.0042 → "4.2m", 1530 → "1.5k". */
-export function compact(v) {
+/** Compact numbers: 1530 → "1.5k"; below one, seconds as "4.2m" (ms) and rates as "0.42". */
+export function compact(v, unit = '') {
   if (v === 0) return '0';
   const a = Math.abs(v);
   if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
   if (a >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
   if (a >= 1) return `${+v.toFixed(a >= 10 ? 0 : 1)}`;
+  if (unit !== 's') return `${+v.toFixed(2)}`;
   if (a >= 1e-3) return `${+(v * 1e3).toFixed(a >= 0.01 ? 0 : 1)}m`;
   return `${+(v * 1e6).toFixed(0)}µ`;
 }
@@ -51,13 +52,13 @@ export function draw(figure, { title, unit, series, capacity }) {
     return [svg('circle', { cx: x(i + capacity - s.points.length).toFixed(1), cy: y(v).toFixed(1), r: 2.5, fill: COLOURS[n % COLOURS.length] })];
   });
   const latest = (s) => [...s.points].reverse().find((v) => v !== null && Number.isFinite(v));
-  const label = series.map((s) => `${s.name} ${latest(s) === undefined ? 'no data' : `${compact(latest(s))}${unit}`}`).join(', ');
+  const label = series.map((s) => `${s.name} ${latest(s) === undefined ? 'no data' : `${compact(latest(s), unit)}${unit}`}`).join(', ');
   const chart = svg(
     'svg',
     { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${title}: ${label}`, class: 'chart' },
     svg('line', { x1: PAD.l, x2: W - PAD.r, y1: y(0), y2: y(0), class: 'axis' }),
     svg('line', { x1: PAD.l, x2: W - PAD.r, y1: y(max), y2: y(max), class: 'grid' }),
-    svg('text', { x: PAD.l - 4, y: y(max) + 4, 'text-anchor': 'end', class: 'tick' }, `${compact(max)}${unit}`),
+    svg('text', { x: PAD.l - 4, y: y(max) + 4, 'text-anchor': 'end', class: 'tick' }, `${compact(max, unit)}${unit}`),
     svg('text', { x: PAD.l - 4, y: y(0) + 4, 'text-anchor': 'end', class: 'tick' }, '0'),
     svg('text', { x: W - PAD.r, y: H - 2, 'text-anchor': 'end', class: 'tick' }, 'now'),
     ...lines,
@@ -70,7 +71,7 @@ export function draw(figure, { title, unit, series, capacity }) {
     const sw = document.createElement('span');
     sw.className = `swatch c${n % COLOURS.length}`;
     const v = latest(s);
-    li.append(sw, `${s.name}: ${v === undefined ? '–' : `${compact(v)}${unit}`}`);
+    li.append(sw, `${s.name}: ${v === undefined ? '–' : `${compact(v, unit)}${unit}`}`);
     legend.append(li);
   });
   const caption = document.createElement('figcaption');
