@@ -73,7 +73,10 @@ fn headers(content_type: &'static str, cache: &'static str) -> [(HeaderName, Hea
     [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ),
         (
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -87,7 +90,11 @@ fn headers(content_type: &'static str, cache: &'static str) -> [(HeaderName, Hea
 
 /// The page: revalidated on every load, so a new build's assets are picked up at once.
 async fn index() -> Response {
-    (headers("text/html; charset=utf-8", "no-cache"), PAGE.as_str()).into_response()
+    (
+        headers("text/html; charset=utf-8", "no-cache"),
+        PAGE.as_str(),
+    )
+        .into_response()
 }
 
 async fn asset(Path((version, file)): Path<(String, String)>) -> Result<Response, ApiError> {
