@@ -59,7 +59,9 @@ export function render(main, { id }) {
         },
       });
     } else {
-      (await api(`/v1/jobs/${id}/events`)).forEach(onEvent);
+      // Without events:read: the timeline as it stands, not live.
+      conn.textContent = 'not live (the token lacks events:read)';
+      api(`/v1/jobs/${id}/events`).then((list) => list.forEach(onEvent), (e) => toast(`Could not load the timeline: ${e.message}`, 'error'));
     }
   }
 

@@ -277,6 +277,33 @@ test('event stream: a live tail with type filters, paused and resumed from the l
   noProblems();
 });
 
+test('jobs: filter by kind and page through older jobs', async () => {
+  const ids = [];
+  for (let i = 0; i < 30; i++) ids.push((await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id);
+  // Lists come from the read model: wait until it has every one of them.
+  const listed = async () => (await conveyor.call(token, '/v1/jobs?kind=noop&limit=500')).body.items.map((j) => j.id);
+  const total = (await until(async () => {
+    const all = await listed();
+    return ids.every((id) => all.includes(id)) && all;
+  }, 'the projector to list the new jobs')).length;
+  await nav('Jobs').click();
+  await heading('Jobs').waitFor();
+  await page.getByLabel('Kind', { exact: true }).nth(1).selectOption('noop');
+  const rows = page.locator('table.jobs tbody tr');
+  await until(async () => (await rows.count()) === 25, 'a first page of 25 noop jobs');
+  assert.deepEqual([...new Set(await rows.locator('td[data-label="Kind"]').allTextContents())], ['noop']);
+  const newest = await rows.first().getAttribute('data-job-id');
+  await page.getByRole('button', { name: 'Older' }).click();
+  await page.getByText('page 2').waitFor();
+  await until(async () => (await rows.count()) === Math.min(25, total - 25), 'the second page');
+  assert.equal(await page.locator(`table.jobs tr[data-job-id="${newest}"]`).count(), 0, 'page 2 holds other jobs');
+  await page.getByRole('button', { name: 'Newer' }).click();
+  await page.getByText('newest').waitFor();
+  await row(newest).waitFor();
+  await page.getByLabel('Kind', { exact: true }).nth(1).selectOption('');
+  noProblems();
+});
+
 test('phone width: the jobs page fits 390 px and stays usable', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   await nav('Jobs').click();
