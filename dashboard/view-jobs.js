@@ -2,7 +2,7 @@
 // filters, keyset paging, a submit form with inline validation, and cancel.
 
 import { ApiError, api, hasScope } from './api.js';
-import { STATUSES, TERMINAL, duration, field, h, ms, progressBar, setProgress, shortId, statusBadge, toast } from './dom.js';
+import { STATUSES, TERMINAL, duration, eventName, field, h, ms, progressBar, setProgress, shortId, statusBadge, toast } from './dom.js';
 import { apply, fromSubmitted } from './jobfold.js';
 import { describe, template, validate } from './schema.js';
 import { follow } from './sse.js';
@@ -10,6 +10,8 @@ import { follow } from './sse.js';
 const PAGE = 25;
 /** Live-added rows beyond a page are counted, not drawn: memory stays bounded. */
 const MAX_ROWS = 3 * PAGE;
+/** The status an event leaves a job in. */
+const LEADS_TO = { 'job.started': 'running', 'job.retry_scheduled': 'retry_scheduled', 'job.succeeded': 'succeeded', 'job.dead_lettered': 'failed', 'job.cancelled': 'cancelled', 'job.redriven': 'queued' };
 
 export function render(main) {
   const rows = new Map(); // job id → {job, tr, cells}
@@ -20,6 +22,7 @@ export function render(main) {
   let stream = null;
   let buffered = null; // events that arrive while a page loads
   let loadToken = 0;
+  const fetching = new Set(); // jobs being read because an event made them match the filter
 
   const state = h('span', { class: 'conn', role: 'status' }, 'connecting…');
   const statusFilter = h('select', { name: 'status' }, h('option', { value: '' }, 'any'), STATUSES.map((s) => h('option', { value: s }, s.replace('_', ' '))));
@@ -95,22 +98,33 @@ export function render(main) {
       if (apply(row.job, ce) || ce.type.endsWith('.submitted')) update(row);
       return;
     }
-    if (ce.type.endsWith('.submitted') && cursors.length === 1) {
-      const job = fromSubmitted(ce);
-      if (matches(job)) prepend(job);
+    if (cursors.length !== 1) return;
+    if (ce.type.endsWith('.submitted')) {
+      place(fromSubmitted(ce));
+    } else if (statusFilter.value && LEADS_TO[eventName(ce.type)] === statusFilter.value && !fetching.has(ce.subject)) {
+      // A job that has just come to match the status filter: read it, bring it up to this event.
+      fetching.add(ce.subject);
+      api(`/v1/jobs/${ce.subject}`)
+        .then((job) => {
+          apply(job, ce);
+          place(job);
+        }, () => {})
+        .finally(() => fetching.delete(ce.subject));
     }
   }
 
-  function prepend(job) {
-    if (rows.has(job.id)) return;
+  /** Adds a job to the newest page in id order (UUIDv7: newest first), if it belongs there. */
+  function place(job) {
+    if (rows.has(job.id) || cursors.length !== 1 || !matches(job)) return;
+    const before = [...tbody.rows].find((tr) => tr.dataset.jobId < job.id);
+    if (!before && next && rows.size >= PAGE) return; // older than this page: it is on a later one
     if (rows.size >= MAX_ROWS) {
       hidden += 1;
       newer.hidden = false;
       newer.textContent = `${hidden} newer job${hidden === 1 ? '' : 's'}: show`;
       return;
     }
-    const row = makeRow(job);
-    tbody.prepend(row.tr);
+    tbody.insertBefore(makeRow(job).tr, before ?? null);
     empty.hidden = true;
   }
 
@@ -139,10 +153,14 @@ export function render(main) {
     try {
       const res = await api(`/v1/jobs?${q}`);
       if (mine !== loadToken) return;
+      // The read model trails the event stream by a moment: what this page already saw live
+      // is merged in.
+      const seen = [...rows.values()].map((r) => r.job);
       rows.clear();
       tbody.replaceChildren(...res.items.map((j) => makeRow(j).tr));
       next = res.next_cursor;
-      empty.hidden = res.items.length > 0;
+      seen.forEach(place);
+      empty.hidden = rows.size > 0;
     } catch (e) {
       if (mine === loadToken) toast(`Could not list jobs: ${e.message}`, 'error');
     } finally {
@@ -298,7 +316,7 @@ export function render(main) {
         const res = await api('/v1/jobs', { method: 'POST', body });
         toast(`Submitted ${res.kind} job ${shortId(res.id)}`);
         const job = { id: res.id, kind: res.kind, status: res.status, attempt: 0, max_attempts: body.max_attempts, created_at: res.created_at, updated_at: res.created_at, progress: null };
-        if (cursors.length === 1 && matches(job)) prepend(job);
+        place(job);
       } catch (err) {
         // The server's word, inline: an unknown kind, a payload its handler refuses, a quota.
         show([err instanceof ApiError ? err.message : String(err)]);

@@ -193,10 +193,16 @@ test('jobs: cancel a running job from its row', async () => {
   await page.locator(`tr[data-job-id="${id}"][data-status="cancelled"]`).waitFor();
   await row(id).getByText('cancelled').waitFor();
   assert.equal(await row(id).getByRole('button').count(), 0, 'an ended job has no cancel button');
-  // Filters: only cancelled jobs.
+  // Filters: only cancelled jobs (the one just cancelled is there even if the read model has
+  // not caught up), then only succeeded ones, which a job joins live when it succeeds.
   await page.getByLabel('Status').selectOption('cancelled');
   await until(async () => (await page.locator('tbody tr').count()) === 1, 'one cancelled job listed');
   await row(id).waitFor();
+  await page.getByLabel('Status').selectOption('succeeded');
+  await page.locator('.conn.live').first().waitFor();
+  const later = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id;
+  await page.locator(`tr[data-job-id="${later}"][data-status="succeeded"]`).waitFor();
+  assert.equal(await page.locator('tbody tr[data-status="cancelled"]').count(), 0);
   await page.getByLabel('Status').selectOption('');
   noProblems();
 });
