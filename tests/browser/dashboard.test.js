@@ -231,6 +231,22 @@ test('operations: a dead-lettered job is re-driven from the dead letters', async
   noProblems();
 });
 
+test('job page: re-drive a dead-lettered job from its page', async () => {
+  const id = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'fail', payload: { message: 'still broken' }, max_attempts: 1 } })).body.id;
+  await page.goto(`${conveyor.url}/#/jobs/${id}`);
+  await page.locator('.timeline li[data-type="job.dead_lettered"]').waitFor();
+  await page.locator('.title .badge.s-failed').waitFor();
+  await page.getByText('"message": "still broken"').first().waitFor();
+  await page.getByRole('button', { name: 'Re-drive' }).click();
+  await page.locator('.timeline li[data-type="job.redriven"]').waitFor();
+  // Kind `fail` fails again: a second dead letter, and the button is back.
+  await until(async () => (await page.locator('.timeline li[data-type="job.dead_lettered"]').count()) === 2, 'a second dead letter');
+  await page.getByRole('button', { name: 'Re-drive' }).waitFor();
+  await page.locator('.facts').getByText('2 of 2').waitFor();
+  await shot('5b-job-dead-lettered');
+  noProblems();
+});
+
 test('operations: projections rebuild with progress; consumers; charts from /metrics', async () => {
   await nav('Operations').click();
   await heading('Operations').waitFor();
