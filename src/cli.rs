@@ -482,9 +482,9 @@ async fn dev(
     projector: ProjectorArgs,
     webhooks: WebhookArgs,
 ) -> anyhow::Result<()> {
-    db.migrate().await?;
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);
+    // First: it migrates the database the other roles read.
     start_projector(&mut sup, &bus, &db, &projector).await?;
     start_worker(&mut sup, &bus, &db, &worker).await?;
     start_notifier(&mut sup, &bus, &webhooks).await?;
@@ -553,7 +553,7 @@ async fn start_api(
     // The API answers 503 at once rather than hold requests while NATS is away or saturated.
     settings.fail_fast = true;
     settings.max_publishes_in_flight = api.limits.publish_inflight.max(1);
-    let bus = bus::Bus::connect(&settings).await?;
+    let bus = BusArgs::connect_waiting(&settings, &sup.token()).await?;
     let state = producers::AppState::new(
         bus,
         db.lazy_pool()?,
@@ -582,7 +582,7 @@ async fn start_worker(
     db: &DbArgs,
     worker: &WorkerArgs,
 ) -> anyhow::Result<bus::Bus> {
-    let bus = bus.connect("worker").await?;
+    let bus = BusArgs::connect_waiting(&bus.settings("worker")?, &sup.token()).await?;
     let w = Worker::new(
         bus.clone(),
         Registry::builtin(),
@@ -600,8 +600,8 @@ async fn start_projector(
     db: &DbArgs,
     projector: &ProjectorArgs,
 ) -> anyhow::Result<bus::Bus> {
-    let pool = db.migrate().await?;
-    let bus = bus.connect("projector").await?;
+    let pool = db.migrate_waiting(&sup.token()).await?;
+    let bus = BusArgs::connect_waiting(&bus.settings("projector")?, &sup.token()).await?;
     let p = Projector::new(bus.clone(), pool, projector.settings());
     let token = sup.token();
     sup.spawn("projector", async move { Ok(p.run(token).await?) });
@@ -613,7 +613,7 @@ async fn start_notifier(
     bus: &BusArgs,
     webhooks: &WebhookArgs,
 ) -> anyhow::Result<bus::Bus> {
-    let bus = bus.connect("notifier").await?;
+    let bus = BusArgs::connect_waiting(&bus.settings("notifier")?, &sup.token()).await?;
     let n = consumers::notifiers::webhook::WebhookNotifier::new(bus.clone(), webhooks.settings());
     let token = sup.token();
     sup.spawn("notifier", async move { Ok(n.run(token).await?) });
@@ -1067,4 +1067,37 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
     };
     print(&out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every environment variable a command reads, with the commands that read it.
+    fn variables(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            variables(sub, out);
+        }
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_variable() {
+        let mut all = Default::default();
+        variables(&super::Cli::command(), &mut all);
+        let doc = include_str!("../docs/configuration.md");
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|v| !doc.contains(&format!("`{v}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/configuration.md: {missing:?}"
+        );
+        assert!(all.len() > 40, "{all:?}");
+    }
 }

@@ -37,6 +37,29 @@ impl BusArgs {
         Ok(bus::Bus::connect(&self.settings(role)?).await?)
     }
 
+    /// Connects for a long-running role: while the server cannot be reached, keeps trying (with
+    /// backoff, logging each failure) until it can or `shutdown` fires. Other failures (a server
+    /// too old, no JetStream) are final.
+    pub async fn connect_waiting(
+        settings: &bus::BusSettings,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<bus::Bus> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match bus::Bus::connect(settings).await {
+                Err(e @ bus::Error::Connect { .. }) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "NATS unreachable; waiting for it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for NATS"),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// The connection settings of `role`.
     pub fn settings(&self, role: &str) -> anyhow::Result<bus::BusSettings> {
         let namespace = Namespace::parse(&self.namespace).context("CONVEYOR_NAMESPACE")?;
@@ -80,6 +103,29 @@ impl DbArgs {
         Ok(self.pool_options().connect_lazy_with(self.options()?))
     }
 
+    /// [`DbArgs::migrate`] for a long-running role: while Postgres cannot be reached, keeps
+    /// trying (with backoff, logging each failure) until it can or `shutdown` fires.
+    pub async fn migrate_waiting(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<PgPool> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.migrate().await {
+                Ok(pool) => return Ok(pool),
+                Err(e) if is_unreachable(&e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "Postgres unreachable; waiting for it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Postgres"),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Creates the database if missing and applies the migrations.
     pub async fn migrate(&self) -> anyhow::Result<PgPool> {
         let exists = sqlx::Postgres::database_exists(&self.database_url)
@@ -106,6 +152,16 @@ impl DbArgs {
             .context("applying migrations")?;
         Ok(pool)
     }
+}
+
+/// Whether an error is Postgres being out of reach (worth waiting for), not a refusal.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
+    })
 }
 
 /// Hides the password of a database URL in messages.

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 500: a bug. The cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Any other status, as answered by the HTTP framework itself (no route, wrong method).
+    #[error("{1}")]
+    Other(StatusCode, String),
 }
 
 /// Result with the API error.
@@ -86,6 +89,7 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Other(status, _) => *status,
         }
     }
 
@@ -104,6 +108,24 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "internal",
+            Self::Other(status, _) if *status == StatusCode::METHOD_NOT_ALLOWED => {
+                "method-not-allowed"
+            }
+            Self::Other(..) => "request-refused",
+        }
+    }
+
+    /// The error for a status the framework answered with, and what it said.
+    pub fn from_status(status: StatusCode, detail: String) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => Self::BadRequest(detail),
+            StatusCode::NOT_FOUND => Self::NotFound(detail),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(detail),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(detail),
+            StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(detail),
+            // A bare 500 from the framework: its text is not for clients.
+            StatusCode::INTERNAL_SERVER_ERROR => Self::Internal(detail),
+            other => Self::Other(other, detail),
         }
     }
 

@@ -106,12 +106,11 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
+        self.inner.fmt(f)
     }
 }
 
 /// What [`AppState`] shares (its fields are internal).
-#[allow(missing_debug_implementations)]
 pub struct Inner {
     pub(crate) bus: Bus,
     pub(crate) db: PgPool,
@@ -126,6 +125,16 @@ pub struct Inner {
     pub(crate) hub: live::Hub,
     /// Fires when the server shuts down: live streams end (with a resume hint).
     pub(crate) shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("namespace", self.bus.ns())
+            .field("kinds", &self.kinds)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::ops::Deref for AppState {

@@ -39,7 +39,20 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    let response = if header_bytes > MAX_HEADER_BYTES {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let response = if declared.is_some_and(|n| n > state.settings.max_body_bytes) {
+        // Read (and drop) what the client is sending before answering: closing the connection
+        // on an unread body resets it, and the client would see a broken pipe instead of 413.
+        drain(req.into_body(), 8 * state.settings.max_body_bytes).await;
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the {} bytes allowed",
+            state.settings.max_body_bytes
+        ))
+        .into_response()
+    } else if header_bytes > MAX_HEADER_BYTES {
         ApiError::HeadersTooLarge(format!(
             "request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
         ))
@@ -72,6 +85,7 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
             }
         }
     };
+    let response = as_problem(response).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("conveyor_http_requests_total",
         "method" => method.clone(), "route" => route.clone(), "status" => status)
@@ -80,4 +94,52 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
         "method" => method, "route" => route)
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Reads and discards up to `max` bytes of a body, for at most two seconds.
+async fn drain(body: axum::body::Body, max: usize) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Gives every error the problem+json shape, also those axum answers by itself (no route, wrong
+/// method, an undecodable path): clients then parse one kind of error.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|c| c == "application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let detail = if detail.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_lowercase()
+    } else {
+        detail
+    };
+    let mut problem = ApiError::from_status(status, detail).into_response();
+    // Keep what the original answer said besides its body (e.g. `Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem
 }

@@ -117,6 +117,64 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
     let huge =
         json!({ "kind": "noop", "payload": { "blob": "x".repeat(1024 * 1024) } }).to_string();
     expect_problem(post(&huge).await.unwrap(), 413, "oversized body").await;
+    let deep = format!(
+        r#"{{"kind": "noop", "payload": {}1{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    expect_problem(post(&deep).await.unwrap(), 422, "payload nesting too deep").await;
+    let very_deep = format!(
+        r#"{{"kind": "noop", "payload": {}1{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    expect_problem(
+        post(&very_deep).await.unwrap(),
+        400,
+        "nesting beyond the parser's limit",
+    )
+    .await;
+    let long_url = format!(
+        r#"{{"kind": "noop", "webhook": {{"url": "https://example.com/{}"}}}}"#,
+        "a".repeat(3000)
+    );
+    expect_problem(post(&long_url).await.unwrap(), 422, "webhook URL too long").await;
+    let res = api
+        .request(Method::POST, "/v1/jobs")
+        .header("x-padding", "p".repeat(20 * 1024))
+        .json(&json!({"kind": "noop"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 431, "headers too large").await;
+    let res = api
+        .request(Method::POST, "/v1/jobs")
+        .header("idempotency-key", "k".repeat(300))
+        .json(&json!({"kind": "noop"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 400, "idempotency key too long").await;
+    // A hostile `traceparent` is ignored (a new trace starts), never copied.
+    let res = api
+        .request(Method::GET, "/v1/jobs")
+        .header(
+            "traceparent",
+            "ff-00000000000000000000000000000000-0000000000000000-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for id in ["abc", "-1", "1 2", "99999999999999999999999"] {
+        let res = api
+            .request(Method::GET, "/v1/events")
+            .header("last-event-id", id)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(res, 400, &format!("Last-Event-ID {id:?}")).await;
+    }
 
     // Authentication and authorisation.
     let anonymous = api.with_token("");

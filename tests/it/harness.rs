@@ -24,6 +24,8 @@ pub(crate) struct Env {
     pub(crate) ns: String,
     pub(crate) nats_url: String,
     pub(crate) db_url: String,
+    /// The database URL the roles use, when it differs from `db_url` (through a proxy).
+    roles_db_url: Option<String>,
     extra_env: Vec<(String, String)>,
     logs: PathBuf,
 }
@@ -31,6 +33,8 @@ pub(crate) struct Env {
 /// A running `conveyor` process; killed when dropped.
 pub(crate) struct Proc {
     child: Child,
+    /// Where its stderr (the logs) goes.
+    pub(crate) log: PathBuf,
 }
 
 impl Proc {
@@ -54,6 +58,11 @@ impl Proc {
             .expect("wait for the process")
     }
 
+    /// Whether it has not exited.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Resident memory of the process, in KiB (Linux).
     pub(crate) fn rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("process is running");
@@ -67,10 +76,16 @@ impl Proc {
 }
 
 impl Env {
-    /// A fresh namespace and migrated database.
+    /// A fresh namespace and migrated database, on the suite's NATS server.
     pub(crate) async fn new() -> Self {
         let nats_url =
             std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::on_nats(&nats_url).await
+    }
+
+    /// A fresh namespace and migrated database, on the NATS server at `nats_url`.
+    pub(crate) async fn on_nats(nats_url: &str) -> Self {
+        let nats_url = nats_url.to_owned();
         let client = async_nats::connect(&nats_url).await.unwrap_or_else(|e| {
             panic!("NATS is not reachable at {nats_url} ({e}): {START_SERVICES}")
         });
@@ -110,9 +125,16 @@ impl Env {
             ns,
             nats_url,
             db_url,
+            roles_db_url: None,
             extra_env: Vec::new(),
             logs,
         }
+    }
+
+    /// Makes the roles started from now on reach Postgres through `proxy`.
+    pub(crate) fn through(&mut self, proxy: &crate::services::PgProxy) -> &mut Self {
+        self.roles_db_url = Some(proxy.url(&self.db_url));
+        self
     }
 
     /// Sets an environment variable for processes started from now on.
@@ -125,7 +147,10 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_conveyor"));
         c.args(args)
             .env("CONVEYOR_NATS_URL", &self.nats_url)
-            .env("DATABASE_URL", &self.db_url)
+            .env(
+                "DATABASE_URL",
+                self.roles_db_url.as_deref().unwrap_or(&self.db_url),
+            )
             .env("CONVEYOR_NAMESPACE", &self.ns)
             .env("CONVEYOR_JWT_SECRET", SECRET)
             .env("CONVEYOR_HTTP_ADDR", "127.0.0.1:0")
@@ -208,8 +233,8 @@ impl Env {
             .map(|d| d.count())
             .unwrap_or(0);
         let name = role.replace(' ', "-");
-        let log = std::fs::File::create(self.logs.join(format!("{}-{name}-{n}.log", self.ns)))
-            .expect("log file");
+        let path = self.logs.join(format!("{}-{name}-{n}.log", self.ns));
+        let log = std::fs::File::create(&path).expect("log file");
         let args: Vec<&str> = role.split_whitespace().collect();
         let child = self
             .command(&args)
@@ -217,7 +242,7 @@ impl Env {
             .stderr(log)
             .spawn()
             .expect("start conveyor");
-        Proc { child }
+        Proc { child, log: path }
     }
 
     /// Starts a role that serves HTTP (`api` or `dev`) and returns a client of it.

@@ -306,13 +306,24 @@ async fn a_live_stream_closes_when_its_token_expires() {
             aud: "conveyor".into(),
         },
     );
+    let mut last = None;
     let ended = tokio::time::timeout(
         Duration::from_secs(30),
-        client(&api.with_token(&short)).follow("/v1/events", None, None, |_| true),
+        client(&api.with_token(&short)).follow("/v1/events", None, None, |ev| {
+            last = Some(ev);
+            true
+        }),
     )
     .await;
     assert!(
         matches!(ended, Ok(Ok(()))),
         "the stream ended by itself: {ended:?}"
+    );
+    let last = last.expect("a last event");
+    assert_eq!(last.event, "resume", "{last:?}");
+    let hint: Value = serde_json::from_str(&last.data).unwrap();
+    assert!(
+        hint["reason"].as_str().unwrap().contains("token expired"),
+        "{hint}"
     );
 }

@@ -135,6 +135,10 @@ impl WebhookNotifier {
                 }
             }
         }
+        // Send the buffered acknowledgements before the process exits.
+        if let Err(e) = shared.bus.client().flush().await {
+            tracing::warn!(error = %e, "acknowledgements not flushed");
+        }
         result
     }
 }
@@ -226,7 +230,8 @@ async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(),
             not_before: None,
         }),
     )
-    .with_trace(ev.traceparent.as_ref().map(|t| t.child()));
+    // The delivery belongs to the trace of the attempt that ended the job.
+    .with_trace(ev.traceparent.clone());
     shared
         .bus
         .publish_command(&cmd, &msg_id::webhook(ev.job, 0))

@@ -74,7 +74,7 @@ impl Progress {
                 message,
             }),
         )
-        .with_trace(self.trace.as_ref().map(TraceParent::child));
+        .with_trace(self.trace.clone());
         self.bus
             .publish_event(&ev, &msg_id::progress(self.job, self.attempt, step))
             .await

@@ -177,6 +177,23 @@ impl Worker {
         loops.spawn(cancel_listener(shared.clone(), shutdown.clone()));
         tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
 
+        // The grace period runs from the shutdown signal, while the pull loops wind down.
+        let grace = {
+            let (shared, shutdown, jobs) = (shared.clone(), shutdown.clone(), jobs.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                if tokio::time::timeout(shared.settings.shutdown_grace, jobs.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        remaining_jobs = jobs.len(),
+                        "grace period over: handing running jobs back"
+                    );
+                    shared.hard_stop.cancel();
+                }
+            })
+        };
         let mut result = Ok(());
         while let Some(joined) = loops.join_next().await {
             let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
@@ -189,16 +206,12 @@ impl Worker {
             }
         }
         jobs.close();
-        if tokio::time::timeout(shared.settings.shutdown_grace, jobs.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining_jobs = jobs.len(),
-                "grace period over: handing running jobs back"
-            );
-            shared.hard_stop.cancel();
-            jobs.wait().await;
+        jobs.wait().await;
+        grace.abort();
+        // Acks and hand-backs are buffered by the client: send them before the process exits,
+        // or the server would wait out the ack wait before redelivering.
+        if let Err(e) = shared.bus.client().flush().await {
+            tracing::warn!(error = %e, "acknowledgements not flushed");
         }
         result
     }
@@ -506,6 +519,11 @@ async fn execute(
         .increment(1);
     metrics::histogram!("conveyor_job_duration_seconds", "kind" => kind_label)
         .record(started.elapsed().as_secs_f64());
+    if outcome_label == "succeeded" {
+        tracing::debug!(outcome = outcome_label, duration_ms, "attempt ended");
+    } else {
+        tracing::info!(outcome = outcome_label, duration_ms, "attempt ended");
+    }
 
     let error = match outcome {
         Outcome::HandedBack => {

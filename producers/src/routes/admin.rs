@@ -227,7 +227,8 @@ pub(crate) async fn redrive(
     let next_attempt = last + 1;
     let max_attempts = last + original.max_attempts;
     let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let trace = submitted.traceparent.as_ref().map(|t| t.child());
+    // The re-driven attempts go on in the job's own trace, under its submission.
+    let trace = submitted.traceparent.clone();
     let ev = Envelope::new(
         SOURCE,
         id,

@@ -1,0 +1,179 @@
+//! Services a test owns so it can fail them: a NATS server of its own (stopped and started
+//! again with its store kept), and a TCP proxy in front of Postgres that can cut every
+//! connection and refuse new ones. Both are real: the roles talk JetStream and the Postgres
+//! protocol through them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
+
+/// The pinned nats-server binary: `CONVEYOR_NATS_SERVER`, else the one `scripts/test` installs.
+fn nats_server_bin() -> PathBuf {
+    let bin = std::env::var_os("CONVEYOR_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/nats-server")
+        });
+    assert!(
+        bin.exists(),
+        "no nats-server 2.10+ binary at {}: run the tests with `scripts/test`, which installs it (or set CONVEYOR_NATS_SERVER)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A nats-server of the test's own, with JetStream and a store that outlives restarts.
+pub(crate) struct OwnNats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    /// Starts a server on a free port with a fresh store.
+    pub(crate) async fn start() -> Self {
+        let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("nats")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&store).expect("store folder");
+        let mut nats = Self {
+            port: free_port(),
+            store,
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the server is gone at once (what it acknowledged is on disk).
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts it again on the same port with the same store; returns once it serves.
+    pub(crate) async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        let log = std::fs::File::create(self.store.with_extension("log")).expect("log file");
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                // JetStream answers once the store is recovered.
+                if async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A TCP proxy in front of Postgres. [`PgProxy::cut`] drops every connection through it and
+/// refuses new ones (Postgres "goes away"); [`PgProxy::restore`] lets them through again.
+pub(crate) struct PgProxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<Option<JoinSet<()>>>>,
+    upstream: String,
+}
+
+impl PgProxy {
+    /// A proxy to the Postgres of `database_url`.
+    pub(crate) async fn start(database_url: &str) -> Self {
+        let url = url::Url::parse(database_url).expect("DATABASE_URL is a URL");
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(5432)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let proxy = Self {
+            addr: listener.local_addr().expect("local addr"),
+            state: Arc::default(),
+            upstream,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `database_url` with its host and port replaced by the proxy's.
+    pub(crate) fn url(&self, database_url: &str) -> String {
+        let mut url = url::Url::parse(database_url).expect("DATABASE_URL is a URL");
+        url.set_host(Some("127.0.0.1")).expect("host");
+        url.set_port(Some(self.addr.port())).expect("port");
+        url.to_string()
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let mut tasks = JoinSet::new();
+        let upstream = self.upstream.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.state.lock().unwrap() = Some(tasks);
+    }
+
+    /// Drops every open connection and stops listening: connects are refused.
+    pub(crate) fn cut(&self) {
+        // Dropping the task set aborts the accept loop, whose own set aborts the connections.
+        self.state.lock().unwrap().take();
+    }
+
+    /// Listens again on the same address.
+    pub(crate) async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr).await.expect("bind again");
+        self.serve(listener);
+    }
+}
