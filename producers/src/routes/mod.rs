@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod batch;
+pub(crate) mod dashboard;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
@@ -28,6 +29,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(admin::router())
         .merge(health::router())
+        .merge(dashboard::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

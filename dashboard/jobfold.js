@@ -1,0 +1,101 @@
+// Folds a job's CloudEvents into the job as `GET /v1/jobs/{id}` shows it, the way the
+// projector does, so live views update rows in place instead of refetching them.
+
+import { TERMINAL, eventName } from './dom.js';
+
+/** A job known only from its `job.submitted` event. */
+export function fromSubmitted(ce) {
+  const d = ce.data ?? {};
+  return {
+    id: ce.subject,
+    kind: ce.jobkind,
+    status: 'queued',
+    attempt: 0,
+    max_attempts: d.max_attempts,
+    payload: d.payload ?? {},
+    progress: null,
+    result: null,
+    error: null,
+    trace_id: traceId(ce.traceparent),
+    created_at: ce.time,
+    started_at: null,
+    finished_at: null,
+    updated_at: ce.time,
+  };
+}
+
+export const traceId = (traceparent) => (traceparent ? traceparent.split('-')[1] : null);
+
+/** Applies one CloudEvent to `job` (changed in place); returns whether anything changed. */
+export function apply(job, ce) {
+  const name = eventName(ce.type).replace(/^job\./, '');
+  const d = ce.data ?? {};
+  // Terminal states are sticky, except that a re-drive brings a failed job back.
+  if (TERMINAL.has(job.status) && !(name === 'redriven' && job.status === 'failed')) return false;
+  // A snapshot read after this event already includes it.
+  if (job.updated_at && Date.parse(ce.time) < Date.parse(job.updated_at)) return false;
+  switch (name) {
+    case 'started':
+      if (d.attempt < job.attempt) return false;
+      Object.assign(job, { attempt: d.attempt, status: 'running', progress: null });
+      job.started_at ??= ce.time;
+      break;
+    case 'progressed':
+      if (d.attempt < job.attempt) return false;
+      job.progress = { current: d.current, total: d.total ?? null, message: d.message ?? null };
+      break;
+    case 'failed':
+      if (d.attempt < job.attempt) return false;
+      job.error = { ...d.error, attempt: d.attempt };
+      break;
+    case 'retry_scheduled':
+      if (d.next_attempt <= job.attempt) return false;
+      Object.assign(job, { status: 'retry_scheduled', run_at: d.run_at });
+      break;
+    case 'succeeded':
+      Object.assign(job, { status: 'succeeded', attempt: d.attempt, result: d.result ?? null, error: null, finished_at: ce.time });
+      break;
+    case 'dead_lettered':
+      Object.assign(job, { status: 'failed', attempt: d.attempt, error: { ...d.error, attempt: d.attempt, reason: d.reason }, finished_at: ce.time });
+      break;
+    case 'cancelled':
+      Object.assign(job, { status: 'cancelled', finished_at: ce.time });
+      break;
+    case 'redriven':
+      Object.assign(job, { status: 'queued', max_attempts: d.max_attempts, error: null, progress: null, finished_at: null, run_at: null });
+      break;
+    default:
+      return false; // submitted, cancel_requested: no change to the job's state
+  }
+  job.updated_at = ce.time;
+  return true;
+}
+
+/** A one-line summary of an event's data, for timelines and the event tail. */
+export function summary(ce) {
+  const d = ce.data ?? {};
+  switch (eventName(ce.type)) {
+    case 'job.submitted':
+      return `max ${d.max_attempts} attempts, timeout ${d.timeout_ms} ms${d.run_at ? `, at ${d.run_at}` : ''}`;
+    case 'job.started':
+      return `attempt ${d.attempt}${d.worker ? ` on ${d.worker}` : ''}`;
+    case 'job.progressed':
+      return `${d.current}${d.total ? ` / ${d.total}` : ''}${d.message ? `: ${d.message}` : ''}`;
+    case 'job.succeeded':
+      return `attempt ${d.attempt} in ${d.duration_ms} ms`;
+    case 'job.failed':
+      return `attempt ${d.attempt}: ${d.error?.message ?? ''}${d.will_retry ? ' (will retry)' : ''}`;
+    case 'job.retry_scheduled':
+      return `attempt ${d.next_attempt} in ${d.delay_ms} ms`;
+    case 'job.dead_lettered':
+      return `${d.reason ?? ''}: ${d.error?.message ?? ''}`;
+    case 'job.cancel_requested':
+      return d.reason ?? '';
+    case 'job.cancelled':
+      return d.attempt ? `during attempt ${d.attempt}` : 'before it started';
+    case 'job.redriven':
+      return `attempt ${d.next_attempt} of ${d.max_attempts}`;
+    default:
+      return '';
+  }
+}

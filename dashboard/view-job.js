@@ -1,0 +1,165 @@
+// One job: its state, payload, result or error, trace id, and the timeline of its CloudEvents
+// with the time between them, live; cancel while it runs, re-drive once dead-lettered.
+
+import { api, hasScope } from './api.js';
+import { TERMINAL, duration, eventName, h, ms, pre, progressBar, setProgress, shortId, statusBadge, time, toast } from './dom.js';
+import { apply, summary } from './jobfold.js';
+import { follow } from './sse.js';
+
+/** Timeline entries kept in the page (a job that reports progress often can have many). */
+const MAX_EVENTS = 2000;
+
+export function render(main, { id }) {
+  let job = null;
+  let stream = null;
+  let previous = null; // time of the last timeline entry
+  const seen = new Set(); // CloudEvent ids: a resumed stream never repeats one, a re-read might
+
+  const heading = h('h1', { tabIndex: -1 }, `Job ${shortId(id)}`);
+  const badge = h('span');
+  const facts = h('dl', { class: 'facts' });
+  const actions = h('div', { class: 'job-actions' });
+  const output = h('div');
+  const timeline = h('ol', { class: 'timeline', 'aria-live': 'polite', 'aria-relevant': 'additions' });
+  const conn = h('span', { class: 'conn', role: 'status' });
+  main.append(
+    h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '← Jobs')),
+    h('div', { class: 'title' }, heading, badge),
+    h('section', { class: 'card', 'aria-label': 'Job' }, facts, actions),
+    output,
+    h('section', { class: 'card', 'aria-labelledby': 'timeline-h' }, h('div', { class: 'title' }, h('h2', { id: 'timeline-h' }, 'Timeline'), conn), timeline),
+  );
+
+  const bar = progressBar({ status: 'queued' }, 'Progress');
+  const barText = h('span', { class: 'pct' });
+
+  load();
+  const ticker = setInterval(() => job && !job.finished_at && job.started_at && drawFacts(), 1000);
+  return () => {
+    clearInterval(ticker);
+    stream?.close();
+  };
+
+  async function load() {
+    try {
+      job = await api(`/v1/jobs/${id}`);
+    } catch (e) {
+      main.append(h('p', { class: 'error', role: 'alert' }, e.message));
+      return;
+    }
+    draw();
+    if (hasScope('events:read')) {
+      // The job's whole history from the log, then live (never ends at a terminal event, so a
+      // re-drive shows up too).
+      stream = follow(`/v1/events?job=${id}&after=0`, {
+        onEvent: ({ data }) => onEvent(data),
+        onState: (s, detail) => {
+          conn.textContent = s === 'live' ? '● live' : s === 'error' ? `not live: ${detail}` : `${s}…`;
+          conn.className = `conn ${s}`;
+        },
+      });
+    } else {
+      // Without events:read: the timeline as it stands, not live.
+      conn.textContent = 'not live (the token lacks events:read)';
+      api(`/v1/jobs/${id}/events`).then((list) => list.forEach(onEvent), (e) => toast(`Could not load the timeline: ${e.message}`, 'error'));
+    }
+  }
+
+  function onEvent(ce) {
+    if (!ce?.id || seen.has(ce.id)) return;
+    seen.add(ce.id);
+    addEntry(ce);
+    if (apply(job, ce)) draw();
+  }
+
+  function addEntry(ce) {
+    const at = ms(ce.time);
+    const gap = previous === null ? null : at - previous;
+    previous = at;
+    const name = eventName(ce.type);
+    timeline.append(
+      h(
+        'li',
+        { class: `ev e-${name.replace('job.', '')}`, 'data-type': name },
+        h('span', { class: 'when' }, time(ce.time), h('span', { class: 'gap', title: 'since the previous event' }, gap === null ? 'start' : `+${duration(gap)}`)),
+        h('strong', {}, name),
+        h('span', { class: 'what' }, summary(ce)),
+      ),
+    );
+    if (timeline.children.length > MAX_EVENTS) timeline.firstElementChild.remove();
+  }
+
+  function draw() {
+    badge.replaceChildren(statusBadge(job.status));
+    drawFacts();
+    drawActions();
+    drawOutput();
+  }
+
+  function drawFacts() {
+    setProgress(bar, job);
+    barText.textContent = (bar.dataset.pct ? `${bar.dataset.pct}%` : '') + (job.progress?.message ? ` ${job.progress.message}` : '');
+    const run = job.started_at ? (ms(job.finished_at) ?? Date.now()) - ms(job.started_at) : null;
+    const rows = [
+      ['ID', h('code', {}, job.id)],
+      ['Kind', job.kind],
+      ['Status', job.status.replace('_', ' ')],
+      ['Attempt', `${job.attempt} of ${job.max_attempts}`],
+      ['Progress', h('span', { class: 'progress' }, bar, barText)],
+      ['Created', time(job.created_at)],
+      ['Started', job.started_at ? time(job.started_at) : '–'],
+      ['Finished', job.finished_at ? time(job.finished_at) : '–'],
+      ['Run time', run === null ? '–' : duration(run)],
+      ['Trace id', job.trace_id ? h('code', { class: 'trace' }, job.trace_id) : '–'],
+    ];
+    if (job.run_at && !TERMINAL.has(job.status)) rows.push(['Runs at', time(job.run_at)]);
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  }
+
+  function drawActions() {
+    const canCancel = !TERMINAL.has(job.status) && hasScope('jobs:write');
+    const canRedrive = job.status === 'failed' && hasScope('admin');
+    // Rebuilt only when what is allowed changes, so focus stays on a button while progress ticks.
+    const key = `${canCancel}/${canRedrive}`;
+    if (actions.dataset.key === key) return;
+    actions.dataset.key = key;
+    const buttons = [];
+    if (canCancel) buttons.push(h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 'cancel', `/v1/jobs/${id}/cancel`) }, 'Cancel job'));
+    if (canRedrive) buttons.push(h('button', { type: 'button', onclick: (e) => act(e.currentTarget, 're-drive', `/v1/admin/dead-letters/${id}/redrive`) }, 'Re-drive'));
+    actions.replaceChildren(...buttons);
+  }
+
+  function drawOutput() {
+    const parts = [h('h2', {}, 'Payload'), pre(job.payload ?? {})];
+    if (job.status === 'succeeded') {
+      parts.push(h('h2', {}, 'Result'));
+      if (job.result_url) {
+        const holder = h('div', {}, h('button', { type: 'button', onclick: loadResult }, 'Load the stored result'));
+        parts.push(holder);
+        async function loadResult() {
+          try {
+            holder.replaceChildren(pre(await api(job.result_url)));
+          } catch (e) {
+            toast(e.message, 'error');
+          }
+        }
+      } else {
+        parts.push(pre(job.result));
+      }
+    }
+    if (job.error) parts.push(h('h2', {}, job.status === 'failed' ? 'Error' : 'Last error'), pre(job.error));
+    output.replaceChildren(h('section', { class: 'card', 'aria-label': 'Input and output' }, parts));
+  }
+
+  async function act(button, what, path) {
+    // Stays disabled until the job's new state replaces it.
+    button.disabled = true;
+    try {
+      await api(path, { method: 'POST' });
+      toast(what === 'cancel' ? 'Cancellation requested' : 'Queued again');
+    } catch (e) {
+      toast(`Could not ${what}: ${e.message}`, 'error');
+      button.disabled = false;
+    }
+  }
+}

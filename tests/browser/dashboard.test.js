@@ -1,0 +1,361 @@
+// The dashboard in headless Chromium against a real `conveyor dev`: every flow a user has, with
+// assertions on what the page shows, a screenshot of each page (target/screenshots/), and no
+// console error allowed anywhere.
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { Conveyor, ROOT } from './conveyor.js';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = join(ROOT, 'target', 'screenshots');
+const WAIT = 30_000;
+
+let conveyor;
+let browser;
+let page;
+let token;
+let sleepJob; // the job the first jobs test ran, looked at again later
+const problems = []; // console errors and uncaught page errors
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  conveyor = await Conveyor.start();
+  token = conveyor.token();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.setDefaultTimeout(WAIT);
+  page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+});
+
+after(async () => {
+  await browser?.close();
+  await conveyor?.stop();
+});
+
+/** Fails the current test on any console or page error since the last check. */
+function noProblems() {
+  const seen = problems.splice(0);
+  assert.deepEqual(seen, [], 'the page logged errors');
+}
+
+async function shot(name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+/** Every form control and button on the page has an accessible name. */
+async function everyControlNamed() {
+  const unnamed = await page.evaluate(() =>
+    [...document.querySelectorAll('input, select, textarea, button, progress')]
+      .filter((el) => el.offsetParent !== null || el.getClientRects().length)
+      .filter((el) => {
+        const byLabel = el.labels && [...el.labels].some((l) => l.textContent.trim());
+        const byAria = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+        const byText = el.tagName === 'BUTTON' && el.textContent.trim();
+        return !(byLabel || byAria || byText);
+      })
+      .map((el) => el.outerHTML.slice(0, 120)),
+  );
+  assert.deepEqual(unnamed, [], 'controls without an accessible name');
+}
+
+/** Polls `fn` until it returns something truthy. */
+async function until(fn, what, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const row = (id) => page.locator(`tr[data-job-id="${id}"]`);
+const heading = (name) => page.getByRole('heading', { level: 1, name });
+const nav = (name) => page.locator('#nav').getByRole('link', { name, exact: true });
+
+async function submitFromForm(kind, payload, maxAttempts) {
+  await page.getByLabel('Kind', { exact: true }).first().selectOption(kind);
+  await page.getByLabel('Payload (JSON)').fill(JSON.stringify(payload));
+  if (maxAttempts) await page.getByLabel('Max attempts').fill(String(maxAttempts));
+  const accepted = page.waitForResponse((r) => r.url().endsWith('/v1/jobs') && r.request().method() === 'POST');
+  await page.getByRole('button', { name: 'Submit job' }).click();
+  const res = await accepted;
+  assert.equal(res.status(), 202);
+  return (await res.json()).id;
+}
+
+test('the API process serves the dashboard with strict headers, beside the API', async () => {
+  const index = await fetch(`${conveyor.url}/`);
+  assert.equal(index.status, 200);
+  assert.match(index.headers.get('content-type'), /^text\/html/);
+  assert.match(index.headers.get('content-security-policy'), /script-src 'self'/);
+  assert.equal(index.headers.get('cache-control'), 'no-cache');
+  const html = await index.text();
+  const script = html.match(/src="(\/ui\/[0-9a-f]+\/app\.js)"/)[1];
+  const js = await fetch(conveyor.url + script);
+  assert.match(js.headers.get('content-type'), /^text\/javascript/);
+  assert.match(js.headers.get('cache-control'), /immutable/);
+  assert.equal((await fetch(`${conveyor.url}/ui/x/nope.js`)).status, 404);
+  // The API, health and OpenAPI routes are untouched.
+  assert.equal((await fetch(`${conveyor.url}/healthz`)).status, 200);
+  assert.equal((await fetch(`${conveyor.url}/openapi.json`)).status, 200);
+  assert.equal((await fetch(`${conveyor.url}/v1/jobs`)).status, 401);
+});
+
+test('sign in: a bad token is refused inline, a good one opens the jobs page', async () => {
+  await page.goto(conveyor.url);
+  await heading('Sign in').waitFor();
+  await everyControlNamed();
+  await page.getByLabel('Bearer token').fill('not-a-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('alert').filter({ hasText: 'invalid token' }).waitFor();
+  await shot('1-sign-in');
+  problems.splice(0); // the refused token's 401 is logged by Chromium as a failed resource load
+  await page.getByLabel('Bearer token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await heading('Jobs').waitFor();
+  await page.getByText('acme', { exact: false }).first().waitFor();
+  noProblems();
+});
+
+test('jobs: a sleep job submitted from the form runs to 100% and succeeds, live', async () => {
+  await page.locator('.conn.live').first().waitFor();
+  // Inline validation against the kind's schema, before anything is sent.
+  await page.getByLabel('Kind', { exact: true }).first().selectOption('sleep');
+  await page.getByLabel('Payload (JSON)').fill('{"ms": "soon"}');
+  await page.locator('#payload-errors').getByText('payload.ms must be integer').waitFor();
+  await page.getByLabel('Payload (JSON)').fill('{"ms": 10,');
+  await page.locator('#payload-errors').getByText('Not valid JSON').waitFor();
+  await page.getByLabel('Payload (JSON)').fill('{"ms": 10, "steps": 0}');
+  await page.locator('#payload-errors').getByText('payload.steps must be at least 1').waitFor();
+  await everyControlNamed();
+
+  // Mark the document: a reload would lose the mark.
+  await page.evaluate(() => (window.notReloaded = true));
+  const id = await submitFromForm('sleep', { ms: 3000, steps: 4 });
+  await row(id).waitFor();
+  // Record every value the row's progress bar takes.
+  await page.evaluate((id) => {
+    const bar = document.querySelector(`tr[data-job-id="${id}"] progress`);
+    window.seen = [];
+    new MutationObserver(() => window.seen.push(bar.dataset.pct)).observe(bar, { attributes: true, attributeFilter: ['data-pct'] });
+  }, id);
+  await page.locator(`tr[data-job-id="${id}"][data-status="running"]`).waitFor();
+  await shot('2-jobs-running');
+  await page.locator(`tr[data-job-id="${id}"][data-status="succeeded"]`).waitFor();
+  assert.equal(await row(id).locator('progress').getAttribute('data-pct'), '100');
+  assert.equal(await row(id).locator('.pct').textContent(), '100%');
+  const seen = await page.evaluate(() => window.seen);
+  assert.ok(seen.some((p) => p > 0 && p < 100), `the bar moved through intermediate values: ${seen}`);
+  assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page was not reloaded');
+  assert.equal(await row(id).locator('td[data-label="Attempt"]').textContent(), '1 / 3');
+  await shot('3-jobs');
+  noProblems();
+  sleepJob = id;
+});
+
+test('job page: the timeline of CloudEvents with the time between them', async () => {
+  const id = sleepJob;
+  await row(id).getByRole('link').click();
+  await heading(/^Job /).waitFor();
+  const entries = page.locator('.timeline li');
+  await until(async () => (await entries.count()) >= 7, 'seven timeline entries');
+  const types = await entries.evaluateAll((lis) => lis.map((li) => li.dataset.type));
+  assert.deepEqual(types, ['job.submitted', 'job.started', 'job.progressed', 'job.progressed', 'job.progressed', 'job.progressed', 'job.succeeded']);
+  const gaps = await page.locator('.timeline .gap').allTextContents();
+  assert.equal(gaps[0], 'start');
+  assert.ok(gaps.slice(1).every((g) => /^\+\d/.test(g)), `gaps: ${gaps}`);
+  const job = (await conveyor.call(token, `/v1/jobs/${id}`)).body;
+  await page.getByText(job.trace_id).waitFor();
+  assert.match(await page.locator('.facts .pct').textContent(), /^100% step 4 of 4/);
+  await page.getByText('"slept_ms": 3000').waitFor();
+  await everyControlNamed();
+  await shot('4-job-timeline');
+  noProblems();
+});
+
+test('jobs: cancel a running job from its row', async () => {
+  await nav('Jobs').click();
+  await heading('Jobs').waitFor();
+  await page.locator('.conn.live').first().waitFor();
+  const id = await submitFromForm('sleep', { ms: 60000, steps: 60 });
+  await page.locator(`tr[data-job-id="${id}"][data-status="running"]`).waitFor();
+  await row(id).getByRole('button', { name: /^Cancel job/ }).click();
+  await page.locator(`tr[data-job-id="${id}"][data-status="cancelled"]`).waitFor();
+  await row(id).getByText('cancelled').waitFor();
+  assert.equal(await row(id).getByRole('button').count(), 0, 'an ended job has no cancel button');
+  // Filters: only cancelled jobs (the one just cancelled is there even if the read model has
+  // not caught up), then only succeeded ones, which a job joins live when it succeeds.
+  await page.getByLabel('Status').selectOption('cancelled');
+  await until(async () => (await page.locator('tbody tr').count()) === 1, 'one cancelled job listed');
+  await row(id).waitFor();
+  await page.getByLabel('Status').selectOption('succeeded');
+  await page.locator('.conn.live').first().waitFor();
+  const later = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id;
+  await page.locator(`tr[data-job-id="${later}"][data-status="succeeded"]`).waitFor();
+  assert.equal(await page.locator('tbody tr[data-status="cancelled"]').count(), 0);
+  await page.getByLabel('Status').selectOption('');
+  noProblems();
+});
+
+test('operations: a dead-lettered job is re-driven from the dead letters', async () => {
+  // Fails its one attempt, so it is dead-lettered; the second attempt, after a re-drive, succeeds.
+  const id = await submitFromForm('flaky', { fail_times: 1 }, 1);
+  await page.locator(`tr[data-job-id="${id}"][data-status="failed"]`).waitFor();
+  await nav('Operations').click();
+  await heading('Operations').waitFor();
+  const dead = page.locator(`section[aria-labelledby="dl-h"] tr[data-job-id="${id}"]`);
+  await dead.waitFor();
+  await dead.getByRole('cell', { name: 'flaky', exact: true }).waitFor();
+  await page.locator('[data-projection="jobs"]').first().waitFor();
+  await dead.getByRole('checkbox').check();
+  await shot('5-operations-dead-letters');
+  await page.getByRole('button', { name: 'Re-drive 1 selected' }).click();
+  await dead.waitFor({ state: 'detached' });
+  await page.getByText('No dead letters.').waitFor();
+  // The job's timeline shows the dead letter, the re-drive and the attempt that succeeded.
+  await page.goto(`${conveyor.url}/#/jobs/${id}`);
+  await page.locator('.timeline li[data-type="job.succeeded"]').waitFor();
+  const types = await page.locator('.timeline li').evaluateAll((lis) => lis.map((li) => li.dataset.type));
+  assert.deepEqual(types, ['job.submitted', 'job.started', 'job.failed', 'job.dead_lettered', 'job.redriven', 'job.started', 'job.succeeded']);
+  await page.locator('.title .badge.s-succeeded').waitFor();
+  noProblems();
+});
+
+test('job page: re-drive a dead-lettered job from its page', async () => {
+  const id = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'fail', payload: { message: 'still broken' }, max_attempts: 1 } })).body.id;
+  await page.goto(`${conveyor.url}/#/jobs/${id}`);
+  await page.locator('.timeline li[data-type="job.dead_lettered"]').waitFor();
+  await page.locator('.title .badge.s-failed').waitFor();
+  await page.getByText('"message": "still broken"').first().waitFor();
+  await page.getByRole('button', { name: 'Re-drive' }).click();
+  await page.locator('.timeline li[data-type="job.redriven"]').waitFor();
+  // Kind `fail` fails again: a second dead letter, and the button is back.
+  await until(async () => (await page.locator('.timeline li[data-type="job.dead_lettered"]').count()) === 2, 'a second dead letter');
+  await page.getByRole('button', { name: 'Re-drive' }).waitFor();
+  await page.locator('.facts').getByText('2 of 2').waitFor();
+  await shot('5b-job-dead-lettered');
+  noProblems();
+});
+
+test('operations: projections rebuild with progress; consumers; charts from /metrics', async () => {
+  await nav('Operations').click();
+  await heading('Operations').waitFor();
+  const before = (await conveyor.call(token, '/v1/admin/projections')).body.items[0].version;
+  await page.getByRole('button', { name: 'Rebuild read models' }).click();
+  await page.getByText(/Rebuilding the read models into version/).waitFor();
+  await page.locator(`[data-projection="jobs"][data-state="live"] td:nth-child(2)`, { hasText: String(before + 1) }).waitFor();
+  await page.locator('[data-consumer]').first().waitFor();
+  // Charts need scrapes with traffic between them: jobs submitted now show up as a rate and a
+  // latency, drawn as lines once there are two points.
+  for (let i = 0; i < 3; i++) await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } });
+  await page.locator('.legend li', { hasText: /^submitted: (?!0\/s)\S+\/s$/ }).waitFor();
+  await page.locator('.legend li', { hasText: /^latency p50: \d\S*s$/ }).waitFor();
+  await until(async () => (await page.locator('svg.chart path[d*="L"]').count()) > 0, 'a line on a chart');
+  await everyControlNamed();
+  await shot('6-operations');
+  noProblems();
+});
+
+test('event stream: a live tail with type filters, paused and resumed from the last id', async () => {
+  await nav('Events').click();
+  await heading('Event stream').waitFor();
+  await page.locator('.conn.live').waitFor();
+  const submit = async () => (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id;
+  const rowsOf = (id) => page.locator(`tbody tr:has(a[href="#/jobs/${id}"])`);
+
+  const first = await submit();
+  await rowsOf(first).filter({ hasText: 'job.succeeded' }).waitFor();
+  assert.ok((await rowsOf(first).count()) >= 3, 'submitted, started, succeeded');
+
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await page.getByText(/^paused after #\d+/).waitFor();
+  const whilePaused = await submit();
+  await conveyor.call(token, `/v1/jobs/${whilePaused}`); // it exists, and ran
+  await until(async () => (await conveyor.call(token, `/v1/jobs/${whilePaused}`)).body.status === 'succeeded', 'the job to succeed');
+  assert.equal(await rowsOf(whilePaused).count(), 0, 'nothing arrives while paused');
+  await page.getByRole('button', { name: 'Resume' }).click();
+  await rowsOf(whilePaused).filter({ hasText: 'job.succeeded' }).waitFor();
+  await rowsOf(whilePaused).filter({ hasText: 'job.submitted' }).waitFor();
+
+  // Only succeeded events.
+  await page.getByRole('button', { name: 'None' }).click();
+  await page.getByLabel('succeeded').check();
+  await page.locator('.conn.live').waitFor();
+  const filtered = await submit();
+  await rowsOf(filtered).filter({ hasText: 'job.succeeded' }).waitFor();
+  assert.equal(await rowsOf(filtered).count(), 1, 'only job.succeeded');
+  await everyControlNamed();
+  await shot('7-events');
+  noProblems();
+});
+
+test('jobs: filter by kind and page through older jobs', async () => {
+  const ids = [];
+  for (let i = 0; i < 30; i++) ids.push((await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id);
+  // Lists come from the read model: wait until it has every one of them.
+  const listed = async () => (await conveyor.call(token, '/v1/jobs?kind=noop&limit=500')).body.items.map((j) => j.id);
+  const total = (await until(async () => {
+    const all = await listed();
+    return ids.every((id) => all.includes(id)) && all;
+  }, 'the projector to list the new jobs')).length;
+  await nav('Jobs').click();
+  await heading('Jobs').waitFor();
+  await page.getByLabel('Kind', { exact: true }).nth(1).selectOption('noop');
+  const rows = page.locator('table.jobs tbody tr');
+  await until(async () => (await rows.count()) === 25, 'a first page of 25 noop jobs');
+  assert.deepEqual([...new Set(await rows.locator('td[data-label="Kind"]').allTextContents())], ['noop']);
+  const newest = await rows.first().getAttribute('data-job-id');
+  await page.getByRole('button', { name: 'Older' }).click();
+  await page.getByText('page 2').waitFor();
+  await until(async () => (await rows.count()) === Math.min(25, total - 25), 'the second page');
+  assert.equal(await page.locator(`table.jobs tr[data-job-id="${newest}"]`).count(), 0, 'page 2 holds other jobs');
+  await page.getByRole('button', { name: 'Newer' }).click();
+  await page.getByText('newest').waitFor();
+  await row(newest).waitFor();
+  await page.getByLabel('Kind', { exact: true }).nth(1).selectOption('');
+  noProblems();
+});
+
+test('phone width: the jobs page fits 390 px and stays usable', async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  await nav('Jobs').click();
+  await heading('Jobs').waitFor();
+  await page.locator('tbody tr').first().waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow} px wider than the screen`);
+  await page.getByRole('button', { name: 'Submit job' }).waitFor();
+  await shot('8-jobs-phone');
+  await page.goto(`${conveyor.url}/#/jobs/${sleepJob}`);
+  await page.locator('.timeline li').first().waitFor();
+  assert.ok((await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)) <= 0, 'job page fits');
+  await shot('9-job-phone');
+  noProblems();
+});
+
+test('keyboard: the navigation and the submit form work without a mouse', async () => {
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.goto(`${conveyor.url}/#/events`);
+  await heading('Event stream').waitFor();
+  await page.locator('#nav a[href="#/jobs"]').focus();
+  await page.keyboard.press('Enter');
+  await heading('Jobs').waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.tagName), 'H1', 'focus moves to the new page');
+  await page.getByLabel('Payload (JSON)').focus();
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('{"ms": 1}');
+  await page.keyboard.press('Tab'); // to the submit button
+  const accepted = page.waitForResponse((r) => r.url().endsWith('/v1/jobs') && r.request().method() === 'POST');
+  await page.keyboard.press('Enter');
+  assert.equal((await accepted).status(), 202);
+  noProblems();
+});

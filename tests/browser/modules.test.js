@@ -1,0 +1,102 @@
+// The dashboard's pure modules, in Node: the SSE parser, Prometheus arithmetic, payload
+// validation and the job fold.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { apply, fromSubmitted } from '../../dashboard/jobfold.js';
+import { Window, parse } from '../../dashboard/metrics.js';
+import { describe, template, validate } from '../../dashboard/schema.js';
+import { read } from '../../dashboard/sse.js';
+
+/** A body that delivers `chunks` one by one, as a network would. */
+const body = (chunks) =>
+  new ReadableStream({
+    start(c) {
+      for (const chunk of chunks) c.enqueue(new TextEncoder().encode(chunk));
+      c.close();
+    },
+  });
+
+test('SSE: ids, event names, multi-line data, comments, and lines split across chunks', async () => {
+  const events = [];
+  await read(
+    body([': keep-alive\n\n', 'id: 7\nevent: job.sta', 'rted\ndata: {"a":', '1}\n\r', '\nid: 8\ndata: x\ndata: y\n\n', 'event: resume\ndata: {"last_event_id":"8"}\n\n', 'data: never finished']),
+    (e) => events.push(e),
+  );
+  assert.deepEqual(events, [
+    { id: '7', event: 'job.started', data: '{"a":1}' },
+    { id: '8', event: undefined, data: 'x\ny' },
+    { id: undefined, event: 'resume', data: '{"last_event_id":"8"}' },
+  ]);
+});
+
+const scrape = (text) => parse(text.trim().replace(/^\s+/gm, ''));
+
+test('metrics: counter rates, resets, and histogram quantiles between two scrapes', () => {
+  const before = scrape(`
+    # TYPE conveyor_job_attempts_total counter
+    conveyor_job_attempts_total{kind="sleep",outcome="succeeded"} 10
+    conveyor_job_attempts_total{kind="noop",outcome="succeeded"} 5
+    conveyor_job_attempts_total{kind="fail",outcome="failed"} 100
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="0.1"} 0
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="1"} 0
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="+Inf"} 0`);
+  const after = scrape(`
+    conveyor_job_attempts_total{kind="sleep",outcome="succeeded"} 16
+    conveyor_job_attempts_total{kind="noop",outcome="succeeded"} 9
+    conveyor_job_attempts_total{kind="fail",outcome="failed"} 3
+    conveyor_job_attempts_total{kind="new",outcome="succeeded"} 50
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="0.1"} 50
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="1"} 100
+    conveyor_job_latency_seconds_bucket{kind="sleep",le="+Inf"} 100
+    conveyor_jobs_running{kind="sleep"} 2
+    conveyor_jobs_running{kind="noop"} 1`);
+  const w = new Window(before, after, 2);
+  // (6 + 4 + 50) / 2 s: a series new in this scrape counts from zero.
+  assert.equal(w.rate('conveyor_job_attempts_total', (l) => l.outcome === 'succeeded'), 30);
+  assert.equal(w.rate('conveyor_job_attempts_total', (l) => l.outcome === 'failed'), 1.5, 'a reset counter counts from zero');
+  assert.equal(w.quantile('conveyor_job_latency_seconds', 0.5), 0.1);
+  assert.ok(Math.abs(w.quantile('conveyor_job_latency_seconds', 0.75) - 0.55) < 1e-9);
+  assert.equal(w.quantile('conveyor_job_duration_seconds', 0.5), null, 'no observations');
+  assert.equal(w.gauge('conveyor_jobs_running'), 3);
+  assert.deepEqual(parse('x{a="q\\"uote"} +Inf')[0], { name: 'x', labels: { a: 'q"uote' }, value: Infinity });
+});
+
+const sleep = {
+  type: ['object', 'null'],
+  properties: {
+    ms: { type: 'integer', minimum: 0, maximum: 3600000, description: 'Total time.' },
+    steps: { type: 'integer', minimum: 1, default: 1 },
+  },
+  required: ['ms'],
+  additionalProperties: false,
+};
+
+test('schema: the checks the submit form shows inline', () => {
+  assert.deepEqual(validate(sleep, { ms: 10 }), []);
+  assert.deepEqual(validate(sleep, null), []);
+  const messages = (v) => validate(sleep, v).map((e) => e.message);
+  assert.deepEqual(messages({}), ['payload.ms is required']);
+  assert.deepEqual(messages({ ms: 1.5 }), ['payload.ms must be integer, not number']);
+  assert.deepEqual(messages({ ms: -1, steps: 0 }), ['payload.ms must be at least 0', 'payload.steps must be at least 1']);
+  assert.deepEqual(messages({ ms: 1, bogus: true }), ['payload.bogus is not a known field (known: ms, steps)']);
+  assert.deepEqual(messages('x'), ['payload must be object or null, not string']);
+  assert.deepEqual(template(sleep), { ms: 0, steps: 1 });
+  assert.deepEqual(describe(sleep), ['ms (integer, required): Total time.', 'steps (integer, default 1)']);
+});
+
+test('job fold: events change a job as the projector does', () => {
+  const ce = (type, data, time) => ({ type: `dev.conveyor.job.${type}`, subject: 'j1', jobkind: 'sleep', time, data });
+  const job = fromSubmitted(ce('submitted', { max_attempts: 2, payload: { ms: 1 } }, '2026-01-01T00:00:00Z'));
+  assert.equal(job.status, 'queued');
+  apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z'));
+  apply(job, ce('progressed', { attempt: 1, current: 1, total: 2 }, '2026-01-01T00:00:02Z'));
+  assert.deepEqual([job.status, job.progress.current], ['running', 1]);
+  assert.equal(apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z')), false, 'an event older than the snapshot');
+  apply(job, ce('dead_lettered', { attempt: 1, reason: 'attempts', error: { message: 'x' } }, '2026-01-01T00:00:03Z'));
+  assert.equal(job.status, 'failed');
+  assert.equal(apply(job, ce('started', { attempt: 2 }, '2026-01-01T00:00:04Z')), false, 'terminal states are sticky');
+  apply(job, ce('redriven', { next_attempt: 2, max_attempts: 3 }, '2026-01-01T00:00:05Z'));
+  assert.deepEqual([job.status, job.max_attempts, job.error], ['queued', 3, null]);
+});
