@@ -70,7 +70,8 @@ pub(crate) async fn submit_single(
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, url, token, hist) = (http.clone(), url.to_owned(), token.to_owned(), hist.clone());
+            let (http, url, token, hist) =
+                (http.clone(), url.to_owned(), token.to_owned(), hist.clone());
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
@@ -95,7 +96,12 @@ pub(crate) async fn submit_single(
 }
 
 /// One `POST /v1/jobs/batch` of `n` no-op jobs; how many were accepted.
-async fn submit_batch_once(http: &reqwest::Client, url: &str, token: &str, n: usize) -> anyhow::Result<u64> {
+async fn submit_batch_once(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    n: usize,
+) -> anyhow::Result<u64> {
     let jobs: Vec<Value> = (0..n).map(|_| json!({ "kind": "noop" })).collect();
     let res = http
         .post(format!("{url}/v1/jobs/batch"))
@@ -206,7 +212,7 @@ pub(crate) async fn end_to_end(
         let now = succeeded(db).await?;
         done.store(now, Ordering::Relaxed);
         ticks += 1;
-        if ticks % 5 == 0 {
+        if ticks.is_multiple_of(5) {
             sample();
         }
         match window {
@@ -218,7 +224,12 @@ pub(crate) async fn end_to_end(
                 }
                 let rate = (now - from) as f64 / since.elapsed().as_secs_f64();
                 // Let the backlog drain so the next figure starts from a quiet system.
-                drain(db, accepted.load(Ordering::Relaxed), Duration::from_secs(300)).await?;
+                drain(
+                    db,
+                    accepted.load(Ordering::Relaxed),
+                    Duration::from_secs(300),
+                )
+                .await?;
                 return Ok((rate, accepted.load(Ordering::Relaxed)));
             }
             _ => {}
@@ -252,7 +263,9 @@ pub(crate) async fn paced(
     // Checkpoint announcements, in order, with when they arrived.
     let checkpoints: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
     let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
-    listener.listen(consumers::projector::CHECKPOINT_CHANNEL).await?;
+    listener
+        .listen(consumers::projector::CHECKPOINT_CHANNEL)
+        .await?;
     let cps = checkpoints.clone();
     let listening = tokio::spawn(async move {
         while let Ok(n) = listener.recv().await {
@@ -270,7 +283,9 @@ pub(crate) async fn paced(
                 .follow("/v1/events?type=job.succeeded", None, None, |ev| {
                     let received = Utc::now();
                     let ce: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                    let published = ce["time"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+                    let published = ce["time"]
+                        .as_str()
+                        .and_then(|t| t.parse::<DateTime<Utc>>().ok());
                     let us = published
                         .and_then(|p| (received - p).num_microseconds())
                         .unwrap_or(0)
@@ -279,7 +294,10 @@ pub(crate) async fn paced(
                         ce["subject"].as_str(),
                         ev.id.as_deref().and_then(|i| i.parse::<i64>().ok()),
                     ) {
-                        succeeded.lock().expect("map").insert(job.to_owned(), (seq, us));
+                        succeeded
+                            .lock()
+                            .expect("map")
+                            .insert(job.to_owned(), (seq, us));
                     }
                     true
                 })
@@ -297,12 +315,20 @@ pub(crate) async fn paced(
     for i in 0..n {
         tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
         let permit = slots.clone().acquire_owned().await?;
-        let (http, url, token, accepted) = (http.clone(), url.to_owned(), token.to_owned(), accepted.clone());
+        let (http, url, token, accepted) = (
+            http.clone(),
+            url.to_owned(),
+            token.to_owned(),
+            accepted.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let id = submit(&http, &url, &token).await?;
             let took = t.elapsed().as_micros() as u64;
-            accepted.lock().expect("accepted").push((id, Instant::now(), took));
+            accepted
+                .lock()
+                .expect("accepted")
+                .push((id, Instant::now(), took));
             drop(permit);
             anyhow::Ok(())
         }));
@@ -317,15 +343,24 @@ pub(crate) async fn paced(
         let all_seen = {
             let s = succeeded.lock().expect("map");
             let a = accepted.lock().expect("accepted");
-            a.iter().all(|(id, _, _)| s.contains_key(id))
+            a.iter()
+                .all(|(id, _, _)| s.contains_key(id))
                 .then(|| a.iter().map(|(id, _, _)| s[id].0).max().unwrap_or(0))
         };
         if let Some(last) = all_seen {
-            if checkpoints.lock().expect("checkpoints").last().is_some_and(|(_, c)| *c >= last) {
+            if checkpoints
+                .lock()
+                .expect("checkpoints")
+                .last()
+                .is_some_and(|(_, c)| *c >= last)
+            {
                 break;
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "not every job became visible within 120 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every job became visible within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     follower.abort();
@@ -350,10 +385,17 @@ pub(crate) async fn paced(
 }
 
 /// Figure 5: memory added to the API by `n` idle SSE subscribers (bytes).
-pub(crate) async fn idle_subscribers(url: &str, token: &str, n: usize, api: &crate::procs::Proc) -> anyhow::Result<u64> {
+pub(crate) async fn idle_subscribers(
+    url: &str,
+    token: &str,
+    n: usize,
+    api: &crate::procs::Proc,
+) -> anyhow::Result<u64> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = api.rss();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let mut open = Vec::with_capacity(n);
     for _ in 0..n {
         let res = http
@@ -361,7 +403,11 @@ pub(crate) async fn idle_subscribers(url: &str, token: &str, n: usize, api: &cra
             .bearer_auth(token)
             .send()
             .await?;
-        anyhow::ensure!(res.status().is_success(), "subscriber refused: {}", res.status());
+        anyhow::ensure!(
+            res.status().is_success(),
+            "subscriber refused: {}",
+            res.status()
+        );
         open.push(res);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -371,7 +417,11 @@ pub(crate) async fn idle_subscribers(url: &str, token: &str, n: usize, api: &cra
 }
 
 /// Waits out `futures` with a bound, so a stuck phase fails the run instead of hanging it.
-pub(crate) async fn bounded<T>(what: &str, within: Duration, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) async fn bounded<T>(
+    what: &str,
+    within: Duration,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     tokio::time::timeout(within, f)
         .await
         .with_context(|| format!("{what} did not finish within {within:?}"))?

@@ -138,7 +138,12 @@ impl Suite {
             let rate = raw::publish_per_message_ack(&nats.url, 64, self.plan.raw).await?;
             self.results.add(&format!("raw.publish.{key}"), rate);
         }
-        eprintln!("  raw JetStream publish, 64 publishers, ack per message: {}", self.results.get(&format!("raw.publish.{key}")).show(0, "/s"));
+        eprintln!(
+            "  raw JetStream publish, 64 publishers, ack per message: {}",
+            self.results
+                .get(&format!("raw.publish.{key}"))
+                .show(0, "/s")
+        );
         Ok(())
     }
 
@@ -151,27 +156,48 @@ impl Suite {
             let db = sqlx::PgPool::connect(&setup.database_url).await?;
             if sync == Sync::Default && run == 0 {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                for (name, rss) in ["api", "worker", "projector", "notifier"].iter().zip(roles.rss()) {
+                for (name, rss) in ["api", "worker", "projector", "notifier"]
+                    .iter()
+                    .zip(roles.rss())
+                {
                     self.results.add(&format!("rss.idle.{name}"), rss as f64);
                 }
             }
-            let (rate, lat, n1) = load::bounded("single submissions", self.plan.submit * 4, load::submit_single(&roles.url, &token, 64, self.plan.submit)).await?;
+            let (rate, lat, n1) = load::bounded(
+                "single submissions",
+                self.plan.submit * 4,
+                load::submit_single(&roles.url, &token, 64, self.plan.submit),
+            )
+            .await?;
             self.results.add(&format!("submit.rate.{key}"), rate);
             self.results.add(&format!("submit.p50.{key}"), lat.p50);
             self.results.add(&format!("submit.p99.{key}"), lat.p99);
             load::drain(&db, n1, Duration::from_secs(300)).await?;
-            let (rate, n2) = load::bounded("batch submissions", self.plan.batch * 4, load::submit_batch(&roles.url, &token, 4, self.plan.batch)).await?;
+            let (rate, n2) = load::bounded(
+                "batch submissions",
+                self.plan.batch * 4,
+                load::submit_batch(&roles.url, &token, 4, self.plan.batch),
+            )
+            .await?;
             self.results.add(&format!("batch.rate.{key}"), rate);
             load::drain(&db, n1 + n2, Duration::from_secs(300)).await?;
             let mut peak = [0u64; 4];
             let (e2e, total) = load::bounded(
                 "end to end",
                 self.plan.e2e * 3 + Duration::from_secs(300),
-                load::end_to_end(&roles.url, &token, &db, n1 + n2, 20_000, self.plan.e2e, || {
-                    for (p, now) in peak.iter_mut().zip(roles.rss()) {
-                        *p = (*p).max(now);
-                    }
-                }),
+                load::end_to_end(
+                    &roles.url,
+                    &token,
+                    &db,
+                    n1 + n2,
+                    20_000,
+                    self.plan.e2e,
+                    || {
+                        for (p, now) in peak.iter_mut().zip(roles.rss()) {
+                            *p = (*p).max(now);
+                        }
+                    },
+                ),
             )
             .await?;
             self.results.add(&format!("e2e.rate.{key}"), e2e);
@@ -183,16 +209,28 @@ impl Suite {
             let paced = load::bounded(
                 "paced submissions",
                 self.plan.paced * 4 + Duration::from_secs(120),
-                load::paced(&roles.url, &token, &setup.database_url, e2e / 2.0, self.plan.paced),
+                load::paced(
+                    &roles.url,
+                    &token,
+                    &setup.database_url,
+                    e2e / 2.0,
+                    self.plan.paced,
+                ),
             )
             .await?;
             self.results.add(&format!("paced.rate.{key}"), paced.rate);
-            self.results.add(&format!("paced.submit.p50.{key}"), paced.submit.p50);
-            self.results.add(&format!("paced.submit.p99.{key}"), paced.submit.p99);
-            self.results.add(&format!("paced.visible.p50.{key}"), paced.visible.p50);
-            self.results.add(&format!("paced.visible.p99.{key}"), paced.visible.p99);
-            self.results.add(&format!("notify.p50.{key}"), paced.notify.p50);
-            self.results.add(&format!("notify.p99.{key}"), paced.notify.p99);
+            self.results
+                .add(&format!("paced.submit.p50.{key}"), paced.submit.p50);
+            self.results
+                .add(&format!("paced.submit.p99.{key}"), paced.submit.p99);
+            self.results
+                .add(&format!("paced.visible.p50.{key}"), paced.visible.p50);
+            self.results
+                .add(&format!("paced.visible.p99.{key}"), paced.visible.p99);
+            self.results
+                .add(&format!("notify.p50.{key}"), paced.notify.p50);
+            self.results
+                .add(&format!("notify.p99.{key}"), paced.notify.p99);
             eprintln!(
                 "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, end to end {e2e:.0} jobs/s ({total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
                 run + 1, rate_of(&self.results, &format!("submit.rate.{key}")), lat.p99,
@@ -205,7 +243,11 @@ impl Suite {
             // reports for itself.
             let rate = self.drain(nats, key).await?;
             self.results.add(&format!("drain.rate.{key}"), rate);
-            eprintln!("  run {}: drain of {} queued jobs: {rate:.0} jobs/s", run + 1, self.plan.drain_jobs);
+            eprintln!(
+                "  run {}: drain of {} queued jobs: {rate:.0} jobs/s",
+                run + 1,
+                self.plan.drain_jobs
+            );
         }
         Ok(())
     }
@@ -223,7 +265,9 @@ impl Suite {
         let mut queued = 0;
         while queued < self.plan.drain_jobs {
             let n = (self.plan.drain_jobs - queued).min(1000) as usize;
-            let jobs: Vec<serde_json::Value> = (0..n).map(|_| serde_json::json!({ "kind": "noop" })).collect();
+            let jobs: Vec<serde_json::Value> = (0..n)
+                .map(|_| serde_json::json!({ "kind": "noop" }))
+                .collect();
             let res = http
                 .post(format!("{url}/v1/jobs/batch"))
                 .bearer_auth(&token)
@@ -250,14 +294,26 @@ impl Suite {
         for run in 0..self.plan.runs {
             let raw = raw::ordered_read(&nats.url, &stream, self.plan.replay_events).await?;
             self.results.add("raw.read", raw);
-            let db = procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}_{run}")).await?;
+            let db = procs::fresh_database(
+                &self.cli.database_url,
+                &format!("conveyor_{namespace}_{run}"),
+            )
+            .await?;
             let rebuilt = replay::rebuild(bus.clone(), &db, self.plan.replay_events, 5000).await?;
             self.results.add("replay.rate", rebuilt);
-            eprintln!("  run {}: raw read {raw:.0} events/s, rebuild {rebuilt:.0} events/s", run + 1);
+            eprintln!(
+                "  run {}: raw read {raw:.0} events/s, rebuild {rebuilt:.0} events/s",
+                run + 1
+            );
         }
         for _ in 0..self.plan.runs {
-            let db = procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}_pg")).await?;
-            self.results.add("raw.upsert", raw::pg_upsert(&db, 1000, self.plan.raw).await?);
+            let db =
+                procs::fresh_database(&self.cli.database_url, &format!("conveyor_{namespace}_pg"))
+                    .await?;
+            self.results.add(
+                "raw.upsert",
+                raw::pg_upsert(&db, 1000, self.plan.raw).await?,
+            );
         }
         Ok(())
     }
@@ -280,7 +336,11 @@ impl Suite {
             return Ok(());
         };
         for run in 0..self.plan.runs {
-            let db = procs::fresh_database(&self.cli.database_url, &format!("graphile_worker_bench_{run}")).await?;
+            let db = procs::fresh_database(
+                &self.cli.database_url,
+                &format!("graphile_worker_bench_{run}"),
+            )
+            .await?;
             let out = tokio::process::Command::new("node")
                 .arg("run.cjs")
                 .current_dir(&dir)
@@ -290,12 +350,24 @@ impl Suite {
                 .output()
                 .await
                 .context("running node (graphile-worker's benchmark)")?;
-            anyhow::ensure!(out.status.success(), "graphile-worker run failed: {}", String::from_utf8_lossy(&out.stderr));
-            let result: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .with_context(|| format!("graphile-worker printed: {}", String::from_utf8_lossy(&out.stdout)))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "graphile-worker run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let result: serde_json::Value =
+                serde_json::from_slice(&out.stdout).with_context(|| {
+                    format!(
+                        "graphile-worker printed: {}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                })?;
             let rate = result["jobs_per_sec"].as_f64().unwrap_or(0.0);
             self.results.add("peer.rate", rate);
-            self.results.add("peer.enqueue", result["enqueue_per_sec"].as_f64().unwrap_or(0.0));
+            self.results.add(
+                "peer.enqueue",
+                result["enqueue_per_sec"].as_f64().unwrap_or(0.0),
+            );
             if run == 0 {
                 self.notes.push(format!(
                     "peer: graphile-worker {} ({} jobs, 2 worker processes × 24 concurrent jobs, local queue 500, batched completion: its own benchmark settings)",
@@ -318,58 +390,149 @@ impl Suite {
             report::Samples(s.0.iter().map(|b| b / 1_048_576.0).collect()).show(1, " MiB")
         };
         for key in ["default", "always"] {
-            if r.get(&format!("e2e.rate.{key}")).0.is_empty() && r.get(&format!("raw.publish.{key}")).0.is_empty() {
+            if r.get(&format!("e2e.rate.{key}")).0.is_empty()
+                && r.get(&format!("raw.publish.{key}")).0.is_empty()
+            {
                 continue;
             }
-            let sync = if key == "default" { "" } else { ", sync always" };
+            let sync = if key == "default" {
+                ""
+            } else {
+                ", sync always"
+            };
             let raw_pub = r.median(&format!("raw.publish.{key}"));
-            t.row(&format!("1. submit, one job per request, 64 clients{sync}"),
-                format!("{} jobs (p50 {}, p99 {})", rate(&format!("submit.rate.{key}")), ms(&format!("submit.p50.{key}")), ms(&format!("submit.p99.{key}"))),
-                format!("{} raw publishes, ack each (2 per job)", rate(&format!("raw.publish.{key}"))),
-                pct(2.0 * r.median(&format!("submit.rate.{key}")), raw_pub), "");
-            t.row(&format!("1. submit, batches of 1,000, 4 clients{sync}"),
+            t.row(
+                &format!("1. submit, one job per request, 64 clients{sync}"),
+                format!(
+                    "{} jobs (p50 {}, p99 {})",
+                    rate(&format!("submit.rate.{key}")),
+                    ms(&format!("submit.p50.{key}")),
+                    ms(&format!("submit.p99.{key}"))
+                ),
+                format!(
+                    "{} raw publishes, ack each (2 per job)",
+                    rate(&format!("raw.publish.{key}"))
+                ),
+                pct(2.0 * r.median(&format!("submit.rate.{key}")), raw_pub),
+                "",
+            );
+            t.row(
+                &format!("1. submit, batches of 1,000, 4 clients{sync}"),
                 format!("{} jobs", rate(&format!("batch.rate.{key}"))),
-                format!("{} raw publishes, ack each", rate(&format!("raw.publish.{key}"))),
-                pct(r.median(&format!("batch.rate.{key}")), raw_pub), "≥ 50%");
-            t.row(&format!("2. end to end, saturated, sustained{sync}"),
+                format!(
+                    "{} raw publishes, ack each",
+                    rate(&format!("raw.publish.{key}"))
+                ),
+                pct(r.median(&format!("batch.rate.{key}")), raw_pub),
+                "≥ 50%",
+            );
+            t.row(
+                &format!("2. end to end, saturated, sustained{sync}"),
                 format!("{} jobs", rate(&format!("e2e.rate.{key}"))),
                 format!("{} graphile-worker (drain)", rate("peer.rate")),
-                pct(r.median(&format!("e2e.rate.{key}")), r.median("peer.rate")), "≥ 100%");
-            t.row(&format!("2. drain of queued jobs{sync}"),
+                pct(r.median(&format!("e2e.rate.{key}")), r.median("peer.rate")),
+                "≥ 100%",
+            );
+            t.row(
+                &format!("2. drain of queued jobs{sync}"),
                 format!("{} jobs", rate(&format!("drain.rate.{key}"))),
                 format!("{} graphile-worker (drain)", rate("peer.rate")),
-                pct(r.median(&format!("drain.rate.{key}")), r.median("peer.rate")), "≥ 100%");
-            t.row(&format!("1. submit latency at half saturation{sync}"),
-                format!("p50 {}, p99 {} at {}", ms(&format!("paced.submit.p50.{key}")), ms(&format!("paced.submit.p99.{key}")), rate(&format!("paced.rate.{key}"))),
-                String::new(), String::new(), "p99 < 5 ms");
-            t.row(&format!("2. 202 → succeeded visible, half saturation{sync}"),
-                format!("p50 {}, p99 {}", ms(&format!("paced.visible.p50.{key}")), ms(&format!("paced.visible.p99.{key}"))),
-                String::new(), String::new(), "p50 < 5 ms, p99 < 25 ms");
-            t.row(&format!("3. job.succeeded published → SSE client{sync}"),
-                format!("p50 {}, p99 {}", ms(&format!("notify.p50.{key}")), ms(&format!("notify.p99.{key}"))),
-                String::new(), String::new(), "");
+                pct(
+                    r.median(&format!("drain.rate.{key}")),
+                    r.median("peer.rate"),
+                ),
+                "≥ 100%",
+            );
+            t.row(
+                &format!("1. submit latency at half saturation{sync}"),
+                format!(
+                    "p50 {}, p99 {} at {}",
+                    ms(&format!("paced.submit.p50.{key}")),
+                    ms(&format!("paced.submit.p99.{key}")),
+                    rate(&format!("paced.rate.{key}"))
+                ),
+                String::new(),
+                String::new(),
+                "p99 < 5 ms",
+            );
+            t.row(
+                &format!("2. 202 → succeeded visible, half saturation{sync}"),
+                format!(
+                    "p50 {}, p99 {}",
+                    ms(&format!("paced.visible.p50.{key}")),
+                    ms(&format!("paced.visible.p99.{key}"))
+                ),
+                String::new(),
+                String::new(),
+                "p50 < 5 ms, p99 < 25 ms",
+            );
+            t.row(
+                &format!("3. job.succeeded published → SSE client{sync}"),
+                format!(
+                    "p50 {}, p99 {}",
+                    ms(&format!("notify.p50.{key}")),
+                    ms(&format!("notify.p99.{key}"))
+                ),
+                String::new(),
+                String::new(),
+                "",
+            );
         }
         if !r.get("replay.rate").0.is_empty() {
-            t.row(&format!("4. replay: rebuild of {} events", self.plan.replay_events),
+            t.row(
+                &format!("4. replay: rebuild of {} events", self.plan.replay_events),
                 format!("{} events", rate("replay.rate")),
                 format!("{} raw ordered-consumer read", rate("raw.read")),
-                pct(r.median("replay.rate"), r.median("raw.read")), "≥ 50%");
-            t.row("   Postgres: batched upsert, 1,000 rows per statement", String::new(),
-                format!("{} rows", rate("raw.upsert")), String::new(), "");
+                pct(r.median("replay.rate"), r.median("raw.read")),
+                "≥ 50%",
+            );
+            t.row(
+                "   Postgres: batched upsert, 1,000 rows per statement",
+                String::new(),
+                format!("{} rows", rate("raw.upsert")),
+                String::new(),
+                "",
+            );
         }
         if !r.get("rss.dev").0.is_empty() {
-            t.row("5. memory: `conveyor dev` idle", mib("rss.dev"), String::new(), String::new(), "< 40 MiB");
-            t.row("5. memory: 1,000 idle SSE subscribers (API)", mib("rss.sse1000"), String::new(), String::new(), "< 30 MB");
+            t.row(
+                "5. memory: `conveyor dev` idle",
+                mib("rss.dev"),
+                String::new(),
+                String::new(),
+                "< 40 MiB",
+            );
+            t.row(
+                "5. memory: 1,000 idle SSE subscribers (API)",
+                mib("rss.sse1000"),
+                String::new(),
+                String::new(),
+                "< 30 MB",
+            );
         }
         for role in ["api", "worker", "projector", "notifier"] {
             if !r.get(&format!("rss.idle.{role}")).0.is_empty() {
-                t.row(&format!("5. memory: {role}, idle → saturated"),
-                    format!("{} → {}", mib(&format!("rss.idle.{role}")), mib(&format!("rss.busy.{role}"))),
-                    String::new(), String::new(), "");
+                t.row(
+                    &format!("5. memory: {role}, idle → saturated"),
+                    format!(
+                        "{} → {}",
+                        mib(&format!("rss.idle.{role}")),
+                        mib(&format!("rss.busy.{role}"))
+                    ),
+                    String::new(),
+                    String::new(),
+                    "",
+                );
             }
         }
         if !r.get("peer.enqueue").0.is_empty() {
-            t.row("   graphile-worker: bulk add_jobs", String::new(), format!("{} jobs", rate("peer.enqueue")), String::new(), "");
+            t.row(
+                "   graphile-worker: bulk add_jobs",
+                String::new(),
+                format!("{} jobs", rate("peer.enqueue")),
+                String::new(),
+                "",
+            );
         }
         t.render()
     }
@@ -388,7 +551,10 @@ fn rate_of(r: &Results, key: &str) -> f64 {
 
 async fn versions(cli: &Cli, nats: &str) -> String {
     let pg: String = match sqlx::PgPool::connect(&cli.database_url).await {
-        Ok(db) => sqlx::query_scalar("SHOW server_version").fetch_one(&db).await.unwrap_or_default(),
+        Ok(db) => sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&db)
+            .await
+            .unwrap_or_default(),
         Err(_) => String::new(),
     };
     let rev = std::process::Command::new("git")
@@ -400,7 +566,15 @@ async fn versions(cli: &Cli, nats: &str) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0);
     format!(
         "conveyor {rev} (release), nats-server {nats}, PostgreSQL {pg} (fsync on, synchronous_commit on), {cores} cores, {:.0} GiB; everything on one host, each role a separate process",
@@ -419,7 +593,13 @@ async fn main() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("--sync {other}: use default or always"),
         None => vec![Sync::Default, Sync::Always],
     };
-    let mut suite = Suite { cli, plan, results: Results::default(), notes: Vec::new(), serial: 0 };
+    let mut suite = Suite {
+        cli,
+        plan,
+        results: Results::default(),
+        notes: Vec::new(),
+        serial: 0,
+    };
     let started = std::time::Instant::now();
     let mut version = String::new();
     for sync in modes {

@@ -49,7 +49,9 @@ impl Proc {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A nats-server of the run's own.
@@ -90,7 +92,11 @@ impl Nats {
         for _ in 0..100 {
             if let Ok(client) = async_nats::connect(&url).await {
                 let version = client.server_info().version;
-                if async_nats::jetstream::new(client).query_account().await.is_ok() {
+                if async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .is_ok()
+                {
                     return Ok(Self {
                         _proc: Proc { child },
                         url,
@@ -118,14 +124,19 @@ pub(crate) struct Setup {
 pub(crate) async fn fresh_database(base_url: &str, name: &str) -> anyhow::Result<String> {
     let url = format!(
         "{}/{name}",
-        base_url.rsplit_once('/').context("DATABASE_URL has a database")?.0
+        base_url
+            .rsplit_once('/')
+            .context("DATABASE_URL has a database")?
+            .0
     );
     if sqlx::Postgres::database_exists(&url).await? {
         sqlx::Postgres::drop_database(&url).await?;
     }
     sqlx::Postgres::create_database(&url)
         .await
-        .with_context(|| format!("creating {name}: is Postgres running? (scripts/bench starts it)"))?;
+        .with_context(|| {
+            format!("creating {name}: is Postgres running? (scripts/bench starts it)")
+        })?;
     Ok(url)
 }
 
@@ -164,7 +175,11 @@ impl Setup {
 
     /// Starts `conveyor <role>` and waits for the line announcing its address (`api`, `dev`) or
     /// its metrics endpoint (the other roles).
-    pub(crate) async fn spawn(&self, role: &str, env: &[(&str, &str)]) -> anyhow::Result<(Proc, String)> {
+    pub(crate) async fn spawn(
+        &self,
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Proc, String)> {
         let log = std::fs::File::create(self.logs.join(format!("{}-{role}.log", self.namespace)))?;
         let mut cmd = self.command(&[role]);
         for (k, v) in env {

@@ -86,11 +86,7 @@ pub(crate) async fn publish_per_message_ack(
 
 /// Messages per second an ordered consumer reads from the start of `stream` (which holds at
 /// least `n` messages), counting `n` of them.
-pub(crate) async fn ordered_read(
-    nats_url: &str,
-    stream_name: &str,
-    n: u64,
-) -> anyhow::Result<f64> {
+pub(crate) async fn ordered_read(nats_url: &str, stream_name: &str, n: u64) -> anyhow::Result<f64> {
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let stream = js.get_stream(stream_name).await?;
     let consumer = stream
@@ -109,9 +105,15 @@ pub(crate) async fn ordered_read(
 
 /// Rows per second upserted into a table shaped like `jobs`, in transactions of `batch` rows
 /// from one JSON document each (as the projector writes), half of them updates.
-pub(crate) async fn pg_upsert(database_url: &str, batch: usize, duration: Duration) -> anyhow::Result<f64> {
+pub(crate) async fn pg_upsert(
+    database_url: &str,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let db = sqlx::PgPool::connect(database_url).await?;
-    sqlx::query("DROP TABLE IF EXISTS bench_upsert").execute(&db).await?;
+    sqlx::query("DROP TABLE IF EXISTS bench_upsert")
+        .execute(&db)
+        .await?;
     sqlx::query(
         "CREATE TABLE bench_upsert (id uuid PRIMARY KEY, tenant text NOT NULL, kind text NOT NULL,
            status text NOT NULL, attempt int NOT NULL, payload jsonb NOT NULL, result jsonb,

@@ -49,9 +49,19 @@ pub(crate) async fn fill(bus: &Bus, events: u64) -> anyhow::Result<f64> {
             }),
         ];
         for payload in payloads.into_iter().take((events - published) as usize) {
-            let ev = Envelope::new("/conveyor/bench", job, tenant.clone(), kind.clone(), payload);
+            let ev = Envelope::new(
+                "/conveyor/bench",
+                job,
+                tenant.clone(),
+                kind.clone(),
+                payload,
+            );
             let ack = bus
-                .send(bus.ns().event_subject(&ev), ev.to_json(), &ev.id.to_string())
+                .send(
+                    bus.ns().event_subject(&ev),
+                    ev.to_json(),
+                    &ev.id.to_string(),
+                )
                 .await?;
             in_flight.push(std::future::IntoFuture::into_future(ack));
             published += 1;
@@ -68,7 +78,12 @@ pub(crate) async fn fill(bus: &Bus, events: u64) -> anyhow::Result<f64> {
 
 /// Rebuilds the read models of a fresh, migrated database from the whole log (`events`
 /// events), `batch` events per transaction; returns events per second.
-pub(crate) async fn rebuild(bus: Bus, database_url: &str, events: u64, batch: usize) -> anyhow::Result<f64> {
+pub(crate) async fn rebuild(
+    bus: Bus,
+    database_url: &str,
+    events: u64,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(database_url)
@@ -89,7 +104,10 @@ pub(crate) async fn rebuild(bus: Bus, database_url: &str, events: u64, batch: us
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
         .fetch_one(&db)
         .await?;
-    anyhow::ensure!(rows as u64 == events, "rebuilt {rows} timeline rows, expected {events}");
+    anyhow::ensure!(
+        rows as u64 == events,
+        "rebuilt {rows} timeline rows, expected {events}"
+    );
     db.close().await;
     Ok(events as f64 / took.as_secs_f64())
 }

@@ -68,8 +68,16 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub(crate) fn row(&mut self, figure: &str, value: String, limit: String, ratio: String, target: &str) {
-        self.rows.push([figure.into(), value, limit, ratio, target.into()]);
+    pub(crate) fn row(
+        &mut self,
+        figure: &str,
+        value: String,
+        limit: String,
+        ratio: String,
+        target: &str,
+    ) {
+        self.rows
+            .push([figure.into(), value, limit, ratio, target.into()]);
     }
 
     pub(crate) fn render(&self) -> String {
@@ -77,7 +85,11 @@ impl Table {
             "| figure | conveyor | limit or peer | ratio | target |\n|---|---|---|---|---|\n",
         );
         for r in &self.rows {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r[0], r[1], r[2], r[3], r[4]
+            );
         }
         out
     }
