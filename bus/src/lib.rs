@@ -521,6 +521,20 @@ impl Bus {
             .await
     }
 
+    /// [`Bus::publish_event`] with a NATS header besides the usual ones.
+    pub async fn publish_event_with(
+        &self,
+        ev: &Envelope<JobEvent>,
+        msg_id: &str,
+        header: Option<(&str, &str)>,
+    ) -> Result<jetstream::publish::PublishAck> {
+        let subject = self.ns.event_subject(ev);
+        let pending = self
+            .send_with(subject.clone(), ev.to_json(), msg_id, header)
+            .await?;
+        Self::acked(subject, pending.await)
+    }
+
     /// Publishes a command and waits for JetStream's ack.
     pub async fn publish_command(
         &self,
@@ -552,6 +566,16 @@ impl Bus {
         let acked = pending.await;
         metrics::histogram!("conveyor_publish_duration_seconds", "stream" => stream)
             .record(started.elapsed().as_secs_f64());
+        Self::acked(subject, acked)
+    }
+
+    fn acked(
+        subject: String,
+        acked: std::result::Result<
+            jetstream::publish::PublishAck,
+            jetstream::context::PublishError,
+        >,
+    ) -> Result<jetstream::publish::PublishAck> {
         acked.map_err(|e| {
             let text = e.to_string();
             // JetStream error 10077: "maximum messages exceeded" on a DiscardNew stream.
@@ -572,12 +596,25 @@ impl Bus {
         payload: Vec<u8>,
         msg_id: &str,
     ) -> Result<jetstream::context::PublishAckFuture> {
+        self.send_with(subject, payload, msg_id, None).await
+    }
+
+    async fn send_with(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        msg_id: &str,
+        header: Option<(&str, &str)>,
+    ) -> Result<jetstream::context::PublishAckFuture> {
         if self.fail_fast && !self.is_connected() {
             return Err(Error::Disconnected);
         }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         headers.insert("Content-Type", events::envelope::STRUCTURED_CONTENT_TYPE);
+        if let Some((name, value)) = header {
+            headers.insert(name, value);
+        }
         self.js
             .send_publish(
                 subject.clone(),

@@ -25,6 +25,11 @@ pub struct RunJob {
     /// Re-drives of the job so far (0 until an operator re-drives it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
+    /// Whether the job was submitted with a webhook (`None`: not said, as in commands of older
+    /// versions). The worker passes it on with the terminal event (header
+    /// [`crate::streams::WEBHOOK_HEADER`]), so the webhook fan-in need not look the job up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<bool>,
 }
 
 fn is_zero(n: &u32) -> bool {

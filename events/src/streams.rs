@@ -14,6 +14,10 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// The largest message the streams accept (a job payload plus its envelope).
 pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
 
+/// NATS header on a terminal event saying whether its job has a webhook (`1`) or not (`0`).
+/// Absent (events of older versions): the webhook fan-in looks the job up.
+pub const WEBHOOK_HEADER: &str = "Conveyor-Webhook";
+
 /// Name of the durable consumer that turns cancel commands into markers and broadcasts.
 pub const CANCELLER_CONSUMER: &str = "canceller";
 /// Name of the durable consumer that turns terminal events into webhook deliveries.

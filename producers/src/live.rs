@@ -182,6 +182,17 @@ impl Hub {
             .subscribe()
     }
 
+    /// Whether anyone follows `tenant` here (when nobody does, its events are not even decoded).
+    fn followed(&self, tenant: &str) -> bool {
+        let Ok(tenant) = Tenant::parse(tenant) else {
+            return false;
+        };
+        let tenants = self.tenants.lock().expect("hub map poisoned");
+        tenants
+            .get(&tenant)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Hands an event to its tenant's subscribers, if any; forgets tenants nobody follows.
     fn publish(&self, ev: Arc<LiveEvent>) {
         let mut tenants = self.tenants.lock().expect("hub map poisoned");
@@ -253,6 +264,12 @@ impl Hub {
             let msg = msg.ok_or("tail ended")?.map_err(|e| e.to_string())?;
             let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
             *next = Some(seq + 1);
+            // The subject names the tenant: skip the decoding of events nobody here follows.
+            let followed = events::subjects::parse_event_subject(bus.ns(), &msg.subject)
+                .is_none_or(|(tenant, _, _)| self.followed(tenant));
+            if !followed {
+                continue;
+            }
             if let Some(ev) = LiveEvent::from_message(seq, msg.headers.as_ref(), &msg.payload) {
                 self.publish(Arc::new(ev));
             }

@@ -194,6 +194,15 @@ async fn fanin_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::
 
 /// Queues the delivery of a terminal event if its job has a webhook. `Err(None)`: poison.
 async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(), Option<String>> {
+    // The worker said the job has no webhook: nothing to look up.
+    if msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(streams::WEBHOOK_HEADER))
+        .is_some_and(|v| v.as_str() == "0")
+    {
+        return Ok(());
+    }
     let ev = bus::decode_event(msg.headers.as_ref(), &msg.payload).map_err(|e| {
         tracing::warn!(subject = %msg.subject, reason = %e, "poison event skipped by the webhook fan-in");
         None

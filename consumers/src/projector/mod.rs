@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use bus::Bus;
-use events::{Envelope, JobEvent};
 use futures::{FutureExt, StreamExt};
+use read_models::Sequenced;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -342,7 +342,7 @@ impl Projector {
             })
             .await
             .map_err(|e| ApplyError::Bus(e.to_string()))?;
-        let mut messages = consumer
+        let messages = consumer
             .messages()
             .await
             .map_err(|e| ApplyError::Bus(e.to_string()))?;
@@ -352,39 +352,31 @@ impl Projector {
             role = role.state(),
             "projector following EVENTS"
         );
+        // A reader task fetches and decodes the next batch while this one is written, so
+        // Postgres and the rest of the work overlap.
+        let (tx, mut batches) = tokio::sync::mpsc::channel(1);
+        let reader = AbortOnDrop(tokio::spawn(read_batches(
+            messages,
+            self.settings.batch_size,
+            tx,
+        )));
         let mut applied = 0u64;
         loop {
-            let first = tokio::select! {
-                m = messages.next() => m,
+            let next = tokio::select! {
+                b = batches.recv() => b,
                 _ = shutdown.cancelled() => return Ok(None),
             };
-            let mut batch = vec![first
-                .ok_or_else(|| ApplyError::Bus("event stream ended".into()))?
-                .map_err(|e| ApplyError::Bus(e.to_string()))?];
-            // Live: take whatever else is already here, without waiting (low latency when idle,
-            // large transactions under load). Build: fill the batch while the stream has more,
-            // since every transaction costs a commit.
-            while batch.len() < self.settings.batch_size {
-                let more = batch
-                    .last()
-                    .and_then(|m| m.info().ok())
-                    .is_some_and(|i| i.pending > 0);
-                let next = if role == Role::Build && more {
-                    tokio::time::timeout(Duration::from_millis(100), messages.next())
-                        .await
-                        .ok()
-                        .flatten()
-                } else {
-                    messages.next().now_or_never().flatten()
-                };
-                match next {
-                    Some(Ok(m)) => batch.push(m),
-                    _ => break,
-                }
-            }
-            let (decoded, last, pending) = decode_batch(&batch)?;
-            self.apply(role, version, &mut cps, &decoded, last).await?;
-            applied += batch.len() as u64;
+            let Some(next) = next else {
+                return Err(ApplyError::Bus("event stream ended".into()));
+            };
+            let Decoded {
+                events,
+                last,
+                pending,
+                count,
+            } = next?;
+            self.apply(role, version, &mut cps, &events, last).await?;
+            applied += count;
             if role == Role::Build {
                 let checkpoint = u64::try_from(last).unwrap_or(0);
                 progress(RebuildProgress {
@@ -398,6 +390,7 @@ impl Projector {
                 // never go back in time); else go on.
                 if checkpoint >= state.last_sequence && pending < self.settings.batch_size as u64 {
                     if let Some(v) = self.switch(version).await? {
+                        drop(reader);
                         return Ok(Some(v));
                     }
                 }
@@ -505,7 +498,7 @@ impl Projector {
         let _spans: Vec<tracing::Span> = if role == Role::Live {
             events
                 .iter()
-                .map(|(seq, ev)| {
+                .map(|Sequenced { seq, ev, .. }| {
                     let span = tracing::info_span!("project", otel.kind = "consumer",
                         job_id = %ev.job, tenant = %ev.tenant, event = ev.payload.name(),
                         seq, trace_id = tracing::field::Empty);
@@ -517,7 +510,7 @@ impl Projector {
             Vec::new()
         };
         let schema = read_models::schema(version);
-        let mut ids: Vec<uuid::Uuid> = events.iter().map(|(_, e)| e.job.0).collect();
+        let mut ids: Vec<uuid::Uuid> = events.iter().map(|e| e.ev.job.0).collect();
         ids.sort_unstable();
         ids.dedup();
         let before = read_models::load_jobs(&mut tx, &schema, &ids).await?;
@@ -640,8 +633,79 @@ async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
     tx.commit().await
 }
 
-/// An event with its EVENTS stream sequence.
-type Sequenced = (i64, Envelope<JobEvent>);
+/// A decoded batch: its events, the sequence of its last message, how many messages the stream
+/// had after it, and how many messages it had (poison included).
+struct Decoded {
+    events: Vec<Sequenced>,
+    last: i64,
+    pending: u64,
+    count: u64,
+}
+
+/// Aborts a task when dropped (the batch reader ends with its follower).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads batches of up to `size` messages and hands them on decoded, until the follower stops
+/// listening or the stream fails (the failure is handed on).
+async fn read_batches(
+    mut messages: impl futures::Stream<Item = Result<async_nats::jetstream::Message, impl std::fmt::Display>>
+        + Unpin,
+    size: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Decoded, ApplyError>>,
+) {
+    loop {
+        let Some(first) = messages.next().await else {
+            let _ = tx
+                .send(Err(ApplyError::Bus("event stream ended".into())))
+                .await;
+            return;
+        };
+        let first = match first {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.send(Err(ApplyError::Bus(e.to_string()))).await;
+                return;
+            }
+        };
+        let mut batch = vec![first];
+        // Fill the batch while the stream has more (every transaction costs a commit, so a
+        // backlog is worked off in large ones); once caught up, take only what is already here
+        // and commit at once (low latency when the load is light).
+        while batch.len() < size {
+            let more = batch
+                .last()
+                .and_then(|m| m.info().ok())
+                .is_some_and(|i| i.pending > 0);
+            let next = if more {
+                tokio::time::timeout(Duration::from_millis(100), messages.next())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                messages.next().now_or_never().flatten()
+            };
+            match next {
+                Some(Ok(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let decoded = decode_batch(&batch).map(|(events, last, pending)| Decoded {
+            events,
+            last,
+            pending,
+            count: batch.len() as u64,
+        });
+        if tx.send(decoded).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Decodes a batch and returns it with the sequence of its last message and how many messages
 /// the stream had after it. Poison (not a conveyor CloudEvent) is skipped with a logged reason;
@@ -656,7 +720,20 @@ fn decode_batch(
         last = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
         pending = info.pending;
         match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
-            Ok(ev) => out.push((last, ev)),
+            // Structured mode: the payload is the CloudEvent JSON, stored as received.
+            Ok(ev)
+                if msg
+                    .headers
+                    .as_ref()
+                    .is_none_or(|h| h.get("ce-specversion").is_none()) =>
+            {
+                out.push(Sequenced {
+                    seq: last,
+                    ev,
+                    json: msg.payload.clone(),
+                })
+            }
+            Ok(ev) => out.push(Sequenced::new(last, ev)),
             Err(e) => {
                 tracing::warn!(seq = last, subject = %msg.subject, reason = %e, "poison event skipped")
             }

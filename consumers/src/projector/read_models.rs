@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-/// One row of `jobs`; field names are the column names (rows travel as JSON to and from SQL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One row of `jobs`; field names are the column names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct JobRow {
     pub(crate) id: Uuid,
     pub(crate) tenant: String,
@@ -39,6 +39,23 @@ pub struct JobRow {
     pub(crate) last_seq: i64,
 }
 
+/// An event with its EVENTS stream sequence and its CloudEvent JSON (as received, when it came
+/// in structured mode: it is stored as is, never re-encoded).
+#[derive(Debug, Clone)]
+pub(crate) struct Sequenced {
+    pub(crate) seq: i64,
+    pub(crate) ev: Envelope<JobEvent>,
+    pub(crate) json: bytes::Bytes,
+}
+
+impl Sequenced {
+    /// `ev` at `seq`, its JSON encoded here.
+    pub(crate) fn new(seq: i64, ev: Envelope<JobEvent>) -> Self {
+        let json = ev.to_json().into();
+        Self { seq, ev, json }
+    }
+}
+
 /// One row of `job_events`.
 #[derive(Debug, Clone)]
 pub(crate) struct EventRow {
@@ -48,7 +65,7 @@ pub(crate) struct EventRow {
     ty: &'static str,
     time: DateTime<Utc>,
     /// The CloudEvent, JSON.
-    event: Vec<u8>,
+    event: bytes::Bytes,
 }
 
 impl EventRow {
@@ -65,7 +82,7 @@ impl EventRow {
             self.time
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         );
-        for &b in &self.event {
+        for &b in self.event.iter() {
             match b {
                 b'\\' => out.extend_from_slice(b"\\\\"),
                 b'\n' => out.extend_from_slice(b"\\n"),
@@ -231,14 +248,14 @@ pub(crate) struct Finished {
 /// `jobs_after` and `events_after` are the checkpoints: events at or below them are skipped.
 pub(crate) fn fold(
     before: HashMap<Uuid, JobRow>,
-    events: &[(i64, Envelope<JobEvent>)],
+    events: &[Sequenced],
     jobs_after: i64,
     events_after: i64,
 ) -> Batch {
     let mut batch = Batch::default();
     let mut rows: HashMap<Uuid, Option<JobRow>> = HashMap::new();
     let mut order = Vec::new();
-    for (seq, ev) in events {
+    for Sequenced { seq, ev, json } in events {
         if *seq > events_after {
             batch.events.push(EventRow {
                 seq: *seq,
@@ -246,7 +263,7 @@ pub(crate) fn fold(
                 tenant: ev.tenant.to_string(),
                 ty: ev.payload.name(),
                 time: ev.time,
-                event: ev.to_json(),
+                event: json.clone(),
             });
         }
         if *seq > jobs_after {
@@ -331,13 +348,16 @@ pub(crate) async fn load_jobs(
     schema: &str,
     ids: &[Uuid],
 ) -> sqlx::Result<HashMap<Uuid, JobRow>> {
-    let rows: Vec<sqlx::types::Json<JobRow>> = sqlx::query_scalar(&format!(
-        "SELECT to_jsonb(j) FROM {schema}.jobs j WHERE id = ANY($1)"
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "SELECT id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload, progress,
+           result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
+           finished_at, updated_at, last_seq
+         FROM {schema}.jobs WHERE id = ANY($1)"
     ))
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.0.id, r.0)).collect())
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
 /// Writes a folded batch into the read models in `schema`: one statement per table.
@@ -348,8 +368,18 @@ pub(crate) async fn write(
 ) -> sqlx::Result<()> {
     use sqlx::types::Json;
     if !batch.jobs.is_empty() {
+        // One array per column, sent in binary: several times cheaper for Postgres than
+        // reading the rows out of a JSON document.
+        let jobs = &batch.jobs;
+        let col = |f: fn(&JobRow) -> Option<Value>| jobs.iter().map(f).collect::<Vec<_>>();
         sqlx::query(&format!(
-            "INSERT INTO {schema}.jobs SELECT * FROM jsonb_populate_recordset(NULL::{schema}.jobs, $1)
+            "INSERT INTO {schema}.jobs (id, tenant, kind, status, attempt, max_attempts, timeout_ms,
+               payload, progress, result, result_ref, error, webhook_url, run_at, trace_id,
+               created_at, started_at, finished_at, updated_at, last_seq)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
+               $6::int4[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
+               $12::jsonb[], $13::text[], $14::timestamptz[], $15::text[], $16::timestamptz[],
+               $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::int8[])
              ON CONFLICT (id) DO UPDATE SET
                status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
                progress = EXCLUDED.progress,
@@ -358,7 +388,26 @@ pub(crate) async fn write(
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
                last_seq = EXCLUDED.last_seq"
         ))
-        .bind(Json(&batch.jobs))
+        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.status.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.attempt).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| Json(&j.payload)).collect::<Vec<_>>())
+        .bind(col(|j| j.progress.clone()))
+        .bind(col(|j| j.result.clone()))
+        .bind(col(|j| j.result_ref.clone()))
+        .bind(col(|j| j.error.clone()))
+        .bind(jobs.iter().map(|j| j.webhook_url.as_deref()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.run_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.trace_id.as_deref()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.created_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.started_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.finished_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.updated_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.last_seq).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -460,9 +509,9 @@ mod tests {
     fn a_job_runs_to_success_and_counts_once() {
         let job = JobId::new();
         let events = vec![
-            (1, submitted(job)),
-            (2, started(job, 1)),
-            (3, succeeded(job, 1)),
+            Sequenced::new(1, submitted(job)),
+            Sequenced::new(2, started(job, 1)),
+            Sequenced::new(3, succeeded(job, 1)),
         ];
         let batch = fold(HashMap::new(), &events, 0, 0);
         assert_eq!(batch.events.len(), 3);
@@ -479,9 +528,9 @@ mod tests {
     #[test]
     fn batches_move_counts_between_statuses() {
         let job = JobId::new();
-        let first = fold(HashMap::new(), &[(1, submitted(job))], 0, 0);
+        let first = fold(HashMap::new(), &[Sequenced::new(1, submitted(job))], 0, 0);
         let before: HashMap<_, _> = first.jobs.into_iter().map(|r| (r.id, r)).collect();
-        let second = fold(before, &[(2, started(job, 1))], 1, 1);
+        let second = fold(before, &[Sequenced::new(2, started(job, 1))], 1, 1);
         let counts: Vec<_> = second
             .stats
             .iter()
@@ -493,7 +542,10 @@ mod tests {
     #[test]
     fn replayed_events_at_or_below_the_checkpoint_are_skipped() {
         let job = JobId::new();
-        let events = vec![(1, submitted(job)), (2, started(job, 1))];
+        let events = vec![
+            Sequenced::new(1, submitted(job)),
+            Sequenced::new(2, started(job, 1)),
+        ];
         let batch = fold(HashMap::new(), &events, 2, 2);
         assert!(batch.events.is_empty() && batch.jobs.is_empty() && batch.stats.is_empty());
     }
@@ -502,11 +554,11 @@ mod tests {
     fn terminal_states_are_sticky_and_stale_attempts_ignored() {
         let job = JobId::new();
         let events = vec![
-            (1, submitted(job)),
-            (2, started(job, 2)),
-            (3, started(job, 1)),
-            (4, succeeded(job, 2)),
-            (
+            Sequenced::new(1, submitted(job)),
+            Sequenced::new(2, started(job, 2)),
+            Sequenced::new(3, started(job, 1)),
+            Sequenced::new(4, succeeded(job, 2)),
+            Sequenced::new(
                 5,
                 ev(job, JobEvent::Cancelled(Cancelled { attempt: Some(1) })),
             ),
@@ -533,7 +585,11 @@ mod tests {
         );
         let first = fold(
             HashMap::new(),
-            &[(1, submitted(job)), (2, started(job, 3)), (3, dead)],
+            &[
+                Sequenced::new(1, submitted(job)),
+                Sequenced::new(2, started(job, 3)),
+                Sequenced::new(3, dead),
+            ],
             0,
             0,
         );
@@ -549,7 +605,11 @@ mod tests {
         );
         let batch = fold(
             before,
-            &[(4, redriven), (5, started(job, 4)), (6, succeeded(job, 4))],
+            &[
+                Sequenced::new(4, redriven),
+                Sequenced::new(5, started(job, 4)),
+                Sequenced::new(6, succeeded(job, 4)),
+            ],
             3,
             3,
         );
@@ -570,7 +630,7 @@ mod tests {
     #[test]
     fn events_of_unknown_jobs_only_reach_the_timeline() {
         let job = JobId::new();
-        let batch = fold(HashMap::new(), &[(7, started(job, 1))], 0, 0);
+        let batch = fold(HashMap::new(), &[Sequenced::new(7, started(job, 1))], 0, 0);
         assert_eq!(batch.events.len(), 1);
         assert!(batch.jobs.is_empty() && batch.stats.is_empty());
     }

@@ -325,7 +325,8 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
     .await
 }
 
-/// Publishes one event of `cmd`'s job, in the attempt's trace.
+/// Publishes one event of `cmd`'s job, in the attempt's trace. A terminal event says whether
+/// the job has a webhook, when the command does.
 async fn emit(
     shared: &Shared,
     cmd: &Envelope<Command>,
@@ -333,6 +334,12 @@ async fn emit(
     payload: JobEvent,
     id: &str,
 ) -> Result<jetstream::publish::PublishAck, bus::Error> {
+    let webhook = match &cmd.payload {
+        Command::Run(RunJob {
+            webhook: Some(w), ..
+        }) if payload.is_terminal() => Some((streams::WEBHOOK_HEADER, if *w { "1" } else { "0" })),
+        _ => None,
+    };
     let ev = Envelope::new(
         SOURCE,
         cmd.job,
@@ -341,7 +348,7 @@ async fn emit(
         payload,
     )
     .with_trace(Some(trace.clone()));
-    shared.bus.publish_event(&ev, id).await
+    shared.bus.publish_event_with(&ev, id, webhook).await
 }
 
 /// Whether the job already ended in this generation (checked on redelivery only): its last

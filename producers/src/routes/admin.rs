@@ -251,6 +251,7 @@ pub(crate) async fn redrive(
             max_attempts,
             timeout_ms: original.timeout_ms,
             run_at: None,
+            webhook: Some(original.webhook.is_some()),
             payload: original.payload,
             generation,
         }),

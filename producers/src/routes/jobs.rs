@@ -239,6 +239,7 @@ async fn publish_submission(
             max_attempts: job.max_attempts,
             timeout_ms: job.timeout_ms,
             run_at: job.run_at,
+            webhook: Some(job.webhook.is_some()),
             payload: job.payload,
             generation: 0,
         }),
