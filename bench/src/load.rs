@@ -168,15 +168,26 @@ pub(crate) async fn drain(db: &sqlx::PgPool, target: u64, within: Duration) -> a
     Ok(())
 }
 
+/// How the end-to-end load is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// 64 clients, one job per request.
+    Single,
+    /// 4 clients, batches of 1,000.
+    Batches,
+}
+
 /// Figure 2: jobs per second from submission to `succeeded` visible in the read model, at
-/// saturation: batches keep up to `backlog` jobs in the system for `duration` (after a warm-up
+/// saturation: clients keep up to `backlog` jobs in the system for `duration` (after a warm-up
 /// of a tenth of it), and what the read model shows as succeeded is counted. `sample` is called
 /// twice a second (for memory readings).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn end_to_end(
     url: &str,
     token: &str,
     db: &sqlx::PgPool,
     accepted_before: u64,
+    feed: Feed,
     backlog: u64,
     duration: Duration,
     mut sample: impl FnMut(),
@@ -185,18 +196,26 @@ pub(crate) async fn end_to_end(
     let accepted = Arc::new(AtomicU64::new(accepted_before));
     let done = Arc::new(AtomicU64::new(succeeded(db).await?));
     let stop = tokio_util::sync::CancellationToken::new();
-    let feeders: Vec<_> = (0..4)
+    let (clients, per_request) = match feed {
+        Feed::Single => (64, 1),
+        Feed::Batches => (4, 1000),
+    };
+    let feeders: Vec<_> = (0..clients)
         .map(|_| {
             let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
             let (accepted, done, stop) = (accepted.clone(), done.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     let waiting = accepted.load(Ordering::Relaxed) - done.load(Ordering::Relaxed);
-                    if waiting + 1000 > backlog {
+                    if waiting + per_request > backlog {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
-                    let n = submit_batch_once(&http, &url, &token, 1000).await?;
+                    let n = if per_request == 1 {
+                        submit(&http, &url, &token).await.map(|_| 1)?
+                    } else {
+                        submit_batch_once(&http, &url, &token, per_request as usize).await?
+                    };
                     accepted.fetch_add(n, Ordering::Relaxed);
                 }
                 anyhow::Ok(())

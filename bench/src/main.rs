@@ -182,6 +182,11 @@ impl Suite {
             self.results.add(&format!("batch.rate.{key}"), rate);
             load::drain(&db, n1 + n2, Duration::from_secs(300)).await?;
             let mut peak = [0u64; 4];
+            let mut sample = || {
+                for (p, now) in peak.iter_mut().zip(roles.rss()) {
+                    *p = (*p).max(now);
+                }
+            };
             let (e2e, total) = load::bounded(
                 "end to end",
                 self.plan.e2e * 3 + Duration::from_secs(300),
@@ -190,17 +195,30 @@ impl Suite {
                     &token,
                     &db,
                     n1 + n2,
+                    load::Feed::Batches,
                     20_000,
                     self.plan.e2e,
-                    || {
-                        for (p, now) in peak.iter_mut().zip(roles.rss()) {
-                            *p = (*p).max(now);
-                        }
-                    },
+                    &mut sample,
                 ),
             )
             .await?;
             self.results.add(&format!("e2e.rate.{key}"), e2e);
+            let (e2e_single, total) = load::bounded(
+                "end to end, one job per request",
+                self.plan.e2e * 3 + Duration::from_secs(300),
+                load::end_to_end(
+                    &roles.url,
+                    &token,
+                    &db,
+                    total,
+                    load::Feed::Single,
+                    2_000,
+                    self.plan.e2e / 2,
+                    &mut sample,
+                ),
+            )
+            .await?;
+            self.results.add(&format!("e2e.single.{key}"), e2e_single);
             if sync == Sync::Default {
                 for (name, rss) in ["api", "worker", "projector", "notifier"].iter().zip(peak) {
                     self.results.add(&format!("rss.busy.{name}"), rss as f64);
@@ -213,7 +231,7 @@ impl Suite {
                     &roles.url,
                     &token,
                     &setup.database_url,
-                    e2e / 2.0,
+                    e2e_single / 2.0,
                     self.plan.paced,
                 ),
             )
@@ -232,7 +250,7 @@ impl Suite {
             self.results
                 .add(&format!("notify.p99.{key}"), paced.notify.p99);
             eprintln!(
-                "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, end to end {e2e:.0} jobs/s ({total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
+                "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, end to end {e2e:.0} jobs/s (one per request {e2e_single:.0}/s; {total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
                 run + 1, rate_of(&self.results, &format!("submit.rate.{key}")), lat.p99,
                 rate_of(&self.results, &format!("batch.rate.{key}")), paced.rate, paced.submit.p99,
                 paced.visible.p50, paced.visible.p99, paced.notify.p99
@@ -427,11 +445,18 @@ impl Suite {
                 "≥ 50%",
             );
             t.row(
-                &format!("2. end to end, saturated, sustained{sync}"),
+                &format!("2. end to end, batches, saturated, sustained{sync}"),
                 format!("{} jobs", rate(&format!("e2e.rate.{key}"))),
                 format!("{} graphile-worker (drain)", rate("peer.rate")),
                 pct(r.median(&format!("e2e.rate.{key}")), r.median("peer.rate")),
                 "≥ 100%",
+            );
+            t.row(
+                &format!("2. end to end, one job per request, saturated{sync}"),
+                format!("{} jobs", rate(&format!("e2e.single.{key}"))),
+                String::new(),
+                String::new(),
+                "",
             );
             t.row(
                 &format!("2. drain of queued jobs{sync}"),
@@ -629,6 +654,13 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", suite.table());
     for note in &suite.notes {
         println!("{note}");
+    }
+    procs::drop_databases().await;
+    // The NATS servers are gone (killed with their handles); so can their stores be.
+    for dir in std::fs::read_dir(&suite.cli.work)?.flatten() {
+        if dir.file_name().to_string_lossy().starts_with("nats-") {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
     }
     println!(
         "{} run(s) of each figure (median, with the range when several); took {:.0} s.",

@@ -120,6 +120,19 @@ pub(crate) struct Setup {
     pub(crate) logs: PathBuf,
 }
 
+/// Databases made by this run, dropped at its end.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops the databases this run made.
+pub(crate) async fn drop_databases() {
+    let urls = std::mem::take(&mut *CREATED.lock().expect("list"));
+    for url in urls {
+        if let Err(e) = sqlx::Postgres::force_drop_database(&url).await {
+            eprintln!("could not drop {url}: {e}");
+        }
+    }
+}
+
 /// A fresh database named after `name` on the server of `base_url`.
 pub(crate) async fn fresh_database(base_url: &str, name: &str) -> anyhow::Result<String> {
     let url = format!(
@@ -137,6 +150,7 @@ pub(crate) async fn fresh_database(base_url: &str, name: &str) -> anyhow::Result
         .with_context(|| {
             format!("creating {name}: is Postgres running? (scripts/bench starts it)")
         })?;
+    CREATED.lock().expect("list").push(url.clone());
     Ok(url)
 }
 

@@ -99,6 +99,9 @@ pub struct RebuildProgress {
     pub applied: u64,
 }
 
+/// Fewest events per transaction of a rebuild.
+const REBUILD_BATCH: usize = 5000;
+
 /// Serialises rebuilders across processes (`pg_try_advisory_lock`).
 const REBUILD_LOCK: i64 = 0x636f_6e76_6579_6f72; // "conveyor"
 
@@ -355,11 +358,12 @@ impl Projector {
         // A reader task fetches and decodes the next batch while this one is written, so
         // Postgres and the rest of the work overlap.
         let (tx, mut batches) = tokio::sync::mpsc::channel(1);
-        let reader = AbortOnDrop(tokio::spawn(read_batches(
-            messages,
-            self.settings.batch_size,
-            tx,
-        )));
+        // A rebuild works through a long log: larger transactions are cheaper per event.
+        let size = match role {
+            Role::Live => self.settings.batch_size,
+            Role::Build => self.settings.batch_size.max(REBUILD_BATCH),
+        };
+        let reader = AbortOnDrop(tokio::spawn(read_batches(messages, size, tx)));
         let mut applied = 0u64;
         loop {
             let next = tokio::select! {
@@ -388,7 +392,7 @@ impl Projector {
                 // Past the end the stream had when this run started, and near its end now:
                 // switch if this version has reached the live one (checked under lock, so reads
                 // never go back in time); else go on.
-                if checkpoint >= state.last_sequence && pending < self.settings.batch_size as u64 {
+                if checkpoint >= state.last_sequence && pending < size as u64 {
                     if let Some(v) = self.switch(version).await? {
                         drop(reader);
                         return Ok(Some(v));
@@ -403,6 +407,7 @@ impl Projector {
     /// Waits for the live projector's batch in flight (it holds its version row `FOR SHARE`),
     /// and holds the live one back while it compares.
     async fn switch(&self, version: i32) -> Result<Option<i32>, ApplyError> {
+        create_indexes(&self.db, version).await?;
         let mut tx = self.db.begin().await?;
         let old: Option<i32> = sqlx::query_scalar(
             "SELECT version FROM read_model_versions WHERE state = 'live' FOR UPDATE",
@@ -615,11 +620,34 @@ async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
         .execute(&mut *tx)
         .await?;
     for table in PROJECTIONS {
+        // The new tables get their primary keys now (upserts need them), their other indexes
+        // once filled (`create_indexes`): building an index over the rows at the end costs a
+        // fraction of keeping it up to date row by row.
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.{table} (LIKE {live_schema}.{table} INCLUDING ALL)"
+            "CREATE TABLE IF NOT EXISTS {schema}.{table}
+               (LIKE {live_schema}.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *tx)
         .await?;
+        let has_key: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint
+               WHERE conrelid = to_regclass($1) AND contype = 'p')",
+        )
+        .bind(format!("{schema}.{table}"))
+        .fetch_one(&mut *tx)
+        .await?;
+        if !has_key {
+            let key: String = sqlx::query_scalar(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = to_regclass($1) AND contype = 'p'",
+            )
+            .bind(format!("{live_schema}.{table}"))
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(&format!("ALTER TABLE {schema}.{table} ADD {key}"))
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection, version, last_seq) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -631,6 +659,36 @@ async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
         .await?;
     }
     tx.commit().await
+}
+
+/// Gives the tables of `version` the indexes the live version's tables have (besides their
+/// primary keys, which they have from the start); idempotent.
+async fn create_indexes(db: &PgPool, version: i32) -> sqlx::Result<()> {
+    let live: Option<i32> =
+        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
+            .fetch_optional(db)
+            .await?;
+    let Some(live) = live.filter(|l| *l != version) else {
+        return Ok(());
+    };
+    let (schema, live_schema) = (read_models::schema(version), read_models::schema(live));
+    let defs: Vec<String> = sqlx::query_scalar(
+        "SELECT i.indexdef FROM pg_indexes i
+         WHERE i.schemaname = $1 AND NOT EXISTS (
+           SELECT 1 FROM pg_constraint c
+           WHERE c.conindid = to_regclass(i.schemaname || '.' || i.indexname) AND c.contype = 'p')",
+    )
+    .bind(&live_schema)
+    .fetch_all(db)
+    .await?;
+    for def in defs {
+        // `CREATE [UNIQUE] INDEX name ON rm_<live>.table …`: the same on the new version's table.
+        let def = def
+            .replacen(" INDEX ", " INDEX IF NOT EXISTS ", 1)
+            .replacen(&format!(" ON {live_schema}."), &format!(" ON {schema}."), 1);
+        sqlx::query(&def).execute(db).await?;
+    }
+    Ok(())
 }
 
 /// A decoded batch: its events, the sequence of its last message, how many messages the stream

@@ -83,8 +83,29 @@ impl EventsQuery {
     }
 }
 
+/// A live subscription of the caller's, which ends (with a resume hint) when the server stops
+/// or the caller's token expires.
+pub(crate) async fn subscription(
+    state: &AppState,
+    auth: &Auth,
+    filter: Filter,
+    after: Option<u64>,
+    until_terminal: bool,
+) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
+    state
+        .hub
+        .subscribe(
+            state.bus.clone(),
+            filter,
+            after,
+            until_terminal,
+            stop_signal(state, auth),
+        )
+        .await
+}
+
 /// What ends a live stream early: the server stopping, or the caller's token expiring.
-pub(crate) fn stop_signal(state: &AppState, auth: &Auth) -> Stop {
+fn stop_signal(state: &AppState, auth: &Auth) -> Stop {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -148,15 +169,7 @@ pub(crate) async fn events(
         None => q.after.as_deref().map(parse_seq).transpose()?,
     };
     let slot = state.limits.open_stream(&auth.tenant, "sse")?;
-    let items = state
-        .hub
-        .subscribe(
-            state.bus.clone(),
-            filter,
-            after,
-            false,
-            stop_signal(&state, &auth),
-        )
+    let items = subscription(&state, &auth, filter, after, false)
         .await
         .map_err(ApiError::bus)?;
     Ok(sse(items, slot))
@@ -232,17 +245,7 @@ async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket, _slot:
     let after = sub
         .after
         .or(sub.filters.after.as_deref().and_then(|a| a.parse().ok()));
-    let items = match state
-        .hub
-        .subscribe(
-            state.bus.clone(),
-            filter,
-            after,
-            false,
-            stop_signal(&state, &auth),
-        )
-        .await
-    {
+    let items = match subscription(&state, &auth, filter, after, false).await {
         Ok(items) => items,
         Err(e) => {
             let _ = socket

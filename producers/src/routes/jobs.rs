@@ -515,10 +515,7 @@ pub(crate) async fn events(
             job: Some(id),
         };
         let slot = state.limits.open_stream(&auth.tenant, "sse")?;
-        let stop = crate::routes::events::stop_signal(&state, &auth);
-        let items = state
-            .hub
-            .subscribe(state.bus.clone(), filter, Some(0), true, stop)
+        let items = crate::routes::events::subscription(&state, &auth, filter, Some(0), true)
             .await
             .map_err(ApiError::bus)?;
         return Ok(crate::routes::events::sse(items, slot));
