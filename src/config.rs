@@ -385,6 +385,9 @@ pub struct ProjectorArgs {
     /// Most events applied in one transaction.
     #[arg(long, env = "CONVEYOR_PROJECTOR_BATCH", default_value_t = 1000)]
     pub projector_batch: usize,
+    /// Most events applied in one transaction of a rebuild.
+    #[arg(long, env = "CONVEYOR_REBUILD_BATCH", default_value_t = 5000)]
+    pub rebuild_batch: usize,
 }
 
 impl ProjectorArgs {
@@ -392,6 +395,7 @@ impl ProjectorArgs {
     pub fn settings(&self) -> consumers::projector::ProjectorSettings {
         consumers::projector::ProjectorSettings {
             batch_size: self.projector_batch.max(1),
+            rebuild_batch_size: self.rebuild_batch.max(1),
         }
     }
 }

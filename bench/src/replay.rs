@@ -91,7 +91,14 @@ pub(crate) async fn rebuild(
         .context("connect to Postgres")?;
     consumers::MIGRATOR.run(&db).await?;
     let (version, _) = projector::request_rebuild(&db, 1).await?;
-    let p = Projector::new(bus, db.clone(), ProjectorSettings { batch_size: batch });
+    let p = Projector::new(
+        bus,
+        db.clone(),
+        ProjectorSettings {
+            batch_size: batch,
+            rebuild_batch_size: batch,
+        },
+    );
     let started = Instant::now();
     let outcome = p
         .rebuild(version, &tokio_util::sync::CancellationToken::new(), |_| {})

@@ -202,13 +202,11 @@ pub async fn serve(
             }
         })
     };
-    // Before the first request: subscribers can then rely on the tail covering what follows.
-    let start = live::Hub::start_position(&state.bus).await;
     let tail = tokio::spawn(
         state
             .hub
             .clone()
-            .run_tail(state.bus.clone(), start, shutdown.clone()),
+            .run_tail(state.bus.clone(), shutdown.clone()),
     );
     {
         // Live streams end with the server (axum waits for open connections to finish).

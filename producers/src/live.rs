@@ -1,12 +1,15 @@
 //! Live event fan-out for SSE and WebSocket subscribers.
 //!
-//! One **tail** per API process follows the EVENTS stream with an ordered consumer and publishes
-//! every event, decoded once, into its tenant's bounded `broadcast` channel. Subscribers hold a
-//! receiver of their tenant's channel and filter by type, kind and job; an idle subscriber costs
-//! a receiver, not a JetStream consumer, and other tenants' events never wake it. A subscriber that resumes (`Last-Event-ID`, `?after=`) first **catches up** from the
-//! stream itself (direct gets by subject, from the resume point to the stream's last sequence
-//! read at subscription time), then switches to the broadcast, skipping what it already sent:
-//! no gap and no duplicate, however old the resume point and across restarts of the process.
+//! One **tail** per API process follows the EVENTS stream with an ordered consumer, while anyone
+//! subscribes here, and publishes each event of a followed tenant, decoded once, into that
+//! tenant's bounded `broadcast` channel. Subscribers hold a receiver of their tenant's channel
+//! and filter by type, kind and job; an idle subscriber costs a receiver, not a JetStream
+//! consumer, and other tenants' events never wake it. Every subscriber reads the stream's last
+//! sequence after taking its receiver; the tail delivers whatever comes after (a stopped tail is
+//! started from there). A subscriber that resumes (`Last-Event-ID`, `?after=`) first **catches
+//! up** from the stream itself (direct gets by subject, from the resume point to that last
+//! sequence), then switches to the broadcast, skipping what it already sent: no gap and no
+//! duplicate, however old the resume point and across restarts of the process.
 //!
 //! A subscriber that reads too slowly falls behind the broadcast's capacity; it then gets an
 //! [`Item::Resume`] carrying the last sequence it covered, and its stream ends, so the client
@@ -22,7 +25,7 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use bus::Bus;
 use events::{JobEvent, JobId, Tenant};
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// One event as subscribers see it.
@@ -157,29 +160,70 @@ impl Ended {
 pub(crate) type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send>>;
 
 /// The process's fan-out hub: one bounded broadcast channel per tenant with subscribers, so an
-/// event only wakes the subscribers of its own tenant.
+/// event only wakes the subscribers of its own tenant. Its tail runs only while someone
+/// subscribes: an API process that nobody follows reads nothing from the log.
 #[derive(Debug, Clone)]
 pub(crate) struct Hub {
     capacity: usize,
-    /// A std mutex: held only for a map lookup, never across an await.
-    tenants: Arc<std::sync::Mutex<HashMap<Tenant, broadcast::Sender<Arc<LiveEvent>>>>>,
+    /// A std mutex: held only for map and flag updates, never across an await.
+    state: Arc<std::sync::Mutex<HubState>>,
+    /// Wakes the tail when a subscriber arrives while it is stopped.
+    wake: Arc<Notify>,
 }
+
+#[derive(Debug, Default)]
+struct HubState {
+    tenants: HashMap<Tenant, broadcast::Sender<Arc<LiveEvent>>>,
+    /// Whether the tail is following the log.
+    running: bool,
+    /// While it is not: where it must start (one past the stream's end as the earliest waiting
+    /// subscriber read it, so nothing falls between that subscriber's catch-up and the tail).
+    start: Option<u64>,
+}
+
+impl HubState {
+    fn receivers(&self) -> usize {
+        self.tenants
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum()
+    }
+}
+
+/// How long the tail keeps following the log after its last subscriber left.
+const TAIL_IDLE: Duration = Duration::from_secs(5);
 
 impl Hub {
     /// A hub buffering `capacity` events per tenant for the slowest subscriber.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            tenants: Default::default(),
+            state: Default::default(),
+            wake: Default::default(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state.lock().expect("hub state poisoned")
+    }
+
     fn receiver(&self, tenant: &Tenant) -> broadcast::Receiver<Arc<LiveEvent>> {
-        let mut tenants = self.tenants.lock().expect("hub map poisoned");
-        tenants
+        let capacity = self.capacity;
+        self.lock()
+            .tenants
             .entry(tenant.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe()
+    }
+
+    /// A subscriber has read the stream's end, `last`: the tail must deliver what comes after.
+    fn needs_after(&self, last: u64) {
+        let mut state = self.lock();
+        if !state.running {
+            state.start = Some(state.start.map_or(last + 1, |s| s.min(last + 1)));
+            drop(state);
+            self.wake.notify_one();
+        }
     }
 
     /// Whether anyone follows `tenant` here (when nobody does, its events are not even decoded).
@@ -187,67 +231,72 @@ impl Hub {
         let Ok(tenant) = Tenant::parse(tenant) else {
             return false;
         };
-        let tenants = self.tenants.lock().expect("hub map poisoned");
-        tenants
+        self.lock()
+            .tenants
             .get(&tenant)
             .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Hands an event to its tenant's subscribers, if any; forgets tenants nobody follows.
     fn publish(&self, ev: Arc<LiveEvent>) {
-        let mut tenants = self.tenants.lock().expect("hub map poisoned");
-        if let Some(tx) = tenants.get(&ev.tenant) {
+        let mut state = self.lock();
+        if let Some(tx) = state.tenants.get(&ev.tenant) {
             if tx.send(ev.clone()).is_err() {
-                tenants.remove(&ev.tenant);
+                state.tenants.remove(&ev.tenant);
             }
         }
     }
 
-    /// The sequence the tail must start from: the stream's end, read *before* the server takes
-    /// its first subscriber, so no event falls between a subscriber's catch-up and the tail.
-    pub(crate) async fn start_position(bus: &Bus) -> Option<u64> {
-        let mut stream = bus.events_stream().await.ok()?;
-        Some(stream.info().await.ok()?.state.last_sequence + 1)
-    }
-
-    /// Follows EVENTS from `start` (or the stream's end) into the broadcast until `shutdown`;
-    /// restarts after errors from the last event it saw.
-    pub(crate) async fn run_tail(self, bus: Bus, start: Option<u64>, shutdown: CancellationToken) {
-        let mut next = start;
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.tail_once(&bus, &mut next, &shutdown).await {
-                tracing::warn!(error = %e, "event tail interrupted; resuming");
+    /// Runs the tail until `shutdown`: it starts when a subscriber arrives, follows EVENTS into
+    /// the broadcast (restarting after errors from the last event it saw), and stops once nobody
+    /// has subscribed for a while.
+    pub(crate) async fn run_tail(self, bus: Bus, shutdown: CancellationToken) {
+        loop {
+            let start = loop {
+                {
+                    let mut state = self.lock();
+                    if let Some(start) = state.start.take() {
+                        state.running = true;
+                        break start;
+                    }
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = self.wake.notified() => {}
                     _ = shutdown.cancelled() => return,
                 }
+            };
+            let mut next = start;
+            loop {
+                match self.tail_once(&bus, &mut next, &shutdown).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event tail interrupted; resuming");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
             }
         }
     }
 
+    /// Follows EVENTS from `next` until `shutdown` or until nobody has subscribed for
+    /// [`TAIL_IDLE`] (then `Ok`, and the tail is marked stopped).
     async fn tail_once(
         &self,
         bus: &Bus,
-        next: &mut Option<u64>,
+        next: &mut u64,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let mut stream = bus.events_stream().await.map_err(|e| e.to_string())?;
-        let start = match *next {
-            Some(n) => n,
-            None => {
-                stream
-                    .info()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .state
-                    .last_sequence
-                    + 1
-            }
-        };
+        let stream = bus.events_stream().await.map_err(|e| e.to_string())?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
+                    start_sequence: *next,
                 },
                 filter_subject: bus.ns().all_events(),
                 ..Default::default()
@@ -255,15 +304,30 @@ impl Hub {
             .await
             .map_err(|e| e.to_string())?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        *next = Some(start);
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let msg = tokio::select! {
                 m = messages.next() => m,
+                _ = check.tick() => {
+                    // Stop once nobody has subscribed for a while. Decided under the lock, so a
+                    // subscriber arriving now either keeps the tail running or finds it stopped
+                    // and asks for it again.
+                    let mut state = self.lock();
+                    if state.receivers() > 0 {
+                        idle_since = None;
+                    } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= TAIL_IDLE {
+                        state.running = false;
+                        state.tenants.clear();
+                        return Ok(());
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let msg = msg.ok_or("tail ended")?.map_err(|e| e.to_string())?;
             let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
-            *next = Some(seq + 1);
+            *next = seq + 1;
             // The subject names the tenant: skip the decoding of events nobody here follows.
             let followed = events::subjects::parse_event_subject(bus.ns(), &msg.subject)
                 .is_none_or(|(tenant, _, _)| self.followed(tenant));
@@ -286,29 +350,28 @@ impl Hub {
         until_terminal: bool,
         stop: Stop,
     ) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
-        // Subscribe before reading the stream's end, so nothing falls between the two.
+        // Subscribe before reading the stream's end, so nothing falls between the two: what is
+        // beyond the end read here comes through the tail (which is asked to start if it is not
+        // running).
         let rx = self.receiver(&filter.tenant);
-        let (catchup_to, stream) = match after {
-            Some(after) => {
-                let mut stream = bus.events_stream().await?;
-                let last = stream
-                    .info()
-                    .await
-                    .map_err(|e| bus::Error::JetStream(e.to_string()))?
-                    .state
-                    .last_sequence;
-                (last, Some((stream, after + 1)))
-            }
-            None => (0, None),
-        };
+        let mut stream = bus.events_stream().await?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| bus::Error::JetStream(e.to_string()))?
+            .state
+            .last_sequence;
+        self.needs_after(last);
+        // Live only: what came before does not concern this subscriber.
+        let from = after.unwrap_or(last);
         let state = Sub {
             subject: filter.subject(&bus),
             filter,
             rx,
-            last_sent: after.unwrap_or(0),
-            covered: after.unwrap_or(0),
-            catchup: stream,
-            catchup_to,
+            last_sent: from,
+            covered: from,
+            catchup: after.map(|after| (stream, after + 1)),
+            catchup_to: last,
             until_terminal,
             done: false,
             stop,

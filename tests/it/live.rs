@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conveyor::client::{Client, SseEvent};
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
 use crate::harness::{id_of, Api, Env};
@@ -326,4 +326,56 @@ async fn a_live_stream_closes_when_its_token_expires() {
         hint["reason"].as_str().unwrap().contains("token expired"),
         "{hint}"
     );
+}
+
+#[tokio::test]
+async fn an_api_nobody_follows_reads_nothing_from_the_log() {
+    let env = Env::new().await;
+    let (_api, api) = env.spawn_http("api").await;
+    let consumers = || async {
+        let js = env.js().await;
+        let stream = js
+            .get_stream(format!("{}_EVENTS", env.ns.to_uppercase()))
+            .await
+            .unwrap();
+        let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+        names
+    };
+    let wait_for = |want: usize| async move {
+        // A closed SSE connection is noticed at the next keep-alive (15 s); the tail stops 5 s
+        // after its last subscriber left.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+        loop {
+            let names = consumers().await;
+            if names.len() == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{names:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Only the durable webhook fan-in reads EVENTS while nobody follows this API.
+    api.submit(json!({ "kind": "noop" })).await;
+    assert_eq!(consumers().await, ["webhook-fanin"]);
+    // A subscriber starts the tail, and gets what is published from then on.
+    let res = api
+        .request(reqwest::Method::GET, "/v1/events")
+        .send()
+        .await
+        .unwrap();
+    wait_for(2).await;
+    let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    let mut body = res.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&chunk).contains(&id),
+        "the new job's event arrives"
+    );
+    // Once it leaves, the tail stops.
+    drop(body);
+    wait_for(1).await;
 }

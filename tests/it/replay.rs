@@ -104,7 +104,7 @@ async fn a_rebuild_while_jobs_keep_flowing_loses_and_duplicates_nothing() {
         })
     };
     // Small batches: the rebuild takes long enough to overlap the submissions.
-    env.set("CONVEYOR_PROJECTOR_BATCH", "5");
+    env.set("CONVEYOR_REBUILD_BATCH", "5");
     let out = env.run(&["replay", "job_events"]).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("version 2 is live"),
@@ -156,7 +156,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
     }
     env.settle().await;
     let before = snapshot(&env).await;
-    env.set("CONVEYOR_PROJECTOR_BATCH", "1");
+    env.set("CONVEYOR_REBUILD_BATCH", "1");
     let mut replay = env.spawn("replay jobs").await;
     let db = env.db().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -33,13 +33,18 @@ pub const CHECKPOINT_CHANNEL: &str = "conveyor_checkpoint";
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
-    /// Most events per transaction.
+    /// Most events per transaction while following the log.
     pub batch_size: usize,
+    /// Most events per transaction of a rebuild (larger: a rebuild works through a long log).
+    pub rebuild_batch_size: usize,
 }
 
 impl Default for ProjectorSettings {
     fn default() -> Self {
-        Self { batch_size: 1000 }
+        Self {
+            batch_size: 1000,
+            rebuild_batch_size: 5000,
+        }
     }
 }
 
@@ -98,9 +103,6 @@ pub struct RebuildProgress {
     /// Events applied by this run so far.
     pub applied: u64,
 }
-
-/// Fewest events per transaction of a rebuild.
-const REBUILD_BATCH: usize = 5000;
 
 /// Serialises rebuilders across processes (`pg_try_advisory_lock`).
 const REBUILD_LOCK: i64 = 0x636f_6e76_6579_6f72; // "conveyor"
@@ -358,11 +360,11 @@ impl Projector {
         // A reader task fetches and decodes the next batch while this one is written, so
         // Postgres and the rest of the work overlap.
         let (tx, mut batches) = tokio::sync::mpsc::channel(1);
-        // A rebuild works through a long log: larger transactions are cheaper per event.
         let size = match role {
             Role::Live => self.settings.batch_size,
-            Role::Build => self.settings.batch_size.max(REBUILD_BATCH),
-        };
+            Role::Build => self.settings.rebuild_batch_size,
+        }
+        .max(1);
         let reader = AbortOnDrop(tokio::spawn(read_batches(messages, size, tx)));
         let mut applied = 0u64;
         loop {
