@@ -63,7 +63,7 @@ struct Plan {
     paced: Duration,
     raw: Duration,
     replay_events: u64,
-    drain_jobs: u64,
+    peer_jobs: u64,
 }
 
 impl Plan {
@@ -77,7 +77,7 @@ impl Plan {
                 paced: Duration::from_secs(4),
                 raw: Duration::from_secs(2),
                 replay_events: 150_000,
-                drain_jobs: 30_000,
+                peer_jobs: 100_000,
             }
         } else {
             Self {
@@ -88,7 +88,7 @@ impl Plan {
                 paced: Duration::from_secs(12),
                 raw: Duration::from_secs(5),
                 replay_events: 1_000_000,
-                drain_jobs: 200_000,
+                peer_jobs: 200_000,
             }
         }
     }
@@ -152,17 +152,10 @@ impl Suite {
         let token = Self::token();
         for run in 0..self.plan.runs {
             let setup = self.setup(nats, key).await?;
-            let roles = Roles::start(&setup).await?;
+            // Submissions first, with the API and the projector only, so they measure what
+            // accepting a job costs; the jobs wait, and are then drained by a worker.
+            let mut roles = Roles::start_front(&setup).await?;
             let db = sqlx::PgPool::connect(&setup.database_url).await?;
-            if sync == Sync::Default && run == 0 {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                for (name, rss) in ["api", "worker", "projector", "notifier"]
-                    .iter()
-                    .zip(roles.rss())
-                {
-                    self.results.add(&format!("rss.idle.{name}"), rss as f64);
-                }
-            }
             let (rate, lat, n1) = load::bounded(
                 "single submissions",
                 self.plan.submit * 4,
@@ -172,7 +165,6 @@ impl Suite {
             self.results.add(&format!("submit.rate.{key}"), rate);
             self.results.add(&format!("submit.p50.{key}"), lat.p50);
             self.results.add(&format!("submit.p99.{key}"), lat.p99);
-            load::drain(&db, n1, Duration::from_secs(300)).await?;
             let (rate, n2) = load::bounded(
                 "batch submissions",
                 self.plan.batch * 4,
@@ -180,7 +172,13 @@ impl Suite {
             )
             .await?;
             self.results.add(&format!("batch.rate.{key}"), rate);
-            load::drain(&db, n1 + n2, Duration::from_secs(300)).await?;
+            // The drain: every queued job to `succeeded` in the read model, once workers run
+            // (what graphile-worker reports for itself).
+            let started = std::time::Instant::now();
+            roles.start_back(&setup).await?;
+            load::drain(&db, n1 + n2, Duration::from_secs(600)).await?;
+            let drained = (n1 + n2) as f64 / started.elapsed().as_secs_f64();
+            self.results.add(&format!("drain.rate.{key}"), drained);
             let mut peak = [0u64; 4];
             let mut sample = || {
                 for (p, now) in peak.iter_mut().zip(roles.rss()) {
@@ -236,71 +234,27 @@ impl Suite {
                 ),
             )
             .await?;
-            self.results.add(&format!("paced.rate.{key}"), paced.rate);
-            self.results
-                .add(&format!("paced.submit.p50.{key}"), paced.submit.p50);
-            self.results
-                .add(&format!("paced.submit.p99.{key}"), paced.submit.p99);
-            self.results
-                .add(&format!("paced.visible.p50.{key}"), paced.visible.p50);
-            self.results
-                .add(&format!("paced.visible.p99.{key}"), paced.visible.p99);
-            self.results
-                .add(&format!("notify.p50.{key}"), paced.notify.p50);
-            self.results
-                .add(&format!("notify.p99.{key}"), paced.notify.p99);
+            for (name, v) in [
+                ("paced.rate", paced.rate),
+                ("paced.submit.p50", paced.submit.p50),
+                ("paced.submit.p99", paced.submit.p99),
+                ("paced.visible.p50", paced.visible.p50),
+                ("paced.visible.p99", paced.visible.p99),
+                ("notify.p50", paced.notify.p50),
+                ("notify.p99", paced.notify.p99),
+            ] {
+                self.results.add(&format!("{name}.{key}"), v);
+            }
             eprintln!(
-                "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, end to end {e2e:.0} jobs/s (one per request {e2e_single:.0}/s; {total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
+                "  run {}: submit {:.0}/s (p99 {:.1} ms), batch {:.0} jobs/s, drain of {} jobs {drained:.0}/s, end to end {e2e:.0} jobs/s (one per request {e2e_single:.0}/s; {total} jobs), at {:.0}/s: 202 p99 {:.1} ms, visible p50 {:.1} ms p99 {:.1} ms, notified p99 {:.1} ms",
                 run + 1, rate_of(&self.results, &format!("submit.rate.{key}")), lat.p99,
-                rate_of(&self.results, &format!("batch.rate.{key}")), paced.rate, paced.submit.p99,
+                rate_of(&self.results, &format!("batch.rate.{key}")), n1 + n2, paced.rate, paced.submit.p99,
                 paced.visible.p50, paced.visible.p99, paced.notify.p99
             );
             drop(roles);
             db.close().await;
-            // Jobs queued before the workers start, then drained: the figure graphile-worker
-            // reports for itself.
-            let rate = self.drain(nats, key).await?;
-            self.results.add(&format!("drain.rate.{key}"), rate);
-            eprintln!(
-                "  run {}: drain of {} queued jobs: {rate:.0} jobs/s",
-                run + 1,
-                self.plan.drain_jobs
-            );
         }
         Ok(())
-    }
-
-    /// Queues `drain_jobs` no-op jobs with no worker running, then starts one and times until
-    /// every job is `succeeded` in the read model.
-    async fn drain(&mut self, nats: &Nats, key: &str) -> anyhow::Result<f64> {
-        let setup = self.setup(nats, &format!("drain{key}")).await?;
-        setup.run(&["migrate"]).await?;
-        let (_projector, _) = setup.spawn("projector", &[]).await?;
-        let (_api, url) = setup.spawn("api", &[]).await?;
-        let db = sqlx::PgPool::connect(&setup.database_url).await?;
-        let token = Self::token();
-        let http = reqwest::Client::new();
-        let mut queued = 0;
-        while queued < self.plan.drain_jobs {
-            let n = (self.plan.drain_jobs - queued).min(1000) as usize;
-            let jobs: Vec<serde_json::Value> = (0..n)
-                .map(|_| serde_json::json!({ "kind": "noop" }))
-                .collect();
-            let res = http
-                .post(format!("{url}/v1/jobs/batch"))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({ "jobs": jobs }))
-                .send()
-                .await?;
-            anyhow::ensure!(res.status() == 200, "batch answered {}", res.status());
-            queued += n as u64;
-        }
-        let started = std::time::Instant::now();
-        let (_worker, _) = setup
-            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", "256")])
-            .await?;
-        load::drain(&db, queued, Duration::from_secs(600)).await?;
-        Ok(queued as f64 / started.elapsed().as_secs_f64())
     }
 
     async fn replay(&mut self, nats: &Nats) -> anyhow::Result<()> {
@@ -339,6 +293,13 @@ impl Suite {
     async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let setup = self.setup(nats, "memory").await?;
         let roles = Roles::start(&setup).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (name, rss) in ["api", "worker", "projector", "notifier"]
+            .iter()
+            .zip(roles.rss())
+        {
+            self.results.add(&format!("rss.idle.{name}"), rss as f64);
+        }
         let added = load::idle_subscribers(&roles.url, &Self::token(), 1000, &roles.api).await?;
         self.results.add("rss.sse1000", added as f64);
         drop(roles);
@@ -363,7 +324,7 @@ impl Suite {
                 .arg("run.cjs")
                 .current_dir(&dir)
                 .env("DATABASE_URL", &db)
-                .env("JOBS", self.plan.drain_jobs.to_string())
+                .env("JOBS", self.plan.peer_jobs.to_string())
                 .env("PROCESSES", "2")
                 .output()
                 .await
@@ -575,7 +536,13 @@ fn rate_of(r: &Results, key: &str) -> f64 {
 }
 
 async fn versions(cli: &Cli, nats: &str) -> String {
-    let pg: String = match sqlx::PgPool::connect(&cli.database_url).await {
+    let postgres_db = format!(
+        "{}/postgres",
+        cli.database_url
+            .rsplit_once('/')
+            .map_or("", |(base, _)| base)
+    );
+    let pg: String = match sqlx::PgPool::connect(&postgres_db).await {
         Ok(db) => sqlx::query_scalar("SHOW server_version")
             .fetch_one(&db)
             .await

@@ -224,38 +224,53 @@ impl Setup {
 /// The four roles, as separate processes.
 pub(crate) struct Roles {
     pub(crate) api: Proc,
-    pub(crate) worker: Proc,
     pub(crate) projector: Proc,
-    pub(crate) notifier: Proc,
+    worker: Option<Proc>,
+    notifier: Option<Proc>,
     pub(crate) url: String,
 }
 
 impl Roles {
     /// Migrates the database and starts api, worker, projector and notifier.
     pub(crate) async fn start(setup: &Setup) -> anyhow::Result<Self> {
+        let mut roles = Self::start_front(setup).await?;
+        roles.start_back(setup).await?;
+        Ok(roles)
+    }
+
+    /// Migrates the database and starts the projector and the API: jobs are accepted and
+    /// projected, not run.
+    pub(crate) async fn start_front(setup: &Setup) -> anyhow::Result<Self> {
         setup.run(&["migrate"]).await?;
         let (projector, _) = setup.spawn("projector", &[]).await?;
-        let (worker, _) = setup
-            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", "256")])
-            .await?;
-        let (notifier, _) = setup.spawn("notifier", &[]).await?;
         let (api, url) = setup.spawn("api", &[]).await?;
         Ok(Self {
             api,
-            worker,
             projector,
-            notifier,
+            worker: None,
+            notifier: None,
             url,
         })
     }
 
-    /// RSS of each role: api, worker, projector, notifier.
+    /// Starts the worker and the notifier.
+    pub(crate) async fn start_back(&mut self, setup: &Setup) -> anyhow::Result<()> {
+        let (worker, _) = setup
+            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", "256")])
+            .await?;
+        let (notifier, _) = setup.spawn("notifier", &[]).await?;
+        self.worker = Some(worker);
+        self.notifier = Some(notifier);
+        Ok(())
+    }
+
+    /// RSS of each role: api, worker, projector, notifier (0 for one not running).
     pub(crate) fn rss(&self) -> [u64; 4] {
         [
             self.api.rss(),
-            self.worker.rss(),
+            self.worker.as_ref().map_or(0, Proc::rss),
             self.projector.rss(),
-            self.notifier.rss(),
+            self.notifier.as_ref().map_or(0, Proc::rss),
         ]
     }
 }

@@ -523,27 +523,28 @@ impl Projector {
         let before = read_models::load_jobs(&mut tx, &schema, &ids).await?;
         let batch = read_models::fold(before, events, cp("jobs"), cp("job_events"));
         read_models::write(&mut tx, &schema, &batch).await?;
-        for name in PROJECTIONS {
-            let moved = sqlx::query(
-                "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now()
-                 WHERE projection = $1 AND version = $4 AND last_seq = $3",
-            )
-            .bind(name)
-            .bind(last.max(cp(name)))
-            .bind(cp(name))
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() != 1 {
-                return Err(ApplyError::Conflict(name));
-            }
-        }
-        if role == Role::Live {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHECKPOINT_CHANNEL)
-                .bind(last.to_string())
-                .execute(&mut *tx)
-                .await?;
+        // Every checkpoint moves (compare-and-set on its previous value) and, live, the API is
+        // told of the new one: one statement.
+        let olds: Vec<i64> = PROJECTIONS.iter().map(|n| cp(n)).collect();
+        let (moved, _told): (i64, i64) = sqlx::query_as(
+            "WITH moved AS (
+               UPDATE projection_checkpoints c SET last_seq = greatest(v.old, $3), updated_at = now()
+               FROM unnest($1::text[], $2::int8[]) AS v(name, old)
+               WHERE c.projection = v.name AND c.version = $4 AND c.last_seq = v.old
+               RETURNING 1),
+             told AS (SELECT pg_notify($5, $3::text) WHERE $6)
+             SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM told)",
+        )
+        .bind(&PROJECTIONS[..])
+        .bind(&olds)
+        .bind(last)
+        .bind(version)
+        .bind(CHECKPOINT_CHANNEL)
+        .bind(role == Role::Live)
+        .fetch_one(&mut *tx)
+        .await?;
+        if moved != PROJECTIONS.len() as i64 {
+            return Err(ApplyError::Conflict("projection_checkpoints"));
         }
         tx.commit().await?;
         let moved: Vec<_> = PROJECTIONS.iter().map(|n| (*n, last.max(cp(n)))).collect();
