@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bus::async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use bus::async_nats::jetstream::consumer::DeliverPolicy;
 use bus::Bus;
 use chrono::{DateTime, Utc};
 use events::{Envelope, JobEvent};
@@ -35,21 +35,16 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
 pub async fn first_seq_since(bus: &Bus, time: DateTime<Utc>) -> anyhow::Result<u64> {
     let mut stream = bus.events_stream().await?;
     let last = stream.info().await?.state.last_sequence;
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                    time.timestamp_nanos_opt().unwrap_or(0).into(),
-                )?,
-            },
-            filter_subject: bus.ns().all_events(),
-            ..Default::default()
-        })
-        .await?;
-    if consumer.info().await?.num_pending == 0 {
+    let start = DeliverPolicy::ByStartTime {
+        start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+            time.timestamp_nanos_opt().unwrap_or(0).into(),
+        )?,
+    };
+    let (mut messages, pending) =
+        bus::ordered::ordered(stream, bus.ns().all_events(), start).await?;
+    if pending == 0 {
         return Ok(last + 1);
     }
-    let mut messages = consumer.messages().await?;
     match messages.next().await {
         Some(Ok(msg)) => Ok(msg
             .info()
@@ -91,17 +86,11 @@ pub async fn export(
             )?,
         },
     };
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy,
-            filter_subject: bus.ns().all_events(),
-            ..Default::default()
-        })
-        .await?;
-    if last == 0 || consumer.info().await?.num_pending == 0 {
+    let (mut messages, pending) =
+        bus::ordered::ordered(stream, bus.ns().all_events(), deliver_policy).await?;
+    if last == 0 || pending == 0 {
         return Ok(0);
     }
-    let mut messages = consumer.messages().await?;
     let (mut written, started, mut reported) = (0u64, Instant::now(), Instant::now());
     while let Some(msg) = messages.next().await {
         let msg = msg?;
@@ -255,17 +244,10 @@ pub async fn tail(
         Some(t) => bus.ns().tenant_events(t),
         None => bus.ns().all_events(),
     };
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy,
-            filter_subject: subject,
-            ..Default::default()
-        })
-        .await?;
-    if !follow && (last == 0 || consumer.info().await?.num_pending == 0) {
+    let (mut messages, pending) = bus::ordered::ordered(stream, subject, deliver_policy).await?;
+    if !follow && (last == 0 || pending == 0) {
         return Ok(());
     }
-    let mut messages = consumer.messages().await?;
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;

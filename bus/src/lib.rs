@@ -14,6 +14,7 @@ use bytes::Bytes;
 use events::streams::{self, ConsumerSpec, Retention, StreamSpec};
 use events::{Command, DecodeError, Envelope, JobEvent, JobKind, Namespace};
 
+pub mod ordered;
 pub mod trace;
 pub mod webhook_url;
 
@@ -37,6 +38,9 @@ pub enum Error {
         /// Why.
         source: async_nats::ConnectError,
     },
+    /// `CONVEYOR_NATS_URL` is not a list of NATS server URLs.
+    #[error("CONVEYOR_NATS_URL: {0}")]
+    BadUrl(String),
     /// The server is too old.
     #[error("nats-server {0} is too old: conveyor needs 2.10 or newer with JetStream (scripts/up runs a current one)")]
     ServerTooOld(String),
@@ -134,16 +138,75 @@ fn parse_version(v: &str) -> Option<(u64, u64)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// How long provisioning (streams, buckets, consumers, kinds) keeps trying a request that failed
+/// for a passing reason: on a cluster, a JetStream leader election takes a few seconds, during
+/// which requests time out or find no responder.
+pub const PROVISION_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a failure may pass by itself (a timeout, no responder, a lost connection), rather
+/// than a configuration the server refuses (replicas it cannot place) or a mismatch.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::JetStream(text) => {
+            !(text.contains("not supported") || text.contains("insufficient"))
+        }
+        Error::Disconnected => true,
+        _ => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or [`PROVISION_PATIENCE`] has passed.
+async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Parses a comma-separated list of server URLs (`nats://a:4222,nats://b:4222`; the scheme
+/// and port may be left out: `a,b:4223`). async-nats parses a `&str` as one address, so the
+/// list is split here and handed over whole: the client then connects to any of them and, after
+/// losing its server, reconnects to another (and to the servers the cluster announces).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::BadUrl(format!("{u}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(Error::BadUrl("no server URL".into()));
+    }
+    Ok(addrs)
+}
+
 impl Bus {
-    /// Connects, checks the server version and JetStream, and keeps reconnecting for ever after
-    /// a loss (publishes then fail within `request_timeout`, never hang).
+    /// Connects to any of the servers listed in `settings.url`, checks the server version and
+    /// JetStream, and keeps reconnecting for ever after a loss, to any server of the list or of
+    /// the cluster (publishes then fail within `request_timeout`, never hang).
     pub async fn connect(settings: &BusSettings) -> Result<Self> {
+        let addrs = server_addrs(&settings.url)?;
         let client = async_nats::ConnectOptions::new()
             .name(&settings.name)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(settings.request_timeout))
             .max_reconnects(None)
-            .connect(settings.url.as_str())
+            .connect(addrs)
             .await
             .map_err(|source| Error::Connect {
                 url: settings.url.clone(),
@@ -189,8 +252,17 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates (or checks) the streams and buckets every role relies on.
+    /// Creates (or checks) the streams and buckets every role relies on. A request that fails
+    /// for a passing reason (a timeout or no responder while a JetStream leader is being
+    /// elected) is tried again for up to [`PROVISION_PATIENCE`].
     pub async fn provision_streams(&self) -> Result<()> {
+        patiently("provisioning streams and buckets", || {
+            self.provision_streams_once()
+        })
+        .await
+    }
+
+    async fn provision_streams_once(&self) -> Result<()> {
         self.ensure_stream(&streams::events_stream(&self.ns, self.replicas))
             .await?;
         self.ensure_stream(&streams::commands_stream(&self.ns, self.replicas))
@@ -209,13 +281,19 @@ impl Bus {
         self.results().await?;
         self.ensure_consumer(&streams::webhook_fanin_consumer(&self.ns))
             .await?;
+        self.ensure_consumer(&streams::submissions_audit_consumer(&self.ns))
+            .await?;
         Ok(())
     }
 
-    /// Creates (or checks) the webhook delivery consumer.
+    /// Creates (or checks) the webhook delivery consumer (retrying like
+    /// [`Bus::provision_streams`]).
     pub async fn provision_webhook_consumer(&self, ack_wait: Duration) -> Result<()> {
-        self.ensure_consumer(&streams::webhook_delivery_consumer(&self.ns, ack_wait))
-            .await
+        let spec = streams::webhook_delivery_consumer(&self.ns, ack_wait);
+        patiently("provisioning the webhook consumer", || {
+            self.ensure_consumer(&spec)
+        })
+        .await
     }
 
     /// The failed-webhook-deliveries bucket.
@@ -226,8 +304,20 @@ impl Bus {
             .map_err(js_err)
     }
 
-    /// Creates (or checks) the worker consumers of `kinds` and the canceller.
+    /// Creates (or checks) the worker consumers of `kinds` and the canceller (retrying like
+    /// [`Bus::provision_streams`]).
     pub async fn provision_worker_consumers(
+        &self,
+        kinds: &[JobKind],
+        ack_wait: Duration,
+    ) -> Result<()> {
+        patiently("provisioning the worker consumers", || {
+            self.provision_worker_consumers_once(kinds, ack_wait)
+        })
+        .await
+    }
+
+    async fn provision_worker_consumers_once(
         &self,
         kinds: &[JobKind],
         ack_wait: Duration,
@@ -245,6 +335,14 @@ impl Bus {
     pub async fn events_stream(&self) -> Result<stream::Stream> {
         self.js
             .get_stream(self.ns.events_stream())
+            .await
+            .map_err(js_err)
+    }
+
+    /// The COMMANDS stream handle.
+    pub async fn commands_stream(&self) -> Result<stream::Stream> {
+        self.js
+            .get_stream(self.ns.commands_stream())
             .await
             .map_err(js_err)
     }
@@ -310,19 +408,23 @@ impl Bus {
             .map_err(js_err)
     }
 
-    /// Records that a worker serves `kind`, with its payload schema (if it declares one).
+    /// Records that a worker serves `kind`, with its payload schema (if it declares one);
+    /// retried like [`Bus::provision_streams`].
     pub async fn register_kind(
         &self,
         kind: &JobKind,
         schema: Option<&serde_json::Value>,
     ) -> Result<()> {
-        let entry = serde_json::json!({ "kind": kind, "schema": schema });
-        self.kinds()
-            .await?
-            .put(kind.as_str(), entry.to_string().into())
-            .await
-            .map(drop)
-            .map_err(js_err)
+        let entry = serde_json::json!({ "kind": kind, "schema": schema }).to_string();
+        patiently("registering a kind", || async {
+            self.kinds()
+                .await?
+                .put(kind.as_str(), entry.clone().into())
+                .await
+                .map(drop)
+                .map_err(js_err)
+        })
+        .await
     }
 
     /// The cancellation-marker bucket.
@@ -351,7 +453,24 @@ impl Bus {
     }
 
     async fn ensure_kv(&self, bucket: &str, max_age: Duration) -> Result<()> {
-        if self.js.get_key_value(bucket).await.is_ok() {
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            // A bucket is a stream (`KV_<bucket>`): it must have the replicas asked for, like
+            // the streams (a bucket made R1 before the cluster would not survive a node).
+            let got = store
+                .status()
+                .await
+                .map_err(js_err)?
+                .info
+                .config
+                .num_replicas;
+            if got != self.replicas {
+                return Err(Error::Mismatch {
+                    what: format!("key-value bucket {bucket}"),
+                    field: "num_replicas",
+                    got: got.to_string(),
+                    want: self.replicas.to_string(),
+                });
+            }
             return Ok(());
         }
         let created = self
@@ -458,6 +577,8 @@ impl Bus {
             max_deliver: -1,
             max_ack_pending: spec.max_ack_pending,
             deliver_policy: consumer::DeliverPolicy::All,
+            // 0: as many as the stream (CONVEYOR_REPLICAS), so a durable consumer's state
+            // survives the loss of a node exactly as the stream's messages do.
             num_replicas: 0,
             ..Default::default()
         };
@@ -666,6 +787,26 @@ fn decode<P: events::Payload>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_lists() {
+        let addrs = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,b:5000").unwrap();
+        let got: Vec<(String, u16)> = addrs
+            .iter()
+            .map(|a| (a.host().to_owned(), a.port()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1".to_owned(), 4222),
+                ("127.0.0.1".to_owned(), 4223),
+                ("b".to_owned(), 5000)
+            ]
+        );
+        assert_eq!(server_addrs("a").unwrap()[0].port(), 4222);
+        assert!(server_addrs(" , ").is_err());
+        assert!(server_addrs("http://a:1").is_err());
+    }
 
     #[test]
     fn versions() {

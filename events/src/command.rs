@@ -32,6 +32,21 @@ pub struct RunJob {
     pub webhook: Option<bool>,
 }
 
+impl RunJob {
+    /// The first attempt of a submitted job.
+    pub fn first(job: &crate::job::Submitted) -> Self {
+        Self {
+            attempt: 1,
+            max_attempts: job.max_attempts,
+            timeout_ms: job.timeout_ms,
+            run_at: job.run_at,
+            payload: job.payload.clone(),
+            generation: 0,
+            webhook: Some(job.webhook.is_some()),
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

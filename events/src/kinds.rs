@@ -33,6 +33,10 @@ pub struct Fail {
     /// Fail with a fatal error: dead-lettered without retries.
     #[serde(default)]
     pub fatal: bool,
+    /// Panic instead of returning an error (exercises the worker's panic containment: a panic
+    /// is a retryable failure, and the process goes on).
+    #[serde(default)]
+    pub panic: bool,
 }
 
 /// `report.job_stats`: counts the tenant's jobs by kind and status over the last `window_secs`.
@@ -144,6 +148,8 @@ pub fn builtin_schema(kind: &str) -> Option<Value> {
                 "message": { "type": "string", "description": "Error message." },
                 "fatal": { "type": "boolean", "default": false,
                            "description": "Dead-letter at once, without retries." },
+                "panic": { "type": "boolean", "default": false,
+                           "description": "Panic in the handler instead of returning an error." },
             }),
             &[],
         ),

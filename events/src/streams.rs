@@ -24,6 +24,8 @@ pub const CANCELLER_CONSUMER: &str = "canceller";
 pub const WEBHOOK_FANIN_CONSUMER: &str = "webhook-fanin";
 /// Name of the durable consumer that delivers webhooks.
 pub const WEBHOOK_DELIVERY_CONSUMER: &str = "webhooks";
+/// Durable name of the submissions audit on EVENTS.
+pub const SUBMISSIONS_AUDIT_CONSUMER: &str = "submissions-audit";
 
 /// Retention of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,18 @@ pub fn webhook_fanin_consumer(ns: &Namespace) -> ConsumerSpec {
         durable: WEBHOOK_FANIN_CONSUMER.to_owned(),
         filters: ns.terminal_events(),
         ack_wait: Duration::from_secs(30),
+        max_ack_pending: 10_000,
+    }
+}
+
+/// The submissions audit: reads every `job.submitted` to make sure its job has a run command.
+/// Created with the streams, so it sees every submission from the start.
+pub fn submissions_audit_consumer(ns: &Namespace) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.events_stream(),
+        durable: SUBMISSIONS_AUDIT_CONSUMER.to_owned(),
+        filters: vec![ns.submitted_events()],
+        ack_wait: Duration::from_secs(60),
         max_ack_pending: 10_000,
     }
 }

@@ -4,13 +4,14 @@
 //! | what | name |
 //! |---|---|
 //! | domain event | `<ns>.events.<tenant>.job.<job_id>.<event>` |
-//! | command | `<ns>.cmd.<action>.<kind>` (`run`, `cancel`) |
+//! | run command | `<ns>.cmd.run.<kind>.<job_id>` |
+//! | other commands | `<ns>.cmd.<action>.<kind>` (`cancel`, `webhook`) |
 //! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
 //! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
 //! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS` (KV), `<NS>_RESULTS` (object store) |
 //!
-//! Kinds may contain dots (`report.job_stats`), so the kind is the *last* part of a command
-//! subject, where a `>` filter can take it whole.
+//! Kinds may contain dots (`report.job_stats`): a cancel or webhook command ends with its kind,
+//! where a `>` filter takes it whole, and a run command has exactly one token (the job) after it.
 
 use crate::command::Command;
 use crate::envelope::Envelope;
@@ -83,14 +84,29 @@ impl Namespace {
         format!("{self}.cmd.>")
     }
 
-    /// Where a command is published.
+    /// Where a command is published. A run command's subject ends with its job, so whether a
+    /// job has one waiting is a direct lookup (see [`Namespace::run_command_of`]).
     pub fn command_subject(&self, cmd: &Envelope<Command>) -> String {
-        format!("{self}.cmd.{}.{}", cmd.payload.action(), cmd.kind)
+        match cmd.payload {
+            Command::Run(_) => self.run_command_of(&cmd.kind, cmd.job),
+            _ => format!("{self}.cmd.{}.{}", cmd.payload.action(), cmd.kind),
+        }
     }
 
-    /// The run commands of one kind: one worker consumer's filter.
+    /// The run commands of one kind: one worker consumer's filter. (Every run subject has
+    /// exactly one token after the kind, so kinds with dots do not overlap.)
     pub fn run_commands(&self, kind: &JobKind) -> String {
-        format!("{self}.cmd.run.{kind}")
+        format!("{self}.cmd.run.{kind}.*")
+    }
+
+    /// The subject of one job's run commands.
+    pub fn run_command_of(&self, kind: &JobKind, job: JobId) -> String {
+        format!("{self}.cmd.run.{kind}.{job}")
+    }
+
+    /// Every `job.submitted`: what the submissions audit reads.
+    pub fn submitted_events(&self) -> String {
+        format!("{self}.events.*.job.*.submitted")
     }
 
     /// All cancel commands: the canceller consumer's filter.
@@ -205,7 +221,10 @@ mod tests {
         assert_eq!(ns.events_stream(), "CONVEYOR_EVENTS");
         assert_eq!(ns.commands_stream(), "CONVEYOR_COMMANDS");
         let kind = JobKind::parse("report.job_stats").unwrap();
-        assert_eq!(ns.run_commands(&kind), "conveyor.cmd.run.report.job_stats");
+        assert_eq!(
+            ns.run_commands(&kind),
+            "conveyor.cmd.run.report.job_stats.*"
+        );
         let job = JobId::new();
         let subject = ns.job_event(&Tenant::parse("acme").unwrap(), job, "succeeded");
         let job_str = job.to_string();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use bus::Bus;
 use events::{JobEvent, JobId, Tenant};
@@ -293,17 +293,15 @@ impl Hub {
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let stream = bus.events_stream().await.map_err(|e| e.to_string())?;
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: *next,
-                },
-                filter_subject: bus.ns().all_events(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let (mut messages, _) = bus::ordered::ordered(
+            stream,
+            bus.ns().all_events(),
+            DeliverPolicy::ByStartSequence {
+                start_sequence: *next,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut idle_since: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {

@@ -127,12 +127,23 @@ pub(crate) async fn submitted_event(
     tenant: &Tenant,
     id: JobId,
 ) -> ApiResult<Option<(u64, Envelope<JobEvent>)>> {
+    last_event(state, tenant, id, "submitted").await
+}
+
+/// The job's latest event named `name` (`submitted`, `started`, …) and its stream sequence,
+/// straight from the log.
+pub(crate) async fn last_event(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+    name: &str,
+) -> ApiResult<Option<(u64, Envelope<JobEvent>)>> {
     let stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
-    let subject = state.bus.ns().job_event(tenant, id, "submitted");
+    let subject = state.bus.ns().job_event(tenant, id, name);
     match stream.direct_get_last_for_subject(subject).await {
         Ok(msg) => {
             let ev = bus::decode_event(Some(&msg.headers), &msg.payload)
-                .map_err(|e| ApiError::Internal(format!("stored job.submitted unreadable: {e}")))?;
+                .map_err(|e| ApiError::Internal(format!("stored job.{name} unreadable: {e}")))?;
             Ok(Some((msg.sequence, ev)))
         }
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {

@@ -316,11 +316,11 @@ test('jobs: filter by kind and page through older jobs', async () => {
   assert.deepEqual([...new Set(await rows.locator('td[data-label="Kind"]').allTextContents())], ['noop']);
   const newest = await rows.first().getAttribute('data-job-id');
   await page.getByRole('button', { name: 'Older' }).click();
-  await page.getByText('page 2').waitFor();
+  await page.getByText('page 2', { exact: true }).waitFor();
   await until(async () => (await rows.count()) === Math.min(25, total - 25), 'the second page');
   assert.equal(await page.locator(`table.jobs tr[data-job-id="${newest}"]`).count(), 0, 'page 2 holds other jobs');
   await page.getByRole('button', { name: 'Newer' }).click();
-  await page.getByText('newest').waitFor();
+  await page.getByText('newest', { exact: true }).waitFor();
   await row(newest).waitFor();
   await page.getByLabel('Kind', { exact: true }).nth(1).selectOption('');
   noProblems();

@@ -106,15 +106,16 @@ async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
         .await
         .unwrap();
     assert_eq!(succeeded as usize, JOBS);
-    let stats: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count FROM job_stats WHERE count <> 0")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let (stats, recount) = env.job_stats_and_recount().await;
+    assert_eq!(stats, recount, "job_stats equals a recount");
     assert_eq!(
         stats,
-        vec![("succeeded".to_owned(), JOBS as i64)],
-        "job_stats equals a recount"
+        vec![(
+            "acme".to_owned(),
+            "noop".to_owned(),
+            "succeeded".to_owned(),
+            JOBS as i64
+        )],
     );
 }
 
@@ -150,5 +151,42 @@ async fn sigterm_lets_the_running_job_finish_and_exits_cleanly() {
             .filter(|t| *t == "started")
             .count(),
         1
+    );
+}
+
+#[tokio::test]
+async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
+    // What an API crash between storing `job.submitted` and its run command leaves behind.
+    let env = Env::new().await;
+    let (_api, api) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let _worker = env.spawn("worker").await;
+    let ns = events::Namespace::parse(&env.ns).unwrap();
+    let job = events::JobId::new();
+    let ev = events::Envelope::new(
+        "/conveyor/api",
+        job,
+        events::Tenant::parse("acme").unwrap(),
+        events::JobKind::parse("noop").unwrap(),
+        events::JobEvent::Submitted(events::job::Submitted {
+            payload: json!({}),
+            max_attempts: 3,
+            timeout_ms: 10_000,
+            run_at: None,
+            webhook: None,
+        }),
+    );
+    env.js()
+        .await
+        .publish(ns.event_subject(&ev), ev.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let done = api.wait_terminal(&job.to_string()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        api.timeline(&job.to_string()).await,
+        ["submitted", "started", "succeeded"]
     );
 }

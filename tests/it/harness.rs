@@ -46,9 +46,8 @@ impl Proc {
 
     /// SIGTERM, then wait for the exit status.
     pub(crate) async fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("process is running");
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success());
@@ -56,6 +55,11 @@ impl Proc {
             .await
             .expect("the process exits within 60 s of SIGTERM")
             .expect("wait for the process")
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("process is running")
     }
 
     /// Whether it has not exited.
@@ -129,6 +133,11 @@ impl Env {
             extra_env: Vec::new(),
             logs,
         }
+    }
+
+    /// Where the processes' logs go.
+    pub(crate) fn logs_dir(&self) -> &std::path::Path {
+        &self.logs
     }
 
     /// Makes the roles started from now on reach Postgres through `proxy`.
@@ -227,8 +236,46 @@ impl Env {
         rows.into_iter().map(|r| r.0).collect()
     }
 
+    /// The three read models (`jobs`, `job_events`, `job_stats`), every row, in a stable order:
+    /// what a rebuild must reproduce.
+    pub(crate) async fn read_models(&self) -> Vec<Vec<Value>> {
+        let mut out = Vec::new();
+        for (table, order) in [
+            ("jobs", "id"),
+            ("job_events", "seq"),
+            ("job_stats", "tenant, kind, status"),
+        ] {
+            out.push(self.table(table, order).await);
+        }
+        out
+    }
+
+    /// `job_stats` (rows with a count) and a recount of `jobs` by tenant, kind and status, in
+    /// the same order: equal when the stats read model is right.
+    pub(crate) async fn job_stats_and_recount(&self) -> (Vec<StatsRow>, Vec<StatsRow>) {
+        let db = self.db().await;
+        let stats = sqlx::query_as(
+            "SELECT tenant, kind, status, count FROM job_stats WHERE count <> 0 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("read job_stats");
+        let recount = sqlx::query_as(
+            "SELECT tenant, kind, status, count(*) FROM jobs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("recount jobs");
+        (stats, recount)
+    }
+
     /// Starts `conveyor <role>` (words split on spaces); its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
     pub(crate) async fn spawn(&self, role: &str) -> Proc {
+        self.spawn_with(role, &[]).await
+    }
+
+    /// [`Env::spawn`] with extra environment variables for this process only.
+    pub(crate) async fn spawn_with(&self, role: &str, vars: &[(&str, &str)]) -> Proc {
         let n = std::fs::read_dir(&self.logs)
             .map(|d| d.count())
             .unwrap_or(0);
@@ -238,6 +285,7 @@ impl Env {
         let args: Vec<&str> = role.split_whitespace().collect();
         let child = self
             .command(&args)
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -279,7 +327,7 @@ impl Env {
             }
             panic!(
                 "conveyor {role} exited before listening; see {}",
-                self.logs.display()
+                self.logs_dir().display()
             );
         })
         .await
@@ -319,6 +367,9 @@ impl Env {
         }
     }
 }
+
+/// A `job_stats` row: tenant, kind, status, count.
+pub(crate) type StatsRow = (String, String, String, i64);
 
 /// The JWT settings the test processes use.
 pub(crate) fn jwt() -> producers::JwtSettings {

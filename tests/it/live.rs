@@ -354,16 +354,19 @@ async fn an_api_nobody_follows_reads_nothing_from_the_log() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    // Only the durable webhook fan-in reads EVENTS while nobody follows this API.
+    // Only the durable consumers (the webhook fan-in, the submissions audit) are on EVENTS
+    // while nobody follows this API.
     api.submit(json!({ "kind": "noop" })).await;
-    assert_eq!(consumers().await, ["webhook-fanin"]);
+    let mut names = consumers().await;
+    names.sort();
+    assert_eq!(names, ["submissions-audit", "webhook-fanin"]);
     // A subscriber starts the tail, and gets what is published from then on.
     let res = api
         .request(reqwest::Method::GET, "/v1/events")
         .send()
         .await
         .unwrap();
-    wait_for(2).await;
+    wait_for(3).await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     let mut body = res.bytes_stream();
     let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
@@ -377,5 +380,5 @@ async fn an_api_nobody_follows_reads_nothing_from_the_log() {
     );
     // Once it leaves, the tail stops.
     drop(body);
-    wait_for(1).await;
+    wait_for(2).await;
 }

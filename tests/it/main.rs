@@ -12,6 +12,7 @@ mod limits;
 mod live;
 mod log_tools;
 mod operations;
+mod ordered;
 mod outages;
 mod replay;
 mod services;

@@ -13,18 +13,6 @@ async fn live_version(env: &Env) -> i32 {
         .unwrap()
 }
 
-async fn snapshot(env: &Env) -> Vec<Vec<Value>> {
-    let mut out = Vec::new();
-    for (table, order) in [
-        ("jobs", "id"),
-        ("job_events", "seq"),
-        ("job_stats", "tenant, kind, status"),
-    ] {
-        out.push(env.table(table, order).await);
-    }
-    out
-}
-
 async fn mixed_jobs(api: &Api) -> Vec<String> {
     let mut ids = Vec::new();
     for body in [
@@ -48,7 +36,7 @@ async fn a_rebuild_equals_the_live_read_models_row_for_row() {
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
     let last = env.settle().await;
-    let before = snapshot(&env).await;
+    let before = env.read_models().await;
 
     let dry = env.run(&["replay", "jobs", "--dry-run"]).await;
     let dry = String::from_utf8_lossy(&dry.stdout).to_string();
@@ -62,7 +50,7 @@ async fn a_rebuild_equals_the_live_read_models_row_for_row() {
     );
     assert_eq!(live_version(&env).await, 2);
     assert_eq!(
-        snapshot(&env).await,
+        env.read_models().await,
         before,
         "the rebuilt version equals the live one"
     );
@@ -155,7 +143,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
         api.wait_terminal(id).await;
     }
     env.settle().await;
-    let before = snapshot(&env).await;
+    let before = env.read_models().await;
     env.set("CONVEYOR_REBUILD_BATCH", "1");
     let mut replay = env.spawn("replay jobs").await;
     let db = env.db().await;
@@ -192,7 +180,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     env.settle().await;
-    assert_eq!(snapshot(&env).await, before);
+    assert_eq!(env.read_models().await, before);
 }
 
 #[tokio::test]
@@ -201,7 +189,7 @@ async fn the_admin_api_asks_the_projector_for_a_rebuild() {
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
     env.settle().await;
-    let before = snapshot(&env).await;
+    let before = env.read_models().await;
     let admin = api.with_token(&env.token("acme", "admin"));
     let res = api
         .request(reqwest::Method::POST, "/v1/admin/projections/jobs/rebuild")
@@ -235,5 +223,5 @@ async fn the_admin_api_asks_the_projector_for_a_rebuild() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     env.settle().await;
-    assert_eq!(snapshot(&env).await, before);
+    assert_eq!(env.read_models().await, before);
 }

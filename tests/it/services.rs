@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 /// The pinned nats-server binary: `CONVEYOR_NATS_SERVER`, else the one `scripts/test` installs.
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     let bin = std::env::var_os("CONVEYOR_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -28,7 +28,7 @@ fn nats_server_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

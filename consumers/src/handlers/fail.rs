@@ -3,7 +3,7 @@ use serde_json::Value;
 use crate::{Handler, JobContext, JobError};
 
 /// `fail`: always fails; retryably (so it uses every attempt, then is dead-lettered) unless the
-/// payload asks for a fatal error.
+/// payload asks for a fatal error, or for a panic.
 #[derive(Debug, Clone, Copy)]
 pub struct Fail;
 
@@ -14,6 +14,9 @@ impl Handler for Fail {
         let message = p
             .message
             .unwrap_or_else(|| "fail: this kind always fails".into());
+        if p.panic {
+            panic!("{message}");
+        }
         Err(if p.fatal {
             JobError::fatal(message)
         } else {

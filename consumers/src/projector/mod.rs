@@ -1,6 +1,6 @@
 //! The projector: folds the EVENTS stream into the Postgres read models.
 //!
-//! It reads with an ordered consumer starting right after the checkpoint stored in Postgres,
+//! It reads with an ordered reader ([`bus::ordered`]) starting right after the checkpoint stored in Postgres,
 //! so the only state is the database: no durable consumer can drift from it. Each batch
 //! (as many events as are ready, up to `batch_size`) is applied in one transaction that also
 //! moves the checkpoints, with a compare-and-set on their previous values, so:
@@ -10,6 +10,15 @@
 //!
 //! After each commit it sends `NOTIFY conveyor_checkpoint` with the new sequence, which the API
 //! uses to answer reads of a job right after its `202` (read-your-writes).
+//!
+//! **One active projector per database.** Several projector processes may run (for
+//! availability): each first takes a session-level Postgres advisory lock on a connection of its
+//! own and only the holder follows the log and runs rebuilds; the others stand by, trying again
+//! every [`STANDBY_POLL`]. When the leader dies its session ends, Postgres releases the lock and a
+//! standby takes over from the checkpoint. A leader whose lock session fails (Postgres restarted,
+//! connection cut) stops following at once and stands by too. The lock only avoids wasted work:
+//! correctness still rests on the checkpoint compare-and-set, so a leader that has not yet noticed
+//! it lost the lock cannot apply a batch twice.
 
 pub mod read_models;
 
@@ -17,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use bus::Bus;
 use futures::{FutureExt, StreamExt};
 use read_models::Sequenced;
@@ -107,6 +116,15 @@ pub struct RebuildProgress {
 /// Serialises rebuilders across processes (`pg_try_advisory_lock`).
 const REBUILD_LOCK: i64 = 0x636f_6e76_6579_6f72; // "conveyor"
 
+/// The leadership lock: its holder is the one active projector of the database.
+pub const LEADER_LOCK: i64 = 0x636f_6e76_6c65_6164; // "convlead"
+
+/// How often a standby projector tries to take the leadership lock.
+pub const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// How often the leader checks that its lock session is still alive.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
+
 /// The projector role.
 #[derive(Debug)]
 pub struct Projector {
@@ -173,12 +191,86 @@ impl Projector {
     /// when one is requested (`conveyor replay`, `POST /v1/admin/projections/{name}/rebuild`).
     /// Failures (NATS or Postgres down) are retried with backoff from the last checkpoint; only a
     /// gap in the stream stops it.
+    ///
+    /// Only one projector per database works at a time (see the module documentation): this one
+    /// stands by until it holds the leadership lock, and goes back to standing by if it loses it.
     pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         self.bus.provision_streams().await?;
+        let lead = async {
+            loop {
+                let Some(mut lock) = self.lead(&shutdown).await else {
+                    return Ok::<(), crate::Error>(());
+                };
+                let term = shutdown.child_token();
+                let work = self.work(&term);
+                tokio::pin!(work);
+                let result = tokio::select! {
+                    r = &mut work => r,
+                    () = watch_leadership(&mut lock) => {
+                        // Lost: stop as on shutdown (the batch in hand is committed or fails its
+                        // compare-and-set), then stand by.
+                        term.cancel();
+                        work.await
+                    }
+                };
+                term.cancel();
+                {
+                    use sqlx::Connection as _;
+                    // Closing the session releases the lock at once for a standby.
+                    let _ = lock.close().await;
+                }
+                metrics::gauge!("conveyor_projector_leader").set(0.0);
+                self.live_checkpoint.store(-1, Ordering::Relaxed);
+                result?;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    "projector lost its leadership lock (its Postgres session ended); standing by"
+                );
+            }
+        };
+        let (result, ()) = tokio::join!(lead, self.report_lag(&shutdown));
+        result
+    }
+
+    /// Waits until this process holds the leadership lock (`None`: `shutdown` came first).
+    /// The lock lives in a session of its own, outside the pool, so it is held exactly as long as
+    /// that connection.
+    async fn lead(&self, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
+        metrics::gauge!("conveyor_projector_leader").set(0.0);
+        let mut told = false;
+        loop {
+            match try_lock(&self.db).await {
+                Ok(Some(conn)) => {
+                    tracing::info!("projector is the active one (holds the leadership lock)");
+                    metrics::gauge!("conveyor_projector_leader").set(1.0);
+                    return Some(conn);
+                }
+                Ok(None) if !told => {
+                    tracing::info!(
+                        "another projector is active; standing by to take over when it stops"
+                    );
+                    told = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?STANDBY_POLL, "cannot take the leadership lock")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STANDBY_POLL) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// What the active projector does until `shutdown`: follow the log, build requested versions.
+    async fn work(&self, shutdown: &CancellationToken) -> crate::Result<()> {
         let builder = async {
             while !shutdown.is_cancelled() {
                 if let Ok(Some(version)) = building_version(&self.db).await {
-                    match self.rebuild(version, &shutdown, |_| {}).await {
+                    match self.rebuild(version, shutdown, |_| {}).await {
                         Ok(Some(outcome)) => tracing::info!(?outcome, "rebuild ended"),
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "rebuild interrupted; will resume"),
@@ -190,8 +282,8 @@ impl Projector {
                 }
             }
         };
-        let live = self.follow_with_retries(Role::Live, &shutdown);
-        let (live, (), ()) = tokio::join!(live, builder, self.report_lag(&shutdown));
+        let live = self.follow_with_retries(Role::Live, shutdown);
+        let (live, ()) = tokio::join!(live, builder);
         live
     }
 
@@ -337,20 +429,15 @@ impl Projector {
                 }
             }
         }
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: wanted,
-                },
-                filter_subject: self.bus.ns().all_events(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ApplyError::Bus(e.to_string()))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ApplyError::Bus(e.to_string()))?;
+        let (messages, _) = bus::ordered::ordered(
+            stream,
+            self.bus.ns().all_events(),
+            DeliverPolicy::ByStartSequence {
+                start_sequence: wanted,
+            },
+        )
+        .await
+        .map_err(|e| ApplyError::Bus(e.to_string()))?;
         tracing::info!(
             from_seq = wanted,
             version,
@@ -488,6 +575,11 @@ impl Projector {
     ) -> Result<(), ApplyError> {
         let cp = |name: &str| cps.get(name).copied().unwrap_or(0);
         let mut tx = self.db.begin().await?;
+        // No wait for the WAL flush: the checkpoint commits with the writes, so a batch lost
+        // to a Postgres crash takes its checkpoint with it and is applied again from the log.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         // Still the version this follower writes? Holding the row `FOR SHARE` makes a switch
         // wait for this batch, so no batch lands in a version after it was retired.
         let still: Option<String> = sqlx::query_scalar(
@@ -574,6 +666,35 @@ impl Projector {
             }
         }
         Ok(())
+    }
+}
+
+/// A connection of its own holding the leadership lock, or `None` if another session holds it.
+async fn try_lock(db: &PgPool) -> sqlx::Result<Option<sqlx::PgConnection>> {
+    let mut conn = db.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if locked {
+        Ok(Some(conn))
+    } else {
+        use sqlx::Connection as _;
+        let _ = conn.close().await;
+        Ok(None)
+    }
+}
+
+/// Returns once the session holding the leadership lock fails: then this process is no longer
+/// the active projector (another may have taken the lock already).
+async fn watch_leadership(lock: &mut sqlx::PgConnection) {
+    use sqlx::Connection as _;
+    loop {
+        tokio::time::sleep(LEADER_CHECK).await;
+        let alive = tokio::time::timeout(Duration::from_secs(5), lock.ping()).await;
+        if !matches!(alive, Ok(Ok(()))) {
+            return;
+        }
     }
 }
 
@@ -753,7 +874,12 @@ async fn read_batches(
             };
             match next {
                 Some(Ok(m)) => batch.push(m),
-                _ => break,
+                Some(Err(e)) => {
+                    // The reader goes on after an error; this batch ends here.
+                    tracing::warn!(error = %e, "reading EVENTS failed");
+                    break;
+                }
+                None => break,
             }
         }
         let decoded = decode_batch(&batch).map(|(events, last, pending)| Decoded {

@@ -19,6 +19,7 @@
 //! Concurrency is bounded by a semaphore: a process only pulls as many commands as it has free
 //! slots, so a busy worker stops pulling and the backlog waits in JetStream, not in memory.
 
+mod audit;
 pub mod handler;
 
 use std::collections::HashMap;
@@ -157,6 +158,7 @@ impl Worker {
             ));
         }
         loops.spawn(canceller_loop(shared.clone(), shutdown.clone()));
+        loops.spawn(audit::audit_loop(shared.clone(), shutdown.clone()));
         {
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
             let mut specs: Vec<_> = kinds
@@ -167,6 +169,7 @@ impl Worker {
                 shared.bus.ns(),
                 shared.settings.ack_wait,
             ));
+            specs.push(streams::submissions_audit_consumer(shared.bus.ns()));
             loops.spawn(async move {
                 let bus = shared.bus.clone();
                 bus.report_consumers(specs, Duration::from_secs(5), shutdown.cancelled())

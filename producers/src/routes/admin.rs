@@ -261,11 +261,17 @@ pub(crate) async fn redrive(
         msg_id::redriven(id, generation),
         msg_id::run(id, next_attempt),
     );
-    tokio::try_join!(
-        state.bus.publish_event(&ev, &ev_id),
-        state.bus.publish_command(&cmd, &cmd_id),
-    )
-    .map_err(ApiError::bus)?;
+    // The event first, as for a submission: the new attempt's events never precede it.
+    state
+        .bus
+        .publish_event(&ev, &ev_id)
+        .await
+        .map_err(ApiError::bus)?;
+    state
+        .bus
+        .publish_command(&cmd, &cmd_id)
+        .await
+        .map_err(ApiError::bus)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(

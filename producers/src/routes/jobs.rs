@@ -209,8 +209,8 @@ pub(crate) fn idempotency_key(
     Ok(Some(key.to_owned()))
 }
 
-/// Publishes `job.submitted` and the first `run` command, pipelined, and waits for both acks.
-/// Message ids derive from the job id, so a repeat (same idempotency key) stores nothing new.
+/// Publishes `job.submitted`, then the first `run` command, waiting for each ack. Message ids
+/// derive from the job id, so a repeat (same idempotency key) stores nothing new.
 async fn publish_submission(
     state: &AppState,
     tenant: &Tenant,
@@ -220,38 +220,57 @@ async fn publish_submission(
     job: Submitted,
     trace: TraceParent,
 ) -> ApiResult<u64> {
+    let cmd = run_command(tenant, id, kind, &job, &trace);
     let mut ev = Envelope::new(
         SOURCE,
         id,
         tenant.clone(),
         kind.clone(),
-        JobEvent::Submitted(job.clone()),
+        JobEvent::Submitted(job),
     )
-    .with_trace(Some(trace.clone()));
+    .with_trace(Some(trace));
     ev.time = created_at;
-    let cmd = Envelope::new(
+    // The event first, then the command: a job never runs before its submission is in the log
+    // (else a fast worker's events could precede it and the read model would miss them). A
+    // command lost in between (a crash, an outage) is published again by a repeat of the
+    // request and by the workers' submissions audit.
+    let ack = state
+        .bus
+        .publish_event(&ev, &msg_id::submitted(id))
+        .await
+        .map_err(ApiError::bus)?;
+    publish_first_run(state, cmd).await?;
+    Ok(ack.sequence)
+}
+
+/// The first `run` command of a submitted job.
+fn run_command(
+    tenant: &Tenant,
+    id: JobId,
+    kind: &JobKind,
+    job: &Submitted,
+    trace: &TraceParent,
+) -> Envelope<Command> {
+    Envelope::new(
         SOURCE,
         id,
         tenant.clone(),
         kind.clone(),
-        Command::Run(RunJob {
-            attempt: 1,
-            max_attempts: job.max_attempts,
-            timeout_ms: job.timeout_ms,
-            run_at: job.run_at,
-            webhook: Some(job.webhook.is_some()),
-            payload: job.payload,
-            generation: 0,
-        }),
+        Command::Run(RunJob::first(job)),
     )
-    .with_trace(Some(trace));
-    let (ev_id, cmd_id) = (msg_id::submitted(id), msg_id::run(id, 1));
-    let (ack, _) = tokio::try_join!(
-        state.bus.publish_event(&ev, &ev_id),
-        state.bus.publish_command(&cmd, &cmd_id),
-    )
-    .map_err(ApiError::bus)?;
-    Ok(ack.sequence)
+    .with_trace(Some(trace.clone()))
+}
+
+/// Publishes a job's first `run` command under its deterministic message id, so a second copy
+/// within the duplicate window is dropped by JetStream.
+async fn publish_first_run(state: &AppState, cmd: Envelope<Command>) -> ApiResult<()> {
+    let id = msg_id::run(cmd.job, 1);
+    state
+        .bus
+        .publish_command(&cmd, &id)
+        .await
+        .map_err(ApiError::bus)?;
+    Ok(())
 }
 
 /// Submit a job.
@@ -325,6 +344,19 @@ pub(crate) async fn accept(
         reads::submitted_event(state, tenant, id).await?
     };
     let seq = match known {
+        // A repeat of a job that has not started: its run command may be what the first
+        // attempt lost, so publish it again (a copy is dropped as a duplicate).
+        Some((seq, ev))
+            if reads::last_event(state, tenant, id, "started")
+                .await?
+                .is_none() =>
+        {
+            if let JobEvent::Submitted(job) = &ev.payload {
+                let trace = ev.traceparent.clone().unwrap_or_else(|| trace.clone());
+                publish_first_run(state, run_command(tenant, id, &kind, job, &trace)).await?;
+            }
+            seq
+        }
         Some((seq, _)) => seq,
         // New, or a repeat whose first attempt never got its events stored: publish (again).
         None => {

@@ -1,0 +1,297 @@
+//! What must hold once the faults stop and the system settles.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::faults::Roles;
+use crate::load::{Accepted, Expect, Receiver};
+
+/// Each invariant's name and its violations (empty: it holds).
+pub(crate) type Report = Vec<(&'static str, Vec<String>)>;
+
+const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+pub(crate) async fn check(
+    roles: &Roles,
+    accepted: &[Accepted],
+    contract: Vec<String>,
+    receiver: &Receiver,
+) -> Report {
+    let env = &roles.env;
+    let db = env.db().await;
+    let ids: Vec<uuid::Uuid> = accepted.iter().map(|a| a.id.parse().unwrap()).collect();
+
+    // Settle: every accepted job terminal (or give up after 3 minutes and report what is not),
+    // then the projections at the end of the log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let statuses = loop {
+        let rows: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM jobs WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&db)
+                .await
+                .expect("read jobs");
+        let done = rows
+            .iter()
+            .filter(|(_, s)| TERMINAL.contains(&s.as_str()))
+            .count();
+        if done == ids.len() || tokio::time::Instant::now() > deadline {
+            break rows
+                .into_iter()
+                .map(|(id, s)| (id.to_string(), s))
+                .collect::<HashMap<_, _>>();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    env.settle().await;
+    let mut report: Report = vec![(
+        "the API kept its contract (idempotent repeats, statuses)",
+        contract,
+    )];
+
+    let mut v = Vec::new();
+    for a in accepted {
+        match statuses.get(&a.id).map(String::as_str) {
+            None => v.push(format!(
+                "job {} was accepted but is not in the read model",
+                a.id
+            )),
+            Some(s) => {
+                let ok = match a.expect {
+                    Expect::Succeeded => s == "succeeded",
+                    Expect::Failed => s == "failed",
+                    Expect::CancelledOrSucceeded => s == "cancelled" || s == "succeeded",
+                };
+                if !ok {
+                    v.push(format!("job {} ended {s}, expected {:?}", a.id, a.expect));
+                }
+            }
+        }
+    }
+    report.push((
+        "every accepted job is terminal with its expected outcome",
+        v,
+    ));
+
+    let unfinished: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("read jobs");
+    report.push((
+        "no job in the read model is left unfinished",
+        unfinished
+            .iter()
+            .map(|(id, s)| format!("job {id} is {s}"))
+            .collect(),
+    ));
+
+    // The log, read whole.
+    let log = read_log(env).await;
+    let readable: BTreeSet<i64> = log.iter().map(|(seq, _, _)| *seq).collect();
+    let mut terminals: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, job, ty) in &log {
+        if matches!(ty.as_str(), "succeeded" | "dead_lettered" | "cancelled") {
+            *terminals.entry(job.clone()).or_default() += 1;
+        }
+    }
+    let all_jobs: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_all(&db)
+        .await
+        .expect("read jobs");
+    let mut v = Vec::new();
+    for id in &all_jobs {
+        let n = terminals.get(&id.to_string()).copied().unwrap_or(0);
+        if n != 1 {
+            v.push(format!("job {id} has {n} terminal events in the log"));
+        }
+    }
+    report.push(("each job has exactly one terminal event in the log", v));
+
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
+        .fetch_all(&db)
+        .await
+        .expect("read job_events");
+    let rows_set: BTreeSet<i64> = rows.iter().copied().collect();
+    let mut v = Vec::new();
+    if rows.len() != rows_set.len() {
+        v.push(format!("{} duplicate rows", rows.len() - rows_set.len()));
+    }
+    v.extend(
+        readable
+            .difference(&rows_set)
+            .take(20)
+            .map(|s| format!("event {s} of the log has no row")),
+    );
+    v.extend(
+        rows_set
+            .difference(&readable)
+            .take(20)
+            .map(|s| format!("row {s} is not a readable event of the log")),
+    );
+    report.push(("job_events holds each readable event of the log once", v));
+
+    let (stats, recount) = env.job_stats_and_recount().await;
+    report.push((
+        "job_stats equals a recount of jobs",
+        if stats == recount {
+            Vec::new()
+        } else {
+            vec![format!("job_stats {stats:?} but jobs count {recount:?}")]
+        },
+    ));
+
+    report.push((
+        "each ended job with a webhook got a signed delivery, and only those",
+        webhooks(roles, accepted, &statuses, receiver).await,
+    ));
+
+    let before = env.read_models().await;
+    env.run(&["replay", "jobs"]).await;
+    let after = env.read_models().await;
+    let mut v = Vec::new();
+    for ((table, b), a) in ["jobs", "job_events", "job_stats"]
+        .iter()
+        .zip(&before)
+        .zip(&after)
+    {
+        if a != b {
+            let differing = b.iter().zip(a).filter(|(x, y)| x != y).count();
+            v.push(format!(
+                "{table}: {} rows live, {} rebuilt, {differing} differ",
+                b.len(),
+                a.len()
+            ));
+        }
+    }
+    report.push(("a rebuild from the log equals the live read models", v));
+    report
+}
+
+/// `(seq, job, event name)` of every event of the log conveyor can read (poison left out).
+async fn read_log(env: &crate::harness::Env) -> Vec<(i64, String, String)> {
+    let js = env.js().await;
+    let name = format!("{}_EVENTS", env.ns.to_uppercase());
+    let mut stream = js.get_stream(&name).await.expect("EVENTS");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("read EVENTS");
+    let mut out = Vec::new();
+    while let Some(msg) = messages.next().await {
+        let msg: jetstream::Message = msg.expect("a message");
+        let seq = msg.info().expect("JetStream message").stream_sequence;
+        if let Ok(ev) = bus::decode_event(msg.headers.as_ref(), &msg.payload) {
+            out.push((seq as i64, ev.job.to_string(), ev.payload.name().to_owned()));
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// Waits for the deliveries (up to a minute), then checks them.
+async fn webhooks(
+    roles: &Roles,
+    accepted: &[Accepted],
+    statuses: &HashMap<String, String>,
+    receiver: &Receiver,
+) -> Vec<String> {
+    let with_hook: HashMap<&str, &str> = accepted
+        .iter()
+        .filter(|a| a.webhook)
+        .filter_map(|a| statuses.get(&a.id).map(|s| (a.id.as_str(), s.as_str())))
+        .collect();
+    let api = crate::harness::Api::new(
+        &roles.api_urls[0],
+        &roles.env.token("acme", "jobs:write jobs:read"),
+    );
+    let (status, body) = api.get("/v1/webhooks/secret").await;
+    assert_eq!(status, 200, "webhook secret: {body}");
+    let secret = body["secret"].as_str().expect("a secret").to_owned();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delivered = self::delivered(receiver, &secret);
+    while tokio::time::Instant::now() < deadline
+        && !with_hook.keys().all(|id| delivered.contains_key(*id))
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        delivered = self::delivered(receiver, &secret);
+    }
+    let mut v = Vec::new();
+    for (id, status) in &with_hook {
+        let want = match *status {
+            "succeeded" => "succeeded",
+            "failed" => "dead_lettered",
+            _ => "cancelled",
+        };
+        match delivered.get(*id) {
+            None => v.push(format!(
+                "job {id} ({status}) got no correctly signed delivery"
+            )),
+            Some(ty) if !ty.ends_with(want) => {
+                v.push(format!("job {id} is {status} but its delivery was {ty}"))
+            }
+            Some(_) => {}
+        }
+    }
+    // Any job with a webhook may be delivered, also one whose submission answer the client lost.
+    let ended_with_hook: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE webhook_url IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .fetch_all(&roles.env.db().await)
+    .await
+    .expect("read jobs");
+    let ended_with_hook: std::collections::HashSet<String> =
+        ended_with_hook.iter().map(|id| id.to_string()).collect();
+    for d in receiver.deliveries.lock().unwrap().iter() {
+        let job = serde_json::from_slice::<Value>(&d.body)
+            .ok()
+            .and_then(|ce| ce["subject"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !ended_with_hook.contains(&job) {
+            v.push(format!(
+                "a delivery {} came for job {job:?}, which did not end with a webhook",
+                d.id
+            ));
+        }
+    }
+    v
+}
+
+/// The job and CloudEvent type of each correctly signed delivery answered 2xx.
+fn delivered(receiver: &Receiver, secret: &str) -> HashMap<String, String> {
+    let mut ok = HashMap::new();
+    for d in receiver.deliveries.lock().unwrap().iter() {
+        if d.answered >= 300 {
+            continue;
+        }
+        let ts: i64 = d.timestamp.parse().unwrap_or(0);
+        if events::webhooks::verify(secret, &d.id, &d.timestamp, &d.signature, &d.body, ts).is_err()
+        {
+            continue;
+        }
+        if let Ok(ce) = serde_json::from_slice::<Value>(&d.body) {
+            let job = ce["subject"].as_str().unwrap_or_default().to_owned();
+            let ty = ce["type"].as_str().unwrap_or_default().to_owned();
+            ok.insert(job, ty);
+        }
+    }
+    ok
+}
