@@ -83,9 +83,11 @@ impl Reader {
         let pending = info.num_pending;
         // From here on the start is a sequence (the server resolved `New` or a time to one), so
         // a consumer recreated before the first message starts at the same place.
-        self.start = DeliverPolicy::ByStartSequence {
-            start_sequence: info.delivered.stream_sequence + 1,
-        };
+        if let Some(next) = info.delivered.stream_sequence.checked_add(1) {
+            self.start = DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            };
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(BATCH)

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::harness::{Env, Proc};
 use crate::load::Recent;
-use crate::services::{OwnNats, PgProxy};
+use crate::services::{OwnNats, OwnPostgres, PgProxy};
 use crate::Tally;
 
 /// The role processes: two APIs (on fixed ports, so clients keep their addresses across
@@ -130,19 +130,19 @@ fn signal(sig: &str, pid: u32) {
         .status();
 }
 
-/// Injects faults on a schedule drawn from `seed` until `duration` is over, then waits for the
-/// faults still under way (restarts, pauses) to finish.
+/// Injects faults on a schedule drawn from the seed until the run's time is over, then waits
+/// for the faults still under way (restarts, pauses) to finish.
 pub(crate) async fn inject(
     roles: &std::sync::Arc<Roles>,
     nats: &mut OwnNats,
+    pg: &OwnPostgres,
     proxy: &PgProxy,
     recent: &Recent,
     tally: &Tally,
-    seed: u64,
-    duration: Duration,
+    settings: crate::Settings,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let end = tokio::time::Instant::now() + duration;
+    let mut rng = StdRng::seed_from_u64(settings.seed);
+    let end = tokio::time::Instant::now() + Duration::from_secs(settings.seconds);
     let mut running = JoinSet::new();
     let client = async_nats::connect(nats.url())
         .await
@@ -191,9 +191,15 @@ pub(crate) async fn inject(
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
                 nats.restart().await;
             }
-            56..=63 => {
+            56..=59 => {
                 tally.add("fault Postgres connections terminated");
                 terminate_connections(&roles.env).await;
+            }
+            60..=63 => {
+                tally.add("fault Postgres crashed and restarted");
+                pg.crash().await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+                pg.start_again().await;
             }
             64..=69 => {
                 tally.add("fault Postgres unreachable for seconds");

@@ -1,16 +1,18 @@
 //! The fault-injection suite: the real `conveyor` processes against a NATS server and a Postgres
-//! proxy of its own, a steady mixed load, and faults on a seeded random schedule. At the end it
-//! lets the system settle and checks that nothing was lost or duplicated.
+//! server of its own (behind a proxy of its own), a steady mixed load, and faults on a seeded
+//! random schedule. At the end it lets the system settle and checks that nothing was lost or
+//! duplicated.
 //!
 //! ```text
 //! cargo test --test chaos -- [--seconds N] [--seed S]     (or scripts/chaos)
 //! ```
 //!
 //! Faults: SIGKILL and restart of each role (several at once too), SIGSTOP of a worker for
-//! longer than the ack wait, a NATS server kill and restart (store kept), Postgres connections
-//! terminated (`pg_terminate_backend`) and Postgres unreachable for seconds (every connection
-//! cut at a proxy), duplicate publishes of commands and events, poison messages (garbage bytes,
-//! a CloudEvent of an unknown type, a payload that panics its handler).
+//! longer than the ack wait, a NATS server kill and restart (store kept), a Postgres crash and
+//! restart (immediate shutdown: asynchronous commits not yet flushed are lost), Postgres
+//! connections terminated (`pg_terminate_backend`) and Postgres unreachable for seconds (every
+//! connection cut at a proxy), duplicate publishes of commands and events, poison messages
+//! (garbage bytes, a CloudEvent of an unknown type, a payload that panics its handler).
 //!
 //! Invariants, checked once everything is back and quiet: every accepted job is in the read
 //! model, terminal, with the outcome its kind implies; no job is left unfinished; each job has
@@ -33,10 +35,9 @@ mod load;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use harness::Env;
-use services::{OwnNats, PgProxy};
+use services::{OwnNats, OwnPostgres, PgProxy};
 
 /// Run settings, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -89,7 +90,8 @@ async fn main() {
         settings.seconds, settings.seed, settings.seconds, settings.seed
     );
     let mut nats = OwnNats::start().await;
-    let mut env = Env::on_nats(&nats.url()).await;
+    let pg = OwnPostgres::start().await;
+    let mut env = Env::on_services(&nats.url(), &pg.url()).await;
     let proxy = PgProxy::start(&env.db_url).await;
     env.through(&proxy);
     let (receiver, hooks) = load::Receiver::start().await;
@@ -100,11 +102,11 @@ async fn main() {
     faults::inject(
         &roles,
         &mut nats,
+        &pg,
         &proxy,
         &load.recent,
         &tally,
-        settings.seed,
-        Duration::from_secs(settings.seconds),
+        settings,
     )
     .await;
     let (accepted, contract) = load.stop().await;

@@ -89,6 +89,14 @@ impl Env {
 
     /// A fresh namespace and migrated database, on the NATS server at `nats_url`.
     pub(crate) async fn on_nats(nats_url: &str) -> Self {
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
+        Self::on_services(nats_url, &base).await
+    }
+
+    /// A fresh namespace on the NATS server at `nats_url`, and a migrated database on the
+    /// Postgres server of `base` (a URL naming any database of it).
+    pub(crate) async fn on_services(nats_url: &str, base: &str) -> Self {
         let nats_url = nats_url.to_owned();
         let client = async_nats::connect(&nats_url).await.unwrap_or_else(|e| {
             panic!("NATS is not reachable at {nats_url} ({e}): {START_SERVICES}")
@@ -103,8 +111,6 @@ impl Env {
             version.starts_with("2.") && minor >= 10,
             "NATS at {nats_url} is {version}, conveyor needs 2.10+: {START_SERVICES}"
         );
-        let base = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
         let id = uuid::Uuid::new_v4().simple().to_string();
         let ns = format!("t{}", &id[..15]);
         let db_url = format!(

@@ -1,6 +1,6 @@
 //! Backpressure under outages: with NATS down the API answers 503 at once and recovers by
-//! itself; with Postgres down submissions go on, reads answer 503, and the projector catches up.
-//! No accepted job is lost either way.
+//! itself; with Postgres down (cut off, or crashed and restarted) submissions go on, reads answer
+//! 503, and the projector catches up. No accepted job is lost or duplicated either way.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{id_of, Api, Env};
-use crate::services::{OwnNats, PgProxy};
+use crate::services::{OwnNats, OwnPostgres, PgProxy};
 
 /// What a submission came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +215,77 @@ async fn postgres_down_submissions_go_on_reads_503_and_projections_catch_up() {
             .await
             .unwrap();
     assert_eq!(stats, vec![("succeeded".to_owned(), ids.len() as i64)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing() {
+    // A server of the test's own, so it can crash: an immediate shutdown cuts every session and
+    // loses what was committed asynchronously but not yet flushed (the projector commits so).
+    let pg = OwnPostgres::start().await;
+    let nats_url =
+        std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let env = Env::on_services(&nats_url, &pg.url()).await;
+    let (_api, api) = env.spawn_http("api").await;
+    let _worker = env.spawn("worker").await;
+    let _projector = env.spawn("projector").await;
+    let first = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    api.wait_terminal(&first).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let Load {
+        log,
+        accepted,
+        mut tasks,
+    } = submitters(&api, 4, stop.clone());
+    while accepted.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let checkpoint = async || -> i64 {
+        sqlx::query_scalar("SELECT coalesce(min(last_seq), 0) FROM projection_checkpoints")
+            .fetch_one(&env.db().await)
+            .await
+            .unwrap()
+    };
+    let committed = checkpoint().await;
+    pg.crash().await;
+    let down = Instant::now();
+    // Submissions only need JetStream: they go on while Postgres is gone.
+    let before = accepted.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = accepted.lock().unwrap().len() - before;
+    pg.start_again().await;
+    let up = Instant::now();
+    // Read before the projector is back (informative: how many commits the crash took).
+    let recovered = checkpoint().await;
+    until_answered(&log, Outcome::Accepted, up).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+
+    assert!(
+        during > 0,
+        "no submission was accepted while Postgres was down"
+    );
+    let mut ids = accepted.lock().unwrap().clone();
+    ids.push(first);
+    eprintln!(
+        "Postgres crash: {} submissions accepted, {during} of them in the {:?} it was down; \
+         checkpoint {committed} seen before the crash, {recovered} after recovery",
+        ids.len(),
+        up - down
+    );
+    all_succeeded_once(&env, &api, &ids).await;
+    let (stats, recount) = env.job_stats_and_recount().await;
+    assert_eq!(stats, recount, "job_stats equals a recount from jobs");
+    // The read models equal a rebuild of them from the log.
+    let live = env.read_models().await;
+    let out = env.run(&["replay", "jobs"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        env.read_models().await,
+        live,
+        "the read models equal a rebuild"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Services a test owns so it can fail them: a NATS server of its own (stopped and started
-//! again with its store kept), and a TCP proxy in front of Postgres that can cut every
-//! connection and refuse new ones. Both are real: the roles talk JetStream and the Postgres
-//! protocol through them.
+//! again with its store kept), a TCP proxy in front of Postgres that can cut every connection
+//! and refuse new ones, and a Postgres server of its own (crashed and started again). All are
+//! real: the roles talk JetStream and the Postgres protocol to them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -176,4 +176,161 @@ impl PgProxy {
         let listener = TcpListener::bind(self.addr).await.expect("bind again");
         self.serve(listener);
     }
+}
+
+/// A Postgres server of the test's own (its own data folder and port, from the machine's
+/// Postgres binaries), so it can crash and start again without disturbing the suite's.
+pub(crate) struct OwnPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// `initdb` into a fresh folder, then starts the server; returns once it accepts connections.
+    pub(crate) async fn start() -> Self {
+        let bin = pg_bindir();
+        // Postgres refuses to run as root: then the server runs as the `postgres` user, in a
+        // folder it owns under the system's temporary folder (which it can reach).
+        let data =
+            std::env::temp_dir().join(format!("conveyor-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data).expect("data folder");
+        if is_root() {
+            run(std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&data));
+        }
+        let pg = Self {
+            bin,
+            data,
+            port: free_port(),
+        };
+        run(pg
+            .command("initdb")
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
+            .arg(&pg.data));
+        pg.start_again().await;
+        pg
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// An immediate shutdown (`pg_ctl stop -m immediate`): no checkpoint, every session cut,
+    /// and whatever was committed asynchronously and not yet flushed is lost, as in a crash.
+    pub(crate) async fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]).await;
+    }
+
+    /// Starts the server (with crash recovery after [`OwnPostgres::crash`]); returns once it
+    /// accepts connections.
+    pub(crate) async fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.join("server.log");
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &options,
+            "-l",
+            &log.to_string_lossy(),
+        ])
+        .await;
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) {
+        let mut cmd = tokio::process::Command::from(self.command("pg_ctl"));
+        let out = cmd
+            .args(args)
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .output()
+            .await
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A Postgres program, run as `postgres` when the tests run as root.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = self.bin.join(program);
+        if is_root() {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Where the Postgres server programs are: `CONVEYOR_PG_BINDIR`, else `pg_config --bindir`,
+/// else the newest `/usr/lib/postgresql/<version>/bin` (Debian's layout).
+fn pg_bindir() -> PathBuf {
+    let configured = std::env::var_os("CONVEYOR_PG_BINDIR").map(PathBuf::from);
+    let pg_config = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    debian.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    configured
+        .into_iter()
+        .chain(pg_config)
+        .chain(debian.into_iter().rev())
+        .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
+        .expect(
+            "no Postgres server programs (initdb, pg_ctl) found: install Debian's postgresql \
+             package, or set CONVEYOR_PG_BINDIR to the folder that holds them",
+        )
+}
+
+/// Whether the tests run as root (`/proc/self` belongs to the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("run a Postgres program");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
