@@ -584,8 +584,15 @@ impl Bus {
         };
         let stream = self.js.get_stream(&spec.stream).await.map_err(js_err)?;
         let info = match stream.consumer_info(&spec.durable).await {
-            Ok(info) if info.config.ack_wait == want.ack_wait => info,
-            // Missing, or an ack wait changed by configuration: create or update in place.
+            Ok(info)
+                if info.config.ack_wait == want.ack_wait
+                    && info.config.filter_subject == want.filter_subject
+                    && info.config.filter_subjects == want.filter_subjects =>
+            {
+                info
+            }
+            // An ack wait changed by configuration, or filters changed by a new version:
+            // update in place (the consumer keeps its position).
             Ok(_) => stream
                 .update_consumer(want.clone())
                 .await

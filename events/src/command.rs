@@ -45,6 +45,19 @@ impl RunJob {
             webhook: Some(job.webhook.is_some()),
         }
     }
+
+    /// The next attempt of a re-driven job: `redrive` says which, `job` (its submission) what.
+    pub fn redrive(job: &crate::job::Submitted, redrive: &crate::job::Redriven) -> Self {
+        Self {
+            attempt: redrive.next_attempt,
+            max_attempts: redrive.max_attempts,
+            timeout_ms: job.timeout_ms,
+            run_at: None,
+            payload: job.payload.clone(),
+            generation: redrive.generation,
+            webhook: Some(job.webhook.is_some()),
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

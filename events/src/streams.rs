@@ -134,13 +134,13 @@ pub fn webhook_fanin_consumer(ns: &Namespace) -> ConsumerSpec {
     }
 }
 
-/// The submissions audit: reads every `job.submitted` to make sure its job has a run command.
-/// Created with the streams, so it sees every submission from the start.
+/// The submissions audit: reads every `job.submitted` and `job.redriven` to make sure its job
+/// has the run command that follows it. Created with the streams, so it sees every one.
 pub fn submissions_audit_consumer(ns: &Namespace) -> ConsumerSpec {
     ConsumerSpec {
         stream: ns.events_stream(),
         durable: SUBMISSIONS_AUDIT_CONSUMER.to_owned(),
-        filters: vec![ns.submitted_events()],
+        filters: vec![ns.submitted_events(), ns.redriven_events()],
         ack_wait: Duration::from_secs(60),
         max_ack_pending: 10_000,
     }

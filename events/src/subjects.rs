@@ -109,6 +109,11 @@ impl Namespace {
         format!("{self}.events.*.job.*.submitted")
     }
 
+    /// Every `job.redriven`.
+    pub fn redriven_events(&self) -> String {
+        format!("{self}.events.*.job.*.redriven")
+    }
+
     /// All cancel commands: the canceller consumer's filter.
     pub fn cancel_commands(&self) -> String {
         format!("{self}.cmd.cancel.>")

@@ -190,3 +190,45 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
         ["submitted", "started", "succeeded"]
     );
 }
+
+#[tokio::test]
+async fn a_redrive_whose_run_command_was_lost_is_run_by_the_audit() {
+    // What an API crash between storing `job.redriven` and the next attempt's command leaves.
+    let env = Env::new().await;
+    let (_api, api) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let _worker = env.spawn("worker").await;
+    let id = id_of(
+        &api.submit(json!({ "kind": "flaky", "payload": { "fail_times": 2 }, "max_attempts": 2 }))
+            .await,
+    );
+    let job = api.wait_terminal(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let ns = events::Namespace::parse(&env.ns).unwrap();
+    let job_id: events::JobId = id.parse().unwrap();
+    let ev = events::Envelope::new(
+        "/conveyor/api",
+        job_id,
+        events::Tenant::parse("acme").unwrap(),
+        events::JobKind::parse("flaky").unwrap(),
+        events::JobEvent::Redriven(events::job::Redriven {
+            generation: 1,
+            next_attempt: 3,
+            max_attempts: 4,
+        }),
+    );
+    env.js()
+        .await
+        .publish(ns.event_subject(&ev), ev.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let job = api.wait_for(&id, 60, |j| j["status"] == "succeeded").await;
+    assert_eq!(job["attempt"], 3, "{job}");
+    let timeline = api.timeline(&id).await;
+    assert!(
+        timeline.ends_with(&["redriven", "started", "succeeded"].map(String::from)),
+        "{timeline:?}"
+    );
+}

@@ -1,16 +1,18 @@
-//! The submissions audit: every `job.submitted` in the log gets its first run command.
+//! The submissions audit: every `job.submitted` in the log gets its first run command, and every
+//! `job.redriven` the run command of its next attempt.
 //!
-//! The API stores a job's `job.submitted`, then its run command. A crash or an outage between
-//! the two leaves a submission without a command, and the job would stay queued forever. One
-//! durable consumer, shared by the workers, reads each submission [`AUDIT_DELAY`] after it was
-//! made and checks that its job has what it needs, in this order:
+//! The API stores the event, then the run command. A crash or an outage between the two leaves
+//! the event without its command, and the job would stay queued forever. One durable consumer,
+//! shared by the workers, reads each of these events [`AUDIT_DELAY`] after it was made and
+//! checks that its job has what it needs, in this order:
 //!
-//! 1. the read model says it started or ended (a cheap batch query; skipped if Postgres is down);
+//! 1. the read model says the attempt started, or the job was cancelled (a cheap batch query;
+//!    skipped if Postgres is down);
 //! 2. else COMMANDS holds a run command for it (run subjects end with the job, so this is a
 //!    direct get);
-//! 3. else EVENTS holds its `job.started` or `job.cancelled`: a worker publishes those *before*
-//!    it acknowledges (and so removes) the command, so checking the command first and the events
-//!    second leaves no gap.
+//! 3. else EVENTS holds a `job.started` or `job.cancelled` stored after the audited event: a
+//!    worker publishes those *before* it acknowledges (and so removes) the command, so checking
+//!    the command first and the events second leaves no gap.
 //!
 //! A job that has none of these lost its command: the audit publishes it again, under the
 //! original's message id.
@@ -21,7 +23,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind, AckKind};
 use chrono::Utc;
 use events::command::RunJob;
-use events::job::Submitted;
 use events::subjects::msg_id;
 use events::{streams, Command, Envelope, JobEvent};
 use futures::StreamExt;
@@ -60,22 +61,23 @@ pub(super) async fn audit_loop(
         };
         let mut due = Vec::new();
         while let Some(Ok(msg)) = batch.next().await {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
                 Ok(
                     ev @ Envelope {
-                        payload: JobEvent::Submitted(_),
+                        payload: JobEvent::Submitted(_) | JobEvent::Redriven(_),
                         ..
                     },
-                ) => due.push((msg, ev)),
+                ) => due.push(Due { msg, seq, ev }),
                 _ => {
-                    tracing::warn!(subject = %msg.subject, "submissions audit: unreadable job.submitted skipped");
+                    tracing::warn!(subject = %msg.subject, "submissions audit: unreadable event skipped");
                     let _ = msg.ack_with(AckKind::Term).await;
                 }
             }
         }
         // Messages come in log order: waiting for the newest makes all of them due.
-        if let Some((_, newest)) = due.last() {
-            let age = (Utc::now() - newest.time).to_std().unwrap_or_default();
+        if let Some(newest) = due.last() {
+            let age = (Utc::now() - newest.ev.time).to_std().unwrap_or_default();
             if let Some(wait) = AUDIT_DELAY.checked_sub(age) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -85,11 +87,11 @@ pub(super) async fn audit_loop(
             }
         }
         let settled = settled_in_read_model(&shared, &due).await;
-        for (msg, ev) in due {
-            let outcome = if settled.contains(&ev.job.0) {
+        for Due { msg, seq, ev } in due {
+            let outcome = if settled.contains(&(ev.job.0, next_attempt(&ev))) {
                 Ok(())
             } else {
-                repair(&shared, &ev).await
+                repair(&shared, seq, &ev).await
             };
             match outcome {
                 Ok(()) => {
@@ -107,67 +109,99 @@ pub(super) async fn audit_loop(
     Ok(())
 }
 
-/// The jobs of `due` the read model shows as started or ended (none if it cannot be read).
-async fn settled_in_read_model(
-    shared: &Shared,
-    due: &[(jetstream::Message, Envelope<JobEvent>)],
-) -> Vec<Uuid> {
+/// An event to audit: its message (acknowledged once checked), its EVENTS sequence, and itself.
+struct Due {
+    msg: jetstream::Message,
+    seq: u64,
+    ev: Envelope<JobEvent>,
+}
+
+/// The attempt the audited event's run command starts.
+fn next_attempt(ev: &Envelope<JobEvent>) -> u32 {
+    match &ev.payload {
+        JobEvent::Redriven(r) => r.next_attempt,
+        _ => 1,
+    }
+}
+
+/// The `(job, attempt)` pairs of `due` whose attempt the read model shows as started, or whose
+/// job it shows cancelled (none if it cannot be read).
+async fn settled_in_read_model(shared: &Shared, due: &[Due]) -> Vec<(Uuid, u32)> {
     let Some(db) = &shared.db else {
         return Vec::new();
     };
-    let ids: Vec<Uuid> = due.iter().map(|(_, ev)| ev.job.0).collect();
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE id = ANY($1) AND (attempt > 0 OR status <> 'queued')",
+    let ids: Vec<Uuid> = due.iter().map(|d| d.ev.job.0).collect();
+    let attempts: Vec<i32> = due
+        .iter()
+        .map(|d| i32::try_from(next_attempt(&d.ev)).unwrap_or(i32::MAX))
+        .collect();
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT d.id, d.attempt FROM unnest($1::uuid[], $2::int[]) AS d(id, attempt)
+         JOIN jobs j ON j.id = d.id
+         WHERE j.attempt >= d.attempt OR j.status = 'cancelled'",
     )
     .bind(&ids)
+    .bind(&attempts)
     .fetch_all(db)
     .await
-    .unwrap_or_default()
+    .unwrap_or_default();
+    rows.into_iter()
+        .map(|(id, attempt)| (id, u32::try_from(attempt).unwrap_or(0)))
+        .collect()
 }
 
-/// Publishes the run command of a submitted job again if the log shows it has none.
-async fn repair(shared: &Shared, ev: &Envelope<JobEvent>) -> Result<(), bus::Error> {
-    let JobEvent::Submitted(job) = &ev.payload else {
-        return Ok(());
-    };
+/// Publishes the run command that follows `ev` (stored at `seq`) again if the log shows none.
+async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<(), bus::Error> {
     let ns = shared.bus.ns();
     let commands = shared.bus.commands_stream().await?;
-    if exists(&commands, ns.run_command_of(&ev.kind, ev.job)).await? {
+    if last_seq(&commands, ns.run_command_of(&ev.kind, ev.job)).await? > 0 {
         return Ok(());
     }
     let events = shared.bus.events_stream().await?;
     for name in ["started", "cancelled"] {
-        if exists(&events, ns.job_event(&ev.tenant, ev.job, name)).await? {
+        if last_seq(&events, ns.job_event(&ev.tenant, ev.job, name)).await? > seq {
             return Ok(());
         }
     }
-    tracing::warn!(job_id = %ev.job, tenant = %ev.tenant, kind = %ev.kind,
-        "submissions audit: job.submitted without a run command; publishing it again");
+    let run = match &ev.payload {
+        JobEvent::Submitted(job) => RunJob::first(job),
+        JobEvent::Redriven(redriven) => {
+            // The payload and limits are the submission's.
+            let subject = ns.job_event(&ev.tenant, ev.job, "submitted");
+            let msg = events
+                .direct_get_last_for_subject(subject)
+                .await
+                .map_err(|e| bus::Error::JetStream(e.to_string()))?;
+            match bus::decode_event(Some(&msg.headers), &msg.payload) {
+                Ok(Envelope {
+                    payload: JobEvent::Submitted(job),
+                    ..
+                }) => RunJob::redrive(&job, redriven),
+                _ => return Err(bus::Error::JetStream("unreadable job.submitted".into())),
+            }
+        }
+        _ => return Ok(()),
+    };
+    tracing::warn!(job_id = %ev.job, tenant = %ev.tenant, kind = %ev.kind, event = ev.payload.name(),
+        "submissions audit: no run command followed the event; publishing it again");
     metrics::counter!("conveyor_submissions_repaired_total").increment(1);
-    let cmd = first_run(ev, job);
-    shared
-        .bus
-        .publish_command(&cmd, &msg_id::run(ev.job, 1))
-        .await
-        .map(drop)
-}
-
-fn first_run(ev: &Envelope<JobEvent>, job: &Submitted) -> Envelope<Command> {
-    Envelope::new(
+    let id = msg_id::run(ev.job, run.attempt);
+    let cmd = Envelope::new(
         SOURCE,
         ev.job,
         ev.tenant.clone(),
         ev.kind.clone(),
-        Command::Run(RunJob::first(job)),
+        Command::Run(run),
     )
-    .with_trace(ev.traceparent.clone())
+    .with_trace(ev.traceparent.clone());
+    shared.bus.publish_command(&cmd, &id).await.map(drop)
 }
 
-/// Whether `stream` holds a message on `subject`.
-async fn exists(stream: &jetstream::stream::Stream, subject: String) -> Result<bool, bus::Error> {
+/// The sequence of the last message on `subject` in `stream` (0 if none).
+async fn last_seq(stream: &jetstream::stream::Stream, subject: String) -> Result<u64, bus::Error> {
     match stream.direct_get_last_for_subject(subject).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(false),
+        Ok(msg) => Ok(msg.sequence),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
         Err(e) => Err(bus::Error::JetStream(e.to_string())),
     }
 }

@@ -229,32 +229,25 @@ pub(crate) async fn redrive(
     let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
     // The re-driven attempts go on in the job's own trace, under its submission.
     let trace = submitted.traceparent.clone();
-    let ev = Envelope::new(
-        SOURCE,
-        id,
-        auth.tenant.clone(),
-        kind.clone(),
-        JobEvent::Redriven(Redriven {
-            generation,
-            next_attempt,
-            max_attempts,
-        }),
-    )
-    .with_trace(trace.clone());
+    let redriven = Redriven {
+        generation,
+        next_attempt,
+        max_attempts,
+    };
     let cmd = Envelope::new(
         SOURCE,
         id,
         auth.tenant.clone(),
+        kind.clone(),
+        Command::Run(RunJob::redrive(&original, &redriven)),
+    )
+    .with_trace(trace.clone());
+    let ev = Envelope::new(
+        SOURCE,
+        id,
+        auth.tenant.clone(),
         kind,
-        Command::Run(RunJob {
-            attempt: next_attempt,
-            max_attempts,
-            timeout_ms: original.timeout_ms,
-            run_at: None,
-            webhook: Some(original.webhook.is_some()),
-            payload: original.payload,
-            generation,
-        }),
+        JobEvent::Redriven(redriven),
     )
     .with_trace(trace);
     let (ev_id, cmd_id) = (
