@@ -7,32 +7,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 
+use crate::harness::publish_numbered;
 use crate::nodes::NatsCluster;
-
-/// Publishes `numbers` as events of one job, each acknowledged (retried through a failover).
-async fn publish(bus: &bus::Bus, numbers: std::ops::RangeInclusive<u32>) {
-    let subject = format!("{}.events.acme.job.j.progress", bus.ns());
-    for n in numbers {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ack = match bus
-                .js()
-                .publish(subject.clone(), n.to_string().into())
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match ack {
-                Ok(()) => break,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "publish {n}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ordered_reader_follows_events_across_the_loss_of_the_stream_leader() {
@@ -46,7 +22,7 @@ async fn the_ordered_reader_follows_events_across_the_loss_of_the_stream_leader(
     settings.replicas = 3;
     let bus = bus::Bus::connect(&settings).await.unwrap();
     bus.provision_streams().await.unwrap();
-    publish(&bus, 1..=10).await;
+    publish_numbered(&bus, 1..=10).await;
     let stream = bus.events_stream().await.unwrap();
     let (mut reader, _) = bus::ordered::ordered(stream, ns.all_events(), DeliverPolicy::All)
         .await
@@ -72,7 +48,7 @@ async fn the_ordered_reader_follows_events_across_the_loss_of_the_stream_leader(
     let leader = cluster.leader(&ns.events_stream(), None).await;
     let killed = Instant::now();
     cluster.kill(&leader).await;
-    publish(&bus, 11..=20).await;
+    publish_numbered(&bus, 11..=20).await;
     read(20).await;
     eprintln!(
         "leader {leader} killed: the reader had every later message {:?} after",

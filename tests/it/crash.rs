@@ -161,7 +161,6 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
     let (_api, api) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
     let _worker = env.spawn("worker").await;
-    let ns = events::Namespace::parse(&env.ns).unwrap();
     let job = events::JobId::new();
     let ev = events::Envelope::new(
         "/conveyor/api",
@@ -176,13 +175,7 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
             webhook: None,
         }),
     );
-    env.js()
-        .await
-        .publish(ns.event_subject(&ev), ev.to_json().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_event(&ev).await;
     let done = api.wait_terminal(&job.to_string()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
@@ -204,7 +197,6 @@ async fn a_redrive_whose_run_command_was_lost_is_run_by_the_audit() {
     );
     let job = api.wait_terminal(&id).await;
     assert_eq!(job["status"], "failed", "{job}");
-    let ns = events::Namespace::parse(&env.ns).unwrap();
     let job_id: events::JobId = id.parse().unwrap();
     let ev = events::Envelope::new(
         "/conveyor/api",
@@ -217,13 +209,7 @@ async fn a_redrive_whose_run_command_was_lost_is_run_by_the_audit() {
             max_attempts: 4,
         }),
     );
-    env.js()
-        .await
-        .publish(ns.event_subject(&ev), ev.to_json().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_event(&ev).await;
     let job = api.wait_for(&id, 60, |j| j["status"] == "succeeded").await;
     assert_eq!(job["attempt"], 3, "{job}");
     let timeline = api.timeline(&id).await;

@@ -79,12 +79,21 @@ impl Proc {
     }
 }
 
+/// The NATS server the suite shares (`CONVEYOR_NATS_URL`, as `scripts/test` sets it).
+fn suite_nats_url() -> String {
+    std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
 impl Env {
     /// A fresh namespace and migrated database, on the suite's NATS server.
     pub(crate) async fn new() -> Self {
-        let nats_url =
-            std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        Self::on_nats(&nats_url).await
+        Self::on_nats(&suite_nats_url()).await
+    }
+
+    /// A fresh namespace on the suite's NATS server, and a migrated database on the Postgres
+    /// server of `base` (a URL naming any database of it).
+    pub(crate) async fn on_postgres(base: &str) -> Self {
+        Self::on_services(&suite_nats_url(), base).await
     }
 
     /// A fresh namespace and migrated database, on the NATS server at `nats_url`.
@@ -355,6 +364,19 @@ impl Env {
             .expect("connect to the test database")
     }
 
+    /// Stores `ev` in EVENTS as the API would, without anything that follows it (what a crash
+    /// right after the publish leaves).
+    pub(crate) async fn publish_event(&self, ev: &events::Envelope<events::JobEvent>) {
+        let ns = events::Namespace::parse(&self.ns).expect("namespace");
+        self.js()
+            .await
+            .publish(ns.event_subject(ev), ev.to_json().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
     /// JetStream on the test server.
     pub(crate) async fn js(&self) -> jetstream::Context {
         jetstream::new(
@@ -495,4 +517,30 @@ impl Api {
 /// The id of a submitted job.
 pub(crate) fn id_of(accepted: &Value) -> String {
     accepted["id"].as_str().expect("an id").to_owned()
+}
+
+/// Publishes the numbers `numbers` as events of one job, one by one, each acknowledged; a
+/// publish that fails (a server restarting, a leader being elected) is retried for up to 60 s.
+pub(crate) async fn publish_numbered(bus: &bus::Bus, numbers: std::ops::RangeInclusive<u32>) {
+    let subject = format!("{}.events.acme.job.j.progress", bus.ns());
+    for n in numbers {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ack = match bus
+                .js()
+                .publish(subject.clone(), n.to_string().into())
+                .await
+            {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match ack {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "publish {n}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
 }

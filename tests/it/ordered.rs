@@ -6,33 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::{Stream, StreamExt};
 
+use crate::harness::publish_numbered;
 use crate::services::OwnNats;
-
-/// Publishes `n` to `first..=last` as events of one job, waiting for each acknowledgement (and
-/// retrying while the client reconnects after a restart).
-async fn publish(bus: &bus::Bus, numbers: std::ops::RangeInclusive<u32>) {
-    let subject = format!("{}.events.acme.job.j.progress", bus.ns());
-    for n in numbers {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ack = match bus
-                .js()
-                .publish(subject.clone(), n.to_string().into())
-                .await
-            {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match ack {
-                Ok(()) => break,
-                Err(e) => {
-                    assert!(tokio::time::Instant::now() < deadline, "publish {n}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
 
 /// The next `count` payloads, as numbers.
 async fn read(
@@ -63,7 +38,7 @@ async fn the_ordered_reader_outlives_its_consumer_and_a_server_restart_without_g
         .await
         .unwrap();
     bus.provision_streams().await.unwrap();
-    publish(&bus, 1..=50).await;
+    publish_numbered(&bus, 1..=50).await;
 
     let stream = bus.events_stream().await.unwrap();
     let (mut reader, pending) = bus::ordered::ordered(stream, ns.all_events(), DeliverPolicy::All)
@@ -89,7 +64,7 @@ async fn the_ordered_reader_outlives_its_consumer_and_a_server_restart_without_g
     // afterwards arrives, with nothing skipped or repeated.
     nats.kill().await;
     nats.restart().await;
-    publish(&bus, 51..=80).await;
+    publish_numbered(&bus, 51..=80).await;
     assert_eq!(read(&mut reader, 30).await, (51..=80).collect::<Vec<_>>());
     let more = tokio::time::timeout(Duration::from_secs(3), reader.next()).await;
     assert!(more.is_err(), "nothing after 80: {more:?}");

@@ -222,9 +222,7 @@ async fn a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing() 
     // A server of the test's own, so it can crash: an immediate shutdown cuts every session and
     // loses what was committed asynchronously but not yet flushed (the projector commits so).
     let pg = OwnPostgres::start().await;
-    let nats_url =
-        std::env::var("CONVEYOR_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let env = Env::on_services(&nats_url, &pg.url()).await;
+    let env = Env::on_postgres(&pg.url()).await;
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;
