@@ -3,11 +3,12 @@
 //!
 //! It works like the client's ordered consumer (an ephemeral, in-memory R1 consumer that is
 //! recreated after the last sequence seen whenever a message is missing or the consumer is gone)
-//! with two differences that matter when a server dies. The idle heartbeat is short
-//! ([`HEARTBEAT`]): the consumer lives on the stream's leader and dies with it, and two missed
-//! heartbeats are how the loss is noticed. And the loss is acted on at the first miss: the
-//! client's ordered consumer waits for a second one, and its stream is not woken again after the
-//! first, so a reader could wait forever once its server was gone.
+//! with two differences that matter when a server dies. The consumer lives on the stream's
+//! leader and dies with it, silently; the silence is how the loss is noticed. Here the idle
+//! heartbeat is short ([`HEARTBEAT`], so silence is flagged after 2 s) and the first flag
+//! recreates the consumer. The client's ordered consumer has a 15 s heartbeat, waits for a second
+//! flag, and its stream is not woken again after the first, so it could wait forever once its
+//! server was gone.
 
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use futures::{Stream, StreamExt};
 
 use crate::{Error, Result};
 
-/// How often the server confirms an idle consumer is alive; two missed in a row recreate it.
+/// How often the server confirms an idle consumer is alive; two of these without a word from
+/// it recreate the consumer.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one pull request waits on the server (the client then sends the next one).
 const EXPIRES: Duration = Duration::from_secs(10);
