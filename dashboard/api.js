@@ -30,7 +30,8 @@ export function scopes() {
   const c = claims() ?? {};
   return new Set(['scope', 'scp', 'permissions'].flatMap((k) => (Array.isArray(c[k]) ? c[k] : String(c[k] ?? '').split(/\s+/))).filter(Boolean));
 }
-export const hasScope = (s) => scopes().has(s) || scopes().has('admin');
+// `admin` stands for every scope of its tenant, never for `operator` (platform-wide operations).
+export const hasScope = (s) => scopes().has(s) || (s !== 'operator' && scopes().has('admin'));
 
 export class ApiError extends Error {
   constructor(status, detail) {

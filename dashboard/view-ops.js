@@ -1,5 +1,6 @@
-// Operations (scope admin): projections with checkpoint, lag and rebuild progress; dead letters
-// with bulk re-drive; consumers' pending counts; throughput and latency charts from /metrics.
+// Operations, each part shown as the token's scopes allow: the tenant's dead letters with bulk
+// re-drive (scope admin); projections with checkpoint, lag and rebuild progress, consumers' pending
+// counts, throughput and latency charts from /metrics (scope operator: they concern every tenant).
 
 import { api, hasScope } from './api.js';
 import { draw } from './chart.js';
@@ -12,11 +13,23 @@ const POINTS = 60; // three minutes of scrapes
 
 export function render(main) {
   main.append(h('div', { class: 'title' }, h('h1', { tabIndex: -1 }, 'Operations')));
-  if (!hasScope('admin')) {
-    main.append(h('p', { class: 'card' }, 'Operations need a token with the admin scope.'));
+  const admin = hasScope('admin');
+  const operator = hasScope('operator');
+  if (!admin && !operator) {
+    main.append(h('p', { class: 'card' }, 'Operations need a token with the admin scope (this tenant\'s dead letters) or the operator scope (projections, consumers and metrics of the whole deployment).'));
     return () => {};
   }
-  const parts = [projections(), deadLetters(), consumers(), charts()];
+  const parts = [
+    ...(operator ? [projections()] : []),
+    ...(admin ? [deadLetters()] : []),
+    ...(operator ? [consumers(), charts()] : []),
+  ];
+  const missing = !operator
+    ? 'Projections, consumers and metrics concern every tenant: they need the operator scope.'
+    : !admin
+      ? 'Dead letters need the admin scope of a tenant.'
+      : null;
+  if (missing) main.append(h('p', { class: 'hint', 'data-scope-note': '' }, missing));
   main.append(...parts.map((p) => p.el));
   return () => parts.forEach((p) => p.dispose());
 }

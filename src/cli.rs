@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::config::{
-    ApiArgs, BusArgs, DbArgs, JwtArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs,
-    DEV_JWT_SECRET,
+    ApiArgs, BusArgs, DbArgs, MintArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs,
 };
+use crate::output::{OutputArgs, View};
 use crate::supervisor::Supervisor;
 
 /// conveyor: submit long-running jobs over HTTP; workers, projectors and notifiers do the rest
@@ -24,9 +24,10 @@ use crate::supervisor::Supervisor;
 #[derive(Debug, Parser)]
 #[command(name = "conveyor", version, about)]
 pub struct Cli {
-    /// Log filter (e.g. `info`, `conveyor=debug`).
-    #[arg(long, env = "CONVEYOR_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log filter (e.g. `info`, `conveyor=debug`); default `info` for the roles, `warn` for client
+    /// and operator commands.
+    #[arg(long, env = "CONVEYOR_LOG", global = true)]
+    pub log: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(
         long,
@@ -53,6 +54,16 @@ impl Cli {
             Command::Notifier { .. } => "notifier",
             Command::Replay { .. } => "replay",
             _ => "cli",
+        }
+    }
+
+    /// The log filter: the configured one, else `info` for a long-running role and `warn` for a
+    /// command a person runs, whose output is its answer.
+    pub fn log_filter(&self) -> String {
+        match (&self.log, self.role()) {
+            (Some(filter), _) => filter.clone(),
+            (None, "dev" | "api" | "worker" | "projector" | "notifier") => "info".into(),
+            (None, _) => "warn".into(),
         }
     }
 }
@@ -159,7 +170,7 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
         #[command(flatten)]
-        jwt: JwtArgs,
+        jwt: MintArgs,
     },
     /// Submit, read, list, watch and cancel jobs through the API.
     Jobs {
@@ -263,11 +274,18 @@ enum DlqCommand {
         /// Page size (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show a dead-lettered job and its timeline.
     Show {
         /// Job id.
         id: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Run dead-lettered jobs again with a fresh budget of attempts.
     Redrive {
@@ -288,7 +306,10 @@ enum WebhooksCommand {
     /// Print the tenant's webhook signing secret.
     Secret,
     /// List deliveries that exhausted their attempts (admin).
-    Failed,
+    Failed {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Queue a failed delivery again (admin).
     Redrive {
         /// Job id.
@@ -312,6 +333,7 @@ struct Target {
         env = "CONVEYOR_TOKEN",
         default_value = "",
         hide_default_value = true,
+        hide_env_values = true,
         global = true
     )]
     token: String,
@@ -351,6 +373,8 @@ enum JobsCommand {
     Get {
         /// Job id.
         id: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List jobs, newest first.
     List {
@@ -366,6 +390,8 @@ enum JobsCommand {
         /// `next_cursor` of the previous page.
         #[arg(long)]
         cursor: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Request cancellation of a job.
     Cancel {
@@ -376,6 +402,8 @@ enum JobsCommand {
     Events {
         /// Job id.
         id: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Follow a job live until it ends, printing its progress.
     Watch {
@@ -401,18 +429,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             webhooks,
         } => {
-            if api.jwt.jwt_secret == DEV_JWT_SECRET && api.jwt.jwks_url.is_none() {
-                tracing::warn!("CONVEYOR_JWT_SECRET is not set: using the development secret");
-            }
+            // Secrets are checked before anything starts: a role refuses to run on none.
+            let settings = api.settings(&webhooks, false)?;
             let mut sup = Supervisor::new();
             let metrics = start_metrics(&mut sup);
-            start_api(&mut sup, &bus, &db, &api, &webhooks, &metrics).await?;
+            start_api(&mut sup, &bus, &db, &api, settings, &metrics).await?;
             sup.run(Duration::from_secs(30)).await
         }
         Command::Notifier { bus, webhooks, ops } => {
+            let settings = webhooks.settings(false)?;
             let mut sup = Supervisor::new();
             let metrics = start_metrics(&mut sup);
-            let bus = start_notifier(&mut sup, &bus, &webhooks).await?;
+            let bus = start_notifier(&mut sup, &bus, settings).await?;
             start_ops(&mut sup, &ops, metrics, bus).await?;
             sup.run(Duration::from_secs(30)).await
         }
@@ -468,7 +496,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = Tenant::parse(&tenant).context("--tenant")?;
             println!(
                 "{}",
-                producers::auth::mint(&jwt.minting()?, &sub, &tenant, &scope, ttl)
+                producers::auth::mint(&jwt.minting(), &sub, &tenant, &scope, ttl)
             );
             Ok(())
         }
@@ -482,43 +510,107 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn dev(
     bus: BusArgs,
     db: DbArgs,
-    api: ApiArgs,
+    mut api: ApiArgs,
     worker: WorkerArgs,
     projector: ProjectorArgs,
     webhooks: WebhookArgs,
 ) -> anyhow::Result<()> {
+    // The one role that may run on the public development secrets, and only where no one else
+    // can reach it: with them, anyone could mint tokens for every tenant.
+    let dev_secret = api.jwt.jwt_secret.as_deref().is_none_or(str::is_empty)
+        && api.jwt.jwt_algorithm.eq_ignore_ascii_case("HS256");
+    if dev_secret && !on_loopback(&api.http_addr) {
+        anyhow::bail!(
+            "conveyor dev would listen on {} with the public development secret, so anyone who reaches it could mint tokens for every tenant: listen on 127.0.0.1 (CONVEYOR_HTTP_ADDR), or set CONVEYOR_JWT_SECRET and CONVEYOR_WEBHOOK_SECRET",
+            api.http_addr
+        );
+    }
+    api.jwt.or_dev_secret();
+    let api_settings = api.settings(&webhooks, true)?;
+    let webhook_settings = webhooks.settings(true)?;
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);
     // First: it migrates the database the other roles read.
     start_projector(&mut sup, &bus, &db, &projector).await?;
     start_worker(&mut sup, &bus, &db, &worker).await?;
-    start_notifier(&mut sup, &bus, &webhooks).await?;
-    let addr = start_api(&mut sup, &bus, &db, &api, &webhooks, &metrics).await?;
-    let token = match api.jwt.minting() {
+    start_notifier(&mut sup, &bus, webhook_settings).await?;
+    let addr = start_api(&mut sup, &bus, &db, &api, api_settings, &metrics).await?;
+    // Everything the CLI needs in another shell, client and operator commands alike, as lines
+    // to paste.
+    let mut exports = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Into::into))
+    {
+        let dir: std::path::PathBuf = dir;
+        exports.push(format!(
+            "export PATH={}:\"$PATH\"",
+            shell_quote(&dir.to_string_lossy())
+        ));
+    }
+    exports.push(format!("export CONVEYOR_URL=http://{addr}"));
+    let token_note = match api.jwt.minting() {
         Ok(jwt) => {
             let token = producers::auth::mint(
                 &jwt,
                 "developer",
                 &Tenant::parse("dev").expect("valid tenant"),
-                "jobs:write jobs:read events:read admin",
+                "jobs:write jobs:read events:read admin operator",
                 7 * 86_400,
             );
-            format!(
-                "A development token (tenant `dev`, valid 7 days):\n\n  export CONVEYOR_URL=http://{addr}\n  export CONVEYOR_TOKEN={token}\n"
-            )
+            exports.push(format!("export CONVEYOR_TOKEN={token}"));
+            "tenant `dev`, every scope, the token valid 7 days".to_owned()
         }
-        Err(e) => format!("{e:#}\n\n  export CONVEYOR_URL=http://{addr}\n"),
+        Err(e) => format!("{e:#}"),
     };
+    // Passwords in the URLs are not printed: whoever set them has them.
+    let (nats_url, db_url) = (
+        crate::config::redact(&bus.nats_url),
+        crate::config::redact(&db.database_url),
+    );
+    let hidden = if nats_url != bus.nats_url || db_url != db.database_url {
+        "   # passwords hidden: put yours in"
+    } else {
+        ""
+    };
+    exports.push(format!(
+        "export CONVEYOR_NATS_URL={} CONVEYOR_NAMESPACE={} DATABASE_URL={}{hidden}",
+        shell_quote(&nats_url),
+        shell_quote(&bus.namespace),
+        shell_quote(&db_url)
+    ));
     println!(
-        "\nconveyor dev is running: API and dashboard on http://{addr} (namespace {}, NATS {}, Postgres {})\n\
-         {token}\n\
+        "\nconveyor dev is running: API and dashboard on http://{addr} (namespace {}, NATS {}, Postgres {})\n\n\
+         For the CLI in another shell ({token_note}):\n\n  {}\n\n\
          Try: conveyor jobs submit sleep --payload '{{\"ms\": 2000, \"steps\": 4}}'\n",
         bus.namespace,
-        bus.nats_url,
-        crate::config::redact(&db.database_url)
+        nats_url,
+        db_url,
+        exports.join("\n  ")
     );
     sup.run(Duration::from_millis(worker.shutdown_grace_ms) + Duration::from_secs(5))
         .await
+}
+
+/// Whether a listen address is on loopback only (`127.0.0.1:8080`, `[::1]:8080`,
+/// `localhost:8080`).
+fn on_loopback(addr: &str) -> bool {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+    }
+}
+
+/// `s` as one shell word: as it is when it is plain, else in single quotes.
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/:@._-,+=%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Installs the metrics recorder and keeps its histograms drained.
@@ -551,7 +643,7 @@ async fn start_api(
     bus: &BusArgs,
     db: &DbArgs,
     api: &ApiArgs,
-    webhooks: &WebhookArgs,
+    api_settings: producers::ApiSettings,
     metrics: &producers::MetricsRender,
 ) -> anyhow::Result<SocketAddr> {
     let mut settings = bus.settings("api")?;
@@ -559,13 +651,8 @@ async fn start_api(
     settings.fail_fast = true;
     settings.max_publishes_in_flight = api.limits.publish_inflight.max(1);
     let bus = BusArgs::connect_waiting(&settings, &sup.token()).await?;
-    let state = producers::AppState::new(
-        bus,
-        db.lazy_pool()?,
-        api.settings(webhooks)?,
-        Some(metrics.clone()),
-    )
-    .await?;
+    let state =
+        producers::AppState::new(bus, db.lazy_pool()?, api_settings, Some(metrics.clone())).await?;
     let listener = tokio::net::TcpListener::bind(&api.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (CONVEYOR_HTTP_ADDR)", api.http_addr))?;
@@ -616,10 +703,10 @@ async fn start_projector(
 async fn start_notifier(
     sup: &mut Supervisor,
     bus: &BusArgs,
-    webhooks: &WebhookArgs,
+    webhooks: consumers::notifiers::webhook::WebhookSettings,
 ) -> anyhow::Result<bus::Bus> {
     let bus = BusArgs::connect_waiting(&bus.settings("notifier")?, &sup.token()).await?;
-    let n = consumers::notifiers::webhook::WebhookNotifier::new(bus.clone(), webhooks.settings());
+    let n = consumers::notifiers::webhook::WebhookNotifier::new(bus.clone(), webhooks);
     let token = sup.token();
     sup.spawn("notifier", async move { Ok(n.run(token).await?) });
     Ok(bus)
@@ -855,25 +942,34 @@ async fn dlq(target: Target, command: DlqCommand) -> anyhow::Result<()> {
             .unwrap_or_default()
     };
     match command {
-        DlqCommand::List { kind, limit } => {
+        DlqCommand::List {
+            kind,
+            limit,
+            cursor,
+            output,
+        } => {
+            let cursor_q = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
             let page = c
                 .call(
                     Method::GET,
-                    &format!("/v1/admin/dead-letters?limit={limit}{}", kind_q(&kind)),
+                    &format!(
+                        "/v1/admin/dead-letters?limit={limit}{}{cursor_q}",
+                        kind_q(&kind)
+                    ),
                     None,
                     &[],
                 )
                 .await?;
-            print(&page);
+            output.print(&page, View::DeadLetters)?;
         }
-        DlqCommand::Show { id } => {
+        DlqCommand::Show { id, output } => {
             let job = c
                 .call(Method::GET, &format!("/v1/jobs/{id}"), None, &[])
                 .await?;
             let events = c
                 .call(Method::GET, &format!("/v1/jobs/{id}/events"), None, &[])
                 .await?;
-            print(&json!({ "job": job, "events": events }));
+            output.print(&json!({ "job": job, "events": events }), View::DeadLetter)?;
         }
         DlqCommand::Redrive { id: Some(id), .. } => {
             let out = c
@@ -939,9 +1035,11 @@ async fn webhooks(target: Target, command: WebhooksCommand) -> anyhow::Result<()
             c.call(Method::GET, "/v1/webhooks/secret", None, &[])
                 .await?
         }
-        WebhooksCommand::Failed => {
-            c.call(Method::GET, "/v1/admin/webhooks/failed", None, &[])
-                .await?
+        WebhooksCommand::Failed { output } => {
+            let failed = c
+                .call(Method::GET, "/v1/admin/webhooks/failed", None, &[])
+                .await?;
+            return Ok(output.print(&failed, View::FailedWebhooks)?);
         }
         WebhooksCommand::Redrive { job } => {
             c.call(
@@ -1003,8 +1101,12 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Submits a JSON Lines file of jobs in batches; reports refused lines on stderr, a summary on
-/// stdout, and fails if any job was not accepted.
+/// Submits a JSON Lines file of jobs in batches, as fast as the tenant's rate allows: a `429` or
+/// `503` is waited out (`Retry-After`, said on stderr) and the batch sent again, a batch larger
+/// than the tenant may send at once is split. A line without an `idempotency_key` gets one made
+/// from its number and content, so running the same file again (within the 24 h the keys are
+/// kept) adds only what did not get in. Refused lines are reported on stderr; a summary ends the
+/// run, also when it stops early.
 async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
     use std::io::BufRead as _;
     let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
@@ -1020,46 +1122,120 @@ async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let job: Value = serde_json::from_str(&line)
+        let mut job: Value = serde_json::from_str(&line)
             .with_context(|| format!("line {}: not JSON (one job object per line)", n + 1))?;
+        if let Some(fields) = job.as_object_mut() {
+            if !fields.contains_key("idempotency_key") {
+                let digest =
+                    <sha2::Sha256 as sha2::Digest>::digest(format!("{}:{line}", n + 1).as_bytes());
+                fields.insert(
+                    "idempotency_key".into(),
+                    json!(format!("line-{}-{}", n + 1, &hex::encode(digest)[..32])),
+                );
+            }
+        }
         jobs.push((n + 1, job));
     }
-    let mut bar = crate::progress::Progress::new(jobs.len() as u64, "jobs");
-    let (mut accepted, mut repeated, mut failed, mut done) = (0u64, 0u64, 0u64, 0u64);
-    for chunk in jobs.chunks(producers::MAX_BATCH) {
+    let total = jobs.len();
+    let mut tally = Tally::default();
+    let mut bar = crate::progress::Progress::new(total as u64, "jobs");
+    let mut size = producers::MAX_BATCH;
+    let mut next = 0;
+    let mut waits = 0;
+    while next < total {
+        let chunk = &jobs[next..(next + size).min(total)];
         let body = json!({ "jobs": chunk.iter().map(|(_, j)| j).collect::<Vec<_>>() });
-        let out = c
+        let out = match c
             .call(Method::POST, "/v1/jobs/batch", Some(&body), &[])
-            .await?;
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let failure = e.downcast_ref::<crate::client::ApiFailure>().cloned();
+                match failure {
+                    // Larger than the tenant may submit at once: smaller batches.
+                    Some(f) if f.status == 429 && f.detail.contains("at once") && size > 1 => {
+                        size = (size / 2).max(1);
+                        continue;
+                    }
+                    // Over the rate, or the server busy: wait as told, then the same batch again.
+                    Some(f) if matches!(f.status, 429 | 503) && waits < 60 => {
+                        let wait = f.retry_after.unwrap_or(Duration::from_secs(1));
+                        bar.suspend(|| {
+                            eprintln!(
+                                "{} {}: waiting {} s as the server asks (Retry-After)",
+                                f.status,
+                                f.detail,
+                                wait.as_secs()
+                            )
+                        });
+                        tokio::time::sleep(wait).await;
+                        waits += 1;
+                        continue;
+                    }
+                    _ => {
+                        bar.finish();
+                        tally.print(total, Some(chunk[0].0));
+                        return Err(e.context(format!(
+                            "stopped at line {}; run the same command again to submit the rest",
+                            chunk[0].0
+                        )));
+                    }
+                }
+            }
+        };
+        waits = 0;
         for ((line, _), item) in chunk
             .iter()
             .zip(out["items"].as_array().into_iter().flatten())
         {
             match item["status"].as_u64() {
-                Some(202) => accepted += 1,
-                Some(200) => repeated += 1,
+                Some(202) => tally.accepted += 1,
+                Some(200) => tally.repeated += 1,
                 status => {
-                    failed += 1;
-                    eprintln!(
-                        "line {line}: {} {}",
-                        status.unwrap_or(0),
-                        item["problem"]["detail"].as_str().unwrap_or_default()
-                    );
+                    tally.refused += 1;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "line {line}: {} {}",
+                            status.unwrap_or(0),
+                            item["problem"]["detail"].as_str().unwrap_or_default()
+                        )
+                    });
                 }
             }
         }
-        done += chunk.len() as u64;
-        bar.set(done, jobs.len() as u64);
+        next += chunk.len();
+        bar.set(next as u64, total as u64);
     }
     bar.finish();
-    println!("{accepted} jobs accepted, {repeated} already submitted, {failed} refused");
-    if failed > 0 {
-        anyhow::bail!(
-            "{failed} of {} jobs were not accepted (see above)",
-            jobs.len()
-        );
+    tally.print(total, None);
+    if tally.refused > 0 {
+        anyhow::bail!("{} of {total} jobs were refused (see above)", tally.refused);
     }
     Ok(())
+}
+
+/// What became of a file's jobs.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: usize,
+    repeated: usize,
+    refused: usize,
+}
+
+impl Tally {
+    /// The summary line; `stopped_at`: the first line not sent.
+    fn print(&self, total: usize, stopped_at: Option<usize>) {
+        let sent = self.accepted + self.repeated + self.refused;
+        let end = match stopped_at {
+            Some(line) => format!("; stopped at line {line}, {} not sent", total - sent),
+            None => String::new(),
+        };
+        println!(
+            "{} accepted, {} already submitted, {} refused, of {total} jobs{end}",
+            self.accepted, self.repeated, self.refused
+        );
+    }
 }
 
 fn print(v: &Value) {
@@ -1109,30 +1285,37 @@ async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Submit { kind: None, .. } => {
             anyhow::bail!("name a kind to submit, or --file with jobs")
         }
-        JobsCommand::Get { id } => {
-            c.call(Method::GET, &format!("/v1/jobs/{id}"), None, &[])
-                .await?
+        JobsCommand::Get { id, output } => {
+            let job = c
+                .call(Method::GET, &format!("/v1/jobs/{id}"), None, &[])
+                .await?;
+            return Ok(output.print(&job, View::Job)?);
         }
         JobsCommand::List {
             status,
             kind,
             limit,
             cursor,
+            output,
         } => {
             let mut q = vec![format!("limit={limit}")];
             q.extend(status.map(|s| format!("status={s}")));
             q.extend(kind.map(|k| format!("kind={k}")));
             q.extend(cursor.map(|c| format!("cursor={c}")));
-            c.call(Method::GET, &format!("/v1/jobs?{}", q.join("&")), None, &[])
-                .await?
+            let page = c
+                .call(Method::GET, &format!("/v1/jobs?{}", q.join("&")), None, &[])
+                .await?;
+            return Ok(output.print(&page, View::Jobs)?);
         }
         JobsCommand::Cancel { id } => {
             c.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None, &[])
                 .await?
         }
-        JobsCommand::Events { id } => {
-            c.call(Method::GET, &format!("/v1/jobs/{id}/events"), None, &[])
-                .await?
+        JobsCommand::Events { id, output } => {
+            let events = c
+                .call(Method::GET, &format!("/v1/jobs/{id}/events"), None, &[])
+                .await?;
+            return Ok(output.print(&events, View::Events)?);
         }
         JobsCommand::Watch { id } => return watch(&c, &id).await,
     };

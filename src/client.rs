@@ -1,7 +1,22 @@
 //! A small client of the HTTP API, behind `conveyor jobs …`.
 
-use anyhow::{anyhow, Context as _};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use serde_json::Value;
+
+/// An answer other than 2xx: its status, the problem's detail, and how long the server asked
+/// to wait before trying again (`Retry-After`, on 429 and 503).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {detail}")]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: u16,
+    /// The problem's `detail` (or the body).
+    pub detail: String,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+}
 
 /// An API endpoint and a bearer token.
 #[derive(Debug, Clone)]
@@ -21,7 +36,8 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns the JSON body, or the problem's detail as the error.
+    /// Sends a request and returns the JSON body; an answer other than 2xx is an
+    /// [`ApiFailure`].
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -41,6 +57,11 @@ impl Client {
             format!("cannot reach the API at {}: is `conveyor dev` or `conveyor api` running? (set CONVEYOR_URL)", self.base)
         })?;
         let status = res.status();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = res.text().await.context("reading the response")?;
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
@@ -51,7 +72,12 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .unwrap_or_else(|| json.to_string());
-            Err(anyhow!("{} {detail}", status.as_u16()))
+            Err(ApiFailure {
+                status: status.as_u16(),
+                detail,
+                retry_after,
+            }
+            .into())
         }
     }
 }
@@ -138,7 +164,12 @@ impl Client {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            return Err(anyhow!("{} {detail}", status.as_u16()));
+            return Err(ApiFailure {
+                status: status.as_u16(),
+                detail,
+                retry_after: None,
+            }
+            .into());
         }
         let mut parser = SseParser::default();
         let mut body = res.bytes_stream();

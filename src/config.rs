@@ -10,8 +10,29 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-/// The development secret `conveyor dev` uses when none is configured.
+/// The development secret `conveyor dev` uses when none is configured. It is public: every other
+/// role refuses it.
 pub const DEV_JWT_SECRET: &str = "conveyor-development-secret-do-not-use-in-production";
+
+/// The fewest bytes a signing secret may have outside `conveyor dev` (HS256 keys should be at
+/// least as long as the hash, RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A configured signing secret, checked for a role that is not `conveyor dev`: set, not one of
+/// the public development secrets, and long enough. The error names the variable and the fix.
+fn production_secret(value: Option<&str>, var: &str, dev_value: &str) -> anyhow::Result<String> {
+    let fix = format!(
+        "set {var} to a random secret of at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`); only `conveyor dev` runs on development secrets"
+    );
+    match value {
+        None | Some("") => anyhow::bail!("{var} is not set: {fix}"),
+        Some(v) if v == dev_value => anyhow::bail!("{var} is the public development secret: {fix}"),
+        Some(v) if v.len() < MIN_SECRET_BYTES => {
+            anyhow::bail!("{var} is shorter than {MIN_SECRET_BYTES} bytes: {fix}")
+        }
+        Some(v) => Ok(v.to_owned()),
+    }
+}
 
 /// Connection to NATS and the namespace.
 #[derive(Debug, Clone, Args)]
@@ -20,7 +41,8 @@ pub struct BusArgs {
     #[arg(
         long,
         env = "CONVEYOR_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub nats_url: String,
     /// Prefix of every stream, subject and consumer.
@@ -76,7 +98,8 @@ pub struct DbArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/conveyor"
+        default_value = "postgres://postgres@127.0.0.1:5432/conveyor",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Connections in the pool.
@@ -188,9 +211,10 @@ pub struct JwtArgs {
     /// CONVEYOR_JWKS_URL).
     #[arg(long, env = "CONVEYOR_JWT_ALGORITHM", default_value = "HS256")]
     pub jwt_algorithm: String,
-    /// HS256 secret that signs and verifies tokens.
-    #[arg(long, env = "CONVEYOR_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
-    pub jwt_secret: String,
+    /// HS256 secret that signs and verifies tokens (at least 32 bytes; required with HS256 by
+    /// every role but `dev`, which uses a development secret when it is not set).
+    #[arg(long, env = "CONVEYOR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// The identity provider's JWKS URL (RS256/ES256), e.g.
     /// `https://idp.example.com/realms/acme/protocol/openid-connect/certs`.
     #[arg(long, env = "CONVEYOR_JWKS_URL")]
@@ -210,14 +234,48 @@ pub struct JwtArgs {
     /// Fewest milliseconds between two JWKS fetches caused by tokens with unknown key ids.
     #[arg(long, env = "CONVEYOR_JWKS_REFRESH_MIN_MS", default_value_t = 30_000)]
     pub jwks_refresh_min_ms: u64,
-    /// The JWKS is fetched again once it is this old (seconds).
+    /// The JWKS is fetched again once it is this old (seconds), in the background: the cached
+    /// keys keep answering meanwhile.
     #[arg(long, env = "CONVEYOR_JWKS_MAX_AGE_SECS", default_value_t = 600)]
     pub jwks_max_age_secs: u64,
+    /// Longest a JWKS fetch may take (ms), and so the longest a request waits for one.
+    #[arg(long, env = "CONVEYOR_JWKS_FETCH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub jwks_fetch_timeout_ms: u64,
+    /// Accept a plain `http://` JWKS URL outside loopback (only on a network you trust: anyone
+    /// on the path could swap the keys).
+    #[arg(long, env = "CONVEYOR_JWKS_ALLOW_HTTP", default_value_t = false)]
+    pub jwks_allow_http: bool,
 }
 
 impl JwtArgs {
-    /// As the API's settings.
+    /// For `conveyor dev`: the development secret unless one is configured.
+    pub fn or_dev_secret(&mut self) {
+        if self.jwt_secret.as_deref().is_none_or(str::is_empty) {
+            self.jwt_secret = Some(DEV_JWT_SECRET.to_owned());
+        }
+    }
+
+    /// As the API's settings. With HS256 the secret must be set, not the development one, and at
+    /// least [`MIN_SECRET_BYTES`] long (`conveyor dev` calls [`JwtArgs::or_dev_secret`] first,
+    /// and is the only role that may run on it).
     pub fn settings(&self) -> anyhow::Result<producers::JwtSettings> {
+        let s = self.unchecked_settings()?;
+        if s.algorithm == producers::auth::Algorithm::HS256 {
+            production_secret(
+                self.jwt_secret.as_deref(),
+                "CONVEYOR_JWT_SECRET",
+                DEV_JWT_SECRET,
+            )?;
+        }
+        Ok(s)
+    }
+
+    /// [`JwtArgs::settings`] for `conveyor dev`, which may run on the development secret.
+    pub fn dev_settings(&self) -> anyhow::Result<producers::JwtSettings> {
+        self.unchecked_settings()
+    }
+
+    fn unchecked_settings(&self) -> anyhow::Result<producers::JwtSettings> {
         use producers::auth::Algorithm;
         let algorithm = match self.jwt_algorithm.to_ascii_uppercase().as_str() {
             "HS256" => Algorithm::HS256,
@@ -229,7 +287,7 @@ impl JwtArgs {
         };
         Ok(producers::JwtSettings {
             algorithm,
-            secret: self.jwt_secret.clone(),
+            secret: self.jwt_secret.clone().unwrap_or_default(),
             jwks_url: self.jwks_url.clone().filter(|u| !u.is_empty()),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
@@ -237,12 +295,17 @@ impl JwtArgs {
             leeway_secs: self.jwt_leeway_secs,
             jwks_refresh_min: Duration::from_millis(self.jwks_refresh_min_ms),
             jwks_max_age: Duration::from_secs(self.jwks_max_age_secs),
+            jwks_fetch_timeout: Duration::from_millis(self.jwks_fetch_timeout_ms.max(1)),
+            jwks_allow_http: self.jwks_allow_http,
         })
     }
 
-    /// Settings for minting development tokens: only HS256 can be minted here.
+    /// Settings for minting tokens: only HS256 can be minted here. Without a configured secret,
+    /// the development one, whose tokens only `conveyor dev` accepts.
     pub fn minting(&self) -> anyhow::Result<producers::JwtSettings> {
-        let s = self.settings()?;
+        let mut args = self.clone();
+        args.or_dev_secret();
+        let s = args.unchecked_settings()?;
         if s.algorithm != producers::auth::Algorithm::HS256 {
             anyhow::bail!(
                 "conveyor mints HS256 tokens only; with CONVEYOR_JWT_ALGORITHM={:?}, get tokens from your identity provider",
@@ -250,6 +313,36 @@ impl JwtArgs {
             );
         }
         Ok(s)
+    }
+}
+
+/// What `conveyor token` signs with: the API's HS256 secret, issuer and audience.
+#[derive(Debug, Clone, Args)]
+pub struct MintArgs {
+    /// HS256 secret of the API the token is for (without it, the development secret, whose
+    /// tokens only `conveyor dev` accepts).
+    #[arg(long, env = "CONVEYOR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token issuer (`iss`).
+    #[arg(long, env = "CONVEYOR_JWT_ISSUER", default_value = "conveyor")]
+    pub jwt_issuer: String,
+    /// Token audience (`aud`).
+    #[arg(long, env = "CONVEYOR_JWT_AUDIENCE", default_value = "conveyor")]
+    pub jwt_audience: String,
+}
+
+impl MintArgs {
+    /// Settings for minting (HS256).
+    pub fn minting(&self) -> producers::JwtSettings {
+        let secret = self
+            .jwt_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+        let mut s = producers::JwtSettings::hs256(&secret);
+        s.issuer = self.jwt_issuer.clone();
+        s.audience = self.jwt_audience.clone();
+        s
     }
 }
 
@@ -277,6 +370,22 @@ pub struct LimitArgs {
     /// Publishes awaiting JetStream's ack per API process; more get 503 with Retry-After.
     #[arg(long, env = "CONVEYOR_PUBLISH_INFLIGHT", default_value_t = 4096)]
     pub publish_inflight: usize,
+    /// Time a client has to send a request's headers, and the longest an HTTP/1 keep-alive
+    /// connection may sit idle (ms); streams are not cut by it.
+    #[arg(long, env = "CONVEYOR_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Open connections per API process; more are answered 503 and closed. Keep it below the
+    /// process's open-file limit.
+    #[arg(long, env = "CONVEYOR_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open connections from one client address per API process (0 behind a proxy that connects
+    /// from few addresses: cap there instead).
+    #[arg(
+        long,
+        env = "CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_024
+    )]
+    pub max_connections_per_address: usize,
 }
 
 impl LimitArgs {
@@ -288,6 +397,14 @@ impl LimitArgs {
             max_streams_per_tenant: self.tenant_max_streams,
             max_streams: self.max_streams,
             max_inflight: self.max_inflight,
+        }
+    }
+
+    fn connections(&self) -> producers::ConnectionLimits {
+        producers::ConnectionLimits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
         }
     }
 }
@@ -327,12 +444,23 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    /// As the API's settings.
-    pub fn settings(&self, webhooks: &WebhookArgs) -> anyhow::Result<producers::ApiSettings> {
-        let mut s = producers::ApiSettings::new(self.jwt.settings()?);
+    /// As the API's settings; `dev` allows the development secrets.
+    pub fn settings(
+        &self,
+        webhooks: &WebhookArgs,
+        dev: bool,
+    ) -> anyhow::Result<producers::ApiSettings> {
+        let jwt = if dev {
+            self.jwt.dev_settings()?
+        } else {
+            self.jwt.settings()?
+        };
+        let mut s = producers::ApiSettings::new(jwt);
         s.limits = self.limits.limits();
-        s.allow_private_webhooks = webhooks.allow_private_webhooks;
-        s.webhook_secret = webhooks.webhook_secret.clone();
+        s.connections = self.limits.connections();
+        s.webhook_targets = webhooks.targets();
+        s.webhook_lookups_per_tenant = webhooks.webhook_lookups_per_tenant.max(1);
+        s.webhook_secret = webhooks.master_secret(dev)?;
         for k in self.kinds.iter().filter(|k| !k.is_empty()) {
             s.kinds.push(JobKind::parse(k).context("CONVEYOR_KINDS")?);
         }
@@ -413,11 +541,25 @@ pub const DEV_WEBHOOK_SECRET: &str = "conveyor-development-webhook-secret";
 #[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {
     /// Master secret; each tenant's signing secret derives from it (`GET /v1/webhooks/secret`).
-    #[arg(long, env = "CONVEYOR_WEBHOOK_SECRET", default_value = DEV_WEBHOOK_SECRET, hide_default_value = true)]
-    pub webhook_secret: String,
+    /// At least 32 bytes; required by `api` and `notifier` (`dev` uses a development secret when
+    /// it is not set).
+    #[arg(long, env = "CONVEYOR_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Accept and deliver to webhook URLs on loopback or private networks (development and tests).
     #[arg(long, env = "CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", default_value_t = false)]
     pub allow_private_webhooks: bool,
+    /// Networks webhook targets may be on although not public, comma-separated CIDRs (an
+    /// address alone is that host), e.g. an internal receiver network `10.20.0.0/16`.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_ALLOW_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub webhook_allow_cidrs: Vec<bus::webhook_url::IpNet>,
+    /// Name server (`ip:port`) resolving webhook hosts in the API and the notifier; default: the
+    /// system's (`/etc/resolv.conf`).
+    #[arg(long, env = "CONVEYOR_DNS_SERVER")]
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Webhook host lookups in flight per tenant in one API process; more wait, within the
+    /// request's deadline.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_LOOKUPS_PER_TENANT", default_value_t = 8)]
+    pub webhook_lookups_per_tenant: usize,
     /// Attempts before a delivery is recorded as failed.
     #[arg(long, env = "CONVEYOR_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
     pub webhook_max_attempts: u32,
@@ -436,17 +578,47 @@ pub struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    /// As the notifier's settings.
-    pub fn settings(&self) -> consumers::notifiers::webhook::WebhookSettings {
-        consumers::notifiers::webhook::WebhookSettings {
-            master_secret: self.webhook_secret.clone(),
+    /// The master secret: the configured one, checked, or for `dev` the development one if none
+    /// is set.
+    pub fn master_secret(&self, dev: bool) -> anyhow::Result<String> {
+        match self.webhook_secret.as_deref() {
+            None | Some("") if dev => Ok(DEV_WEBHOOK_SECRET.to_owned()),
+            Some(s) if dev => Ok(s.to_owned()),
+            s => production_secret(s, "CONVEYOR_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
+        }
+    }
+
+    /// As the notifier's settings; `dev` allows the development secret.
+    pub fn settings(
+        &self,
+        dev: bool,
+    ) -> anyhow::Result<consumers::notifiers::webhook::WebhookSettings> {
+        Ok(consumers::notifiers::webhook::WebhookSettings {
+            master_secret: self.master_secret(dev)?,
             max_attempts: self.webhook_max_attempts.max(1),
             timeout: Duration::from_millis(self.webhook_timeout_ms),
             concurrency: self.webhook_concurrency,
             per_host: self.webhook_per_host,
             retry_base: Duration::from_millis(self.webhook_retry_base_ms),
             retry_max: Duration::from_secs(600),
+            targets: self.targets(),
+        })
+    }
+
+    /// Which webhook targets are allowed, and how their names are resolved.
+    pub fn targets(&self) -> bus::webhook_url::TargetSettings {
+        bus::webhook_url::TargetSettings {
             allow_private: self.allow_private_webhooks,
+            allow: self.webhook_allow_cidrs.clone(),
+            dns_server: self.dns_server,
         }
     }
+}
+
+/// A network in CIDR notation; an address alone is that one host.
+fn parse_cidr(s: &str) -> Result<bus::webhook_url::IpNet, String> {
+    let s = s.trim();
+    s.parse()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into))
+        .map_err(|_| format!("{s:?} is not a network such as 10.20.0.0/16"))
 }

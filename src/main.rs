@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(async {
-        let telemetry = conveyor::telemetry::init(&cli.log, &cli.log_format, cli.role(), &otlp)?;
+        let telemetry =
+            conveyor::telemetry::init(&cli.log_filter(), &cli.log_format, cli.role(), &otlp)?;
         let result = conveyor::cli::run(cli).await;
         telemetry.shutdown().await;
         result

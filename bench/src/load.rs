@@ -102,7 +102,18 @@ async fn submit_batch_once(
     token: &str,
     n: usize,
 ) -> anyhow::Result<u64> {
-    let jobs: Vec<Value> = (0..n).map(|_| json!({ "kind": "noop" })).collect();
+    post_batch(http, url, token, &json!({ "kind": "noop" }), n as u64).await
+}
+
+/// One batch of `n` jobs like `job`: how many were accepted.
+async fn post_batch(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    job: &Value,
+    n: u64,
+) -> anyhow::Result<u64> {
+    let jobs: Vec<&Value> = (0..n).map(|_| job).collect();
     let res = http
         .post(format!("{url}/v1/jobs/batch"))
         .bearer_auth(token)
@@ -112,6 +123,24 @@ async fn submit_batch_once(
     anyhow::ensure!(res.status() == 200, "batch answered {}", res.status());
     let body: Value = res.json().await?;
     Ok(body["accepted"].as_u64().unwrap_or(0))
+}
+
+/// Submits `n` jobs like `job`, in batches of 1,000; returns how many were accepted.
+pub(crate) async fn submit_jobs(
+    url: &str,
+    token: &str,
+    job: &Value,
+    n: u64,
+) -> anyhow::Result<u64> {
+    let http = http();
+    let mut accepted = 0;
+    let mut left = n;
+    while left > 0 {
+        let size = left.min(1000);
+        accepted += post_batch(&http, url, token, job, size).await?;
+        left -= size;
+    }
+    Ok(accepted)
 }
 
 /// Figure 1, batches: `clients` clients each submitting batches of 1,000 for `duration`: jobs

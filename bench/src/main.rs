@@ -22,8 +22,11 @@ use clap::Parser;
 use procs::{Nats, Roles, Setup, Sync};
 use report::{pct, Results, Table};
 
+/// The worker concurrencies figure 6 measures.
+const SLOTS: [usize; 4] = [1, 2, 4, 64];
+
 /// The JWT secret the benchmark's roles use.
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-of-the-benchmark-suite-0123456789";
 
 #[derive(Debug, Parser)]
 #[command(name = "conveyor-bench", about = "conveyor's benchmark suite")]
@@ -43,7 +46,7 @@ struct Cli {
     /// A folder where graphile-worker is installed: runs the peer benchmark there.
     #[arg(long)]
     peer_dir: Option<PathBuf>,
-    /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `peer`.
+    /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `slots`, `peer`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only this fsync policy: `default` or `always` (both otherwise).
@@ -297,6 +300,43 @@ impl Suite {
         Ok(())
     }
 
+    /// Figure 6: one worker process with few slots (serving the five built-in kinds) drains a
+    /// backlog of one kind: against what its slots allow (20 ms jobs), or, for no-op jobs,
+    /// against 64 slots.
+    async fn slots(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let token = Self::token();
+        for concurrency in SLOTS {
+            for (name, job) in [
+                (
+                    "sleep",
+                    serde_json::json!({"kind": "sleep", "payload": {"ms": 20, "steps": 1}}),
+                ),
+                ("noop", serde_json::json!({"kind": "noop"})),
+            ] {
+                let setup = self.setup(nats, "slots").await?;
+                let mut roles = Roles::start_front(&setup).await?;
+                let db = sqlx::PgPool::connect(&setup.database_url).await?;
+                // About two seconds of work for the slots at full speed.
+                let n = if name == "sleep" {
+                    100 * concurrency as u64
+                } else {
+                    2_000
+                };
+                let queued = load::submit_jobs(&roles.url, &token, &job, n).await?;
+                let started = std::time::Instant::now();
+                roles.start_worker(&setup, concurrency).await?;
+                load::drain(&db, queued, Duration::from_secs(300)).await?;
+                let rate = queued as f64 / started.elapsed().as_secs_f64();
+                self.results
+                    .add(&format!("slots.{name}.{concurrency}"), rate);
+                eprintln!("  {concurrency} slots, {name}: {queued} jobs at {rate:.0}/s");
+                drop(roles);
+                db.close().await;
+            }
+        }
+        Ok(())
+    }
+
     async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let setup = self.setup(nats, "memory").await?;
         let roles = Roles::start(&setup).await?;
@@ -518,6 +558,28 @@ impl Suite {
                 );
             }
         }
+        for concurrency in SLOTS {
+            let sleep = format!("slots.sleep.{concurrency}");
+            if r.get(&sleep).0.is_empty() {
+                continue;
+            }
+            let allowed = 50.0 * concurrency as f64;
+            t.row(
+                &format!("6. worker with {concurrency} slots, 20 ms jobs, drain"),
+                format!("{} jobs", rate(&sleep)),
+                format!("{allowed:.0}/s that {concurrency} slots allow"),
+                pct(r.median(&sleep), allowed),
+                "≈ 100%",
+            );
+            let noop = format!("slots.noop.{concurrency}");
+            t.row(
+                &format!("6. worker with {concurrency} slots, no-op jobs, drain"),
+                format!("{} jobs", rate(&noop)),
+                format!("{} with 64 slots", rate("slots.noop.64")),
+                pct(r.median(&noop), r.median("slots.noop.64")),
+                "",
+            );
+        }
         if !r.get("peer.enqueue").0.is_empty() {
             t.row(
                 "   graphile-worker: bulk add_jobs",
@@ -617,6 +679,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if suite.wants("memory") {
                 suite.memory(&nats).await?;
+            }
+            if suite.wants("slots") {
+                suite.slots(&nats).await?;
             }
         }
     }

@@ -162,6 +162,7 @@ impl Setup {
             .env("CONVEYOR_NAMESPACE", &self.namespace)
             .env("DATABASE_URL", &self.database_url)
             .env("CONVEYOR_JWT_SECRET", crate::SECRET)
+            .env("CONVEYOR_WEBHOOK_SECRET", crate::SECRET)
             .env("CONVEYOR_HTTP_ADDR", "127.0.0.1:0")
             .env("CONVEYOR_METRICS_ADDR", "127.0.0.1:0")
             .env("CONVEYOR_LOG", "warn")
@@ -171,6 +172,7 @@ impl Setup {
             .env("CONVEYOR_TENANT_MAX_STREAMS", "0")
             .env("CONVEYOR_MAX_STREAMS", "0")
             .env("CONVEYOR_MAX_INFLIGHT", "0")
+            .env("CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS", "0")
             .env("CONVEYOR_PUBLISH_INFLIGHT", "20000")
             .kill_on_drop(true);
         c
@@ -255,12 +257,23 @@ impl Roles {
 
     /// Starts the worker and the notifier.
     pub(crate) async fn start_back(&mut self, setup: &Setup) -> anyhow::Result<()> {
-        let (worker, _) = setup
-            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", "256")])
-            .await?;
+        self.start_worker(setup, 256).await?;
         let (notifier, _) = setup.spawn("notifier", &[]).await?;
-        self.worker = Some(worker);
         self.notifier = Some(notifier);
+        Ok(())
+    }
+
+    /// Starts a worker with `concurrency` slots.
+    pub(crate) async fn start_worker(
+        &mut self,
+        setup: &Setup,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        let slots = concurrency.to_string();
+        let (worker, _) = setup
+            .spawn("worker", &[("CONVEYOR_WORKER_CONCURRENCY", &slots)])
+            .await?;
+        self.worker = Some(worker);
         Ok(())
     }
 

@@ -42,8 +42,13 @@ pub enum Error {
     #[error("CONVEYOR_NATS_URL: {0}")]
     BadUrl(String),
     /// The server is too old.
-    #[error("nats-server {0} is too old: conveyor needs 2.10 or newer with JetStream (scripts/up runs a current one)")]
-    ServerTooOld(String),
+    #[error("nats-server {version} at {url} is too old: conveyor needs 2.10 or newer with JetStream; set CONVEYOR_NATS_URL to a current server (`scripts/up` runs one and `conveyor dev` prints its address)")]
+    ServerTooOld {
+        /// The version the server announced.
+        version: String,
+        /// The URL it was reached at.
+        url: String,
+    },
     /// JetStream is not enabled.
     #[error("JetStream is not enabled on the NATS server: start nats-server with -js")]
     NoJetStream,
@@ -215,7 +220,12 @@ impl Bus {
         let info = client.server_info();
         match parse_version(&info.version) {
             Some(v) if v >= MIN_SERVER_VERSION => {}
-            _ => return Err(Error::ServerTooOld(info.version)),
+            _ => {
+                return Err(Error::ServerTooOld {
+                    version: info.version,
+                    url: settings.url.clone(),
+                })
+            }
         }
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.request_timeout)

@@ -33,6 +33,9 @@ pub enum Error {
     /// Anything else from NATS.
     #[error("NATS: {0}")]
     Nats(String),
+    /// A setting cannot work.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Result with the consumers' error.

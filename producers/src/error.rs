@@ -46,6 +46,15 @@ pub enum ApiError {
     /// 503: NATS or Postgres unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: something this request needs cannot be had before `retry_after_secs` (the
+    /// identity provider's keys, say).
+    #[error("{detail}")]
+    UnavailableFor {
+        /// What is missing.
+        detail: String,
+        /// When it may be there.
+        retry_after_secs: u64,
+    },
     /// 503: this process is at its capacity; retry later (or on another process).
     #[error("{0}")]
     Overloaded(String),
@@ -87,7 +96,9 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UnavailableFor { .. } | Self::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Other(status, _) => *status,
         }
@@ -105,7 +116,7 @@ impl ApiError {
             Self::Unprocessable(_) => "unprocessable",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::HeadersTooLarge(_) => "headers-too-large",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::UnavailableFor { .. } => "unavailable",
             Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "internal",
             Self::Other(status, _) if *status == StatusCode::METHOD_NOT_ALLOWED => {
@@ -192,6 +203,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::TooManyRequests {
+                retry_after_secs, ..
+            }
+            | Self::UnavailableFor {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -78,9 +78,10 @@ impl Catalog {
     }
 
     fn insert(&self, kind: JobKind, builtin: bool, schema: Option<Value>) {
-        // Built-in kinds are validated by their Rust types; their schema is documentation.
+        // Every kind's payload is checked against its schema, so a caller gets the list of
+        // violations; a built-in kind's Rust type then checks what a schema cannot say.
         let validator = match &schema {
-            Some(s) if !builtin => match jsonschema::validator_for(s) {
+            Some(s) => match jsonschema::validator_for(s) {
                 Ok(v) => Some(Arc::new(v)),
                 Err(e) => {
                     tracing::warn!(%kind, error = %e, "the kind's schema is not a valid JSON Schema; payloads are not checked");
@@ -126,11 +127,6 @@ impl Catalog {
                 }
             }
         };
-        if entry.info.builtin {
-            if let Some(Err(e)) = events::kinds::validate_builtin(kind.as_str(), payload) {
-                return Err(format!("invalid payload for `{kind}`: {e}"));
-            }
-        }
         if let Some(validator) = &entry.validator {
             let violations: Vec<String> = validator
                 .iter_errors(payload)
@@ -149,6 +145,11 @@ impl Catalog {
                     "invalid payload for `{kind}`: {}",
                     violations.join("; ")
                 ));
+            }
+        }
+        if entry.info.builtin {
+            if let Some(Err(e)) = events::kinds::validate_builtin(kind.as_str(), payload) {
+                return Err(format!("invalid payload for `{kind}`: {e}"));
             }
         }
         Ok(())

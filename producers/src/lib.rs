@@ -22,6 +22,8 @@ mod middleware;
 mod openapi;
 mod reads;
 mod routes;
+mod server;
+mod webhook_targets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,7 @@ pub use auth::JwtSettings;
 pub use limits::Limits;
 pub use openapi::openapi_json;
 pub use routes::batch::MAX_BATCH;
+pub use server::ConnectionLimits;
 
 /// CloudEvents `source` of events published by the API.
 pub const SOURCE: &str = "/conveyor/api";
@@ -60,14 +63,18 @@ pub struct ApiSettings {
     pub default_timeout_ms: u64,
     /// How long a read of a just-accepted job waits for the projector.
     pub read_your_writes_wait: Duration,
-    /// Accept webhook URLs that resolve to loopback or private addresses (development, tests).
-    pub allow_private_webhooks: bool,
+    /// Which webhook targets are accepted, and how their names are resolved.
+    pub webhook_targets: bus::webhook_url::TargetSettings,
+    /// Webhook host lookups in flight per tenant (see `webhook_targets`).
+    pub webhook_lookups_per_tenant: usize,
     /// Master secret of webhook signatures (each tenant's secret derives from it).
     pub webhook_secret: String,
     /// Events buffered for the slowest live subscriber before it is told to resume.
     pub sse_buffer: usize,
     /// Per-tenant rate limits and quotas, and the process's load bounds.
     pub limits: Limits,
+    /// Bounds on open connections and on slow clients.
+    pub connections: ConnectionLimits,
 }
 
 impl ApiSettings {
@@ -80,10 +87,12 @@ impl ApiSettings {
             default_max_attempts: 3,
             default_timeout_ms: 300_000,
             read_your_writes_wait: Duration::from_secs(5),
-            allow_private_webhooks: false,
+            webhook_targets: Default::default(),
+            webhook_lookups_per_tenant: 8,
             webhook_secret: String::new(),
             sse_buffer: 4096,
             limits: Limits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -119,6 +128,7 @@ pub struct Inner {
     pub(crate) verifier: auth::Verifier,
     pub(crate) kinds: kinds::Catalog,
     pub(crate) limits: limits::Guard,
+    pub(crate) webhooks: webhook_targets::WebhookTargets,
     pub(crate) metrics: Option<MetricsRender>,
     /// The projector's last checkpoint, as announced by `NOTIFY` (see [`reads`]).
     pub(crate) checkpoint: watch::Sender<i64>,
@@ -155,9 +165,15 @@ impl AppState {
         metrics: Option<MetricsRender>,
     ) -> Result<Self, StartError> {
         let verifier = auth::Verifier::new(settings.jwt.clone()).map_err(StartError::Config)?;
+        let webhooks = webhook_targets::WebhookTargets::new(
+            &settings.webhook_targets,
+            settings.webhook_lookups_per_tenant,
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
         bus.provision_streams().await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                webhooks,
                 hub: live::Hub::new(settings.sse_buffer),
                 kinds: kinds::Catalog::new(&settings.kinds),
                 limits: limits::Guard::new(settings.limits.clone()),
@@ -216,14 +232,8 @@ pub async fn serve(
             streams.cancel();
         });
     }
-    let token = shutdown.clone();
-    // Small request/response pairs: Nagle's algorithm would hold them back waiting for ACKs.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await;
+    let limits = state.settings.connections.clone();
+    let served = server::serve(listener, app(state), limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::join!(listen, tail, kinds, housekeeping);
     served

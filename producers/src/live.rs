@@ -28,6 +28,22 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
+/// Why a subscription could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubscribeError {
+    /// The event log cannot be read.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// The resume point is past the last event stored.
+    #[error("resume point {after} is beyond the end of the event log (last sequence {last})")]
+    BeyondEnd {
+        /// The resume point asked for.
+        after: u64,
+        /// The log's last sequence.
+        last: u64,
+    },
+}
+
 /// One event as subscribers see it.
 #[derive(Debug)]
 pub(crate) struct LiveEvent {
@@ -340,6 +356,7 @@ impl Hub {
 
     /// A subscription: events after `after` (catch-up from the stream, then live), or only live
     /// ones when `after` is `None`. With `until_terminal`, it ends after the job's terminal event.
+    /// A resume point beyond the log's end names nothing this server sent: refused.
     pub(crate) async fn subscribe(
         &self,
         bus: Bus,
@@ -347,7 +364,7 @@ impl Hub {
         after: Option<u64>,
         until_terminal: bool,
         stop: Stop,
-    ) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
+    ) -> Result<impl Stream<Item = Item> + Send + 'static, SubscribeError> {
         // Subscribe before reading the stream's end, so nothing falls between the two: what is
         // beyond the end read here comes through the tail (which is asked to start if it is not
         // running).
@@ -359,6 +376,9 @@ impl Hub {
             .map_err(|e| bus::Error::JetStream(e.to_string()))?
             .state
             .last_sequence;
+        if let Some(after) = after.filter(|a| *a > last) {
+            return Err(SubscribeError::BeyondEnd { after, last });
+        }
         self.needs_after(last);
         // Live only: what came before does not concern this subscriber.
         let from = after.unwrap_or(last);

@@ -63,7 +63,7 @@ export class Conveyor {
   }
 
   /** A token from `conveyor token`, as a user would mint one. */
-  token(scope = 'jobs:write jobs:read events:read admin', tenant = 'acme') {
+  token(scope = 'jobs:write jobs:read events:read admin operator', tenant = 'acme') {
     return execFileSync(BIN, ['token', '--tenant', tenant, '--scope', scope, '--sub', 'browser-test'], { env: this.env }).toString().trim();
   }
 

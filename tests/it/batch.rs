@@ -102,7 +102,7 @@ async fn the_cli_submits_a_json_lines_file_in_batches() {
     let out = submit(api.token.clone()).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("2501 jobs accepted, 0 already submitted, 0 refused"),
+        stdout.contains("2501 accepted, 0 already submitted, 0 refused, of 2501 jobs"),
         "{stdout}"
     );
     env.settle().await;

@@ -1,5 +1,6 @@
 //! The test harness: a fresh namespace and database per test, the real `conveyor` binary run as
-//! child processes against the real NATS and Postgres, and a small HTTP client.
+//! child processes against the real NATS and Postgres, and a small HTTP client. A test that
+//! passes leaves no database or stream behind; one that fails keeps them and prints where.
 //!
 //! Services come from `CONVEYOR_NATS_URL` and `DATABASE_URL` (set by `scripts/test`). A test that
 //! cannot reach them fails, naming the command that starts them.
@@ -16,10 +17,11 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-of-the-end-to-end-suite-0123456789";
 const START_SERVICES: &str = "run the tests with `scripts/test`, which starts NATS 2.10+ and Postgres (or start them with `scripts/up`)";
 
-/// One test's world: a namespace, a database, and the processes it started (killed on drop).
+/// One test's world: a namespace and a database, both removed on drop unless the test failed
+/// (see `impl Drop for Env`). The processes it started are killed when their `Proc`s drop.
 pub(crate) struct Env {
     pub(crate) ns: String,
     pub(crate) nats_url: String,
@@ -28,6 +30,120 @@ pub(crate) struct Env {
     roles_db_url: Option<String>,
     extra_env: Vec<(String, String)>,
     logs: PathBuf,
+}
+
+/// A passing test leaves nothing behind: its database is dropped, and its namespace's streams,
+/// key-value buckets and object stores are deleted. A failing one (the thread is panicking)
+/// keeps them for a look, and says where they are.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let db = self
+            .db_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: kept its database {db} (namespace {}, NATS {}; process logs: {}/{}-*.log)",
+                self.ns,
+                self.nats_url,
+                self.logs.display(),
+                self.ns
+            );
+            return;
+        }
+        let (db_url, nats_url, ns) = (self.db_url.clone(), self.nats_url.clone(), self.ns.clone());
+        // `drop` is synchronous and may run on the test's runtime thread: the cleanup gets a
+        // thread and a small runtime of its own, and the test waits for it (bounded).
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            rt.block_on(async {
+                let limit = Duration::from_secs(20);
+                let (dropped, deleted) = tokio::join!(
+                    tokio::time::timeout(limit, drop_database(&db_url)),
+                    tokio::time::timeout(limit, delete_namespace(&nats_url, &ns)),
+                );
+                if let Err(e) = dropped.unwrap_or_else(|_| Err("timed out".into())) {
+                    eprintln!("test database {db_url} not dropped: {e}");
+                }
+                if let Err(e) = deleted.unwrap_or_else(|_| Err("timed out".into())) {
+                    eprintln!("namespace {ns} not deleted from NATS at {nats_url}: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Drops the database of `db_url`, ending the sessions still on it (`WITH (FORCE)`, Postgres 13+:
+/// the test's processes were killed, but their sessions, and pools the test opened, may linger).
+async fn drop_database(db_url: &str) -> Result<(), String> {
+    use sqlx::ConnectOptions as _;
+    use sqlx::Connection as _;
+    let options: sqlx::postgres::PgConnectOptions = db_url.parse().map_err(|e| format!("{e}"))?;
+    let name = options
+        .get_database()
+        .ok_or("the URL names no database")?
+        .to_owned();
+    let mut conn = options
+        .database("postgres")
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    // A process killed a moment ago may still be connecting: try again briefly.
+    let mut tries = 0;
+    let result = loop {
+        match sqlx::query(&sql).execute(&mut conn).await {
+            Ok(_) => break Ok(()),
+            Err(_) if tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let _ = conn.close().await;
+    result
+}
+
+/// Deletes this namespace's streams from the NATS server at `nats_url`: its own (`<NS>_…`) and
+/// those under its key-value buckets (`KV_<NS>_…`) and object stores (`OBJ_<NS>_…`).
+async fn delete_namespace(nats_url: &str, ns: &str) -> Result<(), String> {
+    use futures::TryStreamExt;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = jetstream::new(client);
+    let upper = ns.to_uppercase();
+    let prefixes = [
+        format!("{upper}_"),
+        format!("KV_{upper}_"),
+        format!("OBJ_{upper}_"),
+    ];
+    let names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    for name in names
+        .iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+    {
+        js.delete_stream(name)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A running `conveyor` process; killed when dropped.
@@ -183,7 +299,10 @@ impl Env {
             .env("CONVEYOR_RETRY_MAX_MS", "500")
             .env("CONVEYOR_SHUTDOWN_GRACE_MS", "2000")
             .env("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "true")
-            .env("CONVEYOR_WEBHOOK_SECRET", "test-webhook-secret")
+            .env(
+                "CONVEYOR_WEBHOOK_SECRET",
+                "test-webhook-secret-of-the-end-to-end-suite",
+            )
             .env("CONVEYOR_WEBHOOK_RETRY_BASE_MS", "50")
             .env("CONVEYOR_METRICS_ADDR", "127.0.0.1:0")
             .env(
@@ -212,6 +331,30 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Runs `conveyor` with `args`, the suite's variables named in `unset` removed and `vars`
+    /// set, to its end (60 s at most), whatever its exit status.
+    pub(crate) async fn run_raw(
+        &self,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        unset: &[&str],
+    ) -> std::process::Output {
+        let mut c = self.command(args);
+        for k in unset {
+            c.env_remove(k);
+        }
+        c.envs(vars.iter().copied());
+        let out = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output();
+        tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .unwrap_or_else(|_| panic!("conveyor {args:?} still running after 60 s"))
+            .expect("run conveyor")
     }
 
     /// Waits until the live read models have applied every event in the stream; returns the
@@ -306,6 +449,39 @@ impl Env {
             .spawn()
             .expect("start conveyor");
         Proc { child, log: path }
+    }
+
+    /// Starts `role` with these variables set and those unset, and returns its stdout lines as
+    /// they come.
+    pub(crate) fn spawn_lines(
+        &self,
+        role: &str,
+        vars: &[(&str, &str)],
+        unset: &[&str],
+    ) -> (Proc, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let n = std::fs::read_dir(&self.logs)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let path = self.logs.join(format!("{}-{role}-{n}.log", self.ns));
+        let log = std::fs::File::create(&path).expect("log file");
+        let mut c = self.command(&[role]);
+        for k in unset {
+            c.env_remove(k);
+        }
+        c.envs(vars.iter().copied());
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start conveyor");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        (Proc { child, log: path }, rx)
     }
 
     /// Starts a role that serves HTTP (`api` or `dev`) and returns a client of it.
@@ -444,6 +620,30 @@ impl Api {
         let json: Value = res.json().await.unwrap();
         assert_eq!(status, 202, "submit {body}: {json}");
         json
+    }
+
+    /// `POST /v1/jobs/batch` of `jobs`, expecting every one accepted (`202`); returns the answer.
+    pub(crate) async fn submit_batch(&self, jobs: Vec<Value>) -> Value {
+        let (status, body) = self
+            .post("/v1/jobs/batch", &serde_json::json!({ "jobs": jobs }))
+            .await;
+        assert_eq!(status, 200, "batch: {body}");
+        for item in body["items"].as_array().expect("items") {
+            assert_eq!(item["status"], 202, "{item}");
+        }
+        body
+    }
+
+    /// `POST` of a JSON body to `path`, whatever the answer: status and JSON body.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
     }
 
     /// `GET` of a path: status and JSON body.

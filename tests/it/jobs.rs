@@ -378,13 +378,16 @@ async fn health_readiness_and_openapi() {
 }
 
 #[tokio::test]
-async fn admins_see_each_projection_caught_up_with_the_stream() {
+async fn operators_see_each_projection_caught_up_with_the_stream() {
     let env = Env::new().await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     api.wait_terminal(&id).await;
-    let admin = api.with_token(&env.token("acme", "admin"));
+    let admin = api.with_token(&env.token("acme", "operator"));
     assert_eq!(api.get("/v1/admin/projections").await.0, 403);
+    // A tenant's admin is not an operator: projections concern every tenant.
+    let tenant_admin = api.with_token(&env.token("acme", "admin"));
+    assert_eq!(tenant_admin.get("/v1/admin/projections").await.0, 403);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (status, body) = admin.get("/v1/admin/projections").await;

@@ -233,3 +233,116 @@ async fn a_flooding_tenant_does_not_starve_another() {
     );
     assert!(refused > 0, "the flood hit its tenant's quota");
 }
+
+/// Opens a connection from `source` (a loopback address) to `api`'s port and sends the start of
+/// a request whose headers never end.
+async fn half_sent_request(api: &Api, source: &str) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let target: std::net::SocketAddr = api
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the API listens on an address");
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    let mut tcp = socket.connect(target).await?;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: conveyor\r\nx-slow: ")
+        .await?;
+    Ok(tcp)
+}
+
+/// What the server does with a connection: the bytes it sent before closing it (empty when it
+/// closed it without a word), or `None` if it is still open after 30 s.
+async fn closed_with(mut tcp: tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| got)
+}
+
+#[tokio::test]
+async fn slow_clients_from_one_address_leave_the_api_serving_others() {
+    let mut env = Env::new().await;
+    env.set("CONVEYOR_HEADER_TIMEOUT_MS", "1500")
+        .set("CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS", "100");
+    let (_api, api) = env.spawn_http("dev").await;
+
+    // A live stream opened before the attack outlives the header timeout: streams are not cut.
+    let mut sse = api
+        .request(reqwest::Method::GET, "/v1/events")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    // Connections from 127.0.0.3 that never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let target = api.base.trim_start_matches("http://").parse().unwrap();
+        silent.push(socket.connect(target).await.expect("connect"));
+    }
+    // A slowloris from 127.0.0.2: 300 requests whose headers never end.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(half_sent_request(&api, "127.0.0.2").await.expect("connect"));
+    }
+    // The API still serves other addresses at once, and everything else it can.
+    for _ in 0..20 {
+        let (status, body) = api.get("/v1/jobs?limit=1").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    api.wait_terminal(&id).await;
+
+    // Past 100 from that address, the connections were answered 503 and closed at once; the
+    // rest were closed once their headers did not come in time. None is left open.
+    let mut refused = 0;
+    let mut timed_out = 0;
+    for tcp in held {
+        let answer = closed_with(tcp)
+            .await
+            .expect("the server closed every half-sent request");
+        if answer.starts_with(b"HTTP/1.1 503") {
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            assert!(answer.contains("retry-after: 1"), "{answer}");
+            refused += 1;
+        } else {
+            timed_out += 1;
+        }
+    }
+    assert_eq!((refused, timed_out), (200, 100));
+    for tcp in silent {
+        let said = closed_with(tcp)
+            .await
+            .expect("the server closed every silent connection");
+        assert!(
+            said.is_empty() || said.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&said)
+        );
+    }
+
+    // The stream opened first is still live and sees the next job.
+    let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains(&id) {
+        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
+            .await
+            .expect("the stream delivers the new job's events")
+            .expect("the stream is open")
+            .expect("the stream has not ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

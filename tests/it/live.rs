@@ -26,6 +26,27 @@ async fn collect(api: &Api, path: &str, last_id: Option<&str>, idle: Duration) -
     out
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/v1/ws` with the client's token and sends `subscribe`.
+async fn ws_subscribe(api: &Api, subscribe: Value) -> Socket {
+    let url = format!(
+        "{}/v1/ws?access_token={}",
+        api.base.replace("http://", "ws://"),
+        api.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        subscribe.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
 fn seq(ev: &SseEvent) -> u64 {
     ev.id.as_deref().unwrap().parse().unwrap()
 }
@@ -203,20 +224,8 @@ async fn websocket_subscription_streams_the_same_events() {
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     api.wait_terminal(&id).await;
-    let url = format!(
-        "{}/v1/ws?access_token={}",
-        api.base.replace("http://", "ws://"),
-        api.token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket");
     let sub = json!({ "type": "subscribe", "filters": { "type": "job.submitted,job.succeeded" }, "after": 0 });
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(
-        sub.to_string().into(),
-    ))
-    .await
-    .unwrap();
+    let mut ws = ws_subscribe(&api, sub).await;
     let mut got = Vec::new();
     while got.len() < 2 {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -251,7 +260,8 @@ async fn websocket_subscription_streams_the_same_events() {
 #[tokio::test]
 async fn idle_sse_subscribers_cost_little_memory() {
     let mut env = Env::new().await;
-    env.set("CONVEYOR_TENANT_MAX_STREAMS", "1000");
+    env.set("CONVEYOR_TENANT_MAX_STREAMS", "1000")
+        .set("CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS", "2000");
     let (api_proc, api) = env.spawn_http("api").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = api_proc.rss_kib();
@@ -381,4 +391,67 @@ async fn an_api_nobody_follows_reads_nothing_from_the_log() {
     // Once it leaves, the tail stops.
     drop(body);
     wait_for(2).await;
+}
+
+#[tokio::test]
+async fn a_resume_point_beyond_the_log_is_refused() {
+    let env = Env::new().await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
+    api.wait_terminal(&id).await;
+
+    // u64::MAX once wrapped to 0 and replayed the caller's whole history.
+    for after in ["18446744073709551615", "1000000"] {
+        let res = api
+            .request(reqwest::Method::GET, &format!("/v1/events?after={after}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "after={after}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "after={after}"
+        );
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("beyond the end of the event log"),
+            "{problem}"
+        );
+        let res = api
+            .request(reqwest::Method::GET, "/v1/events")
+            .header("last-event-id", after)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "Last-Event-ID: {after}");
+    }
+    // Past u64: refused as out of range.
+    let (status, _) = api.get("/v1/events?after=99999999999999999999").await;
+    assert_eq!(status, 400);
+
+    // The WebSocket closes with the reason.
+    let mut ws = ws_subscribe(&api, json!({ "type": "subscribe", "after": u64::MAX })).await;
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap();
+    // The WebSocket protocol's error message, then the close.
+    let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("beyond the end"),
+        "{v}"
+    );
+    // A resume point within the log still works.
+    let res = api
+        .request(reqwest::Method::GET, "/v1/events?after=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }

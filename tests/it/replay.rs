@@ -64,7 +64,7 @@ async fn a_rebuild_equals_the_live_read_models_row_for_row() {
     // The new version goes on with live events from its own checkpoint.
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     assert_eq!(api.wait_terminal(&id).await["status"], "succeeded");
-    let admin = api.with_token(&env.token("acme", "admin"));
+    let admin = api.with_token(&env.token("acme", "operator"));
     let (_, projections) = admin.get("/v1/admin/projections").await;
     assert!(
         projections["items"]
@@ -190,7 +190,7 @@ async fn the_admin_api_asks_the_projector_for_a_rebuild() {
     mixed_jobs(&api).await;
     env.settle().await;
     let before = env.read_models().await;
-    let admin = api.with_token(&env.token("acme", "admin"));
+    let admin = api.with_token(&env.token("acme", "operator"));
     let res = api
         .request(reqwest::Method::POST, "/v1/admin/projections/jobs/rebuild")
         .send()

@@ -13,15 +13,20 @@
 //!    command with a `not_before`; `Retry-After` of a 429 or 503 is honoured) up to
 //!    `max_attempts`; then, or at once on `410 Gone` or a refused target, the
 //!    delivery is recorded in the `<NS>_WEBHOOK_FAILURES` bucket, where operators list and
-//!    re-drive it. The target is re-checked against private ranges at each delivery, so a DNS
-//!    change cannot turn a vetted host into an internal one.
+//!    re-drive it. The target is vetted at each delivery by [`bus::webhook_url`]: the HTTP client
+//!    resolves names through the policy and connects to exactly the addresses it allowed (one
+//!    lookup, no second one that a rebinding name could answer differently); a name that points
+//!    to a refused address is recorded as failed at once, and no proxy is used (a proxy would
+//!    resolve the name itself).
 //!
 //! Deliveries are at least once: receivers deduplicate on `webhook-id` (the CloudEvent id).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use bus::webhook_url::{self, TargetError, TargetPolicy, TargetSettings};
 use bus::Bus;
 use chrono::Utc;
 use events::command::DeliverWebhook;
@@ -57,8 +62,8 @@ pub struct WebhookSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
-    /// Deliver to loopback and private addresses (development and tests only).
-    pub allow_private: bool,
+    /// Which targets are allowed, and how their names are resolved.
+    pub targets: TargetSettings,
 }
 
 /// The webhook notifier role.
@@ -72,6 +77,7 @@ struct Shared {
     bus: Bus,
     settings: WebhookSettings,
     http: reqwest::Client,
+    policy: TargetPolicy,
     failures: async_nats::jetstream::kv::Store,
     hosts: HostSlots,
 }
@@ -92,14 +98,19 @@ impl WebhookNotifier {
         self.bus
             .provision_webhook_consumer(Self::ack_wait(&self.settings))
             .await?;
+        let policy = TargetPolicy::new(&self.settings.targets)
+            .map_err(|e| crate::Error::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(VettedResolver(policy.clone())))
             .timeout(self.settings.timeout)
             .connect_timeout(self.settings.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("conveyor-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| crate::Error::Nats(format!("HTTP client: {e}")))?;
+            .map_err(|e| crate::Error::Config(format!("HTTP client: {e}")))?;
         let shared = Arc::new(Shared {
+            policy,
             hosts: HostSlots::new(self.settings.per_host),
             failures: self.bus.webhook_failures().await?,
             bus: self.bus,
@@ -339,8 +350,10 @@ async fn deliver(shared: &Shared, msg: &jetstream::Message) {
             .await;
         return;
     };
+    // The target without its query or user information, which may carry secrets.
     let span = tracing::info_span!("webhook", otel.kind = "producer", job_id = %cmd.job,
-        tenant = %cmd.tenant, attempt = delivery.attempt, trace_id = tracing::field::Empty);
+        tenant = %cmd.tenant, attempt = delivery.attempt,
+        webhook = %webhook_url::redact(&delivery.url), trace_id = tracing::field::Empty);
     bus::trace::continue_trace(&span, cmd.traceparent.as_ref());
     finish_delivery(shared, msg, cmd, delivery)
         .instrument(span)
@@ -492,9 +505,64 @@ impl HostSlots {
     }
 }
 
+/// The notifier's HTTP client resolves names through the target policy, so it connects to
+/// exactly the addresses the policy allowed, from one lookup per connection.
+struct VettedResolver(TargetPolicy);
+
+impl reqwest::dns::Resolve for VettedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        Box::pin(async move {
+            let ips = policy.resolve(name.as_str()).await?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+/// What a failed POST comes to: the policy's refusal of the target (found among the causes,
+/// where the client's resolver put it) is final, anything else is retried. The message never
+/// contains the URL (whose query may carry secrets).
+fn send_failure(e: reqwest::Error) -> Attempt {
+    let e = e.without_url();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<TargetError>() {
+            return match refused {
+                TargetError::Forbidden { .. } | TargetError::Invalid(_) => {
+                    Attempt::GiveUp(format!("refused: {refused}"))
+                }
+                TargetError::Unresolved { .. } => Attempt::Retry(refused.to_string(), None),
+            };
+        }
+        cause = c.source();
+    }
+    if e.is_timeout() {
+        return Attempt::Retry("the endpoint did not answer in time".into(), None);
+    }
+    Attempt::Retry(format!("cannot reach the endpoint: {}", causes(&e)), None)
+}
+
+/// An error and its causes, `: `-separated, each said once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
+}
+
 async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &str) -> Attempt {
-    if let Err(e) = bus::webhook_url::check(&delivery.url, shared.settings.allow_private).await {
-        return Attempt::GiveUp(e);
+    // What needs no lookup (form, and an address as host, which the client does not resolve);
+    // a name is resolved and vetted by the client's resolver, once, when it connects.
+    if let Err(e) = shared.policy.parse(&delivery.url) {
+        return Attempt::GiveUp(format!("refused: {e}"));
     }
     let stream = match shared.bus.events_stream().await {
         Ok(s) => s,
@@ -545,10 +613,7 @@ async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &s
                 .map(|s| Duration::from_secs(s.min(600)));
             Attempt::Retry(format!("the endpoint answered {status}"), retry_after)
         }
-        Err(e) if e.is_timeout() => {
-            Attempt::Retry("the endpoint did not answer in time".into(), None)
-        }
-        Err(e) => Attempt::Retry(format!("cannot reach the endpoint: {e}"), None),
+        Err(e) => send_failure(e),
     }
 }
 

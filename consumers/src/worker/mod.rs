@@ -16,8 +16,10 @@
 //! terminal events share one, so the re-run, or a paused "zombie" worker that wakes up late,
 //! adds no duplicate to the log: each job gets exactly one terminal event.
 //!
-//! Concurrency is bounded by a semaphore: a process only pulls as many commands as it has free
-//! slots, so a busy worker stops pulling and the backlog waits in JetStream, not in memory.
+//! Concurrency is bounded by a semaphore shared by every kind: a process takes only as many
+//! waiting commands as it has free slots, so a busy worker stops pulling and the backlog waits in
+//! JetStream, not in memory. A kind with nothing waiting long-polls for its next command without
+//! holding a slot, so idle kinds never starve busy ones.
 
 mod audit;
 pub mod handler;
@@ -220,6 +222,11 @@ impl Worker {
     }
 }
 
+/// Feeds `kind`'s commands to the process's slots. Slots are shared by every kind, and only a
+/// command that is already here holds one: with a free slot the loop takes what is waiting
+/// (no-wait fetch, up to the free slots); with nothing waiting it long-polls for the next command
+/// holding no slot, so kinds without work never keep the slots from kinds with a backlog, however
+/// few slots and many kinds there are.
 async fn pull_loop(
     shared: Arc<Shared>,
     kind: JobKind,
@@ -229,31 +236,28 @@ async fn pull_loop(
 ) -> crate::Result<()> {
     let spec = streams::worker_consumer(shared.bus.ns(), &kind, shared.settings.ack_wait);
     let consumer = shared.bus.pull_consumer(&spec).await?;
-    // How many commands to ask for next. It grows while pulls come back full and falls back to
-    // one when the kind is idle, so an idle kind never sits on the slots a busy one needs.
-    let mut want = 1;
+    // How long a command that arrived while every slot was busy waits here for one before it is
+    // handed back for another process to run (it is not heartbeated meanwhile).
+    let hold = (shared.settings.ack_wait / 4).min(Duration::from_secs(1));
     while !shutdown.is_cancelled() {
-        // Pull only as many commands as there are free slots.
         let first = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = shutdown.cancelled() => break,
         };
         let mut permits = vec![first];
-        while permits.len() < want {
+        while permits.len() < MAX_PULL {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
             }
         }
-        let asked = permits.len();
-        let batch = consumer
-            .batch()
-            .max_messages(asked)
-            .expires(PULL_EXPIRES)
+        let waiting = consumer
+            .fetch()
+            .max_messages(permits.len())
             .messages()
             .await;
-        let mut batch = match batch {
-            Ok(b) => b,
+        let taken = match waiting {
+            Ok(batch) => start_all(&shared, &kind, batch, &mut permits, &jobs, &shutdown).await,
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
                 drop(permits);
@@ -264,35 +268,89 @@ async fn pull_loop(
                 continue;
             }
         };
-        let mut received = 0;
-        while let Some(next) = batch.next().await {
-            let msg = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(kind = %kind, error = %e, "pull ended");
-                    break;
+        drop(permits);
+        if taken > 0 {
+            continue;
+        }
+        // Nothing waiting: wait for the next command without holding a slot.
+        let next = consumer
+            .batch()
+            .max_messages(1)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut next = match next {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
                 }
-            };
-            received += 1;
-            if shutdown.is_cancelled() {
-                // Stopping: give it straight back so another worker takes it now.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
                 continue;
             }
-            let Some(permit) = permits.pop() else {
-                // The server never sends more than asked; if it did, hand it back.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                continue;
-            };
-            jobs.spawn(process(shared.clone(), msg, permit));
-        }
-        want = if received >= asked {
-            (asked * 2).min(MAX_PULL)
-        } else {
-            (received + 1).min(MAX_PULL)
         };
+        // Not cut short by shutdown: the request stays with the server until it expires, and a
+        // command it delivered to nobody would wait out the ack wait. It is handed back below.
+        let msg = match next.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!(kind = %kind, error = %e, "pull ended");
+                continue;
+            }
+            None => continue,
+        };
+        let permit = tokio::select! {
+            p = tokio::time::timeout(hold, slots.clone().acquire_owned()) => p.ok(),
+            _ = shutdown.cancelled() => None,
+        };
+        match permit {
+            Some(p) => {
+                jobs.spawn(process(
+                    shared.clone(),
+                    msg,
+                    p.expect("the semaphore is never closed"),
+                ));
+            }
+            None => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
     }
     Ok(())
+}
+
+/// Starts every command of `batch`, each on one of `permits`; returns how many came.
+async fn start_all(
+    shared: &Arc<Shared>,
+    kind: &JobKind,
+    mut batch: jetstream::consumer::pull::Batch,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    jobs: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> usize {
+    let mut received = 0;
+    while let Some(next) = batch.next().await {
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(kind = %kind, error = %e, "pull ended");
+                break;
+            }
+        };
+        received += 1;
+        match permits.pop() {
+            Some(permit) if !shutdown.is_cancelled() => {
+                jobs.spawn(process(shared.clone(), msg, permit));
+            }
+            // Stopping, or more than asked (the server never sends that): give it straight
+            // back so another worker takes it now.
+            _ => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+    received
 }
 
 async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemaphorePermit) {

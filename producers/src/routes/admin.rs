@@ -11,7 +11,7 @@ use events::{Command, Envelope, JobEvent, JobKind, JobStatus};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, ADMIN};
+use crate::auth::{Auth, ADMIN, OPERATOR};
 use crate::error::{ApiError, ApiResult};
 use crate::reads;
 use crate::{AppState, SOURCE};
@@ -30,10 +30,10 @@ pub(crate) fn router() -> Router<AppState> {
 /// and retries waiting out their backoff), `redelivered` and `waiting` (pull requests).
 #[utoipa::path(get, path = "/v1/admin/consumers", tag = "admin",
     responses((status = 200, description = "Consumers", body = Object),
-              (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
+              (status = 403, description = "Token lacks operator", body = crate::error::Problem)))]
 pub(crate) async fn consumers(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
     use futures::TryStreamExt;
-    auth.require(ADMIN)?;
+    auth.require(OPERATOR)?;
     let ns = state.bus.ns();
     let mut items = Vec::new();
     for name in [ns.events_stream(), ns.commands_stream()] {
@@ -77,13 +77,14 @@ const PROJECTIONS: [&str; 3] = ["jobs", "job_events", "job_stats"];
 #[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
     params(("name" = String, Path, description = "jobs, job_events or job_stats")),
     responses((status = 202, description = "Rebuild requested", body = Object),
+              (status = 403, description = "Token lacks operator", body = crate::error::Problem),
               (status = 404, description = "No such projection", body = crate::error::Problem)))]
 pub(crate) async fn rebuild(
     State(state): State<AppState>,
     auth: Auth,
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    auth.require(ADMIN)?;
+    auth.require(OPERATOR)?;
     if !PROJECTIONS.contains(&name.as_str()) {
         return Err(ApiError::NotFound(format!(
             "no projection `{name}`; projections: {}",
@@ -116,12 +117,12 @@ pub(crate) async fn rebuild(
 /// Each projection's version, checkpoint and lag behind the EVENTS stream.
 #[utoipa::path(get, path = "/v1/admin/projections", tag = "admin",
     responses((status = 200, description = "Projections", body = Object),
-              (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
+              (status = 403, description = "Token lacks operator", body = crate::error::Problem)))]
 pub(crate) async fn projections(
     State(state): State<AppState>,
     auth: Auth,
 ) -> ApiResult<Json<Value>> {
-    auth.require(ADMIN)?;
+    auth.require(OPERATOR)?;
     let rows: Vec<(String, i32, String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT c.projection, c.version, v.state, c.last_seq, c.updated_at
          FROM projection_checkpoints c JOIN read_model_versions v USING (version)

@@ -83,7 +83,9 @@ impl BatchItem {
 /// Each job is validated and answered on its own (`items`, in the order sent): 202 accepted,
 /// 200 a repeat of an earlier submission with the same `idempotency_key`, or an error status
 /// with its problem. The tenant's rate limit and quota count every valid job; a batch over them
-/// is refused whole (429).
+/// is refused whole (429), before any webhook host is looked up. Then each distinct webhook host
+/// is looked up once, all at once: a job whose host does not resolve, or resolves to a refused
+/// address, gets 422 (429 if its tenant had no lookup slot free in time).
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch,
     responses(
         (status = 200, description = "Each job's outcome", body = BatchResult),
@@ -105,14 +107,14 @@ pub(crate) async fn submit_batch(
             batch.jobs.len()
         )));
     }
-    let mut checked = Vec::with_capacity(batch.jobs.len());
-    for req in &batch.jobs {
-        let key = jobs::idempotency_key(None, req);
-        checked.push(match key {
-            Ok(key) => jobs::validate(&state, req).await.map(|v| (key, v)),
-            Err(e) => Err(e),
-        });
-    }
+    let mut checked: Vec<ApiResult<(Option<String>, jobs::Validated)>> = batch
+        .jobs
+        .iter()
+        .map(|req| {
+            let key = jobs::idempotency_key(None, req)?;
+            Ok((key, jobs::validate(&state, req)?))
+        })
+        .collect();
     let valid = checked.iter().filter(|c| c.is_ok()).count();
     if valid > 0 {
         if !state.bus.is_connected() {
@@ -125,12 +127,26 @@ pub(crate) async fn submit_batch(
             .reserve_active(&state.db, &auth.tenant, u64::from(n))
             .await?;
     }
+    // Within the rate and quota: each distinct webhook host is looked up once, all at once.
+    let hosts = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().and_then(|(_, (_, _, host))| host.clone()));
+    let resolved = state.webhooks.resolve(&auth.tenant, hosts).await;
+    for c in &mut checked {
+        let refused = match c {
+            Ok((_, (_, _, Some(host)))) => resolved.get(host).and_then(|r| r.as_ref().err()),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            *c = Err(e.clone().into());
+        }
+    }
     let results: Vec<ApiResult<(StatusCode, Accepted)>> =
         futures::stream::iter(batch.jobs.into_iter().zip(checked))
             .map(|(req, checked)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move {
-                    let (key, (kind, job)) = checked?;
+                    let (key, (kind, job, _)) = checked?;
                     jobs::accept(&state, &tenant, &trace, key, &req, kind, job).await
                 }
             })

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::auth::{Auth, EVENTS_READ};
 use crate::error::{ApiError, ApiResult};
 use crate::limits::StreamSlot;
-use crate::live::{Ended, Filter, Item, Stop};
+use crate::live::{Ended, Filter, Item, Stop, SubscribeError};
 use crate::AppState;
 
 /// Keep-alive comment interval on SSE streams.
@@ -91,7 +91,7 @@ pub(crate) async fn subscription(
     filter: Filter,
     after: Option<u64>,
     until_terminal: bool,
-) -> Result<impl Stream<Item = Item> + Send + 'static, bus::Error> {
+) -> ApiResult<impl Stream<Item = Item> + Send + 'static> {
     state
         .hub
         .subscribe(
@@ -102,6 +102,10 @@ pub(crate) async fn subscription(
             stop_signal(state, auth),
         )
         .await
+        .map_err(|e| match e {
+            SubscribeError::Bus(e) => ApiError::bus(e),
+            e @ SubscribeError::BeyondEnd { .. } => ApiError::BadRequest(e.to_string()),
+        })
 }
 
 /// What ends a live stream early: the server stopping, or the caller's token expiring.
@@ -169,9 +173,7 @@ pub(crate) async fn events(
         None => q.after.as_deref().map(parse_seq).transpose()?,
     };
     let slot = state.limits.open_stream(&auth.tenant, "sse")?;
-    let items = subscription(&state, &auth, filter, after, false)
-        .await
-        .map_err(ApiError::bus)?;
+    let items = subscription(&state, &auth, filter, after, false).await?;
     Ok(sse(items, slot))
 }
 
@@ -242,15 +244,21 @@ async fn serve_socket(state: AppState, auth: Auth, mut socket: WebSocket, _slot:
             return;
         }
     };
-    let after = sub
-        .after
-        .or(sub.filters.after.as_deref().and_then(|a| a.parse().ok()));
+    let after = match (sub.after, sub.filters.after.as_deref()) {
+        (Some(after), _) => Some(after),
+        (None, Some(raw)) => match parse_seq(raw) {
+            Ok(after) => Some(after),
+            Err(e) => {
+                let _ = socket.send(close(e.to_string())).await;
+                return;
+            }
+        },
+        (None, None) => None,
+    };
     let items = match subscription(&state, &auth, filter, after, false).await {
         Ok(items) => items,
         Err(e) => {
-            let _ = socket
-                .send(close(format!("event bus unavailable: {e}")))
-                .await;
+            let _ = socket.send(close(e.to_string())).await;
             return;
         }
     };

@@ -98,11 +98,13 @@ fn unprocessable(msg: impl Into<String>) -> ApiError {
     ApiError::Unprocessable(msg.into())
 }
 
-/// The longest webhook URL accepted.
-const MAX_WEBHOOK_URL: usize = 2048;
+/// A submission that passed [`validate`]: its kind, its `job.submitted` data, and its webhook's
+/// host name, still to be resolved (after the rate limit and quota, see
+/// [`crate::webhook_targets`]).
+pub(crate) type Validated = (JobKind, Submitted, Option<String>);
 
-/// Validates a submission into the kind and the `job.submitted` data.
-pub(crate) async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(JobKind, Submitted)> {
+/// Validates a submission, with no lookup, into the kind and the `job.submitted` data.
+pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated> {
     let kind = JobKind::parse(&req.kind).map_err(|e| unprocessable(e.to_string()))?;
     let payload = req.payload.clone().unwrap_or(Value::Null);
     state
@@ -119,16 +121,10 @@ pub(crate) async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(Jo
     if !(1..=86_400_000).contains(&timeout_ms) {
         return Err(unprocessable("timeout_ms must be between 1 and 86400000"));
     }
-    if let Some(w) = &req.webhook {
-        if w.url.len() > MAX_WEBHOOK_URL {
-            return Err(unprocessable(format!(
-                "webhook.url is longer than {MAX_WEBHOOK_URL} characters"
-            )));
-        }
-        bus::webhook_url::check(&w.url, state.settings.allow_private_webhooks)
-            .await
-            .map_err(unprocessable)?;
-    }
+    let host = match &req.webhook {
+        Some(w) => state.webhooks.parse(&w.url)?,
+        None => None,
+    };
     Ok((
         kind,
         Submitted {
@@ -138,6 +134,7 @@ pub(crate) async fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<(Jo
             run_at: req.run_at,
             webhook: req.webhook.as_ref().map(|w| Webhook { url: w.url.clone() }),
         },
+        host,
     ))
 }
 
@@ -289,7 +286,7 @@ async fn publish_first_run(state: &AppState, cmd: Envelope<Command>) -> ApiResul
         (status = 409, description = "Idempotency-Key reused with another request", body = crate::error::Problem),
         (status = 413, description = "Body too large", body = crate::error::Problem),
         (status = 422, description = "Unknown kind or invalid payload", body = crate::error::Problem),
-        (status = 429, description = "The tenant's submission rate or active-jobs quota is exceeded (see Retry-After)", body = crate::error::Problem),
+        (status = 429, description = "The tenant's submission rate or active-jobs quota is exceeded, or its webhook host lookups are all taken (see Retry-After)", body = crate::error::Problem),
         (status = 503, description = "Event bus unavailable, or this server is at capacity (see Retry-After)", body = crate::error::Problem),
     ))]
 pub(crate) async fn submit(
@@ -302,7 +299,7 @@ pub(crate) async fn submit(
     auth.require(JOBS_WRITE)?;
     tracing::Span::current().record("tenant", auth.tenant.as_str());
     let key = idempotency_key(Some(&headers), &req)?;
-    let (kind, job) = validate(&state, &req).await?;
+    let (kind, job, webhook_host) = validate(&state, &req)?;
     // Nothing is accepted without JetStream: say so at once rather than after a timeout.
     if !state.bus.is_connected() {
         return Err(ApiError::bus(bus::Error::Disconnected));
@@ -312,7 +309,15 @@ pub(crate) async fn submit(
         .limits
         .reserve_active(&state.db, &auth.tenant, 1)
         .await?;
-    let accepted = accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await;
+    // The webhook host is looked up only for a submission within the tenant's rate and quota.
+    let resolved = match webhook_host {
+        Some(host) => state.webhooks.resolve(&auth.tenant, [host]).await,
+        None => Default::default(),
+    };
+    let accepted = match resolved.into_values().find_map(Result::err) {
+        Some(refused) => Err(refused.into()),
+        None => accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await,
+    };
     if !matches!(accepted, Ok((StatusCode::ACCEPTED, _))) {
         state.limits.release_active(&auth.tenant, 1);
     }
@@ -547,9 +552,8 @@ pub(crate) async fn events(
             job: Some(id),
         };
         let slot = state.limits.open_stream(&auth.tenant, "sse")?;
-        let items = crate::routes::events::subscription(&state, &auth, filter, Some(0), true)
-            .await
-            .map_err(ApiError::bus)?;
+        let items =
+            crate::routes::events::subscription(&state, &auth, filter, Some(0), true).await?;
         return Ok(crate::routes::events::sse(items, slot));
     }
     let events: Vec<Value> = reads::job_events(&state, &auth.tenant, id)
