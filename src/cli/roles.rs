@@ -13,7 +13,8 @@ use events::Tenant;
 use crate::config::{ApiArgs, BusArgs, DbArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs};
 use crate::supervisor::Supervisor;
 
-/// `conveyor api`. Secrets are checked before anything starts: it refuses to run on none.
+/// `conveyor api`. Its settings are checked before anything starts: it refuses to run without
+/// secrets, or with a JWKS URL it may not fetch from.
 pub(super) async fn api(
     bus: BusArgs,
     db: DbArgs,
@@ -21,6 +22,8 @@ pub(super) async fn api(
     webhooks: WebhookArgs,
 ) -> anyhow::Result<()> {
     let settings = api.settings(&webhooks, false)?;
+    // The token settings too (a JWKS URL it must refuse), before connecting to anything.
+    producers::auth::Verifier::new(settings.jwt.clone()).map_err(anyhow::Error::msg)?;
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);
     start_api(&mut sup, &bus, &db, &api, settings, &metrics).await?;

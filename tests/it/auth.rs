@@ -570,6 +570,8 @@ async fn a_plain_http_jwks_url_outside_loopback_is_refused_at_start() {
             && line.contains("CONVEYOR_JWKS_ALLOW_HTTP=true"),
         "{line}"
     );
+    // Refused before anything started: nothing else was logged.
+    assert_eq!(log.lines().count(), 1, "{log}");
 
     // Allowed explicitly, it starts (and fetches nothing until a token comes).
     env.set("CONVEYOR_JWKS_ALLOW_HTTP", "true");
