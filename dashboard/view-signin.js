@@ -30,7 +30,7 @@ export function render(main, { notice }) {
         'ul',
         {},
         h('li', {}, 'the one ', h('code', {}, 'conveyor dev'), ' prints at start;'),
-        h('li', {}, h('code', {}, 'conveyor token --tenant acme --scope "jobs:write jobs:read events:read admin"'), ';'),
+        h('li', {}, h('code', {}, 'conveyor token --tenant acme --scope "jobs:write jobs:read events:read admin"'), ' (add ', h('code', {}, 'operator'), ' for projections, consumers and metrics);'),
         h('li', {}, 'with an OpenID Connect provider configured, an access token it issued to you.'),
       ),
       h('p', {}, 'It stays in this tab only and is sent to this server alone.'),

@@ -56,6 +56,8 @@ pub const SOURCE: &str = "/conveyor/worker";
 const MAX_PULL: usize = 256;
 /// How long a pull waits for commands before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// The longest a no-wait fetch may take to be answered.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a not-yet-due command is handed back for, so a cancelled delayed job is noticed.
 const MAX_DELAY_NAK: Duration = Duration::from_secs(15);
 
@@ -257,7 +259,18 @@ async fn pull_loop(
             .messages()
             .await;
         let taken = match waiting {
-            Ok(batch) => start_all(&shared, &kind, batch, &mut permits, &jobs, &shutdown).await,
+            // A no-wait fetch is answered at once; bounded all the same, since an answer lost
+            // with a server that went away (no expiry, so no client-side timer) would otherwise
+            // hold these slots for ever. Whatever comes after is redelivered after the ack wait.
+            Ok(batch) => tokio::time::timeout(
+                FETCH_TIMEOUT,
+                start_all(&shared, &kind, batch, &mut permits, &jobs, &shutdown),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(kind = %kind, "fetch not answered; asking again");
+                0
+            }),
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
                 drop(permits);
