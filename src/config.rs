@@ -299,21 +299,6 @@ impl JwtArgs {
             jwks_allow_http: self.jwks_allow_http,
         })
     }
-
-    /// Settings for minting tokens: only HS256 can be minted here. Without a configured secret,
-    /// the development one, whose tokens only `conveyor dev` accepts.
-    pub fn minting(&self) -> anyhow::Result<producers::JwtSettings> {
-        let mut args = self.clone();
-        args.or_dev_secret();
-        let s = args.unchecked_settings()?;
-        if s.algorithm != producers::auth::Algorithm::HS256 {
-            anyhow::bail!(
-                "conveyor mints HS256 tokens only; with CONVEYOR_JWT_ALGORITHM={:?}, get tokens from your identity provider",
-                s.algorithm
-            );
-        }
-        Ok(s)
-    }
 }
 
 /// What `conveyor token` signs with: the API's HS256 secret, issuer and audience.

@@ -97,6 +97,8 @@ pub(super) async fn dev(
     start_projector(&mut sup, &bus, &db, &projector).await?;
     start_worker(&mut sup, &bus, &db, &worker).await?;
     start_notifier(&mut sup, &bus, webhook_settings).await?;
+    // The banner's token is minted with what the API verifies with.
+    let jwt = api_settings.jwt.clone();
     let addr = start_api(&mut sup, &bus, &db, &api, api_settings, &metrics).await?;
     // Everything the CLI needs in another shell, client and operator commands alike, as lines
     // to paste.
@@ -112,19 +114,21 @@ pub(super) async fn dev(
         ));
     }
     exports.push(format!("export CONVEYOR_URL=http://{addr}"));
-    let token_note = match api.jwt.minting() {
-        Ok(jwt) => {
-            let token = producers::auth::mint(
-                &jwt,
-                "developer",
-                &Tenant::parse("dev").expect("valid tenant"),
-                "jobs:write jobs:read events:read admin operator",
-                7 * 86_400,
-            );
-            exports.push(format!("export CONVEYOR_TOKEN={token}"));
-            "tenant `dev`, every scope, the token valid 7 days".to_owned()
-        }
-        Err(e) => format!("{e:#}"),
+    let token_note = if jwt.algorithm == producers::auth::Algorithm::HS256 {
+        let token = producers::auth::mint(
+            &jwt,
+            "developer",
+            &Tenant::parse("dev").expect("valid tenant"),
+            "jobs:write jobs:read events:read admin operator",
+            7 * 86_400,
+        );
+        exports.push(format!("export CONVEYOR_TOKEN={token}"));
+        "tenant `dev`, every scope, the token valid 7 days".to_owned()
+    } else {
+        format!(
+            "with CONVEYOR_JWT_ALGORITHM={:?}, get tokens from your identity provider",
+            jwt.algorithm
+        )
     };
     // Passwords in the URLs are not printed: whoever set them has them.
     let (nats_url, db_url) = (

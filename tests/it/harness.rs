@@ -318,13 +318,7 @@ impl Env {
 
     /// Runs a one-shot `conveyor` command to completion; panics on failure.
     pub(crate) async fn run(&self, args: &[&str]) -> std::process::Output {
-        let out = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .expect("run conveyor");
+        let out = self.run_raw(args, &[], &[]).await;
         assert!(
             out.status.success(),
             "conveyor {args:?} failed: {}",
@@ -434,12 +428,7 @@ impl Env {
 
     /// [`Env::spawn`] with extra environment variables for this process only.
     pub(crate) async fn spawn_with(&self, role: &str, vars: &[(&str, &str)]) -> Proc {
-        let n = std::fs::read_dir(&self.logs)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let name = role.replace(' ', "-");
-        let path = self.logs.join(format!("{}-{name}-{n}.log", self.ns));
-        let log = std::fs::File::create(&path).expect("log file");
+        let (path, log) = self.log_file(role);
         let args: Vec<&str> = role.split_whitespace().collect();
         let child = self
             .command(&args)
@@ -451,6 +440,17 @@ impl Env {
         Proc { child, log: path }
     }
 
+    /// A new log file for a process of `role`: `<logs>/<ns>-<role>-<n>.log`.
+    fn log_file(&self, role: &str) -> (PathBuf, std::fs::File) {
+        let n = std::fs::read_dir(&self.logs)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let name = role.replace(' ', "-");
+        let path = self.logs.join(format!("{}-{name}-{n}.log", self.ns));
+        let log = std::fs::File::create(&path).expect("log file");
+        (path, log)
+    }
+
     /// Starts `role` with these variables set and those unset, and returns its stdout lines as
     /// they come.
     pub(crate) fn spawn_lines(
@@ -459,11 +459,7 @@ impl Env {
         vars: &[(&str, &str)],
         unset: &[&str],
     ) -> (Proc, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let n = std::fs::read_dir(&self.logs)
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let path = self.logs.join(format!("{}-{role}-{n}.log", self.ns));
-        let log = std::fs::File::create(&path).expect("log file");
+        let (path, log) = self.log_file(role);
         let mut c = self.command(&[role]);
         for k in unset {
             c.env_remove(k);

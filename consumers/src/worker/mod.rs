@@ -274,9 +274,8 @@ async fn pull_loop(
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
                 drop(permits);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => break,
+                if !pause(&shutdown).await {
+                    break;
                 }
                 continue;
             }
@@ -296,9 +295,8 @@ async fn pull_loop(
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(kind = %kind, error = %e, "pull failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => break,
+                if !pause(&shutdown).await {
+                    break;
                 }
                 continue;
             }
@@ -331,6 +329,14 @@ async fn pull_loop(
         }
     }
     Ok(())
+}
+
+/// Waits a second before asking the server again; `false` if shutdown came first.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        _ = shutdown.cancelled() => false,
+    }
 }
 
 /// Starts every command of `batch`, each on one of `permits`; returns how many came.
@@ -819,9 +825,8 @@ async fn canceller_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> cra
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cancel pull failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => break,
+                if !pause(&shutdown).await {
+                    break;
                 }
                 continue;
             }
