@@ -175,7 +175,7 @@ impl DbArgs {
             .connect_with(self.options()?)
             .await
             .context("cannot connect to Postgres")?;
-        consumers::MIGRATOR
+        readmodel::MIGRATOR
             .run(&pool)
             .await
             .context("applying migrations")?;

@@ -311,9 +311,7 @@ pub(crate) async fn paced(
     // Checkpoint announcements, in order, with when they arrived.
     let checkpoints: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
     let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
-    listener
-        .listen(consumers::projector::CHECKPOINT_CHANNEL)
-        .await?;
+    listener.listen(readmodel::CHECKPOINT_CHANNEL).await?;
     let cps = checkpoints.clone();
     let listening = tokio::spawn(async move {
         while let Ok(n) = listener.recv().await {

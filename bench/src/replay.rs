@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bus::{Bus, BusSettings};
-use consumers::projector::{self, Projector, ProjectorSettings, RebuildOutcome};
+use consumers::projector::{Projector, ProjectorSettings, RebuildOutcome};
 use events::job::{Started, Submitted, Succeeded};
 use events::{Envelope, JobEvent, JobId, JobKind, Namespace, Tenant};
 use futures::stream::FuturesUnordered;
@@ -89,8 +89,8 @@ pub(crate) async fn rebuild(
         .connect(database_url)
         .await
         .context("connect to Postgres")?;
-    consumers::MIGRATOR.run(&db).await?;
-    let (version, _) = projector::request_rebuild(&db, 1).await?;
+    readmodel::MIGRATOR.run(&db).await?;
+    let (version, _) = readmodel::versions::request_rebuild(&db, 1).await?;
     let p = Projector::new(
         bus,
         db.clone(),

@@ -6,7 +6,8 @@
 //!   your own binary with your own handlers through [`Registry`].
 //! - [`handlers`] holds the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`).
 //! - [`projector`] folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
-//!   `job_stats`), one transaction per batch together with the checkpoints.
+//!   `job_stats`, described by the `readmodel` crate), one transaction per batch together with
+//!   the checkpoints.
 //! - [`notifiers`] has webhook delivery (signed, retried, dead-lettered), never run by replays.
 //!
 //! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`.
@@ -17,9 +18,6 @@ pub mod projector;
 pub mod worker;
 
 pub use worker::handler::{Handler, JobContext, JobError, Registry};
-
-/// The read-model migrations (`migrations/` at the repository root).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Errors that stop a consumer.
 #[derive(Debug, thiserror::Error)]

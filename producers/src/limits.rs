@@ -191,7 +191,11 @@ impl Guard {
             read_now
         };
         if read_now {
-            let read = tokio::time::timeout(ACTIVE_QUERY_TIMEOUT, active_jobs(db, tenant)).await;
+            let read = tokio::time::timeout(
+                ACTIVE_QUERY_TIMEOUT,
+                readmodel::stats::active_jobs(db, tenant),
+            )
+            .await;
             let mut active = self.active.lock().expect("active counts poisoned");
             let c = active.entry(tenant.clone()).or_default();
             c.reading = false;
@@ -280,17 +284,6 @@ impl Guard {
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
         });
     }
-}
-
-/// The tenant's queued, running and retry-scheduled jobs, per the read model.
-async fn active_jobs(db: &PgPool, tenant: &Tenant) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(count), 0)::bigint FROM job_stats
-         WHERE tenant = $1 AND status IN ('queued', 'running', 'retry_scheduled')",
-    )
-    .bind(tenant.as_str())
-    .fetch_one(db)
-    .await
 }
 
 #[cfg(test)]

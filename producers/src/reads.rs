@@ -1,4 +1,4 @@
-//! Reads from the read models, with read-your-writes.
+//! Reads from the read models (queried through the `readmodel` crate), with read-your-writes.
 //!
 //! A `GET` of a job the projector has not reached yet looks up the job's `job.submitted` in the
 //! EVENTS stream (a direct get by subject, which includes the tenant, so other tenants' jobs stay
@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use events::{Envelope, JobEvent, JobId, Tenant};
-use serde::{Deserialize, Serialize};
+use events::{Envelope, JobEvent, JobId, JobStatus, Tenant};
+use readmodel::jobs::JobFilter;
+use readmodel::{JobRow, Projection};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -35,13 +37,15 @@ impl JobLinks {
     }
 }
 
-/// A job as clients see it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// A job as clients see it: its read-model row without the tenant, the webhook and the
+/// sequence, and with the link to a result kept apart.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct JobView {
     pub(crate) id: Uuid,
     pub(crate) kind: String,
     /// `queued`, `running`, `retry_scheduled`, `succeeded`, `failed` or `cancelled`.
-    pub(crate) status: String,
+    #[schema(value_type = String)]
+    pub(crate) status: JobStatus,
     pub(crate) attempt: i32,
     pub(crate) max_attempts: i32,
     pub(crate) timeout_ms: i64,
@@ -52,7 +56,7 @@ pub(crate) struct JobView {
     /// The result, when inlined; see `result_url` otherwise.
     #[schema(value_type = Option<Object>)]
     pub(crate) result: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) result_url: Option<String>,
     #[serde(skip_serializing)]
     #[schema(ignore)]
@@ -67,43 +71,33 @@ pub(crate) struct JobView {
     pub(crate) updated_at: DateTime<Utc>,
 }
 
-impl JobView {
-    fn finish(mut self) -> Self {
-        if self.result_ref.is_some() {
-            self.result_url = Some(format!("/v1/jobs/{}/result", self.id));
+impl From<JobRow> for JobView {
+    fn from(row: JobRow) -> Self {
+        Self {
+            result_url: row
+                .result_ref
+                .is_some()
+                .then(|| format!("/v1/jobs/{}/result", row.id)),
+            id: row.id,
+            kind: row.kind,
+            status: row.status,
+            attempt: row.attempt,
+            max_attempts: row.max_attempts,
+            timeout_ms: row.timeout_ms,
+            payload: row.payload,
+            progress: row.progress,
+            result: row.result,
+            result_ref: row.result_ref,
+            error: row.error,
+            run_at: row.run_at,
+            trace_id: row.trace_id,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            updated_at: row.updated_at,
         }
-        self
-    }
-
-    /// The view of a job known only from its `job.submitted` event.
-    fn from_submitted(ev: &Envelope<JobEvent>) -> Option<Self> {
-        let JobEvent::Submitted(s) = &ev.payload else {
-            return None;
-        };
-        Some(Self {
-            id: ev.job.0,
-            kind: ev.kind.to_string(),
-            status: "queued".into(),
-            attempt: 0,
-            max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
-            timeout_ms: i64::try_from(s.timeout_ms).unwrap_or(i64::MAX),
-            payload: s.payload.clone(),
-            progress: None,
-            result: None,
-            result_url: None,
-            result_ref: None,
-            error: None,
-            run_at: s.run_at,
-            trace_id: ev.traceparent.as_ref().map(|t| t.trace_id().to_owned()),
-            created_at: ev.time,
-            started_at: None,
-            finished_at: None,
-            updated_at: ev.time,
-        })
     }
 }
-
-const JOB_COLUMNS: &str = "SELECT to_jsonb(j) - 'tenant' - 'webhook_url' - 'last_seq' FROM jobs j";
 
 /// The job from the read model only.
 pub(crate) async fn query_job(
@@ -111,14 +105,10 @@ pub(crate) async fn query_job(
     tenant: &Tenant,
     id: Uuid,
 ) -> ApiResult<Option<JobView>> {
-    let row: Option<sqlx::types::Json<JobView>> =
-        sqlx::query_scalar(&format!("{JOB_COLUMNS} WHERE id = $1 AND tenant = $2"))
-            .bind(id)
-            .bind(tenant.as_str())
-            .fetch_optional(&state.db)
-            .await
-            .map_err(ApiError::db)?;
-    Ok(row.map(|j| j.0.finish()))
+    let row = readmodel::jobs::find(&state.db, tenant, id)
+        .await
+        .map_err(ApiError::db)?;
+    Ok(row.map(JobView::from))
 }
 
 /// The job's `job.submitted` event and its stream sequence, straight from the log.
@@ -162,14 +152,9 @@ async fn wait_for_checkpoint(state: &AppState, seq: u64) -> ApiResult<bool> {
         if *announced.borrow_and_update() >= seq {
             return Ok(true);
         }
-        let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT min(last_seq) FROM projection_checkpoints
-             WHERE projection IN ('jobs', 'job_events')
-               AND version = (SELECT version FROM read_model_versions WHERE state = 'live')",
-        )
-        .fetch_one(&state.db)
-        .await
-        .map_err(ApiError::db)?;
+        let stored = readmodel::checkpoints::live_min(&state.db, &Projection::JOB_READS)
+            .await
+            .map_err(ApiError::db)?;
         if stored.unwrap_or(0) >= seq {
             return Ok(true);
         }
@@ -195,7 +180,14 @@ pub(crate) async fn find_job(state: &AppState, tenant: &Tenant, id: JobId) -> Ap
             return Ok(job);
         }
     }
-    JobView::from_submitted(&ev).ok_or_else(|| not_found(id))
+    // Not projected in time: the job as the projector will first show it.
+    match &ev.payload {
+        JobEvent::Submitted(job) => {
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            Ok(JobRow::submitted(seq, &ev, job).into())
+        }
+        _ => Err(not_found(id)),
+    }
 }
 
 /// The 404 of a job: the same whether it does not exist or belongs to another tenant.
@@ -214,10 +206,11 @@ pub(crate) async fn page_jobs(
     limit: Option<i64>,
     cursor: Option<&str>,
 ) -> ApiResult<(Vec<JobView>, Option<String>)> {
-    if let Some(s) = status {
-        events::JobStatus::parse(s)
-            .ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`")))?;
-    }
+    let status = status
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| ApiError::BadRequest(format!("unknown status `{s}`")))
+        })
+        .transpose()?;
     if let Some(k) = kind {
         events::JobKind::parse(k).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
@@ -230,7 +223,17 @@ pub(crate) async fn page_jobs(
     let before = cursor
         .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
         .transpose()?;
-    let mut items = list_jobs(state, tenant, status, kind, before, limit + 1).await?;
+    let filter = JobFilter {
+        status,
+        kind,
+        before,
+    };
+    let mut items: Vec<JobView> = readmodel::jobs::page(&state.db, tenant, filter, limit + 1)
+        .await
+        .map_err(ApiError::db)?
+        .into_iter()
+        .map(JobView::from)
+        .collect();
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let next_cursor = (items.len() > limit).then(|| {
         items.truncate(limit);
@@ -239,45 +242,15 @@ pub(crate) async fn page_jobs(
     Ok((items, next_cursor.flatten()))
 }
 
-/// A page of jobs, newest first.
-async fn list_jobs(
-    state: &AppState,
-    tenant: &Tenant,
-    status: Option<&str>,
-    kind: Option<&str>,
-    before: Option<Uuid>,
-    limit: i64,
-) -> ApiResult<Vec<JobView>> {
-    let rows: Vec<sqlx::types::Json<JobView>> = sqlx::query_scalar(&format!(
-        "{JOB_COLUMNS} WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5"
-    ))
-    .bind(tenant.as_str())
-    .bind(status)
-    .bind(kind)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await
-    .map_err(ApiError::db)?;
-    Ok(rows.into_iter().map(|j| j.0.finish()).collect())
-}
-
 /// The job's timeline: its CloudEvents, oldest first, with their stream sequences.
 pub(crate) async fn job_events(
     state: &AppState,
     tenant: &Tenant,
     id: JobId,
 ) -> ApiResult<Vec<(i64, Value)>> {
-    sqlx::query_as(
-        "SELECT seq, event FROM job_events WHERE job_id = $1 AND tenant = $2 ORDER BY seq",
-    )
-    .bind(id.0)
-    .bind(tenant.as_str())
-    .fetch_all(&state.db)
-    .await
-    .map_err(ApiError::db)
+    readmodel::timeline::events(&state.db, tenant, id)
+        .await
+        .map_err(ApiError::db)
 }
 
 /// How many events of type `name` the job's timeline has.
@@ -287,24 +260,17 @@ pub(crate) async fn count_events(
     id: JobId,
     name: &str,
 ) -> ApiResult<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM job_events WHERE job_id = $1 AND tenant = $2 AND type = $3",
-    )
-    .bind(id.0)
-    .bind(tenant.as_str())
-    .bind(name)
-    .fetch_one(&state.db)
-    .await
-    .map_err(ApiError::db)
+    readmodel::timeline::count(&state.db, tenant, id, name)
+        .await
+        .map_err(ApiError::db)
 }
 
 /// Keeps `state.checkpoint` up to date from the projector's `NOTIFY`s, reconnecting as needed.
 pub(crate) async fn checkpoint_listener(state: AppState, shutdown: CancellationToken) {
-    const CHANNEL: &str = "conveyor_checkpoint";
     while !shutdown.is_cancelled() {
         let listener = async {
             let mut l = PgListener::connect_with(&state.db).await?;
-            l.listen(CHANNEL).await?;
+            l.listen(readmodel::CHECKPOINT_CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)
         };
         let mut listener = match listener.await {

@@ -12,11 +12,12 @@ pub(super) async fn replay(
     db: DbArgs,
     settings: ProjectorArgs,
 ) -> anyhow::Result<()> {
-    use consumers::projector::{self, RebuildOutcome};
-    if !projector::PROJECTIONS.contains(&projection.as_str()) {
+    use consumers::projector::{Projector, RebuildOutcome};
+    use readmodel::{versions, Projection};
+    if Projection::parse(&projection).is_none() {
         anyhow::bail!(
             "no projection `{projection}`: use one of {}",
-            projector::PROJECTIONS.join(", ")
+            Projection::names()
         );
     }
     let pool = db.migrate().await?;
@@ -30,11 +31,8 @@ pub(super) async fn replay(
     };
     let mut stream = bus.events_stream().await?;
     let last = stream.info().await?.state.last_sequence;
-    let live: i32 =
-        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
-            .fetch_one(&pool)
-            .await?;
-    let building = projector::building_version(&pool).await?;
+    let live = versions::live(&pool).await?;
+    let building = versions::building(&pool).await?;
     let events = (last + 1).saturating_sub(from);
     if dry_run {
         println!(
@@ -45,7 +43,7 @@ pub(super) async fn replay(
         );
         return Ok(());
     }
-    let (version, new) = projector::request_rebuild(&pool, from).await?;
+    let (version, new) = versions::request_rebuild(&pool, from).await?;
     eprintln!(
         "{} version {version} of jobs, job_events and job_stats from sequence {from} ({events} events); live version {live} keeps serving",
         if new { "rebuilding" } else { "resuming the rebuild of" }
@@ -59,7 +57,7 @@ pub(super) async fn replay(
             token.cancel();
         });
     }
-    let p = projector::Projector::new(bus, pool.clone(), settings.settings());
+    let p = Projector::new(bus, pool.clone(), settings.settings());
     let started = std::time::Instant::now();
     let mut bar = crate::progress::Progress::new(events, "events");
     let outcome = p

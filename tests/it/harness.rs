@@ -252,7 +252,7 @@ impl Env {
         let pool = PgPool::connect(&db_url)
             .await
             .expect("connect to the test database");
-        consumers::MIGRATOR.run(&pool).await.expect("migrate");
+        readmodel::MIGRATOR.run(&pool).await.expect("migrate");
         pool.close().await;
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&logs).expect("log folder");

@@ -8,8 +8,9 @@
 //! - two projectors running by mistake cannot both apply a batch (the loser's commit fails and it
 //!   re-reads from the checkpoint).
 //!
-//! After each commit it sends `NOTIFY conveyor_checkpoint` with the new sequence, which the API
-//! uses to answer reads of a job right after its `202` (read-your-writes).
+//! After each commit it sends a `NOTIFY` on [`readmodel::CHECKPOINT_CHANNEL`] with the new
+//! sequence, which the API uses to answer reads of a job right after its `202`
+//! (read-your-writes).
 //!
 //! **One active projector per database.** Several projector processes may run (for
 //! availability): each first takes a session-level Postgres advisory lock on a connection of its
@@ -30,14 +31,10 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use bus::Bus;
 use futures::{FutureExt, StreamExt};
 use read_models::Sequenced;
+use readmodel::versions::{self, VersionState};
+use readmodel::{checkpoints, Projection, CHECKPOINT_CHANNEL};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-/// The projections this projector maintains, each with its own checkpoint row.
-pub const PROJECTIONS: [&str; 3] = ["jobs", "job_events", "job_stats"];
-
-/// The Postgres channel notified after each commit, with the new checkpoint as payload.
-pub const CHECKPOINT_CHANNEL: &str = "conveyor_checkpoint";
 
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
@@ -80,10 +77,10 @@ enum Role {
 }
 
 impl Role {
-    fn state(self) -> &'static str {
+    fn state(self) -> VersionState {
         match self {
-            Self::Live => "live",
-            Self::Build => "building",
+            Self::Live => VersionState::Live,
+            Self::Build => VersionState::Building,
         }
     }
 }
@@ -179,7 +176,8 @@ impl Projector {
                     Err(_) => continue,
                 }
             };
-            for name in PROJECTIONS {
+            for p in Projection::ALL {
+                let name = p.as_str();
                 metrics::gauge!("conveyor_projection_lag_events", "projection" => name)
                     .set(lag as f64);
                 metrics::gauge!("conveyor_projection_lag_seconds", "projection" => name).set(age);
@@ -269,7 +267,7 @@ impl Projector {
     async fn work(&self, shutdown: &CancellationToken) -> crate::Result<()> {
         let builder = async {
             while !shutdown.is_cancelled() {
-                if let Ok(Some(version)) = building_version(&self.db).await {
+                if let Ok(Some(version)) = versions::building(&self.db).await {
                     match self.rebuild(version, shutdown, |_| {}).await {
                         Ok(Some(outcome)) => tracing::info!(?outcome, "rebuild ended"),
                         Ok(None) => {}
@@ -363,18 +361,6 @@ impl Projector {
         result.map(Some)
     }
 
-    async fn checkpoints(&self, version: i32) -> sqlx::Result<HashMap<String, i64>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT projection, last_seq FROM projection_checkpoints
-             WHERE projection = ANY($1) AND version = $2",
-        )
-        .bind(&PROJECTIONS[..])
-        .bind(version)
-        .fetch_all(&self.db)
-        .await?;
-        Ok(rows.into_iter().collect())
-    }
-
     /// Follows EVENTS into the version `role` designates. Returns `Ok(None)` on shutdown, and
     /// for a build `Ok(Some(version))` once it caught up and switched reads to it.
     async fn follow(
@@ -383,16 +369,13 @@ impl Projector {
         shutdown: &CancellationToken,
         progress: &mut impl FnMut(RebuildProgress),
     ) -> Result<Option<i32>, ApplyError> {
-        let version: i32 =
-            sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = $1")
-                .bind(role.state())
-                .fetch_optional(&self.db)
-                .await?
-                .ok_or(ApplyError::VersionChanged(0))?;
-        let mut cps = self.checkpoints(version).await?;
-        let start = PROJECTIONS
+        let version = versions::in_state(&self.db, role.state())
+            .await?
+            .ok_or(ApplyError::VersionChanged(0))?;
+        let mut cps = checkpoints::of_version(&self.db, version).await?;
+        let start = Projection::ALL
             .iter()
-            .map(|p| cps.get(*p).copied().unwrap_or(0))
+            .map(|p| cps.get(p).copied().unwrap_or(0))
             .min()
             .unwrap_or(0)
             + 1;
@@ -441,7 +424,7 @@ impl Projector {
         tracing::info!(
             from_seq = wanted,
             version,
-            role = role.state(),
+            role = role.state().as_str(),
             "projector following EVENTS"
         );
         // A reader task fetches and decodes the next batch while this one is written, so
@@ -526,7 +509,7 @@ impl Projector {
         if built < live {
             return Ok(None);
         }
-        let schema = read_models::schema(version);
+        let schema = readmodel::schema(version);
         if let Some(old) = old {
             sqlx::query("DELETE FROM read_model_versions WHERE version = $1")
                 .bind(old)
@@ -541,7 +524,7 @@ impl Projector {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-        for table in PROJECTIONS {
+        for table in Projection::ALL {
             sqlx::query(&format!(
                 "CREATE OR REPLACE VIEW public.{table} AS SELECT * FROM {schema}.{table}"
             ))
@@ -553,7 +536,7 @@ impl Projector {
             // Nothing reads the old version any more: the views moved, and DROP waits for
             // queries still running on it. The switch is done either way; a failed drop only
             // leaves an unused schema behind.
-            let schema = read_models::schema(old);
+            let schema = readmodel::schema(old);
             if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                 .execute(&self.db)
                 .await
@@ -569,11 +552,11 @@ impl Projector {
         &self,
         role: Role,
         version: i32,
-        cps: &mut HashMap<String, i64>,
+        cps: &mut HashMap<Projection, i64>,
         events: &[Sequenced],
         last: i64,
     ) -> Result<(), ApplyError> {
-        let cp = |name: &str| cps.get(name).copied().unwrap_or(0);
+        let cp = |p: Projection| cps.get(&p).copied().unwrap_or(0);
         let mut tx = self.db.begin().await?;
         // No wait for the WAL flush: the checkpoint commits with the writes, so a batch lost
         // to a Postgres crash takes its checkpoint with it and is applied again from the log.
@@ -588,7 +571,7 @@ impl Projector {
         .bind(version)
         .fetch_optional(&mut *tx)
         .await?;
-        if still.as_deref() != Some(role.state()) {
+        if still.as_deref() != Some(role.state().as_str()) {
             return Err(ApplyError::VersionChanged(version));
         }
         let started = std::time::Instant::now();
@@ -608,16 +591,20 @@ impl Projector {
         } else {
             Vec::new()
         };
-        let schema = read_models::schema(version);
         let mut ids: Vec<uuid::Uuid> = events.iter().map(|e| e.ev.job.0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let before = read_models::load_jobs(&mut tx, &schema, &ids).await?;
-        let batch = read_models::fold(before, events, cp("jobs"), cp("job_events"));
-        read_models::write(&mut tx, &schema, &batch).await?;
+        let before = readmodel::jobs::load(&mut tx, version, &ids).await?;
+        let batch = read_models::fold(
+            before,
+            events,
+            cp(Projection::Jobs),
+            cp(Projection::JobEvents),
+        );
+        read_models::write(&mut tx, &readmodel::schema(version), &batch).await?;
         // Every checkpoint moves (compare-and-set on its previous value) and, live, the API is
         // told of the new one: one statement.
-        let olds: Vec<i64> = PROJECTIONS.iter().map(|n| cp(n)).collect();
+        let olds: Vec<i64> = Projection::ALL.into_iter().map(cp).collect();
         let (moved, _told): (i64, i64) = sqlx::query_as(
             "WITH moved AS (
                UPDATE projection_checkpoints c SET last_seq = greatest(v.old, $3), updated_at = now()
@@ -627,7 +614,7 @@ impl Projector {
              told AS (SELECT pg_notify($5, $3::text) WHERE $6)
              SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM told)",
         )
-        .bind(&PROJECTIONS[..])
+        .bind(&Projection::ALL.map(Projection::as_str)[..])
         .bind(&olds)
         .bind(last)
         .bind(version)
@@ -635,23 +622,21 @@ impl Projector {
         .bind(role == Role::Live)
         .fetch_one(&mut *tx)
         .await?;
-        if moved != PROJECTIONS.len() as i64 {
+        if moved != Projection::ALL.len() as i64 {
             return Err(ApplyError::Conflict("projection_checkpoints"));
         }
         tx.commit().await?;
-        let moved: Vec<_> = PROJECTIONS.iter().map(|n| (*n, last.max(cp(n)))).collect();
-        for (name, v) in moved {
-            cps.insert(name.to_owned(), v);
-        }
+        let moved = Projection::ALL.map(|p| (p, last.max(cp(p))));
+        cps.extend(moved);
         if role == Role::Live {
-            let checkpoint = PROJECTIONS
+            let checkpoint = Projection::ALL
                 .iter()
-                .filter_map(|n| cps.get(*n).copied())
+                .filter_map(|p| cps.get(p).copied())
                 .min()
                 .unwrap_or(last);
             self.live_checkpoint.store(checkpoint, Ordering::Relaxed);
-            for name in PROJECTIONS {
-                metrics::gauge!("conveyor_projection_checkpoint", "projection" => name)
+            for p in Projection::ALL {
+                metrics::gauge!("conveyor_projection_checkpoint", "projection" => p.as_str())
                     .set(checkpoint as f64);
             }
             metrics::histogram!("conveyor_projector_batch_events").record(events.len() as f64);
@@ -659,7 +644,7 @@ impl Projector {
                 .record(started.elapsed().as_secs_f64());
             for f in &batch.finished {
                 metrics::counter!("conveyor_jobs_finished_total",
-                    "kind" => f.kind.clone(), "status" => f.status.clone())
+                    "kind" => f.kind.clone(), "status" => f.status.as_str())
                 .increment(1);
                 metrics::histogram!("conveyor_job_latency_seconds", "kind" => f.kind.clone())
                     .record(f.latency.as_secs_f64());
@@ -698,52 +683,21 @@ async fn watch_leadership(lock: &mut sqlx::PgConnection) {
     }
 }
 
-/// The version being built, if a rebuild was requested.
-pub async fn building_version(db: &PgPool) -> sqlx::Result<Option<i32>> {
-    sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'building'")
-        .fetch_optional(db)
-        .await
-}
-
-/// Requests a rebuild from stream sequence `from_seq` (1 for the whole log): registers a new
-/// version in state `building`, or returns the one already requested (which then resumes).
-pub async fn request_rebuild(db: &PgPool, from_seq: u64) -> sqlx::Result<(i32, bool)> {
-    if let Some(v) = building_version(db).await? {
-        return Ok((v, false));
-    }
-    let inserted: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO read_model_versions (version, state, from_seq)
-         SELECT coalesce(max(version), 0) + 1, 'building', $1 FROM read_model_versions
-         ON CONFLICT DO NOTHING RETURNING version",
-    )
-    .bind(i64::try_from(from_seq.max(1)).unwrap_or(1))
-    .fetch_optional(db)
-    .await?;
-    match inserted {
-        Some(v) => Ok((v, true)),
-        // Someone else requested one at the same moment.
-        None => Ok((building_version(db).await?.unwrap_or(0), false)),
-    }
-}
-
 /// Creates the tables and checkpoints of `version` if they do not exist yet (idempotent, so an
 /// interrupted build resumes).
 async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    let live: i32 =
-        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
-            .fetch_one(&mut *tx)
-            .await?;
+    let live = versions::live(&mut *tx).await?;
     let from_seq: i64 =
         sqlx::query_scalar("SELECT from_seq FROM read_model_versions WHERE version = $1")
             .bind(version)
             .fetch_one(&mut *tx)
             .await?;
-    let (schema, live_schema) = (read_models::schema(version), read_models::schema(live));
+    let (schema, live_schema) = (readmodel::schema(version), readmodel::schema(live));
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(&mut *tx)
         .await?;
-    for table in PROJECTIONS {
+    for table in Projection::ALL {
         // The new tables get their primary keys now (upserts need them), their other indexes
         // once filled (`create_indexes`): building an index over the rows at the end costs a
         // fraction of keeping it up to date row by row.
@@ -776,7 +730,7 @@ async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
             "INSERT INTO projection_checkpoints (projection, version, last_seq) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )
-        .bind(table)
+        .bind(table.as_str())
         .bind(version)
         .bind(from_seq - 1)
         .execute(&mut *tx)
@@ -788,14 +742,11 @@ async fn prepare_version(db: &PgPool, version: i32) -> sqlx::Result<()> {
 /// Gives the tables of `version` the indexes the live version's tables have (besides their
 /// primary keys, which they have from the start); idempotent.
 async fn create_indexes(db: &PgPool, version: i32) -> sqlx::Result<()> {
-    let live: Option<i32> =
-        sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
-            .fetch_optional(db)
-            .await?;
+    let live = versions::in_state(db, VersionState::Live).await?;
     let Some(live) = live.filter(|l| *l != version) else {
         return Ok(());
     };
-    let (schema, live_schema) = (read_models::schema(version), read_models::schema(live));
+    let (schema, live_schema) = (readmodel::schema(version), readmodel::schema(live));
     let defs: Vec<String> = sqlx::query_scalar(
         "SELECT i.indexdef FROM pg_indexes i
          WHERE i.schemaname = $1 AND NOT EXISTS (

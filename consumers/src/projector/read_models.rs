@@ -1,5 +1,6 @@
 //! The read models as a pure fold: `jobs` (current state), `job_events` (timeline) and
 //! `job_stats` (counts per tenant, kind and status), plus the SQL that writes a folded batch.
+//! The tables, their row type ([`JobRow`]) and the reads are the `readmodel` crate's.
 //!
 //! A batch is folded in memory (rows of the affected jobs are loaded once, events applied in
 //! stream order), then written with one statement per table. Terminal states are sticky: a late
@@ -9,35 +10,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use events::{Envelope, JobEvent, JobStatus};
-use serde::{Deserialize, Serialize};
+use readmodel::JobRow;
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-
-/// One row of `jobs`; field names are the column names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct JobRow {
-    pub(crate) id: Uuid,
-    pub(crate) tenant: String,
-    pub(crate) kind: String,
-    pub(crate) status: String,
-    pub(crate) attempt: i32,
-    pub(crate) max_attempts: i32,
-    pub(crate) timeout_ms: i64,
-    pub(crate) payload: Value,
-    pub(crate) progress: Option<Value>,
-    pub(crate) result: Option<Value>,
-    pub(crate) result_ref: Option<Value>,
-    pub(crate) error: Option<Value>,
-    pub(crate) webhook_url: Option<String>,
-    pub(crate) run_at: Option<DateTime<Utc>>,
-    pub(crate) trace_id: Option<String>,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) started_at: Option<DateTime<Utc>>,
-    pub(crate) finished_at: Option<DateTime<Utc>>,
-    pub(crate) updated_at: DateTime<Utc>,
-    pub(crate) last_seq: i64,
-}
 
 /// An event with its EVENTS stream sequence and its CloudEvent JSON (as received, when it came
 /// in structured mode: it is stored as is, never re-encoded).
@@ -100,7 +77,7 @@ impl EventRow {
 pub(crate) struct StatsDelta {
     tenant: String,
     kind: String,
-    status: String,
+    status: JobStatus,
     count: i64,
     total_duration_ms: i64,
 }
@@ -108,55 +85,22 @@ pub(crate) struct StatsDelta {
 /// The run time a job in a terminal status contributes to `job_stats` (0 otherwise).
 fn run_ms(row: &JobRow) -> i64 {
     match (row.started_at, row.finished_at) {
-        (Some(s), Some(f)) if status_of(row).is_terminal() => (f - s).num_milliseconds(),
+        (Some(s), Some(f)) if row.status.is_terminal() => (f - s).num_milliseconds(),
         _ => 0,
     }
-}
-
-fn status_of(row: &JobRow) -> JobStatus {
-    JobStatus::parse(&row.status).unwrap_or(JobStatus::Queued)
 }
 
 /// Applies one event to a job's row (`None`: the job is not known yet). Returns the new row.
 pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<JobRow> {
     let mut row = match (&ev.payload, row) {
-        (JobEvent::Submitted(s), None) => {
-            return Some(JobRow {
-                id: ev.job.0,
-                tenant: ev.tenant.to_string(),
-                kind: ev.kind.to_string(),
-                status: JobStatus::Queued.as_str().into(),
-                attempt: 0,
-                max_attempts: i32::try_from(s.max_attempts).unwrap_or(i32::MAX),
-                timeout_ms: i64::try_from(s.timeout_ms).unwrap_or(i64::MAX),
-                // JSON null would become SQL NULL in the recordset; no payload is `{}`.
-                payload: if s.payload.is_null() {
-                    json!({})
-                } else {
-                    s.payload.clone()
-                },
-                progress: None,
-                result: None,
-                result_ref: None,
-                error: None,
-                webhook_url: s.webhook.as_ref().map(|w| w.url.clone()),
-                run_at: s.run_at,
-                trace_id: ev.traceparent.as_ref().map(|t| t.trace_id().to_owned()),
-                created_at: ev.time,
-                started_at: None,
-                finished_at: None,
-                updated_at: ev.time,
-                last_seq: seq,
-            });
-        }
+        (JobEvent::Submitted(s), None) => return Some(JobRow::submitted(seq, ev, s)),
         // Events of a job whose submission we never saw only go to the timeline.
         (_, None) => return None,
         (_, Some(row)) => row,
     };
     // Terminal states are sticky, except that a re-drive brings a failed job back.
-    let redrive =
-        matches!(ev.payload, JobEvent::Redriven(_)) && status_of(&row) == JobStatus::Failed;
-    if (status_of(&row).is_terminal() && !redrive) || seq <= row.last_seq {
+    let redrive = matches!(ev.payload, JobEvent::Redriven(_)) && row.status == JobStatus::Failed;
+    if (row.status.is_terminal() && !redrive) || seq <= row.last_seq {
         return Some(row);
     }
     let attempt = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
@@ -165,7 +109,7 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
         JobEvent::Started(s) => {
             if attempt(s.attempt) >= row.attempt {
                 row.attempt = attempt(s.attempt);
-                row.status = JobStatus::Running.as_str().into();
+                row.status = JobStatus::Running;
                 row.started_at.get_or_insert(ev.time);
                 row.progress = None;
             }
@@ -185,12 +129,12 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
         }
         JobEvent::RetryScheduled(r) => {
             if attempt(r.next_attempt) > row.attempt {
-                row.status = JobStatus::RetryScheduled.as_str().into();
+                row.status = JobStatus::RetryScheduled;
                 row.run_at = Some(r.run_at);
             }
         }
         JobEvent::Succeeded(s) => {
-            row.status = JobStatus::Succeeded.as_str().into();
+            row.status = JobStatus::Succeeded;
             row.attempt = attempt(s.attempt);
             row.result = s.result.clone();
             row.result_ref = s
@@ -201,18 +145,18 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
             row.finished_at = Some(ev.time);
         }
         JobEvent::DeadLettered(d) => {
-            row.status = JobStatus::Failed.as_str().into();
+            row.status = JobStatus::Failed;
             row.attempt = attempt(d.attempt);
             row.error = Some(json!({ "class": d.error.class, "message": d.error.message,
                                      "attempt": d.attempt, "reason": d.reason }));
             row.finished_at = Some(ev.time);
         }
         JobEvent::Cancelled(_) => {
-            row.status = JobStatus::Cancelled.as_str().into();
+            row.status = JobStatus::Cancelled;
             row.finished_at = Some(ev.time);
         }
         JobEvent::Redriven(r) => {
-            row.status = JobStatus::Queued.as_str().into();
+            row.status = JobStatus::Queued;
             row.max_attempts = attempt(r.max_attempts);
             row.error = None;
             row.progress = None;
@@ -239,7 +183,7 @@ pub(crate) struct Batch {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Finished {
     pub(crate) kind: String,
-    pub(crate) status: String,
+    pub(crate) status: JobStatus,
     /// From submission to the terminal event.
     pub(crate) latency: std::time::Duration,
 }
@@ -274,42 +218,33 @@ pub(crate) fn fold(
             *slot = apply(slot.take(), *seq, ev);
         }
     }
-    let mut stats: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    let mut stats: HashMap<(String, String, JobStatus), (i64, i64)> = HashMap::new();
     for id in order {
         let Some(after) = rows.remove(&id).flatten() else {
             continue;
         };
         let prior = before.get(&id);
-        let old_status = prior.map(|r| r.status.clone());
-        if status_of(&after).is_terminal() && !prior.is_some_and(|p| status_of(p).is_terminal()) {
+        if after.status.is_terminal() && !prior.is_some_and(|p| p.status.is_terminal()) {
             batch.finished.push(Finished {
                 kind: after.kind.clone(),
-                status: after.status.clone(),
+                status: after.status,
                 latency: after
                     .finished_at
                     .and_then(|f| (f - after.created_at).to_std().ok())
                     .unwrap_or_default(),
             });
         }
-        if old_status.as_deref() != Some(after.status.as_str()) {
+        if prior.map(|p| p.status) != Some(after.status) {
             if let Some(prior) = prior {
                 // Leaving a status takes back what entering it added (a re-drive leaves `failed`).
                 let e = stats
-                    .entry((
-                        prior.tenant.clone(),
-                        prior.kind.clone(),
-                        prior.status.clone(),
-                    ))
+                    .entry((prior.tenant.clone(), prior.kind.clone(), prior.status))
                     .or_default();
                 e.0 -= 1;
                 e.1 -= run_ms(prior);
             }
             let e = stats
-                .entry((
-                    after.tenant.clone(),
-                    after.kind.clone(),
-                    after.status.clone(),
-                ))
+                .entry((after.tenant.clone(), after.kind.clone(), after.status))
                 .or_default();
             e.0 += 1;
             e.1 += run_ms(&after);
@@ -331,33 +266,10 @@ pub(crate) fn fold(
             },
         )
         .collect();
+    batch.stats.sort_by(|a, b| {
+        (&a.tenant, &a.kind, a.status.as_str()).cmp(&(&b.tenant, &b.kind, b.status.as_str()))
+    });
     batch
-        .stats
-        .sort_by(|a, b| (&a.tenant, &a.kind, &a.status).cmp(&(&b.tenant, &b.kind, &b.status)));
-    batch
-}
-
-/// The Postgres schema holding a version of the read models.
-pub fn schema(version: i32) -> String {
-    format!("rm_{version}")
-}
-
-/// Loads the current rows of `ids` from the read models in `schema`.
-pub(crate) async fn load_jobs(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &str,
-    ids: &[Uuid],
-) -> sqlx::Result<HashMap<Uuid, JobRow>> {
-    let rows: Vec<JobRow> = sqlx::query_as(&format!(
-        "SELECT id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload, progress,
-           result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
-           finished_at, updated_at, last_seq
-         FROM {schema}.jobs WHERE id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
 /// Writes a folded batch into the read models in `schema`: one statement per table.
@@ -516,12 +428,12 @@ mod tests {
         let batch = fold(HashMap::new(), &events, 0, 0);
         assert_eq!(batch.events.len(), 3);
         assert_eq!(batch.jobs.len(), 1);
-        assert_eq!(batch.jobs[0].status, "succeeded");
+        assert_eq!(batch.jobs[0].status, JobStatus::Succeeded);
         assert_eq!(batch.jobs[0].last_seq, 3);
         assert_eq!(batch.stats.len(), 1);
         assert_eq!(
-            (batch.stats[0].status.as_str(), batch.stats[0].count),
-            ("succeeded", 1)
+            (batch.stats[0].status, batch.stats[0].count),
+            (JobStatus::Succeeded, 1)
         );
     }
 
@@ -531,12 +443,11 @@ mod tests {
         let first = fold(HashMap::new(), &[Sequenced::new(1, submitted(job))], 0, 0);
         let before: HashMap<_, _> = first.jobs.into_iter().map(|r| (r.id, r)).collect();
         let second = fold(before, &[Sequenced::new(2, started(job, 1))], 1, 1);
-        let counts: Vec<_> = second
-            .stats
-            .iter()
-            .map(|s| (s.status.as_str(), s.count))
-            .collect();
-        assert_eq!(counts, vec![("queued", -1), ("running", 1)]);
+        let counts: Vec<_> = second.stats.iter().map(|s| (s.status, s.count)).collect();
+        assert_eq!(
+            counts,
+            vec![(JobStatus::Queued, -1), (JobStatus::Running, 1)]
+        );
     }
 
     #[test]
@@ -564,7 +475,7 @@ mod tests {
             ),
         ];
         let batch = fold(HashMap::new(), &events, 0, 0);
-        assert_eq!(batch.jobs[0].status, "succeeded");
+        assert_eq!(batch.jobs[0].status, JobStatus::Succeeded);
         assert_eq!(batch.jobs[0].attempt, 2);
         assert_eq!(batch.events.len(), 5, "the timeline keeps every event");
     }
@@ -593,7 +504,7 @@ mod tests {
             0,
             0,
         );
-        assert_eq!(first.jobs[0].status, "failed");
+        assert_eq!(first.jobs[0].status, JobStatus::Failed);
         let before: HashMap<_, _> = first.jobs.into_iter().map(|r| (r.id, r)).collect();
         let redriven = ev(
             job,
@@ -615,16 +526,15 @@ mod tests {
         );
         let row = &batch.jobs[0];
         assert_eq!(
-            (row.status.as_str(), row.attempt, row.max_attempts),
-            ("succeeded", 4, 6)
+            (row.status, row.attempt, row.max_attempts),
+            (JobStatus::Succeeded, 4, 6)
         );
         assert!(row.error.is_none());
-        let counts: Vec<_> = batch
-            .stats
-            .iter()
-            .map(|s| (s.status.as_str(), s.count))
-            .collect();
-        assert_eq!(counts, vec![("failed", -1), ("succeeded", 1)]);
+        let counts: Vec<_> = batch.stats.iter().map(|s| (s.status, s.count)).collect();
+        assert_eq!(
+            counts,
+            vec![(JobStatus::Failed, -1), (JobStatus::Succeeded, 1)]
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use events::command::RunJob;
 use events::job::Redriven;
 use events::subjects::msg_id;
 use events::{Command, Envelope, JobEvent, JobKind, JobStatus};
+use readmodel::versions::{self, VersionState};
+use readmodel::{checkpoints, Projection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -68,9 +70,6 @@ pub(crate) async fn consumers(State(state): State<AppState>, auth: Auth) -> ApiR
     Ok(Json(json!({ "items": items })))
 }
 
-/// The projections, which are rebuilt together (`job_stats` derives from `jobs`).
-const PROJECTIONS: [&str; 3] = ["jobs", "job_events", "job_stats"];
-
 /// Ask the projector to rebuild the read models into a new version from the event log, then
 /// switch reads to it. Rebuilding any one rebuilds the three together. A rebuild already under
 /// way is returned instead of starting another.
@@ -85,32 +84,22 @@ pub(crate) async fn rebuild(
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     auth.require(OPERATOR)?;
-    if !PROJECTIONS.contains(&name.as_str()) {
+    if Projection::parse(&name).is_none() {
         return Err(ApiError::NotFound(format!(
             "no projection `{name}`; projections: {}",
-            PROJECTIONS.join(", ")
+            Projection::names()
         )));
     }
-    let requested: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO read_model_versions (version, state, from_seq)
-         SELECT coalesce(max(version), 0) + 1, 'building', 1 FROM read_model_versions
-         ON CONFLICT DO NOTHING RETURNING version",
-    )
-    .fetch_optional(&state.db)
-    .await
-    .map_err(ApiError::db)?;
-    let version = match requested {
-        Some(v) => v,
-        None => {
-            sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'building'")
-                .fetch_one(&state.db)
-                .await
-                .map_err(ApiError::db)?
-        }
-    };
+    let (version, _) = versions::request_rebuild(&state.db, 1)
+        .await
+        .map_err(ApiError::db)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "projections": PROJECTIONS, "version": version, "state": "building" })),
+        Json(json!({
+            "projections": Projection::ALL,
+            "version": version,
+            "state": VersionState::Building.as_str(),
+        })),
     ))
 }
 
@@ -123,14 +112,7 @@ pub(crate) async fn projections(
     auth: Auth,
 ) -> ApiResult<Json<Value>> {
     auth.require(OPERATOR)?;
-    let rows: Vec<(String, i32, String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT c.projection, c.version, v.state, c.last_seq, c.updated_at
-         FROM projection_checkpoints c JOIN read_model_versions v USING (version)
-         ORDER BY c.projection, c.version",
-    )
-    .fetch_all(&state.db)
-    .await
-    .map_err(ApiError::db)?;
+    let rows = checkpoints::list(&state.db).await.map_err(ApiError::db)?;
     let mut stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
     let last = stream
         .info()
@@ -140,16 +122,16 @@ pub(crate) async fn projections(
         .last_sequence;
     let items: Vec<Value> = rows
         .into_iter()
-        .map(|(name, version, version_state, checkpoint, updated_at)| {
-            let checkpoint = u64::try_from(checkpoint).unwrap_or(0);
+        .map(|c| {
+            let checkpoint = u64::try_from(c.last_seq).unwrap_or(0);
             json!({
-                "name": name,
-                "version": version,
-                "state": version_state,
+                "name": c.projection,
+                "version": c.version,
+                "state": c.state,
                 "checkpoint": checkpoint,
                 "stream_last_seq": last,
                 "lag": last.saturating_sub(checkpoint),
-                "updated_at": updated_at,
+                "updated_at": c.updated_at,
             })
         })
         .collect();
@@ -208,10 +190,10 @@ pub(crate) async fn redrive(
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no job {id}")))?;
     let job = reads::find_job(&state, &auth.tenant, id).await?;
-    if job.status != JobStatus::Failed.as_str() {
+    if job.status != JobStatus::Failed {
         return Err(ApiError::Conflict(format!(
             "job {id} is {}, only dead-lettered (failed) jobs can be re-driven",
-            job.status
+            job.status.as_str()
         )));
     }
     let Some((_, submitted)) = reads::submitted_event(&state, &auth.tenant, id).await? else {

@@ -72,7 +72,8 @@ pub(crate) struct SubmitJob {
 pub(crate) struct Accepted {
     id: Uuid,
     kind: String,
-    status: String,
+    #[schema(value_type = String)]
+    status: JobStatus,
     created_at: DateTime<Utc>,
     /// EVENTS stream sequence of `job.submitted`.
     seq: u64,
@@ -370,14 +371,15 @@ pub(crate) async fn accept(
     };
     let status = if fresh {
         metrics::counter!("conveyor_jobs_submitted_total", "kind" => kind.to_string()).increment(1);
-        JobStatus::Queued.as_str().to_owned()
+        JobStatus::Queued
     } else {
+        // Not projected yet is queued; so is a read model out of reach: a submission never
+        // depends on Postgres.
         reads::query_job(state, tenant, id.0)
             .await
             .ok()
             .flatten()
-            .map(|j| j.status)
-            .unwrap_or_else(|| JobStatus::Queued.as_str().to_owned())
+            .map_or(JobStatus::Queued, |j| j.status)
     };
     let body = Accepted {
         id: id.0,
@@ -478,10 +480,10 @@ pub(crate) async fn cancel(
     auth.require(JOBS_WRITE)?;
     let id = parse_id(&id)?;
     let job = reads::find_job(&state, &auth.tenant, id).await?;
-    if JobStatus::parse(&job.status).is_some_and(JobStatus::is_terminal) {
+    if job.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "job {id} already ended ({})",
-            job.status
+            job.status.as_str()
         )));
     }
     let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -584,10 +586,10 @@ pub(crate) async fn result(
     auth.require(JOBS_READ)?;
     let id = parse_id(&id)?;
     let job = reads::find_job(&state, &auth.tenant, id).await?;
-    if job.status != JobStatus::Succeeded.as_str() {
+    if job.status != JobStatus::Succeeded {
         return Err(ApiError::NotFound(format!(
             "job {id} has no result (status {})",
-            job.status
+            job.status.as_str()
         )));
     }
     let Some(reference) = job.result_ref else {

@@ -1,0 +1,197 @@
+//! `jobs`: each job's current state, one row per job, and the reads of it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use events::job::Submitted;
+use events::{Envelope, JobEvent, JobStatus, Tenant};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// One row of `jobs`; field names are the column names.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobRow {
+    /// The job id (UUIDv7, so id order is submission order).
+    pub id: Uuid,
+    /// The tenant that submitted it.
+    pub tenant: String,
+    /// Its kind.
+    pub kind: String,
+    /// Where it stands.
+    #[sqlx(try_from = "StoredStatus")]
+    pub status: JobStatus,
+    /// The latest attempt started (0 before the first).
+    pub attempt: i32,
+    /// Attempts allowed before dead-lettering (raised by a re-drive).
+    pub max_attempts: i32,
+    /// Per-attempt time limit.
+    pub timeout_ms: i64,
+    /// The job's input (`{}` when it had none).
+    pub payload: Value,
+    /// The latest progress reported by the current attempt.
+    pub progress: Option<Value>,
+    /// The result, when inlined.
+    pub result: Option<Value>,
+    /// Where a result too large to inline is kept.
+    pub result_ref: Option<Value>,
+    /// The latest failure.
+    pub error: Option<Value>,
+    /// The completion webhook.
+    pub webhook_url: Option<String>,
+    /// Not before this time (the submission's, then each retry's).
+    pub run_at: Option<DateTime<Utc>>,
+    /// The trace of the submitting request.
+    pub trace_id: Option<String>,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When its first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Time of the last event applied.
+    pub updated_at: DateTime<Utc>,
+    /// EVENTS sequence of the last event applied.
+    pub last_seq: i64,
+}
+
+impl JobRow {
+    /// The row of a job just submitted: `ev`, stored at `seq`, carrying `job`.
+    pub fn submitted(seq: i64, ev: &Envelope<JobEvent>, job: &Submitted) -> Self {
+        Self {
+            id: ev.job.0,
+            tenant: ev.tenant.to_string(),
+            kind: ev.kind.to_string(),
+            status: JobStatus::Queued,
+            attempt: 0,
+            max_attempts: i32::try_from(job.max_attempts).unwrap_or(i32::MAX),
+            timeout_ms: i64::try_from(job.timeout_ms).unwrap_or(i64::MAX),
+            payload: if job.payload.is_null() {
+                json!({})
+            } else {
+                job.payload.clone()
+            },
+            progress: None,
+            result: None,
+            result_ref: None,
+            error: None,
+            webhook_url: job.webhook.as_ref().map(|w| w.url.clone()),
+            run_at: job.run_at,
+            trace_id: ev.traceparent.as_ref().map(|t| t.trace_id().to_owned()),
+            created_at: ev.time,
+            started_at: None,
+            finished_at: None,
+            updated_at: ev.time,
+            last_seq: seq,
+        }
+    }
+}
+
+/// A job status as stored (text), decoded into a [`JobStatus`] or refused.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct StoredStatus(pub String);
+
+/// A status in the database that conveyor does not know: the read model is from another
+/// version of conveyor, or was written by hand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status `{0}` in the read model")]
+pub struct UnknownStatus(pub String);
+
+impl TryFrom<StoredStatus> for JobStatus {
+    type Error = UnknownStatus;
+
+    fn try_from(StoredStatus(s): StoredStatus) -> Result<Self, UnknownStatus> {
+        JobStatus::parse(&s).ok_or(UnknownStatus(s))
+    }
+}
+
+/// The columns of [`JobRow`], in its order.
+const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
+    progress, result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
+    finished_at, updated_at, last_seq";
+
+/// The live row of job `id` of `tenant`.
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    tenant: &Tenant,
+    id: Uuid,
+) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND tenant = $2"
+    ))
+    .bind(id)
+    .bind(tenant.as_str())
+    .fetch_optional(db)
+    .await
+}
+
+/// Which jobs a page lists.
+#[derive(Debug, Clone, Copy)]
+pub struct JobFilter<'a> {
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<&'a str>,
+    /// Only jobs older than this one (the cursor).
+    pub before: Option<Uuid>,
+}
+
+/// Up to `limit` live rows of `tenant` matching `filter`, newest first.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    tenant: &Tenant,
+    filter: JobFilter<'_>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    ))
+    .bind(tenant.as_str())
+    .bind(filter.status.map(JobStatus::as_str))
+    .bind(filter.kind)
+    .bind(filter.before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The rows of `ids` in `version` (those it has), by id: what the projector folds a batch over.
+pub async fn load(
+    conn: &mut PgConnection,
+    version: i32,
+    ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, JobRow>> {
+    let schema = crate::schema(version);
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM {schema}.jobs WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_decodes_from_its_name() {
+        for status in JobStatus::ALL {
+            let stored = StoredStatus(status.as_str().to_owned());
+            assert_eq!(JobStatus::try_from(stored), Ok(status));
+        }
+    }
+
+    #[test]
+    fn an_unknown_status_is_refused_not_taken_for_queued() {
+        let stored = StoredStatus("paused".to_owned());
+        assert_eq!(
+            JobStatus::try_from(stored),
+            Err(UnknownStatus("paused".to_owned()))
+        );
+    }
+}
