@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use events::{JobKind, Namespace};
+use events::{JobKind, Namespace, RetryPolicy};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -485,8 +485,10 @@ impl WorkerArgs {
         consumers::worker::WorkerSettings {
             concurrency: self.concurrency,
             ack_wait: Duration::from_millis(self.ack_wait_ms),
-            retry_base: Duration::from_millis(self.retry_base_ms),
-            retry_max: Duration::from_millis(self.retry_max_ms),
+            retry: RetryPolicy::new(
+                Duration::from_millis(self.retry_base_ms),
+                Duration::from_millis(self.retry_max_ms),
+            ),
             inline_result_limit: self.result_inline_bytes,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id: format!(

@@ -16,6 +16,7 @@ use events::{Command, DecodeError, Envelope, JobEvent, JobKind, Namespace};
 
 pub mod ordered;
 pub mod trace;
+pub mod transition;
 pub mod webhook_url;
 
 pub use async_nats;

@@ -136,11 +136,33 @@ pub struct Succeeded {
     pub duration_ms: u64,
 }
 
+/// What kind of failure ended an attempt; only a fatal one rules out another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The handler said another attempt may succeed (a panicking handler's attempts are
+    /// reported so too).
+    Retryable,
+    /// The handler said no attempt will ever succeed.
+    Fatal,
+    /// The attempt outran its `timeout_ms`.
+    Timeout,
+    /// The handler panicked (a class of the contract that workers may report).
+    Panic,
+}
+
+impl ErrorClass {
+    /// Whether another attempt is worth making, attempts permitting.
+    pub fn is_retryable(self) -> bool {
+        self != Self::Fatal
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    /// `retryable`, `fatal`, `timeout` or `panic`.
-    pub class: String,
+    /// The kind of failure.
+    pub class: ErrorClass,
     /// Human-readable message.
     pub message: String,
 }
@@ -353,7 +375,7 @@ mod tests {
     fn every_event_round_trips_through_its_type() {
         let now = Utc::now();
         let err = ErrorInfo {
-            class: "retryable".into(),
+            class: ErrorClass::Retryable,
             message: "boom".into(),
         };
         let all = vec![

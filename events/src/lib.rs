@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod ids;
 pub mod job;
 pub mod kinds;
+pub mod lifecycle;
 pub mod retry;
 pub mod streams;
 pub mod subjects;

@@ -23,6 +23,7 @@ mod openapi;
 mod reads;
 mod routes;
 mod server;
+mod submission;
 mod webhook_targets;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use crate::routes::jobs;
         crate::routes::health::healthz, crate::routes::health::readyz,
     ),
     components(schemas(
-        jobs::SubmitJob, crate::routes::batch::SubmitBatch, crate::routes::batch::BatchItem, crate::routes::batch::BatchResult, jobs::WebhookRequest, jobs::Accepted, jobs::JobPage, jobs::CancelAccepted,
+        crate::submission::SubmitJob, crate::routes::batch::SubmitBatch, crate::routes::batch::BatchItem, crate::routes::batch::BatchResult, crate::submission::WebhookRequest, crate::submission::Accepted, jobs::JobPage, jobs::CancelAccepted,
         crate::reads::JobView, crate::reads::JobLinks, crate::routes::kinds::KindList, crate::kinds::KindInfo, crate::routes::webhooks::Secret, crate::error::Problem,
     )),
     modifiers(&BearerAuth),

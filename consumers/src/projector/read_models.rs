@@ -489,7 +489,7 @@ mod tests {
                 attempt: 3,
                 reason: "attempts exhausted".into(),
                 error: ErrorInfo {
-                    class: "retryable".into(),
+                    class: ErrorClass::Retryable,
                     message: "x".into(),
                 },
             }),

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bus::Bus;
-use events::job::Progressed;
+use events::job::{ErrorClass, ErrorInfo, Progressed};
+use events::lifecycle::AttemptOutcome;
 use events::subjects::msg_id;
 use events::{Envelope, JobEvent, JobId, JobKind, Tenant, TraceParent};
 use serde_json::Value;
@@ -36,6 +37,18 @@ impl JobError {
     /// A fatal error.
     pub fn fatal(msg: impl Into<String>) -> Self {
         Self::Fatal(msg.into())
+    }
+}
+
+/// The attempt's outcome a handler's error makes.
+impl From<JobError> for AttemptOutcome {
+    fn from(error: JobError) -> Self {
+        let (class, message) = match error {
+            JobError::Cancelled => return Self::Cancelled,
+            JobError::Retryable(message) => (ErrorClass::Retryable, message),
+            JobError::Fatal(message) => (ErrorClass::Fatal, message),
+        };
+        Self::Failed(ErrorInfo { class, message })
     }
 }
 

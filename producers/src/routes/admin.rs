@@ -4,10 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use events::command::RunJob;
 use events::job::Redriven;
-use events::subjects::msg_id;
-use events::{Command, Envelope, JobEvent, JobKind, JobStatus};
+use events::JobStatus;
 use readmodel::versions::{self, VersionState};
 use readmodel::{checkpoints, Projection};
 use serde::Deserialize;
@@ -16,7 +14,8 @@ use serde_json::{json, Value};
 use crate::auth::{Auth, ADMIN, OPERATOR};
 use crate::error::{ApiError, ApiResult};
 use crate::reads;
-use crate::{AppState, SOURCE};
+use crate::submission;
+use crate::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -189,65 +188,11 @@ pub(crate) async fn redrive(
     let id = id
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no job {id}")))?;
-    let job = reads::find_job(&state, &auth.tenant, id).await?;
-    if job.status != JobStatus::Failed {
-        return Err(ApiError::Conflict(format!(
-            "job {id} is {}, only dead-lettered (failed) jobs can be re-driven",
-            job.status.as_str()
-        )));
-    }
-    let Some((_, submitted)) = reads::submitted_event(&state, &auth.tenant, id).await? else {
-        return Err(reads::not_found(id));
-    };
-    let JobEvent::Submitted(original) = submitted.payload else {
-        return Err(ApiError::Internal("job.submitted has another type".into()));
-    };
-    let generation =
-        u32::try_from(reads::count_events(&state, &auth.tenant, id, "redriven").await?)
-            .unwrap_or(u32::MAX - 1)
-            + 1;
-    let last = u32::try_from(job.attempt.max(0)).unwrap_or(0);
-    let next_attempt = last + 1;
-    let max_attempts = last + original.max_attempts;
-    let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
-    // The re-driven attempts go on in the job's own trace, under its submission.
-    let trace = submitted.traceparent.clone();
-    let redriven = Redriven {
-        generation,
+    let Redriven {
         next_attempt,
         max_attempts,
-    };
-    let cmd = Envelope::new(
-        SOURCE,
-        id,
-        auth.tenant.clone(),
-        kind.clone(),
-        Command::Run(RunJob::redrive(&original, &redriven)),
-    )
-    .with_trace(trace.clone());
-    let ev = Envelope::new(
-        SOURCE,
-        id,
-        auth.tenant.clone(),
-        kind,
-        JobEvent::Redriven(redriven),
-    )
-    .with_trace(trace);
-    let (ev_id, cmd_id) = (
-        msg_id::redriven(id, generation),
-        msg_id::run(id, next_attempt),
-    );
-    // The event first, as for a submission: the new attempt's events never precede it.
-    state
-        .bus
-        .publish_event(&ev, &ev_id)
-        .await
-        .map_err(ApiError::bus)?;
-    state
-        .bus
-        .publish_command(&cmd, &cmd_id)
-        .await
-        .map_err(ApiError::bus)?;
+        ..
+    } = submission::redrive(&state, &auth.tenant, id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(

@@ -2,7 +2,6 @@
 //! answered on its own; the valid ones are published together, pipelined.
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -13,7 +12,7 @@ use crate::auth::{Auth, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::AppJson;
 use crate::middleware::RequestTrace;
-use crate::routes::jobs::{self, Accepted, SubmitJob};
+use crate::submission::{self, Receipt, SubmitJob};
 use crate::AppState;
 
 /// The most jobs in one batch.
@@ -41,7 +40,7 @@ pub(crate) struct SubmitBatch {
 pub(crate) struct BatchItem {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    job: Option<Accepted>,
+    job: Option<submission::Accepted>,
     #[serde(skip_serializing_if = "Option::is_none")]
     problem: Option<Problem>,
 }
@@ -59,11 +58,11 @@ pub(crate) struct BatchResult {
 }
 
 impl BatchItem {
-    fn of(result: ApiResult<(StatusCode, Accepted)>) -> Self {
+    fn of(result: ApiResult<Receipt>) -> Self {
         match result {
-            Ok((status, job)) => Self {
-                status: status.as_u16(),
-                job: Some(job),
+            Ok(receipt) => Self {
+                status: receipt.status().as_u16(),
+                job: Some(receipt.job),
                 problem: None,
             },
             Err(e) => {
@@ -107,12 +106,12 @@ pub(crate) async fn submit_batch(
             batch.jobs.len()
         )));
     }
-    let mut checked: Vec<ApiResult<(Option<String>, jobs::Validated)>> = batch
+    let mut checked: Vec<ApiResult<(Option<String>, submission::Validated)>> = batch
         .jobs
         .iter()
         .map(|req| {
-            let key = jobs::idempotency_key(None, req)?;
-            Ok((key, jobs::validate(&state, req)?))
+            let key = submission::idempotency_key(None, req)?;
+            Ok((key, submission::validate(&state, req)?))
         })
         .collect();
     let valid = checked.iter().filter(|c| c.is_ok()).count();
@@ -141,13 +140,13 @@ pub(crate) async fn submit_batch(
             *c = Err(e.clone().into());
         }
     }
-    let results: Vec<ApiResult<(StatusCode, Accepted)>> =
+    let results: Vec<ApiResult<Receipt>> =
         futures::stream::iter(batch.jobs.into_iter().zip(checked))
             .map(|(req, checked)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move {
                     let (key, (kind, job, _)) = checked?;
-                    jobs::accept(&state, &tenant, &trace, key, &req, kind, job).await
+                    submission::accept(&state, &tenant, &trace, key, &req, kind, job).await
                 }
             })
             .buffered(PIPELINE)

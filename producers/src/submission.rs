@@ -1,0 +1,360 @@
+//! The API's steps of a job's lifecycle, apart from HTTP: validating and accepting a
+//! submission (with its idempotency key), cancelling and re-driving. Each step is decided by
+//! [`events::lifecycle`] and published with [`bus::Bus::publish_transition`], so the API keeps
+//! the worker's rule (the event stored first, then the command) in one place. The routes
+//! (`routes/jobs.rs`, `routes/batch.rs`, `routes/admin.rs`) parse requests and shape answers.
+
+use axum::http::StatusCode;
+use bus::transition::JobEnvelope;
+use chrono::{DateTime, Utc};
+use events::job::{Redriven, Submitted, Webhook};
+use events::lifecycle;
+use events::{JobEvent, JobId, JobKind, JobStatus, Tenant, TraceParent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::reads::{self, JobLinks};
+use crate::{AppState, SOURCE};
+
+/// Where to POST the terminal event.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookRequest {
+    /// `http` or `https` URL.
+    url: String,
+}
+
+/// A job to run. Only `kind` is required.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitJob {
+    /// Which handler runs it, e.g. `sleep`.
+    kind: String,
+    /// The handler's input.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+    /// Attempts before dead-lettering (1 to 100, default 3).
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    /// Per-attempt time limit in ms (1 to 86400000, default 300000).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// Not before this time (RFC 3339).
+    #[serde(default)]
+    run_at: Option<DateTime<Utc>>,
+    /// Completion webhook.
+    #[serde(default)]
+    webhook: Option<WebhookRequest>,
+    /// Deduplicates retries, like the `Idempotency-Key` header (which wins when both are given);
+    /// in a batch, each job's own.
+    #[serde(default, skip_serializing)]
+    idempotency_key: Option<String>,
+}
+
+/// The answer to an accepted submission.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    id: Uuid,
+    kind: String,
+    #[schema(value_type = String)]
+    status: JobStatus,
+    created_at: DateTime<Utc>,
+    /// EVENTS stream sequence of `job.submitted`.
+    seq: u64,
+    pub(crate) links: JobLinks,
+}
+
+/// A submission taken: a new job, or a repeat of one with the same idempotency key.
+#[derive(Debug)]
+pub(crate) struct Receipt {
+    /// Whether the job is new (else the repeat's original).
+    pub(crate) fresh: bool,
+    /// What the client is told.
+    pub(crate) job: Accepted,
+}
+
+impl Receipt {
+    /// `202` for a new job, `200` for a repeat.
+    pub(crate) fn status(&self) -> StatusCode {
+        if self.fresh {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        }
+    }
+}
+
+fn unprocessable(msg: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable(msg.into())
+}
+
+/// A submission that passed [`validate`]: its kind, its `job.submitted` data, and its webhook's
+/// host name, still to be resolved (after the rate limit and quota, see
+/// [`crate::webhook_targets`]).
+pub(crate) type Validated = (JobKind, Submitted, Option<String>);
+
+/// Validates a submission, with no lookup, into the kind and the `job.submitted` data.
+pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated> {
+    let kind = JobKind::parse(&req.kind).map_err(|e| unprocessable(e.to_string()))?;
+    let payload = req.payload.clone().unwrap_or(Value::Null);
+    state
+        .kinds
+        .validate(&kind, &payload)
+        .map_err(unprocessable)?;
+    let max_attempts = req
+        .max_attempts
+        .unwrap_or(state.settings.default_max_attempts);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(unprocessable("max_attempts must be between 1 and 100"));
+    }
+    let timeout_ms = req.timeout_ms.unwrap_or(state.settings.default_timeout_ms);
+    if !(1..=86_400_000).contains(&timeout_ms) {
+        return Err(unprocessable("timeout_ms must be between 1 and 86400000"));
+    }
+    let host = match &req.webhook {
+        Some(w) => state.webhooks.parse(&w.url)?,
+        None => None,
+    };
+    Ok((
+        kind,
+        Submitted {
+            payload,
+            max_attempts,
+            timeout_ms,
+            run_at: req.run_at,
+            webhook: req.webhook.as_ref().map(|w| Webhook { url: w.url.clone() }),
+        },
+        host,
+    ))
+}
+
+/// The idempotency key of a submission: `given` apart (the `Idempotency-Key` header's bytes),
+/// else the body's; 1 to 255 visible ASCII characters.
+pub(crate) fn idempotency_key(given: Option<&[u8]>, req: &SubmitJob) -> ApiResult<Option<String>> {
+    let bad =
+        || ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into());
+    let key = match given {
+        Some(bytes) => std::str::from_utf8(bytes).map_err(|_| bad())?,
+        None => match &req.idempotency_key {
+            Some(k) => k.as_str(),
+            None => return Ok(None),
+        },
+    };
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// What the idempotency bucket remembers of a key.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claimed {
+    job: JobId,
+    request: String,
+    created_at: DateTime<Utc>,
+}
+
+/// Claims an `Idempotency-Key` for a new job, or returns the job that already holds it.
+/// Returns `(job, created_at, fresh)`.
+async fn claim_key(
+    state: &AppState,
+    tenant: &Tenant,
+    key: &str,
+    req: &SubmitJob,
+) -> ApiResult<(JobId, DateTime<Utc>, bool)> {
+    let request = hex::encode(Sha256::digest(
+        serde_json::to_vec(req).expect("a request serialises"),
+    ));
+    let slot = format!("{tenant}.{}", hex::encode(Sha256::digest(key.as_bytes())));
+    let claim = Claimed {
+        job: JobId::new(),
+        request,
+        created_at: Utc::now(),
+    };
+    let kv = state.bus.idempotency().await.map_err(ApiError::bus)?;
+    let value = serde_json::to_vec(&claim).expect("a claim serialises");
+    match kv.create(&slot, value.into()).await {
+        Ok(_) => return Ok((claim.job, claim.created_at, true)),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(ApiError::bus(bus::Error::JetStream(e.to_string()))),
+    }
+    let held = kv
+        .get(&slot)
+        .await
+        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?
+        .and_then(|b| serde_json::from_slice::<Claimed>(&b).ok())
+        .ok_or_else(|| ApiError::Unavailable("idempotency key is being claimed; retry".into()))?;
+    if held.request != claim.request {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was already used with a different request".into(),
+        ));
+    }
+    Ok((held.job, held.created_at, false))
+}
+
+/// The envelopes of the API's steps of `job`.
+fn envelope(
+    job: JobId,
+    tenant: &Tenant,
+    kind: &JobKind,
+    trace: Option<TraceParent>,
+) -> JobEnvelope {
+    JobEnvelope {
+        source: SOURCE,
+        job,
+        tenant: tenant.clone(),
+        kind: kind.clone(),
+        trace,
+    }
+}
+
+/// Accepts one validated submission: claims its idempotency key (a repeat returns the original
+/// job) and publishes it. The caller has reserved its place in the tenant's quota, and gives it
+/// back unless the job is new.
+pub(crate) async fn accept(
+    state: &AppState,
+    tenant: &Tenant,
+    trace: &TraceParent,
+    key: Option<String>,
+    req: &SubmitJob,
+    kind: JobKind,
+    job: Submitted,
+) -> ApiResult<Receipt> {
+    let (id, created_at, fresh) = match key {
+        None => (JobId::new(), Utc::now(), true),
+        Some(key) => claim_key(state, tenant, &key, req).await?,
+    };
+    tracing::Span::current().record("job_id", tracing::field::display(id));
+    let known = if fresh {
+        None
+    } else {
+        reads::submitted_event(state, tenant, id).await?
+    };
+    let seq = match known {
+        // A repeat of a job that has not started: its run command may be what the first
+        // attempt lost, so publish it again (a copy is dropped as a duplicate).
+        Some((seq, ev))
+            if reads::last_event(state, tenant, id, "started")
+                .await?
+                .is_none() =>
+        {
+            if let JobEvent::Submitted(job) = &ev.payload {
+                let trace = ev.traceparent.clone().unwrap_or_else(|| trace.clone());
+                state
+                    .bus
+                    .publish_transition(
+                        &envelope(id, tenant, &kind, Some(trace)),
+                        lifecycle::first_run(id, job, Utc::now()),
+                    )
+                    .await
+                    .map_err(ApiError::bus)?;
+            }
+            seq
+        }
+        Some((seq, _)) => seq,
+        // New, or a repeat whose first attempt never got its events stored: publish (again).
+        // The event first, then the command: a job never runs before its submission is in the
+        // log (else a fast worker's events could precede it and the read model would miss
+        // them). A command lost in between (a crash, an outage) is published again by a repeat
+        // of the request and by the workers' submissions audit.
+        None => {
+            let acks = state
+                .bus
+                .publish_transition(
+                    &envelope(id, tenant, &kind, Some(trace.clone())),
+                    lifecycle::submit(id, job, created_at),
+                )
+                .await
+                .map_err(ApiError::bus)?;
+            acks[0].sequence
+        }
+    };
+    let status = if fresh {
+        metrics::counter!("conveyor_jobs_submitted_total", "kind" => kind.to_string()).increment(1);
+        JobStatus::Queued
+    } else {
+        // Not projected yet is queued; so is a read model out of reach: a submission never
+        // depends on Postgres.
+        reads::query_job(state, tenant, id.0)
+            .await
+            .ok()
+            .flatten()
+            .map_or(JobStatus::Queued, |j| j.status)
+    };
+    Ok(Receipt {
+        fresh,
+        job: Accepted {
+            id: id.0,
+            kind: kind.to_string(),
+            status,
+            created_at,
+            seq,
+            links: JobLinks::of(id.0),
+        },
+    })
+}
+
+/// Requests the cancellation of `id`: `409` if it already ended.
+pub(crate) async fn cancel(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+    trace: TraceParent,
+) -> ApiResult<()> {
+    let job = reads::find_job(state, tenant, id).await?;
+    if job.status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "job {id} already ended ({})",
+            job.status.as_str()
+        )));
+    }
+    let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .bus
+        .publish_transition(
+            &envelope(id, tenant, &kind, Some(trace)),
+            lifecycle::cancel(id, Utc::now()),
+        )
+        .await
+        .map_err(ApiError::bus)?;
+    Ok(())
+}
+
+/// Re-drives the dead-lettered job `id`: `409` unless it is dead-lettered (failed).
+pub(crate) async fn redrive(state: &AppState, tenant: &Tenant, id: JobId) -> ApiResult<Redriven> {
+    let job = reads::find_job(state, tenant, id).await?;
+    if job.status != JobStatus::Failed {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is {}, only dead-lettered (failed) jobs can be re-driven",
+            job.status.as_str()
+        )));
+    }
+    let Some((_, submitted)) = reads::submitted_event(state, tenant, id).await? else {
+        return Err(reads::not_found(id));
+    };
+    let JobEvent::Submitted(original) = &submitted.payload else {
+        return Err(ApiError::Internal("job.submitted has another type".into()));
+    };
+    let earlier = reads::count_events(state, tenant, id, "redriven").await?;
+    let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (redriven, transition) = lifecycle::redrive(
+        id,
+        original,
+        u32::try_from(job.attempt.max(0)).unwrap_or(0),
+        u32::try_from(earlier).unwrap_or(u32::MAX),
+        Utc::now(),
+    );
+    // The re-driven attempts go on in the job's own trace, under its submission.
+    let to = envelope(id, tenant, &kind, submitted.traceparent.clone());
+    state
+        .bus
+        .publish_transition(&to, transition)
+        .await
+        .map_err(ApiError::bus)?;
+    Ok(redriven)
+}
