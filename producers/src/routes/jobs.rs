@@ -3,8 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use events::command::{CancelJob, RunJob};
 use events::job::{CancelRequested, Submitted, Webhook};
@@ -13,6 +12,8 @@ use events::{Command, Envelope, JobEvent, JobId, JobKind, JobStatus, Tenant, Tra
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Auth, JOBS_READ, JOBS_WRITE};
@@ -22,13 +23,13 @@ use crate::middleware::RequestTrace;
 use crate::reads::{self, JobLinks, JobView};
 use crate::{AppState, SOURCE};
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(submit).get(list))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/events", get(events))
-        .route("/v1/jobs/{id}/result", get(result))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel))
+        .routes(routes!(events))
+        .routes(routes!(result))
 }
 
 /// Where to POST the terminal event.
