@@ -1,10 +1,12 @@
-// Folds a job's CloudEvents into the job as `GET /v1/jobs/{id}` shows it, the way the
-// projector does, so live views update rows in place instead of refetching them.
+// Folds a job's CloudEvents into the job as `GET /v1/jobs/{id}` shows it, by the projector's
+// rules (consumers/src/projector/read_models.rs), so live views update rows in place instead of
+// refetching them. Events are ordered by their EVENTS stream sequence (the SSE `id`), as the
+// projector orders them; clocks of different processes never decide.
 
 import { TERMINAL, eventName } from './dom.js';
 
-/** A job known only from its `job.submitted` event. */
-export function fromSubmitted(ce) {
+/** A job known only from its `job.submitted` event, at stream sequence `seq`. */
+export function fromSubmitted(ce, seq) {
   const d = ce.data ?? {};
   return {
     id: ce.subject,
@@ -21,36 +23,40 @@ export function fromSubmitted(ce) {
     started_at: null,
     finished_at: null,
     updated_at: ce.time,
+    last_seq: seq,
   };
 }
 
 export const traceId = (traceparent) => (traceparent ? traceparent.split('-')[1] : null);
 
-/** Applies one CloudEvent to `job` (changed in place); returns whether anything changed. */
-export function apply(job, ce) {
+/**
+ * Applies the CloudEvent at stream sequence `seq` to `job` (changed in place); returns whether
+ * it was folded in (false: it already was, or the job is settled). `job.last_seq` is the
+ * sequence of the last event folded in. A job read from the API does not say its sequence: the
+ * events that reach it, in stream order, are folded in by the same rules.
+ */
+export function apply(job, ce, seq) {
   const name = eventName(ce.type).replace(/^job\./, '');
   const d = ce.data ?? {};
   // Terminal states are sticky, except that a re-drive brings a failed job back.
   if (TERMINAL.has(job.status) && !(name === 'redriven' && job.status === 'failed')) return false;
-  // A snapshot read after this event already includes it.
-  if (job.updated_at && Date.parse(ce.time) < Date.parse(job.updated_at)) return false;
+  if (job.last_seq != null && seq <= job.last_seq) return false;
+  // A stale attempt's event still counts as folded in (it moves `last_seq`), as in the projector.
   switch (name) {
     case 'started':
-      if (d.attempt < job.attempt) return false;
-      Object.assign(job, { attempt: d.attempt, status: 'running', progress: null });
-      job.started_at ??= ce.time;
+      if (d.attempt >= job.attempt) {
+        Object.assign(job, { attempt: d.attempt, status: 'running', progress: null });
+        job.started_at ??= ce.time;
+      }
       break;
     case 'progressed':
-      if (d.attempt < job.attempt) return false;
-      job.progress = { current: d.current, total: d.total ?? null, message: d.message ?? null };
+      if (d.attempt >= job.attempt) job.progress = { current: d.current, total: d.total ?? null, message: d.message ?? null };
       break;
     case 'failed':
-      if (d.attempt < job.attempt) return false;
-      job.error = { ...d.error, attempt: d.attempt };
+      if (d.attempt >= job.attempt) job.error = { ...d.error, attempt: d.attempt };
       break;
     case 'retry_scheduled':
-      if (d.next_attempt <= job.attempt) return false;
-      Object.assign(job, { status: 'retry_scheduled', run_at: d.run_at });
+      if (d.next_attempt > job.attempt) Object.assign(job, { status: 'retry_scheduled', run_at: d.run_at });
       break;
     case 'succeeded':
       Object.assign(job, { status: 'succeeded', attempt: d.attempt, result: d.result ?? null, error: null, finished_at: ce.time });
@@ -64,10 +70,14 @@ export function apply(job, ce) {
     case 'redriven':
       Object.assign(job, { status: 'queued', max_attempts: d.max_attempts, error: null, progress: null, finished_at: null, run_at: null });
       break;
+    case 'submitted':
+    case 'cancel_requested':
+      break; // no change to the job's state
     default:
-      return false; // submitted, cancel_requested: no change to the job's state
+      return false; // a type this dashboard does not know
   }
   job.updated_at = ce.time;
+  job.last_seq = seq;
   return true;
 }
 

@@ -52,7 +52,7 @@ export function render(main, { id }) {
       // The job's whole history from the log, then live (never ends at a terminal event, so a
       // re-drive shows up too).
       stream = follow(`/v1/events?job=${id}&after=0`, {
-        onEvent: ({ data }) => onEvent(data),
+        onEvent: ({ id, data }) => onEvent(data, Number(id)),
         onState: (s, detail) => {
           conn.textContent = s === 'live' ? '● live' : s === 'error' ? `not live: ${detail}` : `${s}…`;
           conn.className = `conn ${s}`;
@@ -61,15 +61,17 @@ export function render(main, { id }) {
     } else {
       // Without events:read: the timeline as it stands, not live.
       conn.textContent = 'not live (the token lacks events:read)';
-      api(`/v1/jobs/${id}/events`).then((list) => list.forEach(onEvent), (e) => toast(`Could not load the timeline: ${e.message}`, 'error'));
+      // In stream order, without their sequences.
+      api(`/v1/jobs/${id}/events`).then((list) => list.forEach((ce) => onEvent(ce)), (e) => toast(`Could not load the timeline: ${e.message}`, 'error'));
     }
   }
 
-  function onEvent(ce) {
+  /** `ce` is the event at stream sequence `seq` (when known). */
+  function onEvent(ce, seq) {
     if (!ce?.id || seen.has(ce.id)) return;
     seen.add(ce.id);
     addEntry(ce);
-    if (apply(job, ce)) draw();
+    if (apply(job, ce, seq)) draw();
   }
 
   function addEntry(ce) {

@@ -20,7 +20,7 @@ export function render(main) {
   let kinds = [];
   let hidden = 0; // newer jobs not drawn
   let stream = null;
-  let buffered = null; // events that arrive while a page loads
+  let buffered = null; // [event, stream sequence] pairs that arrive while a page loads
   let loadToken = 0;
   const fetching = new Set(); // jobs being read because an event made them match the filter
 
@@ -82,7 +82,7 @@ export function render(main) {
     stream?.close();
     const q = kindFilter.value ? `?kind=${encodeURIComponent(kindFilter.value)}` : '';
     stream = follow(`/v1/events${q}`, {
-      onEvent: ({ data }) => (buffered ? buffered.length < 1000 && buffered.push(data) : onEvent(data)),
+      onEvent: ({ id, data }) => (buffered ? buffered.length < 1000 && buffered.push([data, Number(id)]) : onEvent(data, Number(id))),
       onState: (s, detail) => {
         state.textContent = s === 'live' ? '● live' : s === 'error' ? `not live: ${detail}` : `${s}…`;
         state.className = `conn ${s}`;
@@ -90,23 +90,24 @@ export function render(main) {
     });
   }
 
-  function onEvent(ce) {
+  /** `ce` is the event at stream sequence `seq`. */
+  function onEvent(ce, seq) {
     if (!ce || !ce.subject) return;
     const row = rows.get(ce.subject);
     if (row) {
       if (ce.type.endsWith('.submitted')) row.job.max_attempts ??= ce.data?.max_attempts;
-      if (apply(row.job, ce) || ce.type.endsWith('.submitted')) update(row);
+      if (apply(row.job, ce, seq) || ce.type.endsWith('.submitted')) update(row);
       return;
     }
     if (cursors.length !== 1) return;
     if (ce.type.endsWith('.submitted')) {
-      place(fromSubmitted(ce));
+      place(fromSubmitted(ce, seq));
     } else if (statusFilter.value && LEADS_TO[eventName(ce.type)] === statusFilter.value && !fetching.has(ce.subject)) {
       // A job that has just come to match the status filter: read it, bring it up to this event.
       fetching.add(ce.subject);
       api(`/v1/jobs/${ce.subject}`)
         .then((job) => {
-          apply(job, ce);
+          apply(job, ce, seq);
           place(job);
         }, () => {})
         .finally(() => fetching.delete(ce.subject));
@@ -167,7 +168,7 @@ export function render(main) {
       if (mine === loadToken) {
         const pending = buffered;
         buffered = null;
-        pending.forEach(onEvent);
+        pending.forEach(([ce, seq]) => onEvent(ce, seq));
         olderBtn.disabled = !next;
         newerBtn.disabled = cursors.length === 1;
         pageInfo.textContent = cursors.length === 1 ? 'newest' : `page ${cursors.length}`;

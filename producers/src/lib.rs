@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::JwtSettings;
 pub use limits::Limits;
-pub use openapi::openapi_json;
 pub use routes::batch::MAX_BATCH;
 pub use server::ConnectionLimits;
 

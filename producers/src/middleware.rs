@@ -1,4 +1,5 @@
-//! What every request goes through: load shedding, header limits, metrics and a span.
+//! What every request goes through: load shedding, header limits, metrics and a span; and what
+//! each route's body limit answers.
 
 use std::time::Instant;
 
@@ -39,24 +40,7 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let body_limit = if route == "/v1/jobs/batch" {
-        crate::routes::batch_body_limit(state.settings.max_body_bytes)
-    } else {
-        state.settings.max_body_bytes
-    };
-    let response = if declared.is_some_and(|n| n > body_limit) {
-        // Read (and drop) what the client is sending before answering: closing the connection
-        // on an unread body resets it, and the client would see a broken pipe instead of 413.
-        drain(req.into_body(), 8 * body_limit).await;
-        ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the {body_limit} bytes allowed"
-        ))
-        .into_response()
-    } else if header_bytes > MAX_HEADER_BYTES {
+    let response = if header_bytes > MAX_HEADER_BYTES {
         ApiError::HeadersTooLarge(format!(
             "request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
         ))
@@ -98,6 +82,33 @@ pub(crate) async fn track(State(state): State<AppState>, mut req: Request, next:
         "method" => method, "route" => route)
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The most bytes a route accepts in a request body: the state of [`refuse_oversized`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimit(pub(crate) usize);
+
+/// Refuses a request whose declared length is over the route's [`BodyLimit`] (413) before its
+/// handler runs; a body that grows past the limit unannounced fails the handler's extractor.
+pub(crate) async fn refuse_oversized(
+    State(BodyLimit(limit)): State<BodyLimit>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Read (and drop) what the client is sending before answering: closing the connection
+        // on an unread body resets it, and the client would see a broken pipe instead of 413.
+        drain(req.into_body(), 8 * limit).await;
+        return ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the {limit} bytes allowed"
+        ))
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Reads and discards up to `max` bytes of a body, for at most two seconds.

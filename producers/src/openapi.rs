@@ -1,28 +1,20 @@
-//! The OpenAPI document, generated from the handlers' annotations and the types they use.
+//! The OpenAPI document. Its operations and the schemas they use come from the handlers'
+//! `#[utoipa::path]` annotations, collected as `routes::router` registers each route, so the
+//! document lists what is served; this module adds what no route has: the title, and the bearer
+//! scheme every operation requires.
 
+use axum::body::Bytes;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::jobs;
-
+/// The document before any route is registered.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "conveyor", description = "Submit long-running jobs, follow them, read their results."),
-    paths(
-        jobs::submit, crate::routes::batch::submit_batch, jobs::get_job, crate::routes::events::events, crate::routes::events::websocket, jobs::list, jobs::cancel, jobs::events, jobs::result,
-        crate::routes::admin::list, crate::routes::admin::redrive, crate::routes::admin::projections, crate::routes::admin::rebuild, crate::routes::admin::consumers,
-        crate::routes::kinds::list,
-        crate::routes::webhooks::secret, crate::routes::webhooks::list_failed, crate::routes::webhooks::redrive,
-        crate::routes::health::healthz, crate::routes::health::readyz,
-    ),
-    components(schemas(
-        crate::submission::SubmitJob, crate::routes::batch::SubmitBatch, crate::routes::batch::BatchItem, crate::routes::batch::BatchResult, crate::submission::WebhookRequest, crate::submission::Accepted, jobs::JobPage, jobs::CancelAccepted,
-        crate::reads::JobView, crate::reads::JobLinks, crate::routes::kinds::KindList, crate::kinds::KindInfo, crate::routes::webhooks::Secret, crate::error::Problem,
-    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -41,9 +33,20 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document as JSON.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
+/// The document as `GET /openapi.json` serves it: JSON, rendered once.
+#[derive(Debug, Clone)]
+pub(crate) struct Document(Bytes);
+
+impl Document {
+    pub(crate) fn new(doc: &utoipa::openapi::OpenApi) -> Self {
+        Self(
+            doc.to_pretty_json()
+                .expect("the OpenAPI document serialises")
+                .into(),
+        )
+    }
+
+    pub(crate) fn json(&self) -> Bytes {
+        self.0.clone()
+    }
 }

@@ -86,17 +86,24 @@ test('schema: the checks the submit form shows inline', () => {
   assert.deepEqual(describe(sleep), ['ms (integer, required): Total time.', 'steps (integer, default 1)']);
 });
 
-test('job fold: events change a job as the projector does', () => {
+test('job fold: events change a job as the projector does, in stream order', () => {
   const ce = (type, data, time) => ({ type: `dev.conveyor.job.${type}`, subject: 'j1', jobkind: 'sleep', time, data });
-  const job = fromSubmitted(ce('submitted', { max_attempts: 2, payload: { ms: 1 } }, '2026-01-01T00:00:00Z'));
+  const job = fromSubmitted(ce('submitted', { max_attempts: 2, payload: { ms: 1 } }, '2026-01-01T00:00:00Z'), 1);
   assert.equal(job.status, 'queued');
-  apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z'));
-  apply(job, ce('progressed', { attempt: 1, current: 1, total: 2 }, '2026-01-01T00:00:02Z'));
+  apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z'), 2);
+  apply(job, ce('progressed', { attempt: 1, current: 1, total: 2 }, '2026-01-01T00:00:02Z'), 3);
   assert.deepEqual([job.status, job.progress.current], ['running', 1]);
-  assert.equal(apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z')), false, 'an event older than the snapshot');
-  apply(job, ce('dead_lettered', { attempt: 1, reason: 'attempts', error: { message: 'x' } }, '2026-01-01T00:00:03Z'));
+  assert.equal(apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:01Z'), 2), false, 'an event already folded in');
+  // A clock behind the others does not matter: the sequence orders.
+  assert.equal(apply(job, ce('progressed', { attempt: 1, current: 2, total: 2 }, '2025-12-31T23:59:59Z'), 4), true);
+  assert.equal(job.progress.current, 2);
+  apply(job, ce('dead_lettered', { attempt: 1, reason: 'attempts', error: { message: 'x' } }, '2026-01-01T00:00:03Z'), 5);
   assert.equal(job.status, 'failed');
-  assert.equal(apply(job, ce('started', { attempt: 2 }, '2026-01-01T00:00:04Z')), false, 'terminal states are sticky');
-  apply(job, ce('redriven', { next_attempt: 2, max_attempts: 3 }, '2026-01-01T00:00:05Z'));
+  assert.equal(apply(job, ce('started', { attempt: 2 }, '2026-01-01T00:00:04Z'), 6), false, 'terminal states are sticky');
+  apply(job, ce('redriven', { next_attempt: 2, max_attempts: 3 }, '2026-01-01T00:00:05Z'), 7);
   assert.deepEqual([job.status, job.max_attempts, job.error], ['queued', 3, null]);
+  // An event of an earlier attempt is folded in (the sequence moves) but changes nothing.
+  apply(job, ce('started', { attempt: 2 }, '2026-01-01T00:00:06Z'), 8);
+  assert.equal(apply(job, ce('failed', { attempt: 1, error: { message: 'old' } }, '2026-01-01T00:00:07Z'), 9), true);
+  assert.deepEqual([job.status, job.attempt, job.error, job.last_seq], ['running', 2, null, 9]);
 });

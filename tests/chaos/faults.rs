@@ -10,10 +10,10 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::harness::{Env, Proc};
 use crate::load::Recent;
-use crate::services::{OwnNats, OwnPostgres, PgProxy};
 use crate::Tally;
+use testkit::services::{OwnNats, OwnPostgres, PgProxy};
+use testkit::{Env, Proc};
 
 /// The role processes: two APIs (on fixed ports, so clients keep their addresses across
 /// restarts), two workers, a projector and a notifier.

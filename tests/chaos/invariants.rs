@@ -174,7 +174,7 @@ pub(crate) async fn check(
 }
 
 /// `(seq, job, event name)` of every event of the log conveyor can read (poison left out).
-async fn read_log(env: &crate::harness::Env) -> Vec<(i64, String, String)> {
+async fn read_log(env: &testkit::Env) -> Vec<(i64, String, String)> {
     let js = env.js().await;
     let name = format!("{}_EVENTS", env.ns.to_uppercase());
     let mut stream = js.get_stream(&name).await.expect("EVENTS");
@@ -218,7 +218,7 @@ async fn webhooks(
         .filter(|a| a.webhook)
         .filter_map(|a| statuses.get(&a.id).map(|s| (a.id.as_str(), s.as_str())))
         .collect();
-    let api = crate::harness::Api::new(
+    let api = testkit::Api::new(
         &roles.api_urls[0],
         &roles.env.token("acme", "jobs:write jobs:read"),
     );

@@ -22,13 +22,6 @@
 //! that did not end; a rebuild from the log equals the live read models. On a violation it exits
 //! non-zero and prints the seed that reproduces the schedule.
 
-#[allow(dead_code)]
-#[path = "../it/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../it/services.rs"]
-mod services;
-
 mod faults;
 mod invariants;
 mod load;
@@ -36,8 +29,11 @@ mod load;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use harness::Env;
-use services::{OwnNats, OwnPostgres, PgProxy};
+use testkit::services::{OwnNats, OwnPostgres, PgProxy};
+use testkit::Env;
+
+/// This build's `conveyor` binary and scratch folder, for the harness.
+pub(crate) const BUILD: testkit::Build = testkit::build!();
 
 /// Run settings, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -89,9 +85,9 @@ async fn main() {
         "chaos: {} s of load and faults, seed {} (reproduce: scripts/chaos --seconds {} --seed {})",
         settings.seconds, settings.seed, settings.seconds, settings.seed
     );
-    let mut nats = OwnNats::start().await;
+    let mut nats = OwnNats::start(BUILD).await;
     let pg = OwnPostgres::start().await;
-    let mut env = Env::on_services(&nats.url(), &pg.url()).await;
+    let mut env = Env::on_services(BUILD, &nats.url(), &pg.url()).await;
     let proxy = PgProxy::start(&env.db_url).await;
     env.through(&proxy);
     let (receiver, hooks) = load::Receiver::start().await;

@@ -8,22 +8,18 @@
 //! processes with `Last-Event-ID` saw every event once, in order, without a gap.
 //! `throughput_of_the_cluster_against_a_single_node` measures the same load on both setups.
 
-#[allow(dead_code)]
-#[path = "../it/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../it/services.rs"]
-mod services;
-
 mod load;
 mod nodes;
 mod ordered;
 
 use std::time::{Duration, Instant};
 
-use harness::{Api, Env, Proc};
 use load::{Load, Sse};
 use nodes::NatsCluster;
+use testkit::{Api, Env, Proc};
+
+/// This build's `conveyor` binary and scratch folder, for the harness.
+pub(crate) const BUILD: testkit::Build = testkit::build!();
 
 /// A conveyor deployment on the cluster: its processes, by role.
 struct Deployment {
@@ -46,7 +42,7 @@ impl Deployment {
     ) -> Self {
         // The harness's own connection needs one server; the roles get the whole list.
         let first = urls.split(',').next().expect("a URL");
-        let mut env = Env::on_nats(first).await;
+        let mut env = Env::on_nats(BUILD, first).await;
         env.set("CONVEYOR_NATS_URL", urls)
             .set("CONVEYOR_REPLICAS", &replicas.to_string())
             .set("CONVEYOR_KINDS", "noop,sleep");
@@ -346,7 +342,7 @@ async fn throughput_of_the_cluster_against_a_single_node() {
         .unwrap_or(10);
     let mut lines = Vec::new();
     {
-        let single = services::OwnNats::start().await;
+        let single = testkit::services::OwnNats::start(BUILD).await;
         let dep = Deployment::start(&single.url(), 1, 2, 2, 1).await;
         let (submit, done, n) = measure(&dep, secs).await;
         lines.push(format!(

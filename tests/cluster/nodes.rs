@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::process::{Child, Command};
 
-use crate::services::{free_port, nats_server_bin};
+use testkit::services::{free_port, nats_server_bin};
 
 /// One node.
 struct Node {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 
-use crate::harness::publish_numbered;
 use crate::nodes::NatsCluster;
+use testkit::publish_numbered;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ordered_reader_follows_events_across_the_loss_of_the_stream_leader() {

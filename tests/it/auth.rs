@@ -13,7 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 
-use crate::harness::{Api, Env};
+use crate::BUILD;
+use testkit::{Api, Env};
 
 const ISSUER: &str = "https://idp.example.test/realms/acme";
 const AUDIENCE: &str = "conveyor-api";
@@ -208,7 +209,7 @@ async fn status_and_retry_after(api: &Api, token: &str) -> (u16, Option<u64>) {
     (res.status().as_u16(), retry_after)
 }
 
-async fn api_with_idp(alg: &str, jwks_url: &str) -> (Env, crate::harness::Proc, Api) {
+async fn api_with_idp(alg: &str, jwks_url: &str) -> (Env, testkit::Proc, Api) {
     api_with_idp_and(alg, jwks_url, &[("CONVEYOR_JWKS_REFRESH_MIN_MS", "500")]).await
 }
 
@@ -217,8 +218,8 @@ async fn api_with_idp_and(
     alg: &str,
     jwks_url: &str,
     vars: &[(&str, &str)],
-) -> (Env, crate::harness::Proc, Api) {
-    let mut env = Env::new().await;
+) -> (Env, testkit::Proc, Api) {
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_JWT_ALGORITHM", alg)
         .set("CONVEYOR_JWKS_URL", jwks_url)
         .set("CONVEYOR_JWT_ISSUER", ISSUER)
@@ -544,7 +545,7 @@ async fn a_hanging_provider_costs_requests_one_fetch_timeout_at_most() {
 async fn a_plain_http_jwks_url_outside_loopback_is_refused_at_start() {
     // A documentation address (TEST-NET-1): nothing is ever sent to it.
     let refused = "http://192.0.2.1/certs";
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_JWT_ALGORITHM", "ES256")
         .set("CONVEYOR_JWKS_URL", refused)
         .set("CONVEYOR_JWT_ISSUER", ISSUER)

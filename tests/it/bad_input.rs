@@ -3,7 +3,8 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{jwt, Env};
+use crate::BUILD;
+use testkit::{jwt, Env};
 
 async fn expect_problem(res: reqwest::Response, status: u16, what: &str) {
     assert_eq!(res.status().as_u16(), status, "{what}");
@@ -26,7 +27,7 @@ async fn expect_problem(res: reqwest::Response, status: u16, what: &str) {
 
 #[tokio::test]
 async fn bad_requests_get_problem_details_and_publish_nothing() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_ALLOW_PRIVATE_WEBHOOKS", "false");
     // Only the API runs, so anything published would stay in the streams.
     let (_api, api) = env.spawn_http("api").await;

@@ -3,11 +3,12 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::Env;
+use crate::BUILD;
+use testkit::Env;
 
 #[tokio::test]
 async fn a_batch_answers_each_job_and_runs_the_accepted_ones() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let post = |body: Value| {
         let api = api.clone();
@@ -70,7 +71,7 @@ async fn a_batch_answers_each_job_and_runs_the_accepted_ones() {
 
 #[tokio::test]
 async fn the_cli_submits_a_json_lines_file_in_batches() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_RATE_BURST", "5000");
     let (_dev, api) = env.spawn_http("dev").await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&env.ns);

@@ -4,7 +4,8 @@
 use futures::TryStreamExt;
 use serde_json::json;
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 /// Whether the suite's Postgres server has the database `name`.
 async fn database_exists(name: &str) -> bool {
@@ -41,7 +42,7 @@ fn database_name(env: &Env) -> String {
 #[tokio::test]
 async fn a_passing_test_leaves_no_database_and_no_stream_behind() {
     let (db, ns, js) = {
-        let env = Env::new().await;
+        let env = Env::new(BUILD).await;
         let (_dev, api) = env.spawn_http("dev").await;
         let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
         api.wait_terminal(&id).await;
@@ -67,7 +68,7 @@ async fn a_failing_test_keeps_its_database() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A test that fails: its Env is dropped while the thread panics.
     let failed = tokio::spawn(async move {
-        let env = Env::new().await;
+        let env = Env::new(BUILD).await;
         tx.send(database_name(&env)).unwrap();
         panic!("a failing test");
     })

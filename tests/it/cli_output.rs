@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
+use crate::BUILD;
+use testkit::{id_of, Api, Env};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -34,7 +35,7 @@ async fn json_as_before(api: &Api, path: &str) -> String {
 
 #[tokio::test]
 async fn jobs_list_is_a_table_when_asked_and_the_same_json_otherwise() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -104,7 +105,7 @@ async fn jobs_list_is_a_table_when_asked_and_the_same_json_otherwise() {
 
 #[tokio::test]
 async fn a_large_report_reads_as_a_short_block_and_its_timeline_as_a_table() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     // Jobs of several kinds and outcomes, so the report has several rows.
     let mut ids = vec![

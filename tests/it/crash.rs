@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 #[tokio::test]
 async fn worker_killed_mid_job_completes_exactly_once_after_restart() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
     let mut worker = env.spawn("worker").await;
@@ -53,7 +54,7 @@ async fn worker_killed_mid_job_completes_exactly_once_after_restart() {
 
 #[tokio::test]
 async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_PROJECTOR_BATCH", "20");
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
@@ -121,7 +122,7 @@ async fn projector_killed_mid_batch_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn sigterm_lets_the_running_job_finish_and_exits_cleanly() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_SHUTDOWN_GRACE_MS", "10000");
     let (_api, api) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
@@ -157,7 +158,7 @@ async fn sigterm_lets_the_running_job_finish_and_exits_cleanly() {
 #[tokio::test]
 async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
     // What an API crash between storing `job.submitted` and its run command leaves behind.
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
     let _worker = env.spawn("worker").await;
@@ -187,7 +188,7 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
 #[tokio::test]
 async fn a_redrive_whose_run_command_was_lost_is_run_by_the_audit() {
     // What an API crash between storing `job.redriven` and the next attempt's command leaves.
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
     let _worker = env.spawn("worker").await;

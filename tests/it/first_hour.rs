@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::harness::{jwt, Env};
+use crate::BUILD;
+use testkit::{jwt, Env};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -15,7 +16,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn help_never_prints_a_secret() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let secrets = [
         ("CONVEYOR_TOKEN", "token-value-that-must-stay-hidden"),
         (
@@ -51,7 +52,7 @@ async fn help_never_prints_a_secret() {
 
 #[tokio::test]
 async fn the_dev_banner_exports_everything_the_cli_needs() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_JWT_SECRET", "")
         .set("CONVEYOR_WEBHOOK_SECRET", "");
     let (_dev, mut lines) = env.spawn_lines("dev", &[], &[]);
@@ -151,7 +152,7 @@ fn shell_words(line: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_nats_server_too_old_is_named_with_the_variable_to_set() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     // A server on loopback that introduces itself as nats-server 2.9.10, as Debian's does.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -192,7 +193,7 @@ async fn a_nats_server_too_old_is_named_with_the_variable_to_set() {
 
 #[tokio::test]
 async fn client_commands_log_warnings_only() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let vars = [
         ("CONVEYOR_URL", api.base.as_str()),
@@ -217,7 +218,7 @@ async fn client_commands_log_warnings_only() {
 
 #[tokio::test]
 async fn a_bad_payload_of_a_built_in_kind_lists_its_schema_violations() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let (status, problem) = api
         .post(
@@ -252,7 +253,7 @@ async fn a_bad_payload_of_a_built_in_kind_lists_its_schema_violations() {
 
 #[tokio::test]
 async fn token_errors_say_what_is_wrong() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -301,7 +302,7 @@ async fn token_errors_say_what_is_wrong() {
 
 #[tokio::test]
 async fn a_file_over_the_rate_limit_is_submitted_whole_and_resumes_when_run_again() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     // The default rate: 500 a second, bursts of 1,000. Only the API runs: the jobs wait.
     let (_api, api) = env.spawn_http("api").await;
     let path = std::env::temp_dir().join(format!("{}-jobs.jsonl", env.ns));

@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
-use crate::harness::Env;
+use crate::BUILD;
+use testkit::Env;
 
 /// JSON values shaped like submissions: the known fields, some unknown ones, any values.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -111,7 +112,7 @@ fn header_value() -> impl Strategy<Value = String> {
 fn arbitrary_requests_never_crash_the_api_or_answer_500() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (env, app) = rt.block_on(async {
-        let env = Env::new().await;
+        let env = Env::new(BUILD).await;
         let mut settings = bus::BusSettings::new(
             &env.nats_url,
             events::Namespace::parse(&env.ns).unwrap(),
@@ -123,7 +124,7 @@ fn arbitrary_requests_never_crash_the_api_or_answer_500() {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&env.db_url)
             .unwrap();
-        let mut api = producers::ApiSettings::new(crate::harness::jwt());
+        let mut api = producers::ApiSettings::new(testkit::jwt());
         api.read_your_writes_wait = Duration::from_millis(20);
         api.limits = producers::Limits {
             submit_rate: 0,

@@ -2,11 +2,12 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 #[tokio::test]
 async fn noop_job_goes_from_queued_to_succeeded() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let accepted = api.submit(json!({ "kind": "noop" })).await;
     assert_eq!(accepted["status"], "queued");
@@ -24,7 +25,7 @@ async fn noop_job_goes_from_queued_to_succeeded() {
 
 #[tokio::test]
 async fn flaky_job_succeeds_on_its_third_attempt() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "flaky", "payload": { "fail_times": 2 }, "max_attempts": 5 }))
@@ -52,7 +53,7 @@ async fn flaky_job_succeeds_on_its_third_attempt() {
 
 #[tokio::test]
 async fn failing_job_is_dead_lettered_after_max_attempts() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "fail", "max_attempts": 3 }))
@@ -70,7 +71,7 @@ async fn failing_job_is_dead_lettered_after_max_attempts() {
 
 #[tokio::test]
 async fn running_sleep_job_is_cancelled() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "sleep", "payload": { "ms": 30000, "steps": 300 } }))
@@ -102,7 +103,7 @@ async fn running_sleep_job_is_cancelled() {
 
 #[tokio::test]
 async fn queued_job_cancelled_before_it_runs_never_starts() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let run_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let id = id_of(
@@ -122,7 +123,7 @@ async fn queued_job_cancelled_before_it_runs_never_starts() {
 
 #[tokio::test]
 async fn delayed_job_waits_for_run_at() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let run_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let id = id_of(
@@ -140,7 +141,7 @@ async fn delayed_job_waits_for_run_at() {
 
 #[tokio::test]
 async fn same_idempotency_key_gives_one_job() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let body = json!({ "kind": "noop", "payload": { "n": 1 } });
     let post = |key: &'static str, body: Value| {
@@ -191,7 +192,7 @@ async fn same_idempotency_key_gives_one_job() {
 
 #[tokio::test]
 async fn a_tenant_never_sees_another_tenants_jobs() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, acme) = env.spawn_http("dev").await;
     let globex = acme.with_token(&env.token("globex", "jobs:write jobs:read"));
     let id = id_of(&acme.submit(json!({ "kind": "noop" })).await);
@@ -221,7 +222,7 @@ async fn a_tenant_never_sees_another_tenants_jobs() {
 
 #[tokio::test]
 async fn get_right_after_accept_never_answers_404() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_READ_YOUR_WRITES_MS", "300");
     // No projector at all: reads must be answered from the event log.
     let (_api, api) = env.spawn_http("api").await;
@@ -240,7 +241,7 @@ async fn get_right_after_accept_never_answers_404() {
 
 #[tokio::test]
 async fn list_pages_newest_first_with_a_cursor() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -276,7 +277,7 @@ async fn list_pages_newest_first_with_a_cursor() {
 
 #[tokio::test]
 async fn large_results_are_kept_in_the_object_store() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let big = "x".repeat(100_000);
     let id = id_of(
@@ -307,7 +308,7 @@ async fn large_results_are_kept_in_the_object_store() {
 
 #[tokio::test]
 async fn job_stats_report_aggregates_the_tenants_jobs() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     for body in [
         json!({ "kind": "noop" }),
@@ -355,7 +356,7 @@ async fn job_stats_report_aggregates_the_tenants_jobs() {
 
 #[tokio::test]
 async fn health_readiness_and_openapi() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     assert_eq!(api.get("/healthz").await.0, 200);
     let (status, ready) = api.get("/readyz").await;
@@ -375,11 +376,71 @@ async fn health_readiness_and_openapi() {
         );
     }
     assert!(doc["components"]["schemas"]["SubmitJob"].is_object());
+    // The document lists the API's operations, no more (the dashboard, `/metrics` and
+    // `/openapi.json` are not in it), and each of them is served.
+    // By path, then method.
+    let mut operations: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (path.clone(), method.to_uppercase()))
+        })
+        .collect();
+    operations.sort();
+    let listed: Vec<String> = operations.iter().map(|(p, m)| format!("{m} {p}")).collect();
+    assert_eq!(
+        listed,
+        [
+            "GET /healthz",
+            "GET /readyz",
+            "GET /v1/admin/consumers",
+            "GET /v1/admin/dead-letters",
+            "POST /v1/admin/dead-letters/{id}/redrive",
+            "GET /v1/admin/projections",
+            "POST /v1/admin/projections/{name}/rebuild",
+            "GET /v1/admin/webhooks/failed",
+            "POST /v1/admin/webhooks/failed/{job}/redrive",
+            "GET /v1/events",
+            "GET /v1/jobs",
+            "POST /v1/jobs",
+            "POST /v1/jobs/batch",
+            "GET /v1/jobs/{id}",
+            "POST /v1/jobs/{id}/cancel",
+            "GET /v1/jobs/{id}/events",
+            "GET /v1/jobs/{id}/result",
+            "GET /v1/kinds",
+            "GET /v1/webhooks/secret",
+            "GET /v1/ws",
+        ]
+    );
+    let unknown = uuid::Uuid::now_v7().to_string();
+    for (path, method) in &operations {
+        let concrete = path
+            .replace("{id}", &unknown)
+            .replace("{job}", &unknown)
+            .replace("{name}", "jobs");
+        let res = api
+            .request(method.parse().unwrap(), &concrete)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        assert_ne!(status, 405, "{method} {path} is not served");
+        if status == 404 {
+            // A handler's 404 names what it did not find; the router's says only "not found".
+            let body: Value = res.json().await.unwrap();
+            assert_ne!(body["detail"], "not found", "{method} {path} is not served");
+        }
+    }
 }
 
 #[tokio::test]
 async fn operators_see_each_projection_caught_up_with_the_stream() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     api.wait_terminal(&id).await;
@@ -411,7 +472,7 @@ async fn operators_see_each_projection_caught_up_with_the_stream() {
 
 #[tokio::test]
 async fn an_attempt_over_its_timeout_fails_and_is_retried() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "sleep", "payload": { "ms": 20000 }, "timeout_ms": 300, "max_attempts": 2 }))
@@ -432,7 +493,7 @@ async fn an_attempt_over_its_timeout_fails_and_is_retried() {
 #[tokio::test]
 async fn heartbeats_keep_a_job_longer_than_the_ack_wait_from_being_redelivered() {
     // The harness sets a 2 s ack wait; this job runs 5 s.
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "sleep", "payload": { "ms": 5000, "steps": 5 } }))
@@ -456,7 +517,7 @@ async fn heartbeats_keep_a_job_longer_than_the_ack_wait_from_being_redelivered()
 
 #[tokio::test]
 async fn a_dead_lettered_job_redriven_succeeds_with_a_fresh_attempt_budget() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let admin = api.with_token(&env.token("acme", "jobs:read admin"));
     let id = id_of(

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
+use crate::BUILD;
+use testkit::{id_of, Api, Env};
 
 async fn post_job(api: &Api, body: Value) -> reqwest::Response {
     api.request(reqwest::Method::POST, "/v1/jobs")
@@ -30,7 +31,7 @@ async fn expect_429(res: reqwest::Response) -> Value {
 
 #[tokio::test]
 async fn the_submission_rate_is_limited_per_tenant() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_RATE_LIMIT", "1")
         .set("CONVEYOR_RATE_BURST", "5");
     let (_api, acme) = env.spawn_http("api").await;
@@ -51,7 +52,7 @@ async fn the_submission_rate_is_limited_per_tenant() {
 
 #[tokio::test]
 async fn a_tenant_may_only_have_so_many_active_jobs() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_TENANT_MAX_ACTIVE", "3");
     let (_api, acme) = env.spawn_http("api").await;
     let _projector = env.spawn("projector").await;
@@ -90,7 +91,7 @@ async fn a_tenant_may_only_have_so_many_active_jobs() {
 
 #[tokio::test]
 async fn live_streams_are_capped_per_tenant() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_TENANT_MAX_STREAMS", "2");
     let (_api, api) = env.spawn_http("api").await;
     let open = || async {
@@ -129,7 +130,7 @@ async fn live_streams_are_capped_per_tenant() {
 
 #[tokio::test]
 async fn an_api_at_capacity_answers_503_at_once() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_MAX_INFLIGHT", "2")
         .set("CONVEYOR_READ_YOUR_WRITES_MS", "4000");
     let (_api, api) = env.spawn_http("api").await;
@@ -177,7 +178,7 @@ async fn latencies(api: &Api, n: usize, body: Value) -> Vec<Duration> {
 
 #[tokio::test]
 async fn a_flooding_tenant_does_not_starve_another() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_TENANT_MAX_ACTIVE", "40")
         .set("CONVEYOR_WORKER_CONCURRENCY", "8");
     let (_api, quiet) = env.spawn_http("api").await;
@@ -271,7 +272,7 @@ async fn closed_with(mut tcp: tokio::net::TcpStream) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn slow_clients_from_one_address_leave_the_api_serving_others() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_HEADER_TIMEOUT_MS", "1500")
         .set("CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS", "100");
     let (_api, api) = env.spawn_http("dev").await;

@@ -7,7 +7,8 @@ use conveyor::client::{Client, SseEvent};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
+use crate::BUILD;
+use testkit::{id_of, Api, Env};
 
 fn client(api: &Api) -> Client {
     Client::new(&api.base, &api.token)
@@ -53,7 +54,7 @@ fn seq(ev: &SseEvent) -> u64 {
 
 #[tokio::test]
 async fn following_a_job_streams_its_whole_life_then_closes() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(
         &api.submit(json!({ "kind": "sleep", "payload": { "ms": 1000, "steps": 5 } }))
@@ -103,7 +104,7 @@ async fn following_a_job_streams_its_whole_life_then_closes() {
 
 #[tokio::test]
 async fn event_stream_resumes_exactly_after_an_api_restart() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_submitter, submit) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;
@@ -161,7 +162,7 @@ async fn event_stream_resumes_exactly_after_an_api_restart() {
 
 #[tokio::test]
 async fn a_tenant_never_sees_another_tenants_events() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, acme) = env.spawn_http("dev").await;
     let globex = acme.with_token(&env.token("globex", "jobs:write jobs:read events:read"));
     let mut ids = Vec::new();
@@ -220,7 +221,7 @@ async fn a_tenant_never_sees_another_tenants_events() {
 
 #[tokio::test]
 async fn websocket_subscription_streams_the_same_events() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     api.wait_terminal(&id).await;
@@ -259,7 +260,7 @@ async fn websocket_subscription_streams_the_same_events() {
 
 #[tokio::test]
 async fn idle_sse_subscribers_cost_little_memory() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_TENANT_MAX_STREAMS", "1000")
         .set("CONVEYOR_MAX_CONNECTIONS_PER_ADDRESS", "2000");
     let (api_proc, api) = env.spawn_http("api").await;
@@ -303,10 +304,10 @@ async fn idle_sse_subscribers_cost_little_memory() {
 
 #[tokio::test]
 async fn a_live_stream_closes_when_its_token_expires() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let short = producers::auth::encode(
-        &crate::harness::jwt(),
+        &testkit::jwt(),
         &producers::auth::Claims {
             sub: "t".into(),
             tenant: "acme".into(),
@@ -340,7 +341,7 @@ async fn a_live_stream_closes_when_its_token_expires() {
 
 #[tokio::test]
 async fn an_api_nobody_follows_reads_nothing_from_the_log() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let consumers = || async {
         let js = env.js().await;
@@ -395,7 +396,7 @@ async fn an_api_nobody_follows_reads_nothing_from_the_log() {
 
 #[tokio::test]
 async fn a_resume_point_beyond_the_log_is_refused() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let id = id_of(&api.submit(json!({ "kind": "noop" })).await);
     api.wait_terminal(&id).await;

@@ -2,11 +2,12 @@
 
 use serde_json::json;
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 #[tokio::test]
 async fn export_then_import_elsewhere_rebuilds_identical_read_models() {
-    let source = Env::new().await;
+    let source = Env::new(BUILD).await;
     let (dev, api) = source.spawn_http("dev").await;
     let mut ids = Vec::new();
     for body in [
@@ -73,7 +74,7 @@ async fn export_then_import_elsewhere_rebuilds_identical_read_models() {
     std::fs::write(&file, &exported).unwrap();
     let path = file.to_str().unwrap();
 
-    let target = Env::new().await;
+    let target = Env::new(BUILD).await;
     let first = target.run(&["events", "import", path]).await;
     assert!(
         String::from_utf8_lossy(&first.stdout).contains(&format!("({lines} new, 0 already there)"))

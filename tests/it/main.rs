@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `conveyor` binary against real NATS JetStream and Postgres.
-//! Each test has its own namespace and database, so they run in parallel.
+//! Each test has its own namespace and database, so they run in parallel. The harness is the
+//! `testkit` crate.
 
 mod auth;
 mod bad_input;
@@ -9,7 +10,6 @@ mod cli_output;
 mod crash;
 mod first_hour;
 mod fuzz;
-mod harness;
 mod jobs;
 mod limits;
 mod live;
@@ -21,9 +21,11 @@ mod readme;
 mod rebuild_reads;
 mod replay;
 mod secrets;
-mod services;
 mod shutdown;
 mod slots;
 mod tracing;
 mod webhook_targets;
 mod webhooks;
+
+/// This build's `conveyor` binary and scratch folder, for the harness.
+pub(crate) const BUILD: testkit::Build = testkit::build!();

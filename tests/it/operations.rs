@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 /// The value of the first sample of `name` whose labels contain all of `labels`.
 fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -27,7 +28,7 @@ async fn scrape(base: &str) -> String {
 
 #[tokio::test]
 async fn every_role_serves_metrics() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let (_worker, worker) = env.spawn_ops("worker").await;
     let (_projector, projector) = env.spawn_ops("projector").await;
@@ -196,7 +197,7 @@ async fn every_role_serves_metrics() {
 
 #[tokio::test]
 async fn kinds_registered_by_workers_are_accepted_and_validated() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let (status, body) = api.get("/v1/kinds").await;
     assert_eq!(status, 200, "{body}");
@@ -298,7 +299,7 @@ async fn kinds_registered_by_workers_are_accepted_and_validated() {
 
 #[tokio::test]
 async fn operators_see_the_consumers_backlog() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;

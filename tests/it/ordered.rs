@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::{Stream, StreamExt};
 
-use crate::harness::publish_numbered;
-use crate::services::OwnNats;
+use crate::BUILD;
+use testkit::publish_numbered;
+use testkit::services::OwnNats;
 
 /// The next `count` payloads, as numbers.
 async fn read(
@@ -28,7 +29,7 @@ async fn read(
 
 #[tokio::test]
 async fn the_ordered_reader_outlives_its_consumer_and_a_server_restart_without_gap_or_repeat() {
-    let mut nats = OwnNats::start().await;
+    let mut nats = OwnNats::start(BUILD).await;
     let ns = events::Namespace::parse(&format!(
         "o{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
-use crate::services::{OwnNats, OwnPostgres, PgProxy};
+use crate::BUILD;
+use testkit::services::{OwnNats, OwnPostgres, PgProxy};
+use testkit::{id_of, Api, Env};
 
 /// What a submission came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +124,8 @@ async fn all_succeeded_once(env: &Env, api: &Api, ids: &[String]) {
 
 #[tokio::test]
 async fn nats_down_gives_503_then_the_api_recovers_by_itself_and_loses_nothing() {
-    let mut nats = OwnNats::start().await;
-    let env = Env::on_nats(&nats.url()).await;
+    let mut nats = OwnNats::start(BUILD).await;
+    let env = Env::on_nats(BUILD, &nats.url()).await;
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;
@@ -176,7 +177,7 @@ async fn postgres_down_submissions_go_on_reads_503_and_projections_catch_up() {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into()),
     )
     .await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.through(&proxy);
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
@@ -222,7 +223,7 @@ async fn a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing() 
     // A server of the test's own, so it can crash: an immediate shutdown cuts every session and
     // loses what was committed asynchronously but not yet flushed (the projector commits so).
     let pg = OwnPostgres::start().await;
-    let env = Env::on_postgres(&pg.url()).await;
+    let env = Env::on_postgres(BUILD, &pg.url()).await;
     let (_api, api) = env.spawn_http("api").await;
     let _worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;
@@ -288,8 +289,8 @@ async fn a_postgres_crash_and_restart_under_load_loses_and_duplicates_nothing() 
 
 #[tokio::test]
 async fn roles_started_while_nats_is_down_wait_for_it() {
-    let mut nats = OwnNats::start().await;
-    let env = Env::on_nats(&nats.url()).await;
+    let mut nats = OwnNats::start(BUILD).await;
+    let env = Env::on_nats(BUILD, &nats.url()).await;
     nats.kill().await;
     let mut worker = env.spawn("worker").await;
     let _projector = env.spawn("projector").await;

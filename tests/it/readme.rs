@@ -11,7 +11,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{Api, Env};
+use crate::BUILD;
+use testkit::{Api, Env};
 
 /// One command of the README, with the rule its comment sets.
 #[derive(Debug)]
@@ -102,7 +103,7 @@ async fn the_readme_usage_runs_as_written() {
     );
 
     // `conveyor dev` as `scripts/up` runs it: no secrets, nothing configured but the services.
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, mut lines) = env.spawn_lines(
         "dev",
         &[],

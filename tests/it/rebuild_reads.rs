@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{Api, Env};
+use crate::BUILD;
+use testkit::{Api, Env};
 
 /// Jobs in the read models (one page of `GET /v1/jobs` holds them all).
 const JOBS: usize = 200;
@@ -42,7 +43,7 @@ async fn wrong_answer(api: &Api, id: &str) -> Option<String> {
 
 #[tokio::test]
 async fn reads_during_and_right_after_a_rebuild_switch_see_every_job() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let jobs: Vec<Value> = (0..JOBS)
         .map(|n| json!({ "kind": "noop", "payload": { "n": n } }))

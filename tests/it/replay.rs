@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
+use crate::BUILD;
+use testkit::{id_of, Api, Env};
 
 async fn live_version(env: &Env) -> i32 {
     sqlx::query_scalar("SELECT version FROM read_model_versions WHERE state = 'live'")
@@ -32,7 +33,7 @@ async fn mixed_jobs(api: &Api) -> Vec<String> {
 
 #[tokio::test]
 async fn a_rebuild_equals_the_live_read_models_row_for_row() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
     let last = env.settle().await;
@@ -78,7 +79,7 @@ async fn a_rebuild_equals_the_live_read_models_row_for_row() {
 
 #[tokio::test]
 async fn a_rebuild_while_jobs_keep_flowing_loses_and_duplicates_nothing() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
     let submitter = {
@@ -133,7 +134,7 @@ async fn a_rebuild_while_jobs_keep_flowing_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resumed() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let mut ids = Vec::new();
     for _ in 0..60 {
@@ -185,7 +186,7 @@ async fn an_interrupted_rebuild_leaves_the_live_version_serving_and_can_be_resum
 
 #[tokio::test]
 async fn the_admin_api_asks_the_projector_for_a_rebuild() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     mixed_jobs(&api).await;
     env.settle().await;

@@ -1,7 +1,8 @@
 //! Only `conveyor dev` runs on development secrets: every other role that verifies tokens or signs
 //! webhooks refuses to start without a secret of its own, with one line naming the variable.
 
-use crate::harness::Env;
+use crate::BUILD;
+use testkit::Env;
 
 const DEV_JWT_SECRET: &str = "conveyor-development-secret-do-not-use-in-production";
 const DEV_WEBHOOK_SECRET: &str = "conveyor-development-webhook-secret";
@@ -32,7 +33,7 @@ async fn refused(env: &Env, role: &str, jwt: Option<&str>, webhook: Option<&str>
 
 #[tokio::test]
 async fn api_and_notifier_refuse_missing_public_or_short_secrets() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
 
     let line = refused(&env, "api", None, Some(GOOD)).await;
     assert!(
@@ -89,7 +90,7 @@ async fn api_and_notifier_refuse_missing_public_or_short_secrets() {
 #[tokio::test]
 async fn an_identity_provider_needs_no_shared_secret() {
     // With RS256 keys from a JWKS, the API needs no HS256 secret (the webhook secret still).
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let line = refused(&env, "api", None, None).await;
     assert!(line.contains("CONVEYOR_JWT_SECRET"), "{line}");
     let out = env
@@ -116,7 +117,7 @@ async fn an_identity_provider_needs_no_shared_secret() {
 
 #[tokio::test]
 async fn dev_keeps_development_secrets_to_loopback() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let out = env
         .run_raw(
             &["dev"],
@@ -135,7 +136,7 @@ async fn dev_keeps_development_secrets_to_loopback() {
 
 #[tokio::test]
 async fn dev_still_runs_on_development_secrets() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_JWT_SECRET", "")
         .set("CONVEYOR_WEBHOOK_SECRET", "");
     let (_dev, api) = env.spawn_http("dev").await;

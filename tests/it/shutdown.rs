@@ -6,11 +6,12 @@ use std::time::Duration;
 use conveyor::client::Client;
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 #[tokio::test]
 async fn sigterm_stops_every_role_cleanly_and_live_streams_get_a_resume_hint() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (mut api_proc, api) = env.spawn_http("api").await;
     let mut worker = env.spawn("worker").await;
     let mut projector = env.spawn("projector").await;
@@ -92,7 +93,7 @@ async fn sigterm_stops_every_role_cleanly_and_live_streams_get_a_resume_hint() {
 
 #[tokio::test]
 async fn a_job_outlasting_the_grace_period_is_handed_back_at_once() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     // A long ack wait: a job not handed back would wait two minutes for redelivery.
     env.set("CONVEYOR_ACK_WAIT_MS", "120000")
         .set("CONVEYOR_SHUTDOWN_GRACE_MS", "300");

@@ -16,7 +16,8 @@ use events::{JobEvent, Namespace};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::Env;
+use crate::BUILD;
+use testkit::Env;
 
 /// A kind that never gets a job.
 struct Idle;
@@ -60,7 +61,7 @@ struct Run {
 }
 
 async fn slots_stay_busy(concurrency: usize) {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_api_proc, api) = env.spawn_http("api").await;
 
     // The backlog, all queued before the worker starts.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Env};
+use crate::BUILD;
+use testkit::{id_of, Env};
 
 /// A span as the collector received it.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ async fn webhook_receiver() -> String {
 async fn one_trace_runs_from_the_request_to_the_read_model_and_the_webhook() {
     let (endpoint, spans) = collector().await;
     let hook = webhook_receiver().await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .set("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         .set("OTEL_BSP_SCHEDULE_DELAY", "100")

@@ -16,7 +16,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{rdata, RData, Record, RecordType};
 use serde_json::{json, Value};
 
-use crate::harness::{Api, Env};
+use crate::BUILD;
+use testkit::{Api, Env};
 
 /// What the test name server does with an A query.
 #[derive(Debug, Clone, Copy)]
@@ -192,7 +193,7 @@ async fn a_name_that_rebinds_to_an_internal_address_never_gets_a_request_there()
     })
     .await;
     let (port, outside, inside) = receiver_pair(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     guarded(&mut env, &dns);
     env.set("CONVEYOR_WEBHOOK_MAX_ATTEMPTS", "8");
     // The API and the notifier as processes of their own: each reads the settings.
@@ -239,7 +240,7 @@ async fn a_name_that_rebinds_to_an_internal_address_never_gets_a_request_there()
 
 #[tokio::test]
 async fn delivery_errors_never_show_the_query_or_credentials_of_the_url() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_WEBHOOK_MAX_ATTEMPTS", "2");
     let (dev, api) = env.spawn_http("dev").await;
     let admin = api.with_token(&env.token("acme", "admin"));
@@ -275,7 +276,7 @@ async fn delivery_errors_never_show_the_query_or_credentials_of_the_url() {
 #[tokio::test]
 async fn special_purpose_addresses_are_refused_and_allowed_networks_accepted() {
     let dns = Dns::start(|_, _| Answer::NoSuchName).await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     guarded(&mut env, &dns);
     let (_dev, api) = env.spawn_http("dev").await;
     for host in [
@@ -326,7 +327,7 @@ async fn webhook_hosts_are_looked_up_once_per_request_and_only_within_the_rate_l
         _ => Answer::NoSuchName,
     })
     .await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     guarded(&mut env, &dns);
     // A burst of exactly one full batch, refilled at one submission a second.
     env.set("CONVEYOR_RATE_LIMIT", "1")
@@ -392,7 +393,7 @@ async fn a_tenant_whose_name_server_never_answers_does_not_hold_up_another() {
         _ => Answer::NoSuchName,
     })
     .await;
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     guarded(&mut env, &dns);
     env.set("CONVEYOR_WEBHOOK_LOOKUPS_PER_TENANT", "2");
     let (_dev, api) = env.spawn_http("dev").await;

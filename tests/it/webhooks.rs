@@ -13,7 +13,8 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::harness::{id_of, Api, Env};
+use crate::BUILD;
+use testkit::{id_of, Api, Env};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -117,7 +118,7 @@ async fn wait_until(what: &str, secs: u64, cond: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn each_terminal_job_gets_exactly_one_correctly_signed_delivery() {
-    let env = Env::new().await;
+    let env = Env::new(BUILD).await;
     let (_dev, api) = env.spawn_http("dev").await;
     let (receiver, base) = start_receiver().await;
     let mut jobs = Vec::new();
@@ -194,7 +195,7 @@ async fn secret_of_other_tenant(env: &Env, api: &Api) -> String {
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_does_not_slow_other_deliveries() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_WEBHOOK_TIMEOUT_MS", "60000")
         .set("CONVEYOR_WEBHOOK_CONCURRENCY", "4")
         .set("CONVEYOR_WEBHOOK_PER_HOST", "2");
@@ -232,7 +233,7 @@ async fn a_receiver_that_never_answers_does_not_slow_other_deliveries() {
 
 #[tokio::test]
 async fn failed_deliveries_are_listed_and_can_be_redriven() {
-    let mut env = Env::new().await;
+    let mut env = Env::new(BUILD).await;
     env.set("CONVEYOR_WEBHOOK_MAX_ATTEMPTS", "2");
     let (_dev, api) = env.spawn_http("dev").await;
     let admin = api.with_token(&env.token("acme", "admin"));

@@ -2,14 +2,15 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use events::job::Redriven;
 use events::JobStatus;
 use readmodel::versions::{self, VersionState};
 use readmodel::{checkpoints, Projection};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, ADMIN, OPERATOR};
 use crate::error::{ApiError, ApiResult};
@@ -17,13 +18,13 @@ use crate::reads;
 use crate::submission;
 use crate::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/dead-letters", get(list))
-        .route("/v1/admin/dead-letters/{id}/redrive", post(redrive))
-        .route("/v1/admin/projections", get(projections))
-        .route("/v1/admin/projections/{name}/rebuild", post(rebuild))
-        .route("/v1/admin/consumers", get(consumers))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(redrive))
+        .routes(routes!(projections))
+        .routes(routes!(rebuild))
+        .routes(routes!(consumers))
 }
 
 /// The durable consumers of the EVENTS and COMMANDS streams, with how much each has waiting:

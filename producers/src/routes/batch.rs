@@ -1,12 +1,13 @@
 //! `POST /v1/jobs/batch`: up to 1,000 jobs in one request, each validated, deduplicated and
 //! answered on its own; the valid ones are published together, pipelined.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -17,13 +18,18 @@ use crate::AppState;
 
 /// The most jobs in one batch.
 pub const MAX_BATCH: usize = 1000;
+/// A batch's body may be as large as this many single submissions.
+const BATCH_BODY_FACTOR: usize = 16;
 /// Submissions of one batch in flight at once (each waits for its two publish acks).
 const PIPELINE: usize = 256;
 
-pub(crate) fn router(body_limit: usize) -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs/batch", post(submit_batch))
-        .layer(DefaultBodyLimit::max(body_limit))
+/// `single_limit` is the body limit of one submission: a batch may be as large as
+/// [`BATCH_BODY_FACTOR`] of them.
+pub(crate) fn router(single_limit: usize) -> OpenApiRouter<AppState> {
+    super::limit_body(
+        OpenApiRouter::new().routes(routes!(submit_batch)),
+        single_limit.saturating_mul(BATCH_BODY_FACTOR),
+    )
 }
 
 /// Jobs to submit together.

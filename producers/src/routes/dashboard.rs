@@ -10,8 +10,8 @@ use axum::extract::Path;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -63,8 +63,9 @@ static VERSION: LazyLock<String> = LazyLock::new(|| {
 
 static PAGE: LazyLock<String> = LazyLock::new(|| INDEX.replace("{{version}}", &VERSION));
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+/// The dashboard is not part of the API: its routes are not in the OpenAPI document.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .route("/", get(index))
         .route("/ui/{version}/{file}", get(asset))
 }

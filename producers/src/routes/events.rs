@@ -9,11 +9,11 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, EVENTS_READ};
 use crate::error::{ApiError, ApiResult};
@@ -24,10 +24,10 @@ use crate::AppState;
 /// Keep-alive comment interval on SSE streams.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(events))
-        .route("/v1/ws", get(websocket))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(websocket))
 }
 
 /// Filters of `GET /v1/events`.

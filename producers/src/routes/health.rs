@@ -3,16 +3,20 @@
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::openapi::Document;
 use crate::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+/// `/openapi.json` and `/metrics` are not in the OpenAPI document.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
 }
@@ -59,9 +63,9 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
 }
 
 /// This API's OpenAPI document.
-async fn openapi() -> impl IntoResponse {
+async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        crate::openapi_json(),
+        doc.json(),
     )
 }

@@ -3,11 +3,12 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use events::{JobId, JobStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Auth, JOBS_READ, JOBS_WRITE};
@@ -18,13 +19,13 @@ use crate::reads::{self, JobView};
 use crate::submission::{self, Accepted, SubmitJob};
 use crate::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/jobs", post(submit).get(list))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/events", get(events))
-        .route("/v1/jobs/{id}/result", get(result))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel))
+        .routes(routes!(events))
+        .routes(routes!(result))
 }
 
 /// A page of jobs.

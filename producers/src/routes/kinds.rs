@@ -1,17 +1,18 @@
 //! `/v1/kinds`: the job kinds this API accepts, with their payload schemas.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, JOBS_READ, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::KindInfo;
 use crate::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v1/kinds", get(list))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 /// The accepted kinds.

@@ -2,8 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use events::command::DeliverWebhook;
 use events::subjects::msg_id;
 use events::webhooks::FailedDelivery;
@@ -11,16 +10,18 @@ use events::{Command, Envelope, JobId, JobKind};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, ADMIN, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, SOURCE};
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks/secret", get(secret))
-        .route("/v1/admin/webhooks/failed", get(list_failed))
-        .route("/v1/admin/webhooks/failed/{job}/redrive", post(redrive))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(secret))
+        .routes(routes!(list_failed))
+        .routes(routes!(redrive))
 }
 
 fn kv_err(e: impl std::fmt::Display) -> ApiError {

@@ -1,9 +1,20 @@
-//! The test harness: a fresh namespace and database per test, the real `conveyor` binary run as
-//! child processes against the real NATS and Postgres, and a small HTTP client. A test that
-//! passes leaves no database or stream behind; one that fails keeps them and prints where.
+//! The end-to-end test harness of `tests/it`, `tests/chaos` and `tests/cluster`: a fresh
+//! namespace and database per test, the real `conveyor` binary run as child processes against the
+//! real NATS and Postgres, and a small HTTP client. A test that passes leaves no database or
+//! stream behind; one that fails keeps them and prints where. [`services`] has the servers a test
+//! owns so it can fail them.
 //!
 //! Services come from `CONVEYOR_NATS_URL` and `DATABASE_URL` (set by `scripts/test`). A test that
-//! cannot reach them fails, naming the command that starts them.
+//! cannot reach them fails, naming the command that starts them. The binary under test is named
+//! by the test crate, the one that Cargo tells where it is:
+//!
+//! ```ignore
+//! const BUILD: testkit::Build = testkit::build!();
+//! let env = testkit::Env::new(BUILD).await;
+//! let (_api, api) = env.spawn_http("dev").await;
+//! ```
+
+pub mod services;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,15 +28,38 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// What Cargo tells an integration test alone, at compile time: where this build's `conveyor`
+/// binary is, and a scratch folder for logs and stores (`target/tmp`). Made by [`build!`].
+#[derive(Debug, Clone, Copy)]
+pub struct Build {
+    /// The `conveyor` binary (`CARGO_BIN_EXE_conveyor`).
+    pub bin: &'static str,
+    /// The scratch folder (`CARGO_TARGET_TMPDIR`).
+    pub tmp: &'static str,
+}
+
+/// The [`Build`] of the integration test this is expanded in.
+#[macro_export]
+macro_rules! build {
+    () => {
+        $crate::Build {
+            bin: env!("CARGO_BIN_EXE_conveyor"),
+            tmp: env!("CARGO_TARGET_TMPDIR"),
+        }
+    };
+}
+
 const SECRET: &str = "test-secret-of-the-end-to-end-suite-0123456789";
 const START_SERVICES: &str = "run the tests with `scripts/test`, which starts NATS 2.10+ and Postgres (or start them with `scripts/up`)";
 
 /// One test's world: a namespace and a database, both removed on drop unless the test failed
 /// (see `impl Drop for Env`). The processes it started are killed when their `Proc`s drop.
-pub(crate) struct Env {
-    pub(crate) ns: String,
-    pub(crate) nats_url: String,
-    pub(crate) db_url: String,
+#[derive(Debug)]
+pub struct Env {
+    build: Build,
+    pub ns: String,
+    pub nats_url: String,
+    pub db_url: String,
     /// The database URL the roles use, when it differs from `db_url` (through a proxy).
     roles_db_url: Option<String>,
     extra_env: Vec<(String, String)>,
@@ -147,21 +181,22 @@ async fn delete_namespace(nats_url: &str, ns: &str) -> Result<(), String> {
 }
 
 /// A running `conveyor` process; killed when dropped.
-pub(crate) struct Proc {
+#[derive(Debug)]
+pub struct Proc {
     child: Child,
     /// Where its stderr (the logs) goes.
-    pub(crate) log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Proc {
     /// SIGKILL, and wait until it is gone.
-    pub(crate) async fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
 
     /// SIGTERM, then wait for the exit status.
-    pub(crate) async fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
+    pub async fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -174,17 +209,17 @@ impl Proc {
     }
 
     /// Its process id.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id().expect("process is running")
     }
 
     /// Whether it has not exited.
-    pub(crate) fn is_running(&mut self) -> bool {
+    pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Resident memory of the process, in KiB (Linux).
-    pub(crate) fn rss_kib(&self) -> u64 {
+    pub fn rss_kib(&self) -> u64 {
         let pid = self.child.id().expect("process is running");
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .expect("read /proc status")
@@ -202,26 +237,26 @@ fn suite_nats_url() -> String {
 
 impl Env {
     /// A fresh namespace and migrated database, on the suite's NATS server.
-    pub(crate) async fn new() -> Self {
-        Self::on_nats(&suite_nats_url()).await
+    pub async fn new(build: Build) -> Self {
+        Self::on_nats(build, &suite_nats_url()).await
     }
 
     /// A fresh namespace on the suite's NATS server, and a migrated database on the Postgres
     /// server of `base` (a URL naming any database of it).
-    pub(crate) async fn on_postgres(base: &str) -> Self {
-        Self::on_services(&suite_nats_url(), base).await
+    pub async fn on_postgres(build: Build, base: &str) -> Self {
+        Self::on_services(build, &suite_nats_url(), base).await
     }
 
     /// A fresh namespace and migrated database, on the NATS server at `nats_url`.
-    pub(crate) async fn on_nats(nats_url: &str) -> Self {
+    pub async fn on_nats(build: Build, nats_url: &str) -> Self {
         let base = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
-        Self::on_services(nats_url, &base).await
+        Self::on_services(build, nats_url, &base).await
     }
 
     /// A fresh namespace on the NATS server at `nats_url`, and a migrated database on the
     /// Postgres server of `base` (a URL naming any database of it).
-    pub(crate) async fn on_services(nats_url: &str, base: &str) -> Self {
+    pub async fn on_services(build: Build, nats_url: &str, base: &str) -> Self {
         let nats_url = nats_url.to_owned();
         let client = async_nats::connect(&nats_url).await.unwrap_or_else(|e| {
             panic!("NATS is not reachable at {nats_url} ({e}): {START_SERVICES}")
@@ -254,9 +289,10 @@ impl Env {
             .expect("connect to the test database");
         readmodel::MIGRATOR.run(&pool).await.expect("migrate");
         pool.close().await;
-        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("logs");
+        let logs = PathBuf::from(build.tmp).join("logs");
         std::fs::create_dir_all(&logs).expect("log folder");
         Self {
+            build,
             ns,
             nats_url,
             db_url,
@@ -267,24 +303,24 @@ impl Env {
     }
 
     /// Where the processes' logs go.
-    pub(crate) fn logs_dir(&self) -> &std::path::Path {
+    pub fn logs_dir(&self) -> &std::path::Path {
         &self.logs
     }
 
     /// Makes the roles started from now on reach Postgres through `proxy`.
-    pub(crate) fn through(&mut self, proxy: &crate::services::PgProxy) -> &mut Self {
+    pub fn through(&mut self, proxy: &services::PgProxy) -> &mut Self {
         self.roles_db_url = Some(proxy.url(&self.db_url));
         self
     }
 
     /// Sets an environment variable for processes started from now on.
-    pub(crate) fn set(&mut self, key: &str, value: &str) -> &mut Self {
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Self {
         self.extra_env.push((key.into(), value.into()));
         self
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_conveyor"));
+        let mut c = Command::new(self.build.bin);
         c.args(args)
             .env("CONVEYOR_NATS_URL", &self.nats_url)
             .env(
@@ -317,7 +353,7 @@ impl Env {
     }
 
     /// Runs a one-shot `conveyor` command to completion; panics on failure.
-    pub(crate) async fn run(&self, args: &[&str]) -> std::process::Output {
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
         let out = self.run_raw(args, &[], &[]).await;
         assert!(
             out.status.success(),
@@ -329,7 +365,7 @@ impl Env {
 
     /// Runs `conveyor` with `args`, the suite's variables named in `unset` removed and `vars`
     /// set, to its end (60 s at most), whatever its exit status.
-    pub(crate) async fn run_raw(
+    pub async fn run_raw(
         &self,
         args: &[&str],
         vars: &[(&str, &str)],
@@ -353,7 +389,7 @@ impl Env {
 
     /// Waits until the live read models have applied every event in the stream; returns the
     /// stream's last sequence.
-    pub(crate) async fn settle(&self) -> i64 {
+    pub async fn settle(&self) -> i64 {
         let db = self.db().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -377,7 +413,7 @@ impl Env {
     }
 
     /// Every row of a read-model table, as JSON, in a stable order.
-    pub(crate) async fn table(&self, table: &str, order: &str) -> Vec<Value> {
+    pub async fn table(&self, table: &str, order: &str) -> Vec<Value> {
         let db = self.db().await;
         let rows: Vec<sqlx::types::Json<Value>> = sqlx::query_scalar(&format!(
             "SELECT to_jsonb(t) FROM {table} t ORDER BY {order}"
@@ -390,7 +426,7 @@ impl Env {
 
     /// The three read models (`jobs`, `job_events`, `job_stats`), every row, in a stable order:
     /// what a rebuild must reproduce.
-    pub(crate) async fn read_models(&self) -> Vec<Vec<Value>> {
+    pub async fn read_models(&self) -> Vec<Vec<Value>> {
         let mut out = Vec::new();
         for (table, order) in [
             ("jobs", "id"),
@@ -404,7 +440,7 @@ impl Env {
 
     /// `job_stats` (rows with a count) and a recount of `jobs` by tenant, kind and status, in
     /// the same order: equal when the stats read model is right.
-    pub(crate) async fn job_stats_and_recount(&self) -> (Vec<StatsRow>, Vec<StatsRow>) {
+    pub async fn job_stats_and_recount(&self) -> (Vec<StatsRow>, Vec<StatsRow>) {
         let db = self.db().await;
         let stats = sqlx::query_as(
             "SELECT tenant, kind, status, count FROM job_stats WHERE count <> 0 ORDER BY 1, 2, 3",
@@ -422,12 +458,12 @@ impl Env {
     }
 
     /// Starts `conveyor <role>` (words split on spaces); its stderr goes to `target/tmp/logs/<ns>-<role>-<n>.log`.
-    pub(crate) async fn spawn(&self, role: &str) -> Proc {
+    pub async fn spawn(&self, role: &str) -> Proc {
         self.spawn_with(role, &[]).await
     }
 
     /// [`Env::spawn`] with extra environment variables for this process only.
-    pub(crate) async fn spawn_with(&self, role: &str, vars: &[(&str, &str)]) -> Proc {
+    pub async fn spawn_with(&self, role: &str, vars: &[(&str, &str)]) -> Proc {
         let (path, log) = self.log_file(role);
         let args: Vec<&str> = role.split_whitespace().collect();
         let child = self
@@ -453,7 +489,7 @@ impl Env {
 
     /// Starts `role` with these variables set and those unset, and returns its stdout lines as
     /// they come.
-    pub(crate) fn spawn_lines(
+    pub fn spawn_lines(
         &self,
         role: &str,
         vars: &[(&str, &str)],
@@ -481,7 +517,7 @@ impl Env {
     }
 
     /// Starts a role that serves HTTP (`api` or `dev`) and returns a client of it.
-    pub(crate) async fn spawn_http(&self, role: &str) -> (Proc, Api) {
+    pub async fn spawn_http(&self, role: &str) -> (Proc, Api) {
         let (proc, url) = self
             .spawn_announcing(role, "conveyor api listening on ")
             .await;
@@ -496,7 +532,7 @@ impl Env {
 
     /// Starts a role without an API (`worker`, `projector`, `notifier`) and returns the base URL
     /// of its metrics and health endpoints.
-    pub(crate) async fn spawn_ops(&self, role: &str) -> (Proc, String) {
+    pub async fn spawn_ops(&self, role: &str) -> (Proc, String) {
         self.spawn_announcing(role, "conveyor metrics listening on ")
             .await
     }
@@ -525,12 +561,12 @@ impl Env {
     }
 
     /// A token of `tenant` with `scope`.
-    pub(crate) fn token(&self, tenant: &str, scope: &str) -> String {
+    pub fn token(&self, tenant: &str, scope: &str) -> String {
         producers::auth::mint(&jwt(), "test", &Tenant::parse(tenant).unwrap(), scope, 3600)
     }
 
     /// A pool on this test's database.
-    pub(crate) async fn db(&self) -> PgPool {
+    pub async fn db(&self) -> PgPool {
         PgPool::connect(&self.db_url)
             .await
             .expect("connect to the test database")
@@ -538,7 +574,7 @@ impl Env {
 
     /// Stores `ev` in EVENTS as the API would, without anything that follows it (what a crash
     /// right after the publish leaves).
-    pub(crate) async fn publish_event(&self, ev: &events::Envelope<events::JobEvent>) {
+    pub async fn publish_event(&self, ev: &events::Envelope<events::JobEvent>) {
         let ns = events::Namespace::parse(&self.ns).expect("namespace");
         self.js()
             .await
@@ -550,7 +586,7 @@ impl Env {
     }
 
     /// JetStream on the test server.
-    pub(crate) async fn js(&self) -> jetstream::Context {
+    pub async fn js(&self) -> jetstream::Context {
         jetstream::new(
             async_nats::connect(&self.nats_url)
                 .await
@@ -559,7 +595,7 @@ impl Env {
     }
 
     /// Messages stored in one of this namespace's streams (`EVENTS` or `COMMANDS`), 0 if absent.
-    pub(crate) async fn stream_messages(&self, which: &str) -> u64 {
+    pub async fn stream_messages(&self, which: &str) -> u64 {
         let name = format!("{}_{which}", self.ns.to_uppercase());
         match self.js().await.get_stream(&name).await {
             Ok(mut s) => s.info().await.expect("stream info").state.messages,
@@ -569,23 +605,23 @@ impl Env {
 }
 
 /// A `job_stats` row: tenant, kind, status, count.
-pub(crate) type StatsRow = (String, String, String, i64);
+pub type StatsRow = (String, String, String, i64);
 
 /// The JWT settings the test processes use.
-pub(crate) fn jwt() -> producers::JwtSettings {
+pub fn jwt() -> producers::JwtSettings {
     producers::JwtSettings::hs256(SECRET)
 }
 
 /// A client of a running API with one token.
-#[derive(Clone)]
-pub(crate) struct Api {
-    pub(crate) base: String,
-    pub(crate) token: String,
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    pub(crate) fn new(base: &str, token: &str) -> Self {
+    pub fn new(base: &str, token: &str) -> Self {
         Self {
             base: base.into(),
             token: token.into(),
@@ -594,18 +630,18 @@ impl Api {
     }
 
     /// The same API with another token.
-    pub(crate) fn with_token(&self, token: &str) -> Self {
+    pub fn with_token(&self, token: &str) -> Self {
         Self::new(&self.base, token)
     }
 
-    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
     }
 
     /// `POST /v1/jobs`, expecting `202`; returns the body.
-    pub(crate) async fn submit(&self, body: Value) -> Value {
+    pub async fn submit(&self, body: Value) -> Value {
         let res = self
             .request(reqwest::Method::POST, "/v1/jobs")
             .json(&body)
@@ -619,7 +655,7 @@ impl Api {
     }
 
     /// `POST /v1/jobs/batch` of `jobs`, expecting every one accepted (`202`); returns the answer.
-    pub(crate) async fn submit_batch(&self, jobs: Vec<Value>) -> Value {
+    pub async fn submit_batch(&self, jobs: Vec<Value>) -> Value {
         let (status, body) = self
             .post("/v1/jobs/batch", &serde_json::json!({ "jobs": jobs }))
             .await;
@@ -631,7 +667,7 @@ impl Api {
     }
 
     /// `POST` of a JSON body to `path`, whatever the answer: status and JSON body.
-    pub(crate) async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let res = self
             .request(reqwest::Method::POST, path)
             .json(body)
@@ -643,7 +679,7 @@ impl Api {
     }
 
     /// `GET` of a path: status and JSON body.
-    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
         let res = self
             .request(reqwest::Method::GET, path)
             .send()
@@ -654,14 +690,14 @@ impl Api {
     }
 
     /// `GET /v1/jobs/{id}`, expecting 200.
-    pub(crate) async fn job(&self, id: &str) -> Value {
+    pub async fn job(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/jobs/{id}")).await;
         assert_eq!(status, 200, "GET job {id}: {body}");
         body
     }
 
     /// The job's timeline event types (`submitted`, `started`, …).
-    pub(crate) async fn timeline(&self, id: &str) -> Vec<String> {
+    pub async fn timeline(&self, id: &str) -> Vec<String> {
         let (status, body) = self.get(&format!("/v1/jobs/{id}/events")).await;
         assert_eq!(status, 200, "{body}");
         body.as_array()
@@ -678,12 +714,7 @@ impl Api {
     }
 
     /// Polls the job until `done(job)` holds, failing after `secs`.
-    pub(crate) async fn wait_for(
-        &self,
-        id: &str,
-        secs: u64,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_for(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let job = self.job(id).await;
@@ -699,7 +730,7 @@ impl Api {
     }
 
     /// Polls until the job is in a terminal status.
-    pub(crate) async fn wait_terminal(&self, id: &str) -> Value {
+    pub async fn wait_terminal(&self, id: &str) -> Value {
         self.wait_for(id, 60, |j| {
             matches!(
                 j["status"].as_str(),
@@ -711,13 +742,13 @@ impl Api {
 }
 
 /// The id of a submitted job.
-pub(crate) fn id_of(accepted: &Value) -> String {
+pub fn id_of(accepted: &Value) -> String {
     accepted["id"].as_str().expect("an id").to_owned()
 }
 
 /// Publishes the numbers `numbers` as events of one job, one by one, each acknowledged; a
 /// publish that fails (a server restarting, a leader being elected) is retried for up to 60 s.
-pub(crate) async fn publish_numbered(bus: &bus::Bus, numbers: std::ops::RangeInclusive<u32>) {
+pub async fn publish_numbered(bus: &bus::Bus, numbers: std::ops::RangeInclusive<u32>) {
     let subject = format!("{}.events.acme.job.j.progress", bus.ns());
     for n in numbers {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

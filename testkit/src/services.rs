@@ -14,11 +14,14 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 /// The pinned nats-server binary: `CONVEYOR_NATS_SERVER`, else the one `scripts/test` installs.
-pub(crate) fn nats_server_bin() -> PathBuf {
+pub fn nats_server_bin() -> PathBuf {
     let bin = std::env::var_os("CONVEYOR_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/nats-server")
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.cache/venv/bin/nats-server"
+            ))
         });
     assert!(
         bin.exists(),
@@ -28,7 +31,7 @@ pub(crate) fn nats_server_bin() -> PathBuf {
     bin
 }
 
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -36,16 +39,17 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// A nats-server of the test's own, with JetStream and a store that outlives restarts.
-pub(crate) struct OwnNats {
+#[derive(Debug)]
+pub struct OwnNats {
     port: u16,
     store: PathBuf,
     child: Option<Child>,
 }
 
 impl OwnNats {
-    /// Starts a server on a free port with a fresh store.
-    pub(crate) async fn start() -> Self {
-        let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    /// Starts a server on a free port with a fresh store under the build's scratch folder.
+    pub async fn start(build: crate::Build) -> Self {
+        let store = PathBuf::from(build.tmp)
             .join("nats")
             .join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&store).expect("store folder");
@@ -59,12 +63,12 @@ impl OwnNats {
     }
 
     /// `nats://127.0.0.1:<port>`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: the server is gone at once (what it acknowledged is on disk).
-    pub(crate) async fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -72,7 +76,7 @@ impl OwnNats {
     }
 
     /// Starts it again on the same port with the same store; returns once it serves.
-    pub(crate) async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is running");
         let log = std::fs::File::create(self.store.with_extension("log")).expect("log file");
         let child = Command::new(nats_server_bin())
@@ -115,7 +119,8 @@ impl OwnNats {
 
 /// A TCP proxy in front of Postgres. [`PgProxy::cut`] drops every connection through it and
 /// refuses new ones (Postgres "goes away"); [`PgProxy::restore`] lets them through again.
-pub(crate) struct PgProxy {
+#[derive(Debug)]
+pub struct PgProxy {
     addr: SocketAddr,
     state: Arc<Mutex<Option<JoinSet<()>>>>,
     upstream: String,
@@ -123,7 +128,7 @@ pub(crate) struct PgProxy {
 
 impl PgProxy {
     /// A proxy to the Postgres of `database_url`.
-    pub(crate) async fn start(database_url: &str) -> Self {
+    pub async fn start(database_url: &str) -> Self {
         let url = url::Url::parse(database_url).expect("DATABASE_URL is a URL");
         let upstream = format!(
             "{}:{}",
@@ -141,7 +146,7 @@ impl PgProxy {
     }
 
     /// `database_url` with its host and port replaced by the proxy's.
-    pub(crate) fn url(&self, database_url: &str) -> String {
+    pub fn url(&self, database_url: &str) -> String {
         let mut url = url::Url::parse(database_url).expect("DATABASE_URL is a URL");
         url.set_host(Some("127.0.0.1")).expect("host");
         url.set_port(Some(self.addr.port())).expect("port");
@@ -166,13 +171,13 @@ impl PgProxy {
     }
 
     /// Drops every open connection and stops listening: connects are refused.
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         // Dropping the task set aborts the accept loop, whose own set aborts the connections.
         self.state.lock().unwrap().take();
     }
 
     /// Listens again on the same address.
-    pub(crate) async fn restore(&self) {
+    pub async fn restore(&self) {
         let listener = TcpListener::bind(self.addr).await.expect("bind again");
         self.serve(listener);
     }
@@ -180,7 +185,8 @@ impl PgProxy {
 
 /// A Postgres server of the test's own (its own data folder and port, from the machine's
 /// Postgres binaries), so it can crash and start again without disturbing the suite's.
-pub(crate) struct OwnPostgres {
+#[derive(Debug)]
+pub struct OwnPostgres {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -188,7 +194,7 @@ pub(crate) struct OwnPostgres {
 
 impl OwnPostgres {
     /// `initdb` into a fresh folder, then starts the server; returns once it accepts connections.
-    pub(crate) async fn start() -> Self {
+    pub async fn start() -> Self {
         let bin = pg_bindir();
         // Postgres refuses to run as root: then the server runs as the `postgres` user, in a
         // folder it owns under the system's temporary folder (which it can reach).
@@ -214,19 +220,19 @@ impl OwnPostgres {
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// An immediate shutdown (`pg_ctl stop -m immediate`): no checkpoint, every session cut,
     /// and whatever was committed asynchronously and not yet flushed is lost, as in a crash.
-    pub(crate) async fn crash(&self) {
+    pub async fn crash(&self) {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"]).await;
     }
 
     /// Starts the server (with crash recovery after [`OwnPostgres::crash`]); returns once it
     /// accepts connections.
-    pub(crate) async fn start_again(&self) {
+    pub async fn start_again(&self) {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
             self.port,
