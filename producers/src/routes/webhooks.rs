@@ -23,8 +23,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/admin/webhooks/failed/{job}/redrive", post(redrive))
 }
 
-fn kv_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bus(bus::Error::JetStream(e.to_string()))
+fn kv_err(e: impl Into<bus::error::Failure>) -> ApiError {
+    ApiError::bus(bus::Error::bucket(e))
 }
 
 /// The signing secret of the caller's tenant.
