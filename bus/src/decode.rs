@@ -55,3 +55,47 @@ pub fn decode_command(
 ) -> Result<Envelope<Command>, DecodeError> {
     decode(headers, payload).map(|d| d.envelope)
 }
+
+#[cfg(test)]
+mod tests {
+    use events::job::CancelRequested;
+    use events::{JobId, Tenant};
+
+    use super::*;
+
+    fn event() -> Envelope<JobEvent> {
+        Envelope::new(
+            "/conveyor/test",
+            JobId::new(),
+            Tenant::parse("acme").unwrap(),
+            "noop".parse().unwrap(),
+            JobEvent::CancelRequested(CancelRequested { reason: None }),
+        )
+    }
+
+    #[test]
+    fn structured_mode_keeps_the_stored_bytes() {
+        let ev = event();
+        let stored = Bytes::from(ev.to_json());
+        let decoded = decode::<JobEvent>(None, &stored).unwrap();
+        assert_eq!(decoded.envelope.id, ev.id);
+        assert_eq!(decoded.json.as_ptr(), stored.as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn binary_mode_is_decoded_and_given_its_structured_form() {
+        let ev = event();
+        let value = ev.to_value();
+        let mut headers = HeaderMap::new();
+        for (name, v) in value.as_object().unwrap() {
+            if let (false, Some(v)) = (name == "data", v.as_str()) {
+                headers.insert(format!("ce-{name}").as_str(), v);
+            }
+        }
+        let data = Bytes::from(serde_json::to_vec(&value["data"]).unwrap());
+        assert!(is_binary(Some(&headers)));
+        let decoded = decode::<JobEvent>(Some(&headers), &data).unwrap();
+        assert_eq!(decoded.envelope.id, ev.id);
+        assert_eq!(decoded.json, Bytes::from(ev.to_json()));
+    }
+}

@@ -9,7 +9,7 @@
 //! - [`provision`]: streams, durable consumers and buckets, with patient retries;
 //! - [`buckets`]: handles on the streams, consumers, key-value buckets and the object store;
 //! - [`publish`]: publishing events and commands;
-//! - [`decode`]: decoding CloudEvents, in either content mode;
+//! - [`mod@decode`]: decoding CloudEvents, in either content mode;
 //! - [`consume`]: the pull loop every durable consumer's handler runs in;
 //! - [`ordered`]: reading a stream in order without acknowledgements;
 //! - [`trace`]: W3C trace context across messages;
@@ -35,7 +35,7 @@ pub use provision::{IDEMPOTENCY_TTL, PROVISION_PATIENCE};
 /// The async-nats types callers handle directly: messages they acknowledge themselves (the
 /// worker heartbeats long jobs), the handles [`Bus`] returns, and where a reader starts.
 pub mod jetstream {
-    pub use async_nats::jetstream::consumer::{Consumer, DeliverPolicy, PullConsumer};
+    pub use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
     pub use async_nats::jetstream::kv::Store;
     pub use async_nats::jetstream::message::StreamMessage;
     pub use async_nats::jetstream::object_store::ObjectStore;

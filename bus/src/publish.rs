@@ -71,7 +71,7 @@ impl Bus {
     }
 
     /// Sends a publish and returns the future of its ack, so a caller can pipeline publishes
-    /// (sent in order) and await the acks together with [`ack_of`].
+    /// (sent in order) and await the acks together ([`PendingAck`] is a future).
     pub async fn send(
         &self,
         subject: String,

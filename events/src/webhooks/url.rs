@@ -65,7 +65,7 @@ pub enum TargetError {
     },
 }
 
-/// A URL that passed the checks needing no lookup (see [`TargetPolicy::parse`]).
+/// A URL that passed the checks needing no lookup (see [`AddressRules::parse`]).
 #[derive(Debug, Clone)]
 pub struct Target {
     url: Url,
