@@ -53,6 +53,10 @@ pub struct BusArgs {
     pub replicas: usize,
 }
 
+/// The waits between attempts at reaching NATS or Postgres while a long-running role starts.
+const WAIT_FOR_SERVICE: events::RetryPolicy =
+    events::RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5));
+
 impl BusArgs {
     /// Connects, checking the server version. Publishers wait for capacity (workers, tools).
     pub async fn connect(&self, role: &str) -> anyhow::Result<bus::Bus> {
@@ -66,16 +70,16 @@ impl BusArgs {
         settings: &bus::BusSettings,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<bus::Bus> {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = WAIT_FOR_SERVICE.backoff();
         loop {
             match bus::Bus::connect(settings).await {
                 Err(e @ bus::Error::Connect { .. }) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "NATS unreachable; waiting for it");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for NATS"),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 other => return Ok(other?),
             }
@@ -138,17 +142,17 @@ impl DbArgs {
         &self,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<PgPool> {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = WAIT_FOR_SERVICE.backoff();
         loop {
             match self.migrate().await {
                 Ok(pool) => return Ok(pool),
                 Err(e) if is_unreachable(&e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "Postgres unreachable; waiting for it");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Postgres"),
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e),
             }
@@ -538,7 +542,7 @@ pub struct WebhookArgs {
     /// Networks webhook targets may be on although not public, comma-separated CIDRs (an
     /// address alone is that host), e.g. an internal receiver network `10.20.0.0/16`.
     #[arg(long, env = "CONVEYOR_WEBHOOK_ALLOW_CIDRS", value_delimiter = ',', value_parser = parse_cidr)]
-    pub webhook_allow_cidrs: Vec<bus::webhook_url::IpNet>,
+    pub webhook_allow_cidrs: Vec<events::webhooks::url::IpNet>,
     /// Name server (`ip:port`) resolving webhook hosts in the API and the notifier; default: the
     /// system's (`/etc/resolv.conf`).
     #[arg(long, env = "CONVEYOR_DNS_SERVER")]
@@ -593,8 +597,8 @@ impl WebhookArgs {
     }
 
     /// Which webhook targets are allowed, and how their names are resolved.
-    pub fn targets(&self) -> bus::webhook_url::TargetSettings {
-        bus::webhook_url::TargetSettings {
+    pub fn targets(&self) -> events::webhooks::url::TargetSettings {
+        events::webhooks::url::TargetSettings {
             allow_private: self.allow_private_webhooks,
             allow: self.webhook_allow_cidrs.clone(),
             dns_server: self.dns_server,
@@ -603,7 +607,7 @@ impl WebhookArgs {
 }
 
 /// A network in CIDR notation; an address alone is that one host.
-fn parse_cidr(s: &str) -> Result<bus::webhook_url::IpNet, String> {
+fn parse_cidr(s: &str) -> Result<events::webhooks::url::IpNet, String> {
     let s = s.trim();
     s.parse()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into))

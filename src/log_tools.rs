@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bus::async_nats::jetstream::consumer::DeliverPolicy;
+use bus::jetstream::DeliverPolicy;
 use bus::Bus;
 use chrono::{DateTime, Utc};
 use events::{Envelope, JobEvent};
@@ -101,11 +101,7 @@ pub async fn export(
             break;
         }
         // Binary-mode events are written in the structured form, like all others.
-        if msg
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get("ce-specversion").is_some())
-        {
+        if bus::decode::is_binary(msg.headers.as_ref()) {
             let ev = bus::decode_event(msg.headers.as_ref(), &msg.payload)
                 .with_context(|| format!("event {seq} is not a conveyor CloudEvent"))?;
             out.write_all(&ev.to_json())?;
@@ -175,7 +171,7 @@ pub async fn import(bus: &Bus, input: impl BufRead) -> anyhow::Result<Imported> 
 
 fn count<E: std::error::Error + Send + Sync + 'static>(
     result: &mut Imported,
-    ack: Option<Result<bus::async_nats::jetstream::publish::PublishAck, E>>,
+    ack: Option<Result<bus::jetstream::PublishAck, E>>,
 ) -> anyhow::Result<()> {
     if let Some(ack) = ack {
         if ack

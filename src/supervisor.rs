@@ -1,19 +1,15 @@
-//! One supervisor per process: runs its components until SIGINT/SIGTERM or until one fails,
-//! then cancels the others and waits for them, within a grace period.
+//! One supervisor per process: [`consumers::supervisor::Supervisor`] running the roles until
+//! SIGINT/SIGTERM or until one fails, then cancelling the others and waiting for them, within a
+//! grace period.
 
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// A set of components sharing one shutdown token.
+/// The roles and endpoints of this process, sharing one shutdown token.
 #[derive(Debug)]
-pub struct Supervisor {
-    shutdown: CancellationToken,
-    tasks: JoinSet<(String, anyhow::Result<()>)>,
-}
+pub struct Supervisor(consumers::supervisor::Supervisor<anyhow::Error>);
 
 impl Default for Supervisor {
     fn default() -> Self {
@@ -31,15 +27,12 @@ impl Supervisor {
             tracing::info!("shutdown requested");
             token.cancel();
         });
-        Self {
-            shutdown,
-            tasks: JoinSet::new(),
-        }
+        Self(consumers::supervisor::Supervisor::new(shutdown))
     }
 
     /// The shared shutdown token.
     pub fn token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.0.token()
     }
 
     /// Adds a component.
@@ -47,43 +40,16 @@ impl Supervisor {
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let name = name.to_owned();
-        self.tasks.spawn(async move { (name, fut.await) });
+        self.0.spawn(name, fut);
     }
 
     /// Runs until every component ended. The first failure cancels the rest; after shutdown
     /// starts, components get `grace` to finish.
-    pub async fn run(mut self, grace: Duration) -> anyhow::Result<()> {
-        let mut first_error = None;
-        loop {
-            let joined = if self.shutdown.is_cancelled() {
-                match tokio::time::timeout(grace, self.tasks.join_next()).await {
-                    Ok(j) => j,
-                    Err(_) => {
-                        tracing::warn!(
-                            remaining_tasks = self.tasks.len(),
-                            "grace period over; aborting"
-                        );
-                        self.tasks.abort_all();
-                        break;
-                    }
-                }
-            } else {
-                self.tasks.join_next().await
-            };
-            let Some(joined) = joined else { break };
-            let (name, result) = joined.context("a component panicked")?;
-            match result {
-                Ok(()) => tracing::debug!(component = %name, "stopped"),
-                Err(e) => {
-                    tracing::error!(component = %name, error = %format!("{e:#}"), "failed");
-                    first_error.get_or_insert(e.context(format!("{name} failed")));
-                }
-            }
-            // Whatever ends first (an error or a clean stop) brings the others down.
-            self.shutdown.cancel();
-        }
-        first_error.map_or(Ok(()), Err)
+    pub async fn run(self, grace: Duration) -> anyhow::Result<()> {
+        self.0.run(grace).await.map_err(|failed| {
+            tracing::error!(component = %failed.component, error = %format!("{:#}", failed.error), "failed");
+            failed.error.context(format!("{} failed", failed.component))
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
+use events::RetryPolicy;
 use futures::{Stream, StreamExt};
 
 use crate::{Error, Result};
@@ -27,6 +28,9 @@ const EXPIRES: Duration = Duration::from_secs(10);
 const BATCH: usize = 500;
 /// How long recreating may keep failing before the reader reports it (and goes on trying).
 const PATIENCE: Duration = Duration::from_secs(30);
+/// The waits between attempts at recreating the consumer.
+const RECREATE_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Messages of `stream` matching `filter`, in stream order, from `start`, and how many there
 /// were when reading began. The reader survives the loss of its consumer (a server restart, a
@@ -70,7 +74,6 @@ struct Reader {
 impl Reader {
     /// Creates a consumer from `start`; returns how many messages it has pending.
     async fn open(&mut self) -> Result<u64> {
-        let js_err = |e: &dyn std::fmt::Display| Error::JetStream(e.to_string());
         let config = pull::Config::from(pull::OrderedConfig {
             deliver_policy: self.start,
             filter_subject: self.filter.clone(),
@@ -80,7 +83,7 @@ impl Reader {
             .stream
             .create_consumer(config)
             .await
-            .map_err(|e| js_err(&e))?;
+            .map_err(Error::consumer)?;
         let info = consumer.cached_info();
         let pending = info.num_pending;
         // From here on the start is a sequence (the server resolved `New` or a time to one), so
@@ -97,7 +100,7 @@ impl Reader {
             .expires(EXPIRES)
             .messages()
             .await
-            .map_err(|e| js_err(&e))?;
+            .map_err(Error::consumer)?;
         self.messages = Some(messages);
         self.consumer_seq = 0;
         Ok(pending)
@@ -105,29 +108,30 @@ impl Reader {
 
     async fn next(&mut self) -> Result<jetstream::Message> {
         let mut failing_since = None;
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = RECREATE_RETRY.backoff();
         loop {
             let Some(messages) = self.messages.as_mut() else {
                 match self.open().await {
                     Ok(_) => {
                         tracing::info!(filter = %self.filter, start = ?self.start, "ordered reader resumed on a new consumer");
                         failing_since = None;
+                        backoff.reset();
                     }
                     Err(e) => {
                         let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() >= PATIENCE {
                             return Err(e);
                         }
+                        let delay = backoff.next_delay();
                         tracing::debug!(error = %e, retry_in = ?delay, "ordered reader cannot recreate its consumer yet");
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
                     }
                 }
                 continue;
             };
             match messages.next().await {
                 Some(Ok(msg)) => {
-                    let info = msg.info().map_err(|e| Error::JetStream(e.to_string()))?;
+                    let info = msg.info().map_err(Error::consumer)?;
                     if info.consumer_sequence != self.consumer_seq + 1 {
                         tracing::info!(
                             expected = self.consumer_seq + 1,

@@ -10,11 +10,13 @@
 //!   the checkpoints.
 //! - [`notifiers`] has webhook delivery (signed, retried, dead-lettered), never run by replays.
 //!
-//! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`.
+//! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`; [`supervisor`]
+//! runs a role's loops (and the `conveyor` binary's roles) together.
 
 pub mod handlers;
 pub mod notifiers;
 pub mod projector;
+pub mod supervisor;
 pub mod worker;
 
 pub use worker::handler::{Handler, JobContext, JobError, Registry};
@@ -28,9 +30,20 @@ pub enum Error {
     /// Postgres.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    /// Anything else from NATS.
-    #[error("NATS: {0}")]
-    Nats(String),
+    /// The EVENTS stream lost events before the projector applied them.
+    #[error("the EVENTS stream starts at {first} but the checkpoint needs {wanted}: events were removed before they were projected")]
+    Gap {
+        /// The stream's first sequence.
+        first: u64,
+        /// The sequence the checkpoint needs next.
+        wanted: u64,
+    },
+    /// The read-model version being rebuilt was replaced while it was built.
+    #[error("read-model version {0} is no longer the one this rebuild writes")]
+    VersionChanged(i32),
+    /// A loop of the role panicked.
+    #[error(transparent)]
+    Panicked(#[from] supervisor::Panicked),
     /// A setting cannot work.
     #[error("{0}")]
     Config(String),

@@ -4,6 +4,8 @@
 //! secret rotation). The secret is `whsec_<base64 key>`; each tenant has its own, derived from the
 //! deployment's master secret, so one tenant's secret never verifies another's deliveries.
 //!
+//! Which URLs may be targets is [`url`]'s concern.
+//!
 //! A receiver in Rust verifies with [`verify`]:
 //!
 //! ```
@@ -14,6 +16,8 @@
 //! assert!(verify(&secret, "msg_1", "1700000000", &sig, body, 1_700_000_010).is_ok());
 //! assert!(verify(&secret, "msg_1", "1700000000", &sig, b"tampered", 1_700_000_010).is_err());
 //! ```
+
+pub mod url;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

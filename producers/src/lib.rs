@@ -64,7 +64,7 @@ pub struct ApiSettings {
     /// How long a read of a just-accepted job waits for the projector.
     pub read_your_writes_wait: Duration,
     /// Which webhook targets are accepted, and how their names are resolved.
-    pub webhook_targets: bus::webhook_url::TargetSettings,
+    pub webhook_targets: events::webhooks::url::TargetSettings,
     /// Webhook host lookups in flight per tenant (see `webhook_targets`).
     pub webhook_lookups_per_tenant: usize,
     /// Master secret of webhook signatures (each tenant's secret derives from it).

@@ -62,15 +62,11 @@ pub(crate) struct LiveEvent {
 impl LiveEvent {
     fn from_message(
         seq: u64,
-        headers: Option<&async_nats::HeaderMap>,
-        payload: &[u8],
+        headers: Option<&bus::jetstream::HeaderMap>,
+        payload: &bytes::Bytes,
     ) -> Option<Self> {
-        let ev = bus::decode_event(headers, payload).ok()?;
-        let json = if headers.is_some_and(|h| h.get("ce-specversion").is_some()) {
-            String::from_utf8(ev.to_json()).ok()?
-        } else {
-            String::from_utf8(payload.to_vec()).ok()?
-        };
+        let bus::Decoded { envelope: ev, json } = bus::decode::<JobEvent>(headers, payload).ok()?;
+        let json = String::from_utf8(json.into()).ok()?;
         Some(Self {
             seq,
             name: ev.payload.name(),
@@ -373,7 +369,7 @@ impl Hub {
         let last = stream
             .info()
             .await
-            .map_err(|e| bus::Error::JetStream(e.to_string()))?
+            .map_err(bus::Error::stream)?
             .state
             .last_sequence;
         if let Some(after) = after.filter(|a| *a > last) {

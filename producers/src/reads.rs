@@ -139,7 +139,7 @@ pub(crate) async fn last_event(
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
             Ok(None)
         }
-        Err(e) => Err(ApiError::bus(bus::Error::JetStream(e.to_string()))),
+        Err(e) => Err(ApiError::bus(bus::Error::stream(e))),
     }
 }
 

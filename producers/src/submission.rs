@@ -181,12 +181,12 @@ async fn claim_key(
     match kv.create(&slot, value.into()).await {
         Ok(_) => return Ok((claim.job, claim.created_at, true)),
         Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(ApiError::bus(bus::Error::JetStream(e.to_string()))),
+        Err(e) => return Err(ApiError::bus(bus::Error::bucket(e))),
     }
     let held = kv
         .get(&slot)
         .await
-        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?
+        .map_err(|e| ApiError::bus(bus::Error::bucket(e)))?
         .and_then(|b| serde_json::from_slice::<Claimed>(&b).ok())
         .ok_or_else(|| ApiError::Unavailable("idempotency key is being claimed; retry".into()))?;
     if held.request != claim.request {

@@ -5,7 +5,7 @@
 //!    limit and quota.
 //! 2. [`WebhookTargets::resolve`], only for a request the rate limit and quota let through: each
 //!    distinct host name of the request is resolved once, all of them at the same time, under one
-//!    deadline for the whole request, with the asynchronous resolver of [`bus::webhook_url`] (no
+//!    deadline for the whole request, with the asynchronous resolver of [`bus::webhook_dns`] (no
 //!    thread of tokio's blocking pool is held, so a name server that never answers costs a
 //!    socket and a timer, not a thread).
 //!
@@ -18,7 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus::webhook_url::{ResolverSetupError, TargetPolicy, TargetSettings};
+use bus::webhook_dns::{ResolverSetupError, TargetPolicy};
+use events::webhooks::url::TargetSettings;
 use events::Tenant;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;

@@ -13,7 +13,8 @@
 //!    command with a `not_before`; `Retry-After` of a 429 or 503 is honoured) up to
 //!    `max_attempts`; then, or at once on `410 Gone` or a refused target, the
 //!    delivery is recorded in the `<NS>_WEBHOOK_FAILURES` bucket, where operators list and
-//!    re-drive it. The target is vetted at each delivery by [`bus::webhook_url`]: the HTTP client
+//!    re-drive it. The target is vetted at each delivery by [`events::webhooks::url`] and resolved by
+//!    [`bus::webhook_dns`]: the HTTP client
 //!    resolves names through the policy and connects to exactly the addresses it allowed (one
 //!    lookup, no second one that a rebinding name could answer differently); a name that points
 //!    to a refused address is recorded as failed at once, and no proxy is used (a proxy would
@@ -25,22 +26,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
-use bus::webhook_url::{self, TargetError, TargetPolicy, TargetSettings};
+use bus::consume::{Delivery, Disposition, Pull};
+use bus::webhook_dns::TargetPolicy;
 use bus::Bus;
 use chrono::Utc;
 use events::command::DeliverWebhook;
 use events::job::JobEvent;
 use events::subjects::msg_id;
+use events::webhooks::url::{self as webhook_url, TargetError, TargetSettings};
 use events::webhooks::FailedDelivery;
-use events::{streams, Command, Envelope};
-use futures::StreamExt;
+use events::{streams, Command, Envelope, RetryPolicy};
 use rand::Rng;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::supervisor::Supervisor;
 
 /// CloudEvents `source` of commands the notifier publishes.
 pub const SOURCE: &str = "/conveyor/notifier";
@@ -78,7 +79,7 @@ struct Shared {
     settings: WebhookSettings,
     http: reqwest::Client,
     policy: TargetPolicy,
-    failures: async_nats::jetstream::kv::Store,
+    failures: bus::jetstream::Store,
     hosts: HostSlots,
 }
 
@@ -117,9 +118,15 @@ impl WebhookNotifier {
             settings: self.settings,
             http,
         });
-        let mut loops = JoinSet::new();
-        loops.spawn(fanin_loop(shared.clone(), shutdown.clone()));
-        loops.spawn(delivery_loop(shared.clone(), shutdown.clone()));
+        let mut loops = Supervisor::new(shutdown.clone());
+        loops.spawn(
+            "webhook fan-in",
+            fanin_loop(shared.clone(), shutdown.clone()),
+        );
+        loops.spawn(
+            "webhook delivery",
+            delivery_loop(shared.clone(), shutdown.clone()),
+        );
         {
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
             let specs = vec![
@@ -129,82 +136,57 @@ impl WebhookNotifier {
                     WebhookNotifier::ack_wait(&shared.settings),
                 ),
             ];
-            loops.spawn(async move {
+            loops.spawn("consumer metrics", async move {
                 let bus = shared.bus.clone();
                 bus.report_consumers(specs, Duration::from_secs(5), shutdown.cancelled())
                     .await;
                 Ok(())
             });
         }
-        let mut result = Ok(());
-        while let Some(joined) = loops.join_next().await {
-            let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
-            if let Err(e) = r {
-                shutdown.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
+        // The loops end once their deliveries in flight have (each bounded by the request
+        // timeout): none is cut short.
+        let result = loops
+            .run(Duration::MAX)
+            .await
+            .map_err(|failed| failed.error);
         // Send the buffered acknowledgements before the process exits.
-        if let Err(e) = shared.bus.client().flush().await {
+        if let Err(e) = shared.bus.flush().await {
             tracing::warn!(error = %e, "acknowledgements not flushed");
         }
         result
     }
 }
 
-async fn pause(shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs(1)) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}
+/// Terminal events taken per pull by the fan-in.
+const FANIN_BATCH: usize = 256;
+/// Most delivery commands taken per pull.
+const DELIVERY_BATCH: usize = 256;
 
 async fn fanin_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
-    let consumer = shared
-        .bus
-        .pull_consumer(&streams::webhook_fanin_consumer(shared.bus.ns()))
-        .await?;
-    while !shutdown.is_cancelled() {
-        let mut batch = match consumer
-            .batch()
-            .max_messages(256)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook fan-in pull failed; retrying");
-                if !pause(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        while let Some(Ok(msg)) = batch.next().await {
-            match queue_delivery(&shared, &msg).await {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
+    let pull = Pull::new(
+        streams::webhook_fanin_consumer(shared.bus.ns()),
+        FANIN_BATCH,
+    );
+    let bus = shared.bus.clone();
+    bus.consume(pull, &shutdown, move |delivery| {
+        let shared = shared.clone();
+        async move {
+            match queue_delivery(&shared, &delivery).await {
+                Ok(()) => Disposition::Ack,
                 Err(Some(e)) => {
                     tracing::warn!(error = %e, "webhook not queued; retrying");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    Disposition::Retry(Some(Duration::from_secs(1)))
                 }
-                Err(None) => {
-                    let _ = msg.ack_with(AckKind::Term).await;
-                }
+                Err(None) => Disposition::Terminate,
             }
         }
-    }
+    })
+    .await?;
     Ok(())
 }
 
 /// Queues the delivery of a terminal event if its job has a webhook. `Err(None)`: poison.
-async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(), Option<String>> {
+async fn queue_delivery(shared: &Shared, msg: &Delivery) -> Result<(), Option<bus::Error>> {
     // The worker said the job has no webhook: nothing to look up.
     if msg
         .headers
@@ -218,17 +200,10 @@ async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(),
         tracing::warn!(subject = %msg.subject, reason = %e, "poison event skipped by the webhook fan-in");
         None
     })?;
-    let seq = msg.info().map_err(|e| Some(e.to_string()))?.stream_sequence;
-    let stream = shared
-        .bus
-        .events_stream()
-        .await
-        .map_err(|e| Some(e.to_string()))?;
+    let stream = shared.bus.events_stream().await?;
     let subject = shared.bus.ns().job_event(&ev.tenant, ev.job, "submitted");
-    let submitted = match stream.direct_get_last_for_subject(subject).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Some(e.to_string())),
+    let Some(submitted) = bus::last_message(&stream, subject).await? else {
+        return Ok(());
     };
     let url = match bus::decode_event(Some(&submitted.headers), &submitted.payload) {
         Ok(Envelope {
@@ -244,7 +219,7 @@ async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(),
         ev.tenant.clone(),
         ev.kind.clone(),
         Command::Webhook(DeliverWebhook {
-            event_seq: seq,
+            event_seq: msg.stream_sequence,
             url,
             attempt: 1,
             not_before: None,
@@ -255,9 +230,8 @@ async fn queue_delivery(shared: &Shared, msg: &jetstream::Message) -> Result<(),
     shared
         .bus
         .publish_command(&cmd, &msg_id::webhook(ev.job, 0))
-        .await
-        .map(drop)
-        .map_err(|e| Some(e.to_string()))
+        .await?;
+    Ok(())
 }
 
 async fn delivery_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
@@ -265,52 +239,13 @@ async fn delivery_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crat
         shared.bus.ns(),
         WebhookNotifier::ack_wait(&shared.settings),
     );
-    let consumer = shared.bus.pull_consumer(&spec).await?;
-    let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
-    let tasks = TaskTracker::new();
-    while !shutdown.is_cancelled() {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.cancelled() => break,
-        };
-        let mut permits = vec![first];
-        while permits.len() < 256 {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        let batch = consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook delivery pull failed; retrying");
-                drop(permits);
-                if !pause(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        while let Some(Ok(msg)) = batch.next().await {
-            let Some(permit) = permits.pop() else {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                continue;
-            };
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                deliver(&shared, &msg).await;
-                drop(permit);
-            });
-        }
-    }
-    tasks.close();
-    tasks.wait().await;
+    let pull = Pull::new(spec, DELIVERY_BATCH).concurrency(shared.settings.concurrency);
+    let bus = shared.bus.clone();
+    bus.consume(pull, &shutdown, move |delivery| {
+        let shared = shared.clone();
+        async move { deliver(&shared, &delivery).await }
+    })
+    .await?;
     Ok(())
 }
 
@@ -325,47 +260,39 @@ enum Attempt {
     Gone,
 }
 
-async fn deliver(shared: &Shared, msg: &jetstream::Message) {
+async fn deliver(shared: &Shared, msg: &Delivery) -> Disposition {
     let cmd = bus::decode_command(msg.headers.as_ref(), &msg.payload).ok();
     let Some(Command::Webhook(delivery)) = cmd.as_ref().map(|c| &c.payload) else {
         tracing::warn!(subject = %msg.subject, "poison webhook command terminated");
-        let _ = msg.ack_with(AckKind::Term).await;
-        return;
+        return Disposition::Terminate;
     };
     let cmd = cmd.as_ref().expect("decoded above");
     if let Some(wait) = delivery
         .not_before
         .and_then(|t| (t - Utc::now()).to_std().ok())
     {
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(wait.min(Duration::from_secs(15)))))
-            .await;
-        return;
+        return Disposition::Retry(Some(wait.min(Duration::from_secs(15))));
     }
     // One target may only hold a few of the delivery slots, so a slow or dead endpoint never
     // delays the deliveries of others. Handing the command back does not use up an attempt.
     let Some(_host_slot) = shared.hosts.try_acquire(&delivery.url) else {
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-            .await;
-        return;
+        return Disposition::Retry(Some(Duration::from_millis(500)));
     };
     // The target without its query or user information, which may carry secrets.
     let span = tracing::info_span!("webhook", otel.kind = "producer", job_id = %cmd.job,
         tenant = %cmd.tenant, attempt = delivery.attempt,
         webhook = %webhook_url::redact(&delivery.url), trace_id = tracing::field::Empty);
     bus::trace::continue_trace(&span, cmd.traceparent.as_ref());
-    finish_delivery(shared, msg, cmd, delivery)
+    finish_delivery(shared, cmd, delivery)
         .instrument(span)
-        .await;
+        .await
 }
 
 async fn finish_delivery(
     shared: &Shared,
-    msg: &jetstream::Message,
     cmd: &Envelope<Command>,
     delivery: &DeliverWebhook,
-) {
+) -> Disposition {
     let started = std::time::Instant::now();
     let attempt = attempt_delivery(shared, delivery, cmd.tenant.as_str()).await;
     metrics::histogram!("conveyor_webhook_delivery_seconds")
@@ -381,11 +308,13 @@ async fn finish_delivery(
     let error = match attempt {
         Attempt::Delivered => {
             tracing::debug!("webhook delivered");
-            let _ = msg.ack().await;
-            return;
+            return Disposition::Ack;
         }
         Attempt::Retry(e, after) if delivery.attempt < shared.settings.max_attempts => {
-            let delay = after.unwrap_or_else(|| backoff(&shared.settings, delivery.attempt.into()));
+            let delay = after.unwrap_or_else(|| {
+                RetryPolicy::new(shared.settings.retry_base, shared.settings.retry_max)
+                    .jittered(delivery.attempt, rand::rng().random())
+            });
             tracing::info!(error = %e, retry_in = ?delay, "webhook delivery failed; will retry");
             // The next attempt is a new command, so attempts are counted exactly, whatever
             // redeliveries happen in between.
@@ -399,22 +328,17 @@ async fn finish_delivery(
                 }),
                 ..cmd.clone()
             };
-            match shared
+            return match shared
                 .bus
                 .publish_command(&next, &format!("{}.next", cmd.id))
                 .await
             {
-                Ok(_) => {
-                    let _ = msg.ack().await;
-                }
+                Ok(_) => Disposition::Ack,
                 Err(e) => {
                     tracing::warn!(error = %e, "retry not queued; handing the delivery back");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    Disposition::Retry(Some(Duration::from_secs(1)))
                 }
-            }
-            return;
+            };
         }
         Attempt::Retry(e, _) | Attempt::GiveUp(e) => e,
         Attempt::Gone => "the endpoint answered 410 Gone".to_owned(),
@@ -433,14 +357,10 @@ async fn finish_delivery(
     let key = format!("{}.{}", cmd.tenant, cmd.job);
     let value = serde_json::to_vec(&record).expect("a record serialises");
     match shared.failures.put(key, value.into()).await {
-        Ok(_) => {
-            let _ = msg.ack().await;
-        }
+        Ok(_) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "failed delivery not recorded; retrying");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            Disposition::Retry(Some(Duration::from_secs(1)))
         }
     }
 }
@@ -615,12 +535,4 @@ async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &s
         }
         Err(e) => send_failure(e),
     }
-}
-
-fn backoff(settings: &WebhookSettings, attempt: u64) -> Duration {
-    let exp = settings
-        .retry_base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(settings.retry_max);
-    exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5))
 }

@@ -27,14 +27,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
+use bus::jetstream::DeliverPolicy;
 use bus::Bus;
+use events::RetryPolicy;
 use futures::{FutureExt, StreamExt};
 use read_models::Sequenced;
 use readmodel::versions::{self, VersionState};
 use readmodel::{checkpoints, Projection, CHECKPOINT_CHANNEL};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+/// The waits before following the log again after a failure (Postgres or NATS away).
+const RESTART_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Tuning of the projector.
 #[derive(Debug, Clone)]
@@ -63,8 +68,10 @@ enum ApplyError {
     Conflict(&'static str),
     #[error("read-model version {0} is no longer the one this follower writes")]
     VersionChanged(i32),
-    #[error("JetStream: {0}")]
-    Bus(String),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    #[error("the event stream ended")]
+    Ended,
     #[error("the EVENTS stream starts at {first} but the checkpoint needs {wanted}: events were removed before they were projected")]
     Gap { first: u64, wanted: u64 },
 }
@@ -290,30 +297,34 @@ impl Projector {
         role: Role,
         shutdown: &CancellationToken,
     ) -> crate::Result<()> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = RESTART_RETRY.backoff();
         loop {
-            match self.follow(role, shutdown, &mut |_| {}).await {
+            let delay = match self.follow(role, shutdown, &mut |_| {}).await {
                 Ok(_) => return Ok(()),
-                Err(e @ ApplyError::Gap { .. }) => {
+                Err(ApplyError::Gap { first, wanted }) => {
+                    let e = crate::Error::Gap { first, wanted };
                     tracing::error!(error = %e, "projector stopped");
-                    return Err(crate::Error::Nats(e.to_string()));
+                    return Err(e);
                 }
                 Err(ApplyError::VersionChanged(v)) => {
                     tracing::info!(
                         old_version = v,
                         "read models switched version; following the new one"
                     );
-                    delay = Duration::from_millis(50);
+                    // The new version is there already: start over at the shortest wait.
+                    backoff.reset();
+                    Duration::from_millis(50)
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "projector restarting from its checkpoint");
+                    delay
                 }
-            }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return Ok(()),
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -336,13 +347,17 @@ impl Projector {
         }
         let result = async {
             prepare_version(&self.db, version).await?;
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = RESTART_RETRY.backoff();
             loop {
+                let delay = backoff.next_delay();
                 match self.follow(Role::Build, shutdown, &mut progress).await {
                     Ok(Some(v)) => return Ok(RebuildOutcome::Switched { version: v }),
                     Ok(None) => return Ok(RebuildOutcome::Interrupted),
-                    Err(e @ (ApplyError::Gap { .. } | ApplyError::VersionChanged(_))) => {
-                        return Err(crate::Error::Nats(e.to_string()))
+                    Err(ApplyError::Gap { first, wanted }) => {
+                        return Err(crate::Error::Gap { first, wanted })
+                    }
+                    Err(ApplyError::VersionChanged(v)) => {
+                        return Err(crate::Error::VersionChanged(v))
                     }
                     Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "rebuild restarting from its checkpoint"),
                 }
@@ -350,7 +365,6 @@ impl Projector {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Ok(RebuildOutcome::Interrupted),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
         .await;
@@ -382,15 +396,11 @@ impl Projector {
         if role == Role::Live {
             self.live_checkpoint.store(start - 1, Ordering::Relaxed);
         }
-        let mut stream = self
-            .bus
-            .events_stream()
-            .await
-            .map_err(|e| ApplyError::Bus(e.to_string()))?;
+        let mut stream = self.bus.events_stream().await?;
         let state = stream
             .info()
             .await
-            .map_err(|e| ApplyError::Bus(e.to_string()))?
+            .map_err(bus::Error::stream)?
             .state
             .clone();
         let wanted = u64::try_from(start).unwrap_or(1);
@@ -419,8 +429,7 @@ impl Projector {
                 start_sequence: wanted,
             },
         )
-        .await
-        .map_err(|e| ApplyError::Bus(e.to_string()))?;
+        .await?;
         tracing::info!(
             from_seq = wanted,
             version,
@@ -443,7 +452,7 @@ impl Projector {
                 _ = shutdown.cancelled() => return Ok(None),
             };
             let Some(next) = next else {
-                return Err(ApplyError::Bus("event stream ended".into()));
+                return Err(ApplyError::Ended);
             };
             let Decoded {
                 events,
@@ -787,22 +796,19 @@ impl Drop for AbortOnDrop {
 /// Reads batches of up to `size` messages and hands them on decoded, until the follower stops
 /// listening or the stream fails (the failure is handed on).
 async fn read_batches(
-    mut messages: impl futures::Stream<Item = Result<async_nats::jetstream::Message, impl std::fmt::Display>>
-        + Unpin,
+    mut messages: impl futures::Stream<Item = bus::Result<bus::jetstream::Message>> + Unpin,
     size: usize,
     tx: tokio::sync::mpsc::Sender<Result<Decoded, ApplyError>>,
 ) {
     loop {
         let Some(first) = messages.next().await else {
-            let _ = tx
-                .send(Err(ApplyError::Bus("event stream ended".into())))
-                .await;
+            let _ = tx.send(Err(ApplyError::Ended)).await;
             return;
         };
         let first = match first {
             Ok(m) => m,
             Err(e) => {
-                let _ = tx.send(Err(ApplyError::Bus(e.to_string()))).await;
+                let _ = tx.send(Err(e.into())).await;
                 return;
             }
         };
@@ -849,29 +855,21 @@ async fn read_batches(
 /// the stream had after it. Poison (not a conveyor CloudEvent) is skipped with a logged reason;
 /// the checkpoint still moves past it.
 fn decode_batch(
-    batch: &[async_nats::jetstream::Message],
+    batch: &[bus::jetstream::Message],
 ) -> Result<(Vec<Sequenced>, i64, u64), ApplyError> {
     let mut out = Vec::with_capacity(batch.len());
     let (mut last, mut pending) = (0, 0);
     for msg in batch {
-        let info = msg.info().map_err(|e| ApplyError::Bus(e.to_string()))?;
+        let info = msg.info().map_err(bus::Error::consumer)?;
         last = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
         pending = info.pending;
-        match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
-            // Structured mode: the payload is the CloudEvent JSON, stored as received.
-            Ok(ev)
-                if msg
-                    .headers
-                    .as_ref()
-                    .is_none_or(|h| h.get("ce-specversion").is_none()) =>
-            {
-                out.push(Sequenced {
-                    seq: last,
-                    ev,
-                    json: msg.payload.clone(),
-                })
-            }
-            Ok(ev) => out.push(Sequenced::new(last, ev)),
+        match bus::decode(msg.headers.as_ref(), &msg.payload) {
+            // In structured mode the CloudEvent JSON is stored as received.
+            Ok(decoded) => out.push(Sequenced {
+                seq: last,
+                ev: decoded.envelope,
+                json: decoded.json,
+            }),
             Err(e) => {
                 tracing::warn!(seq = last, subject = %msg.subject, reason = %e, "poison event skipped")
             }

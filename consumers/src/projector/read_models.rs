@@ -27,6 +27,7 @@ pub(crate) struct Sequenced {
 
 impl Sequenced {
     /// `ev` at `seq`, its JSON encoded here.
+    #[cfg(test)]
     pub(crate) fn new(seq: i64, ev: Envelope<JobEvent>) -> Self {
         let json = ev.to_json().into();
         Self { seq, ev, json }

@@ -20,100 +20,69 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::DirectGetErrorKind, AckKind};
+use bus::consume::{Delivery, Disposition, Pull};
 use chrono::Utc;
 use events::command::RunJob;
 use events::subjects::msg_id;
 use events::{streams, Command, Envelope, JobEvent};
-use futures::StreamExt;
-use uuid::Uuid;
+use tokio_util::sync::CancellationToken;
 
 use super::{Shared, SOURCE};
 
 /// How old a submission is before it is audited: the API publishes the command right after the
 /// event, so by then it is there unless it was lost.
 const AUDIT_DELAY: Duration = Duration::from_secs(5);
-/// Submissions checked together (one read-model query).
+/// Submissions taken per pull.
 const BATCH: usize = 256;
+/// Submissions audited at once (each waits for its age, then asks the read model).
+const CONCURRENCY: usize = 16;
 
 pub(super) async fn audit_loop(
     shared: Arc<Shared>,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> crate::Result<()> {
     let spec = streams::submissions_audit_consumer(shared.bus.ns());
-    let consumer = shared.bus.pull_consumer(&spec).await?;
-    while !shutdown.is_cancelled() {
-        let batch = consumer
-            .batch()
-            .max_messages(BATCH)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "submissions audit: pull failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        };
-        let mut due = Vec::new();
-        while let Some(Ok(msg)) = batch.next().await {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
-                Ok(
-                    ev @ Envelope {
-                        payload: JobEvent::Submitted(_) | JobEvent::Redriven(_),
-                        ..
-                    },
-                ) => due.push(Due { msg, seq, ev }),
-                _ => {
-                    tracing::warn!(subject = %msg.subject, "submissions audit: unreadable event skipped");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                }
-            }
-        }
-        // Messages come in log order: waiting for the newest makes all of them due.
-        if let Some(newest) = due.last() {
-            let age = (Utc::now() - newest.ev.time).to_std().unwrap_or_default();
-            if let Some(wait) = AUDIT_DELAY.checked_sub(age) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    // Unacknowledged: redelivered to whoever audits next.
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-        let settled = settled_in_read_model(&shared, &due).await;
-        for Due { msg, seq, ev } in due {
-            let outcome = if settled.contains(&(ev.job.0, next_attempt(&ev))) {
-                Ok(())
-            } else {
-                repair(&shared, seq, &ev).await
-            };
-            match outcome {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: check failed; retrying");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-            }
-        }
-    }
+    let pull = Pull::new(spec, BATCH).concurrency(CONCURRENCY);
+    let bus = shared.bus.clone();
+    let stop = shutdown.clone();
+    bus.consume(pull, &shutdown, move |delivery| {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        async move { audit(&shared, delivery, &stop).await }
+    })
+    .await?;
     Ok(())
 }
 
-/// An event to audit: its message (acknowledged once checked), its EVENTS sequence, and itself.
-struct Due {
-    msg: jetstream::Message,
-    seq: u64,
-    ev: Envelope<JobEvent>,
+/// Checks that one submission (or redrive) has what it needs, and repairs it if not.
+async fn audit(shared: &Shared, delivery: Delivery, shutdown: &CancellationToken) -> Disposition {
+    let Ok(
+        ev @ Envelope {
+            payload: JobEvent::Submitted(_) | JobEvent::Redriven(_),
+            ..
+        },
+    ) = bus::decode_event(delivery.headers.as_ref(), &delivery.payload)
+    else {
+        tracing::warn!(subject = %delivery.subject, "submissions audit: unreadable event skipped");
+        return Disposition::Terminate;
+    };
+    let age = (Utc::now() - ev.time).to_std().unwrap_or_default();
+    if let Some(wait) = AUDIT_DELAY.checked_sub(age) {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // Handed back to whoever audits next.
+            _ = shutdown.cancelled() => return Disposition::Retry(None),
+        }
+    }
+    if settled_in_read_model(shared, &ev).await {
+        return Disposition::Ack;
+    }
+    match repair(shared, delivery.stream_sequence, &ev).await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: check failed; retrying");
+            Disposition::Retry(Some(Duration::from_secs(1)))
+        }
+    }
 }
 
 /// The attempt the audited event's run command starts.
@@ -124,42 +93,37 @@ fn next_attempt(ev: &Envelope<JobEvent>) -> u32 {
     }
 }
 
-/// The `(job, attempt)` pairs of `due` whose attempt the read model shows as started, or whose
-/// job it shows cancelled (none if it cannot be read).
-async fn settled_in_read_model(shared: &Shared, due: &[Due]) -> Vec<(Uuid, u32)> {
+/// Whether the read model shows the attempt `ev` asks for as started, or its job as cancelled
+/// (`false` if it cannot be read).
+async fn settled_in_read_model(shared: &Shared, ev: &Envelope<JobEvent>) -> bool {
     let Some(db) = &shared.db else {
-        return Vec::new();
+        return false;
     };
-    let ids: Vec<Uuid> = due.iter().map(|d| d.ev.job.0).collect();
-    let attempts: Vec<i32> = due
-        .iter()
-        .map(|d| i32::try_from(next_attempt(&d.ev)).unwrap_or(i32::MAX))
-        .collect();
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT d.id, d.attempt FROM unnest($1::uuid[], $2::int[]) AS d(id, attempt)
-         JOIN jobs j ON j.id = d.id
-         WHERE j.attempt >= d.attempt OR j.status = 'cancelled'",
+    let attempt = i32::try_from(next_attempt(ev)).unwrap_or(i32::MAX);
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND (attempt >= $2 OR status = 'cancelled'))",
     )
-    .bind(&ids)
-    .bind(&attempts)
-    .fetch_all(db)
+    .bind(ev.job.0)
+    .bind(attempt)
+    .fetch_one(db)
     .await
-    .unwrap_or_default();
-    rows.into_iter()
-        .map(|(id, attempt)| (id, u32::try_from(attempt).unwrap_or(0)))
-        .collect()
+    .unwrap_or(false)
 }
 
 /// Publishes the run command that follows `ev` (stored at `seq`) again if the log shows none.
 async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<(), bus::Error> {
     let ns = shared.bus.ns();
     let commands = shared.bus.commands_stream().await?;
-    if last_seq(&commands, ns.run_command_of(&ev.kind, ev.job)).await? > 0 {
+    if bus::last_message(&commands, ns.run_command_of(&ev.kind, ev.job))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let events = shared.bus.events_stream().await?;
     for name in ["started", "cancelled"] {
-        if last_seq(&events, ns.job_event(&ev.tenant, ev.job, name)).await? > seq {
+        let last = bus::last_message(&events, ns.job_event(&ev.tenant, ev.job, name)).await?;
+        if last.is_some_and(|m| m.sequence > seq) {
             return Ok(());
         }
     }
@@ -168,16 +132,16 @@ async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<()
         JobEvent::Redriven(redriven) => {
             // The payload and limits are the submission's.
             let subject = ns.job_event(&ev.tenant, ev.job, "submitted");
-            let msg = events
-                .direct_get_last_for_subject(subject)
-                .await
-                .map_err(|e| bus::Error::JetStream(e.to_string()))?;
-            match bus::decode_event(Some(&msg.headers), &msg.payload) {
-                Ok(Envelope {
+            let Some(msg) = bus::last_message(&events, subject).await? else {
+                // Redriven without a submission: nothing to repeat.
+                return Ok(());
+            };
+            match bus::decode_event(Some(&msg.headers), &msg.payload)? {
+                Envelope {
                     payload: JobEvent::Submitted(job),
                     ..
-                }) => RunJob::redrive(&job, redriven),
-                _ => return Err(bus::Error::JetStream("unreadable job.submitted".into())),
+                } => RunJob::redrive(&job, redriven),
+                _ => return Ok(()),
             }
         }
         _ => return Ok(()),
@@ -195,13 +159,4 @@ async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<()
     )
     .with_trace(ev.traceparent.clone());
     shared.bus.publish_command(&cmd, &id).await.map(drop)
-}
-
-/// The sequence of the last message on `subject` in `stream` (0 if none).
-async fn last_seq(stream: &jetstream::stream::Stream, subject: String) -> Result<u64, bus::Error> {
-    match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => Ok(msg.sequence),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-        Err(e) => Err(bus::Error::JetStream(e.to_string())),
-    }
 }

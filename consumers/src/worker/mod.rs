@@ -24,6 +24,7 @@
 //! holding a slot, so idle kinds never starve busy ones.
 
 mod audit;
+mod canceller;
 pub mod handler;
 
 use std::collections::HashMap;
@@ -43,11 +44,11 @@ use rand::Rng;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::supervisor::Supervisor;
 use handler::{JobContext, JobError, Progress, Registry};
 
 /// CloudEvents `source` of events published by workers.
@@ -149,18 +150,28 @@ impl Worker {
         });
         let slots = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
         let jobs = TaskTracker::new();
-        let mut loops = JoinSet::new();
+        // One loop failing stops the others; the worker's own supervisor decides what follows.
+        let mut loops = Supervisor::new(shutdown.clone());
         for kind in &kinds {
-            loops.spawn(pull_loop(
-                shared.clone(),
-                kind.clone(),
-                slots.clone(),
-                jobs.clone(),
-                shutdown.clone(),
-            ));
+            loops.spawn(
+                &format!("pull loop of {kind}"),
+                pull_loop(
+                    shared.clone(),
+                    kind.clone(),
+                    slots.clone(),
+                    jobs.clone(),
+                    shutdown.clone(),
+                ),
+            );
         }
-        loops.spawn(canceller_loop(shared.clone(), shutdown.clone()));
-        loops.spawn(audit::audit_loop(shared.clone(), shutdown.clone()));
+        loops.spawn(
+            "canceller",
+            canceller::canceller_loop(shared.clone(), shutdown.clone()),
+        );
+        loops.spawn(
+            "submissions audit",
+            audit::audit_loop(shared.clone(), shutdown.clone()),
+        );
         {
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
             let mut specs: Vec<_> = kinds
@@ -172,14 +183,17 @@ impl Worker {
                 shared.settings.ack_wait,
             ));
             specs.push(streams::submissions_audit_consumer(shared.bus.ns()));
-            loops.spawn(async move {
+            loops.spawn("consumer metrics", async move {
                 let bus = shared.bus.clone();
                 bus.report_consumers(specs, Duration::from_secs(5), shutdown.cancelled())
                     .await;
                 Ok(())
             });
         }
-        loops.spawn(cancel_listener(shared.clone(), shutdown.clone()));
+        loops.spawn(
+            "cancel listener",
+            canceller::cancel_listener(shared.clone(), shutdown.clone()),
+        );
         tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
 
         // The grace period runs from the shutdown signal, while the pull loops wind down.
@@ -199,23 +213,18 @@ impl Worker {
                 }
             })
         };
-        let mut result = Ok(());
-        while let Some(joined) = loops.join_next().await {
-            let r = joined.unwrap_or_else(|e| Err(crate::Error::Nats(format!("task failed: {e}"))));
-            if let Err(e) = r {
-                // One loop failing stops the others: the supervisor decides what happens next.
-                shutdown.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
+        // The loops end by themselves once they stop pulling: none is cut short. The running
+        // jobs are what the grace period above is for.
+        let result = loops
+            .run(Duration::MAX)
+            .await
+            .map_err(|failed| failed.error);
         jobs.close();
         jobs.wait().await;
         grace.abort();
         // Acks and hand-backs are buffered by the client: send them before the process exits,
         // or the server would wait out the ack wait before redelivering.
-        if let Err(e) = shared.bus.client().flush().await {
+        if let Err(e) = shared.bus.flush().await {
             tracing::warn!(error = %e, "acknowledgements not flushed");
         }
         result
@@ -645,7 +654,7 @@ async fn store_result(
     store
         .put(object.as_str(), &mut bytes.as_slice())
         .await
-        .map_err(|e| bus::Error::JetStream(e.to_string()))?;
+        .map_err(bus::Error::bucket)?;
     Ok((
         None,
         Some(ResultRef {
@@ -658,92 +667,7 @@ async fn store_result(
 
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic".into()),
+        Ok(p) => crate::supervisor::panic_message(p.as_ref()),
         Err(e) => e.to_string(),
-    }
-}
-
-/// Turns `cancel` commands into a marker in the cancels bucket (seen by a worker that picks up
-/// the job later) and a broadcast (seen by the worker running it now).
-async fn canceller_loop(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
-    let spec = streams::canceller_consumer(shared.bus.ns(), shared.settings.ack_wait);
-    let consumer = shared.bus.pull_consumer(&spec).await?;
-    while !shutdown.is_cancelled() {
-        let batch = consumer
-            .batch()
-            .max_messages(64)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cancel pull failed; retrying");
-                if !pause(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        while let Some(Ok(msg)) = batch.next().await {
-            let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
-                Ok(cmd) => cmd,
-                Err(e) => {
-                    tracing::warn!(subject = %msg.subject, reason = %e, "poison command terminated");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    continue;
-                }
-            };
-            let job = cmd.job.to_string();
-            let marked = shared.cancels.put(&job, "1".into()).await;
-            let told = shared
-                .bus
-                .client()
-                .publish(shared.bus.ns().cancel_broadcast(), job.clone().into())
-                .await;
-            if marked.is_ok() && told.is_ok() {
-                let _ = msg.ack().await;
-            } else {
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Cancels jobs running in this process when a cancel broadcast names them.
-async fn cancel_listener(shared: Arc<Shared>, shutdown: CancellationToken) -> crate::Result<()> {
-    let mut sub = shared
-        .bus
-        .client()
-        .subscribe(shared.bus.ns().cancel_broadcast())
-        .await
-        .map_err(|e| crate::Error::Nats(e.to_string()))?;
-    loop {
-        let msg = tokio::select! {
-            m = sub.next() => m,
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let Some(msg) = msg else { return Ok(()) };
-        let Ok(job) = std::str::from_utf8(&msg.payload)
-            .unwrap_or_default()
-            .parse::<JobId>()
-        else {
-            continue;
-        };
-        if let Some(token) = shared
-            .running
-            .lock()
-            .expect("running map poisoned")
-            .get(&job)
-        {
-            token.cancel();
-        }
     }
 }

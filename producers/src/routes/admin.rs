@@ -44,12 +44,12 @@ pub(crate) async fn consumers(State(state): State<AppState>, auth: Auth) -> ApiR
             .js()
             .get_stream(&name)
             .await
-            .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+            .map_err(|e| ApiError::bus(bus::Error::stream(e)))?;
         let infos: Vec<_> = stream
             .consumers()
             .try_collect()
             .await
-            .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+            .map_err(|e| ApiError::bus(bus::Error::stream(e)))?;
         items.extend(
             infos
                 .into_iter()
@@ -117,7 +117,7 @@ pub(crate) async fn projections(
     let last = stream
         .info()
         .await
-        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?
+        .map_err(|e| ApiError::bus(bus::Error::stream(e)))?
         .state
         .last_sequence;
     let items: Vec<Value> = rows

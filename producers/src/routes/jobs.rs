@@ -280,11 +280,11 @@ pub(crate) async fn result(
     let mut reader = store
         .get(&object)
         .await
-        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+        .map_err(|e| ApiError::bus(bus::Error::bucket(e)))?;
     let mut body = Vec::new();
     reader
         .read_to_end(&mut body)
         .await
-        .map_err(|e| ApiError::bus(bus::Error::JetStream(e.to_string())))?;
+        .map_err(|e| ApiError::bus(bus::Error::bucket(e)))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

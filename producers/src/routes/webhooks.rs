@@ -24,8 +24,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redrive))
 }
 
-fn kv_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::bus(bus::Error::JetStream(e.to_string()))
+fn kv_err(e: impl Into<bus::error::Failure>) -> ApiError {
+    ApiError::bus(bus::Error::bucket(e))
 }
 
 /// The signing secret of the caller's tenant.

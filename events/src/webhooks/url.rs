@@ -1,4 +1,4 @@
-//! Webhook targets, vetted against server-side request forgery.
+//! Webhook targets, vetted against server-side request forgery: the rules, which need no I/O.
 //!
 //! A target is an `http` or `https` URL whose every address is globally reachable: not
 //! loopback, private, shared, link-local, multicast, reserved, documentation, benchmarking or any
@@ -9,29 +9,19 @@
 //! network; [`TargetSettings::allow_private`] (`CONVEYOR_ALLOW_PRIVATE_WEBHOOKS`) lets
 //! everything through (development and tests).
 //!
-//! Names are resolved by [`TargetPolicy::resolve`] with an asynchronous resolver (the system's
-//! `resolv.conf`, or the name server of [`TargetSettings::dns_server`]), never with the blocking
-//! `getaddrinfo`. Whoever connects must connect to exactly the addresses that call returned (the
-//! notifier makes it the resolver of its HTTP client): a name that answers a public address to a
-//! check and an internal one to the connection (DNS rebinding) then gets nowhere.
+//! [`AddressRules::parse`] does the checks that need no lookup; a host name is resolved, and each
+//! of its addresses checked with [`AddressRules::permits`], by `bus::webhook_dns`.
 //!
-//! ```no_run
-//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-//! use bus::webhook_url::{TargetPolicy, TargetSettings};
-//! let policy = TargetPolicy::new(&TargetSettings::default())?;
-//! let target = policy.parse("https://hooks.example.com/conveyor?token=s3cret")?;
-//! if let Some(host) = target.domain() {
-//!     let addresses = policy.resolve(host).await?; // connect to these, and only these
-//! }
-//! # Ok(()) }
+//! ```
+//! use events::webhooks::url::{AddressRules, TargetSettings};
+//! let rules = AddressRules::new(&TargetSettings::default());
+//! assert!(rules.parse("http://169.254.169.254/latest").is_err());
+//! let target = rules.parse("https://hooks.example.com/conveyor?token=s3cret").unwrap();
+//! assert_eq!(target.domain(), Some("hooks.example.com")); // to resolve, then vet
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 use url::{Host, Url};
 
 pub use ipnet::IpNet;
@@ -75,12 +65,7 @@ pub enum TargetError {
     },
 }
 
-/// The resolver could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the resolver of webhook hosts (set CONVEYOR_DNS_SERVER to name one): {0}")]
-pub struct ResolverSetupError(String);
-
-/// A URL that passed the checks needing no lookup (see [`TargetPolicy::parse`]).
+/// A URL that passed the checks needing no lookup (see [`AddressRules::parse`]).
 #[derive(Debug, Clone)]
 pub struct Target {
     url: Url,
@@ -98,58 +83,26 @@ impl Target {
     }
 }
 
-/// The policy: which addresses are allowed, and the resolver. Cheap to clone.
-#[derive(Clone)]
-pub struct TargetPolicy {
-    inner: Arc<PolicyInner>,
-}
-
-struct PolicyInner {
+/// Which addresses webhooks may be delivered to.
+#[derive(Debug, Clone, Default)]
+pub struct AddressRules {
     allow_private: bool,
     allow: Vec<IpNet>,
-    resolver: TokioResolver,
 }
 
-impl std::fmt::Debug for TargetPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetPolicy")
-            .field("allow_private", &self.inner.allow_private)
-            .field("allow", &self.inner.allow)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TargetPolicy {
-    /// The policy of `settings`, with a resolver reading the system's configuration unless
-    /// `settings.dns_server` names the name server.
-    pub fn new(settings: &TargetSettings) -> Result<Self, ResolverSetupError> {
-        let setup = |e: &dyn std::fmt::Display| ResolverSetupError(e.to_string());
-        let builder = match settings.dns_server {
-            None => TokioResolver::builder_tokio().map_err(|e| setup(&e))?,
-            Some(server) => {
-                let mut ns = NameServerConfig::udp_and_tcp(server.ip());
-                for c in &mut ns.connections {
-                    c.port = server.port();
-                }
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
-            }
-        };
-        Ok(Self {
-            inner: Arc::new(PolicyInner {
-                allow_private: settings.allow_private,
-                allow: settings.allow.iter().map(IpNet::trunc).collect(),
-                resolver: builder.build().map_err(|e| setup(&e))?,
-            }),
-        })
+impl AddressRules {
+    /// The rules of `settings`.
+    pub fn new(settings: &TargetSettings) -> Self {
+        Self {
+            allow_private: settings.allow_private,
+            allow: settings.allow.iter().map(IpNet::trunc).collect(),
+        }
     }
 
     /// Whether a webhook may be delivered to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let allowed = |ip: IpAddr| self.inner.allow.iter().any(|net| net.contains(&ip));
-        self.inner.allow_private
+        let allowed = |ip: IpAddr| self.allow.iter().any(|net| net.contains(&ip));
+        self.allow_private
             || allowed(ip)
             || embedded_ipv4(ip).is_some_and(|v4| allowed(IpAddr::V4(v4)))
             || !is_forbidden(ip)
@@ -177,7 +130,7 @@ impl TargetPolicy {
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
             Some(Host::Domain(d)) => {
                 let d = d.trim_end_matches('.');
-                if !self.inner.allow_private && (d == "localhost" || d.ends_with(".localhost")) {
+                if !self.allow_private && (d == "localhost" || d.ends_with(".localhost")) {
                     return invalid("webhook.url must not point to localhost".into());
                 }
                 return Ok(Target { url });
@@ -190,33 +143,6 @@ impl TargetPolicy {
             });
         }
         Ok(Target { url })
-    }
-
-    /// Resolves the name `host` to the addresses to connect to, once. Refuses the name whole if
-    /// any of its addresses is refused, so which one a client tries first cannot matter.
-    /// Unbounded in time beyond the resolver's own timeouts: callers set their deadline.
-    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, TargetError> {
-        let unresolved = |reason: String| TargetError::Unresolved {
-            host: host.to_owned(),
-            reason,
-        };
-        let ips: Vec<IpAddr> = match self.inner.resolver.lookup_ip(host).await {
-            Ok(lookup) => lookup.iter().collect(),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
-                return Err(unresolved("no such host".into()))
-            }
-            Err(e) => return Err(unresolved(e.to_string())),
-        };
-        if ips.is_empty() {
-            return Err(unresolved("no such host".into()));
-        }
-        if let Some(ip) = ips.iter().find(|ip| !self.permits(**ip)) {
-            return Err(TargetError::Forbidden {
-                host: host.to_owned(),
-                ip: *ip,
-            });
-        }
-        Ok(ips)
     }
 }
 
@@ -343,14 +269,12 @@ fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
 
-    fn policy(allow_private: bool, allow: &[&str]) -> TargetPolicy {
-        TargetPolicy::new(&TargetSettings {
+    fn policy(allow_private: bool, allow: &[&str]) -> AddressRules {
+        AddressRules::new(&TargetSettings {
             allow_private,
             allow: allow.iter().map(|n| n.parse().unwrap()).collect(),
-            // No lookup happens in these tests; a fixed server keeps them off resolv.conf.
-            dns_server: Some("127.0.0.1:9".parse().unwrap()),
+            dns_server: None,
         })
-        .unwrap()
     }
 
     #[test]
@@ -446,8 +370,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn urls_are_checked_before_any_lookup() {
+    #[test]
+    fn urls_are_checked_before_any_lookup() {
         let p = policy(false, &[]);
         for url in [
             "http://127.0.0.1:4222/",
@@ -482,8 +406,8 @@ mod tests {
         assert_eq!(p.parse("http://[2606:4700::1]/").unwrap().domain(), None);
     }
 
-    #[tokio::test]
-    async fn allowed_networks_and_allow_private_let_targets_through() {
+    #[test]
+    fn allowed_networks_and_allow_private_let_targets_through() {
         let p = policy(false, &["10.20.0.0/16", "127.0.0.2/32"]);
         assert!(p.parse("http://10.20.3.4/").is_ok());
         assert!(p.parse("http://[::ffff:10.20.3.4]/").is_ok());

@@ -1,0 +1,92 @@
+//! Handles on what provisioning created: the two streams, the durable consumers, the key-value
+//! buckets and the object store.
+
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::{kv, object_store, stream};
+use events::streams::ConsumerSpec;
+
+use crate::{Bus, Error, Result};
+
+impl Bus {
+    /// The EVENTS stream handle.
+    pub async fn events_stream(&self) -> Result<stream::Stream> {
+        self.js
+            .get_stream(self.ns.events_stream())
+            .await
+            .map_err(Error::stream)
+    }
+
+    /// The COMMANDS stream handle.
+    pub async fn commands_stream(&self) -> Result<stream::Stream> {
+        self.js
+            .get_stream(self.ns.commands_stream())
+            .await
+            .map_err(Error::stream)
+    }
+
+    /// A durable pull consumer by spec (it must have been provisioned).
+    pub async fn pull_consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> Result<consumer::Consumer<pull::Config>> {
+        self.js
+            .get_consumer_from_stream(&spec.durable, &spec.stream)
+            .await
+            .map_err(Error::consumer)
+    }
+
+    /// The idempotency-key bucket.
+    pub async fn idempotency(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.idempotency_bucket()).await
+    }
+
+    /// The kind registry: which kinds workers serve, with their payload schemas.
+    pub async fn kinds(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.kinds_bucket()).await
+    }
+
+    /// The cancellation-marker bucket.
+    pub async fn cancels(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.cancels_bucket()).await
+    }
+
+    /// The failed-webhook-deliveries bucket.
+    pub async fn webhook_failures(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.webhook_failures_bucket()).await
+    }
+
+    async fn bucket(&self, name: String) -> Result<kv::Store> {
+        self.js.get_key_value(name).await.map_err(Error::bucket)
+    }
+
+    /// The large-result object store (created on first use).
+    pub async fn results(&self) -> Result<object_store::ObjectStore> {
+        let name = self.ns.results_bucket();
+        match self.js.get_object_store(&name).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_object_store(object_store::Config {
+                    bucket: name,
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(Error::bucket),
+        }
+    }
+}
+
+/// The last message stored on `subject` in `stream` (a direct get), `None` if there is none.
+pub async fn last_message(
+    stream: &stream::Stream,
+    subject: String,
+) -> Result<Option<StreamMessage>> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::stream(e)),
+    }
+}
