@@ -32,15 +32,20 @@ export const traceId = (traceparent) => (traceparent ? traceparent.split('-')[1]
 /**
  * Applies the CloudEvent at stream sequence `seq` to `job` (changed in place); returns whether
  * it was folded in (false: it already was, or the job is settled). `job.last_seq` is the
- * sequence of the last event folded in. A job read from the API does not say its sequence: the
- * events that reach it, in stream order, are folded in by the same rules.
+ * sequence of the last event folded in. A job read from the API does not say its sequence: until
+ * an event is folded in, one older than the read counts as in it already.
  */
 export function apply(job, ce, seq) {
   const name = eventName(ce.type).replace(/^job\./, '');
   const d = ce.data ?? {};
   // Terminal states are sticky, except that a re-drive brings a failed job back.
   if (TERMINAL.has(job.status) && !(name === 'redriven' && job.status === 'failed')) return false;
-  if (job.last_seq != null && seq <= job.last_seq) return false;
+  if (job.last_seq != null) {
+    if (seq <= job.last_seq) return false;
+  } else if (job.updated_at && Date.parse(ce.time) < Date.parse(job.updated_at)) {
+    // A job read from the API does not say its sequence: an event older than the read is in it.
+    return false;
+  }
   // A stale attempt's event still counts as folded in (it moves `last_seq`), as in the projector.
   switch (name) {
     case 'started':

@@ -53,10 +53,6 @@ pub struct BusArgs {
     pub replicas: usize,
 }
 
-/// The waits between attempts at reaching NATS or Postgres while a long-running role starts.
-const WAIT_FOR_SERVICE: events::RetryPolicy =
-    events::RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5));
-
 impl BusArgs {
     /// Connects, checking the server version. Publishers wait for capacity (workers, tools).
     pub async fn connect(&self, role: &str) -> anyhow::Result<bus::Bus> {
@@ -70,7 +66,7 @@ impl BusArgs {
         settings: &bus::BusSettings,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<bus::Bus> {
-        let mut backoff = WAIT_FOR_SERVICE.backoff();
+        let mut backoff = events::retry::SERVICE_RETRY.backoff();
         loop {
             match bus::Bus::connect(settings).await {
                 Err(e @ bus::Error::Connect { .. }) => {
@@ -142,7 +138,7 @@ impl DbArgs {
         &self,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<PgPool> {
-        let mut backoff = WAIT_FOR_SERVICE.backoff();
+        let mut backoff = events::retry::SERVICE_RETRY.backoff();
         loop {
             match self.migrate().await {
                 Ok(pool) => return Ok(pool),
@@ -590,8 +586,10 @@ impl WebhookArgs {
             timeout: Duration::from_millis(self.webhook_timeout_ms),
             concurrency: self.webhook_concurrency,
             per_host: self.webhook_per_host,
-            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
-            retry_max: Duration::from_secs(600),
+            retry: events::RetryPolicy::new(
+                Duration::from_millis(self.webhook_retry_base_ms),
+                Duration::from_secs(600),
+            ),
             targets: self.targets(),
         })
     }

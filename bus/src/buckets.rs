@@ -5,6 +5,7 @@ use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{kv, object_store, stream};
+use bytes::Bytes;
 use events::streams::ConsumerSpec;
 
 use crate::{Bus, Error, Result};
@@ -76,6 +77,32 @@ impl Bus {
                 .await
                 .map_err(Error::bucket),
         }
+    }
+}
+
+/// The first message stored on `subject` in `stream` at or after sequence `from` (a direct get),
+/// `None` if there is none.
+pub async fn next_message(
+    stream: &stream::Stream,
+    subject: String,
+    from: u64,
+) -> Result<Option<StreamMessage>> {
+    match stream
+        .direct_get_next_for_subject(subject, Some(from))
+        .await
+    {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::stream(e)),
+    }
+}
+
+/// Puts `value` under `key` unless the key holds a value already: `true` if this call put it.
+pub async fn create_once(store: &kv::Store, key: &str, value: Bytes) -> Result<bool> {
+    match store.create(key, value).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::bucket(e)),
     }
 }
 

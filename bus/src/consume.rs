@@ -37,6 +37,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::{Bus, Result};
 
+/// The longest a message that is not due yet is handed back for: it comes round at least this
+/// often, so that a cancel made meanwhile is noticed.
+pub const MAX_HAND_BACK: Duration = Duration::from_secs(15);
+
 /// The waits between failed pulls (reset by the next successful one).
 const PULL_RETRY: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(2));

@@ -69,6 +69,9 @@ pub enum Error {
     /// A stored message is not a CloudEvent conveyor can read.
     #[error("unreadable message: {0}")]
     Decode(#[from] events::DecodeError),
+    /// A subscription, watch or ordered reader ended while it was still wanted.
+    #[error("{0} ended")]
+    Ended(&'static str),
     /// Not connected to NATS right now (the client keeps reconnecting).
     #[error("not connected to NATS")]
     Disconnected,
@@ -118,7 +121,7 @@ impl Error {
             Self::Stream(f) | Self::Consumer(f) | Self::Bucket(f) | Self::Core(f) => {
                 f.is_transient()
             }
-            Self::Disconnected | Self::Busy => true,
+            Self::Ended(_) | Self::Disconnected | Self::Busy => true,
             _ => false,
         }
     }
@@ -231,6 +234,13 @@ fn api_code_in(e: &(dyn StdError + 'static)) -> Option<ErrorCode> {
         if let Some(api) = c.downcast_ref::<async_nats::jetstream::Error>() {
             return Some(api.error_code());
         }
+        // A bucket's creation carries its stream's, whose API error is in the kind.
+        if let Some(api) = c
+            .downcast_ref::<async_nats::error::Error<CreateStreamErrorKind>>()
+            .and_then(|create| create.kind().api_error().cloned())
+        {
+            return Some(api.error_code());
+        }
         cause = c.source();
     }
     None
@@ -328,5 +338,12 @@ mod tests {
             api(ErrorCode::STREAM_STORE_FAILED.0),
         ));
         assert_eq!(full.api_code(), Some(10077));
+        let r3_bucket = async_nats::error::Error::with_source(
+            CreateKeyValueErrorKind::BucketCreate,
+            async_nats::error::Error::new(CreateStreamErrorKind::JetStream(api(
+                ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED.0,
+            ))),
+        );
+        assert!(!Error::bucket(r3_bucket).is_transient());
     }
 }

@@ -27,7 +27,7 @@ pub mod trace;
 pub mod transition;
 pub mod webhook_dns;
 
-pub use buckets::last_message;
+pub use buckets::{create_once, last_message, next_message};
 pub use connect::{server_addrs, BusSettings, MIN_SERVER_VERSION};
 pub use decode::{decode, decode_command, decode_event, Decoded};
 pub use error::{Error, Result};
@@ -36,6 +36,7 @@ pub use provision::{IDEMPOTENCY_TTL, PROVISION_PATIENCE};
 /// The async-nats types callers handle directly: messages they acknowledge themselves (the
 /// worker heartbeats long jobs), the handles [`Bus`] returns, and where a reader starts.
 pub mod jetstream {
+    pub use async_nats::jetstream::consumer::pull::Batch;
     pub use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
     pub use async_nats::jetstream::kv::Store;
     pub use async_nats::jetstream::message::StreamMessage;

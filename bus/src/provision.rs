@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv, stream};
 use events::streams::{self, ConsumerSpec, Retention, StreamSpec};
-use events::{JobKind, RetryPolicy};
+use events::JobKind;
 
 use crate::{Bus, Error, Result};
 
@@ -18,10 +18,6 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// which requests time out or find no responder.
 pub const PROVISION_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The waits between provisioning attempts.
-const PROVISION_RETRY: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5));
-
 /// Runs `attempt` until it succeeds, fails for good, or [`PROVISION_PATIENCE`] has passed.
 pub(crate) async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
 where
@@ -29,7 +25,7 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let deadline = tokio::time::Instant::now() + PROVISION_PATIENCE;
-    let mut backoff = PROVISION_RETRY.backoff();
+    let mut backoff = events::retry::SERVICE_RETRY.backoff();
     loop {
         let delay = backoff.next_delay();
         match attempt().await {

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// The waits while a service comes (back) up: NATS or Postgres at a role's start, a JetStream
+/// leader being elected while streams are provisioned.
+pub const SERVICE_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(250), Duration::from_secs(5));
+
 /// Exponential backoff: the `n`-th retry waits `base * 2^(n-1)`, capped at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

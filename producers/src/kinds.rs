@@ -169,18 +169,20 @@ impl Catalog {
         }
     }
 
-    async fn follow_once(&self, bus: &Bus, shutdown: &CancellationToken) -> Result<(), String> {
-        let kv = bus.kinds().await.map_err(|e| e.to_string())?;
+    async fn follow_once(&self, bus: &Bus, shutdown: &CancellationToken) -> bus::Result<()> {
+        let kv = bus.kinds().await?;
         let mut watch = kv
             .watch_with_history(">")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(bus::Error::bucket)?;
         loop {
             let entry = tokio::select! {
                 e = watch.next() => e,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let entry = entry.ok_or("watch ended")?.map_err(|e| e.to_string())?;
+            let entry = entry
+                .ok_or(bus::Error::Ended("the kind registry's watch"))?
+                .map_err(bus::Error::bucket)?;
             let Ok(kind) = JobKind::parse(&entry.key) else {
                 continue;
             };

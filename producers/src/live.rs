@@ -20,8 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use bus::jetstream::DeliverPolicy;
 use bus::Bus;
 use events::{JobEvent, JobId, Tenant};
 use futures::{FutureExt, Stream, StreamExt};
@@ -303,8 +302,8 @@ impl Hub {
         bus: &Bus,
         next: &mut u64,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        let stream = bus.events_stream().await.map_err(|e| e.to_string())?;
+    ) -> bus::Result<()> {
+        let stream = bus.events_stream().await?;
         let (mut messages, _) = bus::ordered::ordered(
             stream,
             bus.ns().all_events(),
@@ -312,8 +311,7 @@ impl Hub {
                 start_sequence: *next,
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let mut idle_since: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -335,8 +333,8 @@ impl Hub {
                 }
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let msg = msg.ok_or("tail ended")?.map_err(|e| e.to_string())?;
-            let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+            let msg = msg.ok_or(bus::Error::Ended("the events tail"))??;
+            let seq = msg.info().map_err(bus::Error::consumer)?.stream_sequence;
             *next = seq + 1;
             // The subject names the tenant: skip the decoding of events nobody here follows.
             let followed = events::subjects::parse_event_subject(bus.ns(), &msg.subject)
@@ -405,7 +403,7 @@ struct Sub {
     /// Every event up to here was either sent or did not match: where a client resumes.
     covered: u64,
     /// The stream and the next sequence to read while catching up.
-    catchup: Option<(async_nats::jetstream::stream::Stream, u64)>,
+    catchup: Option<(bus::jetstream::Stream, u64)>,
     catchup_to: u64,
     until_terminal: bool,
     done: bool,
@@ -442,11 +440,8 @@ impl Sub {
                 self.catchup = None;
                 break;
             }
-            match stream
-                .direct_get_next_for_subject(self.subject.clone(), Some(*from))
-                .await
-            {
-                Ok(msg) if msg.sequence <= self.catchup_to => {
+            match bus::next_message(stream, self.subject.clone(), *from).await {
+                Ok(Some(msg)) if msg.sequence <= self.catchup_to => {
                     *from = msg.sequence + 1;
                     self.covered = self.covered.max(msg.sequence);
                     let ev =
@@ -456,7 +451,6 @@ impl Sub {
                     }
                 }
                 Ok(_) => self.catchup = None,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => self.catchup = None,
                 Err(e) => {
                     tracing::warn!(error = %e, "catch-up read failed; asking the client to resume");
                     return Some(self.end(Ended::ReadFailed));

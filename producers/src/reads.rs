@@ -130,17 +130,15 @@ pub(crate) async fn last_event(
 ) -> ApiResult<Option<(u64, Envelope<JobEvent>)>> {
     let stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
     let subject = state.bus.ns().job_event(tenant, id, name);
-    match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => {
-            let ev = bus::decode_event(Some(&msg.headers), &msg.payload)
-                .map_err(|e| ApiError::Internal(format!("stored job.{name} unreadable: {e}")))?;
-            Ok(Some((msg.sequence, ev)))
-        }
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-            Ok(None)
-        }
-        Err(e) => Err(ApiError::bus(bus::Error::stream(e))),
-    }
+    let Some(msg) = bus::last_message(&stream, subject)
+        .await
+        .map_err(ApiError::bus)?
+    else {
+        return Ok(None);
+    };
+    let ev = bus::decode_event(Some(&msg.headers), &msg.payload)
+        .map_err(|e| ApiError::Internal(format!("stored job.{name} unreadable: {e}")))?;
+    Ok(Some((msg.sequence, ev)))
 }
 
 /// Waits until the projector has applied `seq`, or the read-your-writes budget is spent.

@@ -178,10 +178,11 @@ async fn claim_key(
     };
     let kv = state.bus.idempotency().await.map_err(ApiError::bus)?;
     let value = serde_json::to_vec(&claim).expect("a claim serialises");
-    match kv.create(&slot, value.into()).await {
-        Ok(_) => return Ok((claim.job, claim.created_at, true)),
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(ApiError::bus(bus::Error::bucket(e))),
+    if bus::create_once(&kv, &slot, value.into())
+        .await
+        .map_err(ApiError::bus)?
+    {
+        return Ok((claim.job, claim.created_at, true));
     }
     let held = kv
         .get(&slot)

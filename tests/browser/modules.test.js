@@ -106,4 +106,9 @@ test('job fold: events change a job as the projector does, in stream order', () 
   apply(job, ce('started', { attempt: 2 }, '2026-01-01T00:00:06Z'), 8);
   assert.equal(apply(job, ce('failed', { attempt: 1, error: { message: 'old' } }, '2026-01-01T00:00:07Z'), 9), true);
   assert.deepEqual([job.status, job.attempt, job.error, job.last_seq], ['running', 2, null, 9]);
+  // A job read from the API has no sequence: an event older than the read is already in it.
+  const read = { ...job, status: 'running', updated_at: '2026-01-01T00:00:10Z', last_seq: undefined };
+  assert.equal(apply(read, ce('redriven', { next_attempt: 3, max_attempts: 4 }, '2026-01-01T00:00:09Z'), 10), false, 'an event older than the snapshot');
+  assert.equal(apply(read, ce('progressed', { attempt: 2, current: 1 }, '2026-01-01T00:00:11Z'), 11), true);
+  assert.equal(read.last_seq, 11);
 });

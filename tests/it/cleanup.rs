@@ -11,7 +11,11 @@ use testkit::{id_of, Env};
 async fn database_exists(name: &str) -> bool {
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
-    let db = sqlx::PgPool::connect(&base).await.expect("connect");
+    // The server's own database: the one DATABASE_URL names need not exist.
+    let options: sqlx::postgres::PgConnectOptions = base.parse().expect("DATABASE_URL");
+    let db = sqlx::PgPool::connect_with(options.database("postgres"))
+        .await
+        .expect("connect");
     let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(&db)

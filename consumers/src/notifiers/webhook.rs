@@ -59,10 +59,8 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// Deliveries in flight per target host (and port), so one endpoint cannot take them all.
     pub per_host: usize,
-    /// First retry delay; doubles per attempt, with jitter.
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
+    /// Delays between attempts (jittered).
+    pub retry: RetryPolicy,
     /// Which targets are allowed, and how their names are resolved.
     pub targets: TargetSettings,
 }
@@ -271,7 +269,7 @@ async fn deliver(shared: &Shared, msg: &Delivery) -> Disposition {
         .not_before
         .and_then(|t| (t - Utc::now()).to_std().ok())
     {
-        return Disposition::Retry(Some(wait.min(Duration::from_secs(15))));
+        return Disposition::Retry(Some(wait.min(bus::consume::MAX_HAND_BACK)));
     }
     // One target may only hold a few of the delivery slots, so a slow or dead endpoint never
     // delays the deliveries of others. Handing the command back does not use up an attempt.
@@ -312,7 +310,9 @@ async fn finish_delivery(
         }
         Attempt::Retry(e, after) if delivery.attempt < shared.settings.max_attempts => {
             let delay = after.unwrap_or_else(|| {
-                RetryPolicy::new(shared.settings.retry_base, shared.settings.retry_max)
+                shared
+                    .settings
+                    .retry
                     .jittered(delivery.attempt, rand::rng().random())
             });
             tracing::info!(error = %e, retry_in = ?delay, "webhook delivery failed; will retry");

@@ -78,6 +78,11 @@ async fn audit(shared: &Shared, delivery: Delivery, shutdown: &CancellationToken
     }
     match repair(shared, delivery.stream_sequence, &ev).await {
         Ok(()) => Disposition::Ack,
+        // A stored event it cannot read stays unreadable: asking again would not help.
+        Err(e @ bus::Error::Decode(_)) => {
+            tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: unreadable submission; skipped");
+            Disposition::Terminate
+        }
         Err(e) => {
             tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: check failed; retrying");
             Disposition::Retry(Some(Duration::from_secs(1)))

@@ -10,12 +10,10 @@ use events::{streams, JobId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Shared, PULL_EXPIRES};
 
 /// Cancel commands taken per pull.
 const BATCH: usize = 64;
-/// How long a pull waits for cancel commands.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Turns `cancel` commands into a marker and a broadcast, until `shutdown`.
 pub(super) async fn canceller_loop(
@@ -72,7 +70,11 @@ pub(super) async fn cancel_listener(
             m = sub.next() => m,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let Some(msg) = msg else { return Ok(()) };
+        // The subscription ends only with the connection: without it, running jobs would miss
+        // their cancels, so the worker stops rather than run on deaf.
+        let Some(msg) = msg else {
+            return Err(crate::Error::Ended("the cancel broadcast subscription"));
+        };
         let Ok(job) = std::str::from_utf8(&msg.payload)
             .unwrap_or_default()
             .parse::<JobId>()

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, AckKind};
+use bus::jetstream::{self, AckKind};
 use bus::transition::JobEnvelope;
 use bus::Bus;
 use chrono::Utc;
@@ -60,8 +60,6 @@ const MAX_PULL: usize = 256;
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// The longest a no-wait fetch may take to be answered.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a not-yet-due command is handed back for, so a cancelled delayed job is noticed.
-const MAX_DELAY_NAK: Duration = Duration::from_secs(15);
 
 /// Tuning of a worker process.
 #[derive(Debug, Clone)]
@@ -107,7 +105,7 @@ struct Shared {
     registry: Registry,
     settings: WorkerSettings,
     db: Option<PgPool>,
-    cancels: kv::Store,
+    cancels: jetstream::Store,
     /// Cancellation tokens of the jobs running in this process. A std mutex: held only for a
     /// map operation, never across an await.
     running: Mutex<HashMap<JobId, CancellationToken>>,
@@ -350,7 +348,7 @@ async fn pause(shutdown: &CancellationToken) -> bool {
 async fn start_all(
     shared: &Arc<Shared>,
     kind: &JobKind,
-    mut batch: jetstream::consumer::pull::Batch,
+    mut batch: jetstream::Batch,
     permits: &mut Vec<OwnedSemaphorePermit>,
     jobs: &TaskTracker,
     shutdown: &CancellationToken,
@@ -479,7 +477,7 @@ async fn execute(
     let started = match attempt.start(Utc::now(), cancelled, &shared.settings.worker_id) {
         Start::NotDue(wait) => {
             let _ = msg
-                .ack_with(AckKind::Nak(Some(wait.min(MAX_DELAY_NAK))))
+                .ack_with(AckKind::Nak(Some(wait.min(bus::consume::MAX_HAND_BACK))))
                 .await;
             return Ok(());
         }

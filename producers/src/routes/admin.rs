@@ -36,15 +36,14 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 pub(crate) async fn consumers(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
     use futures::TryStreamExt;
     auth.require(OPERATOR)?;
-    let ns = state.bus.ns();
     let mut items = Vec::new();
-    for name in [ns.events_stream(), ns.commands_stream()] {
-        let stream = state
-            .bus
-            .js()
-            .get_stream(&name)
-            .await
-            .map_err(|e| ApiError::bus(bus::Error::stream(e)))?;
+    let streams = [
+        state.bus.events_stream().await,
+        state.bus.commands_stream().await,
+    ];
+    for stream in streams {
+        let stream = stream.map_err(ApiError::bus)?;
+        let name = stream.cached_info().config.name.clone();
         let infos: Vec<_> = stream
             .consumers()
             .try_collect()
@@ -197,7 +196,7 @@ pub(crate) async fn redrive(
     Ok((
         StatusCode::ACCEPTED,
         Json(
-            json!({ "id": id, "status": "queued", "next_attempt": next_attempt, "max_attempts": max_attempts }),
+            json!({ "id": id, "status": JobStatus::Queued.as_str(), "next_attempt": next_attempt, "max_attempts": max_attempts }),
         ),
     ))
 }
