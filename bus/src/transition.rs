@@ -26,7 +26,19 @@ pub struct JobEnvelope {
 }
 
 impl JobEnvelope {
-    fn wrap<P: Payload>(&self, payload: P) -> Envelope<P> {
+    /// What `source` publishes about the job of `envelope`, in its trace.
+    pub fn of<P: Payload>(source: &'static str, envelope: &Envelope<P>) -> Self {
+        Self {
+            source,
+            job: envelope.job,
+            tenant: envelope.tenant.clone(),
+            kind: envelope.kind.clone(),
+            trace: envelope.traceparent.clone(),
+        }
+    }
+
+    /// An envelope of the job carrying `payload`.
+    pub fn wrap<P: Payload>(&self, payload: P) -> Envelope<P> {
         Envelope::new(
             self.source,
             self.job,

@@ -7,15 +7,20 @@ use serde_json::json;
 use crate::BUILD;
 use testkit::{id_of, Env};
 
-/// Whether the suite's Postgres server has the database `name`.
-async fn database_exists(name: &str) -> bool {
+/// A pool on the suite's Postgres server, in the server's own database (the one DATABASE_URL
+/// names need not exist).
+async fn server() -> sqlx::PgPool {
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
-    // The server's own database: the one DATABASE_URL names need not exist.
     let options: sqlx::postgres::PgConnectOptions = base.parse().expect("DATABASE_URL");
-    let db = sqlx::PgPool::connect_with(options.database("postgres"))
+    sqlx::PgPool::connect_with(options.database("postgres"))
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// Whether the suite's Postgres server has the database `name`.
+async fn database_exists(name: &str) -> bool {
+    let db = server().await;
     let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(&db)
@@ -82,9 +87,7 @@ async fn a_failing_test_keeps_its_database() {
     assert!(database_exists(&db).await, "{db} was kept");
 
     // Now clean up what the failing test kept.
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/conveyor".into());
-    let pool = sqlx::PgPool::connect(&base).await.unwrap();
+    let pool = server().await;
     sqlx::query(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
         .execute(&pool)
         .await

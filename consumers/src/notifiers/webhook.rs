@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::consume::{Delivery, Disposition, Pull};
+use bus::transition::JobEnvelope;
 use bus::webhook_dns::TargetPolicy;
 use bus::Bus;
 use chrono::Utc;
@@ -211,20 +212,13 @@ async fn queue_delivery(shared: &Shared, msg: &Delivery) -> Result<(), Option<bu
         _ => None,
     };
     let Some(url) = url else { return Ok(()) };
-    let cmd = Envelope::new(
-        SOURCE,
-        ev.job,
-        ev.tenant.clone(),
-        ev.kind.clone(),
-        Command::Webhook(DeliverWebhook {
-            event_seq: msg.stream_sequence,
-            url,
-            attempt: 1,
-            not_before: None,
-        }),
-    )
     // The delivery belongs to the trace of the attempt that ended the job.
-    .with_trace(ev.traceparent.clone());
+    let cmd = JobEnvelope::of(SOURCE, &ev).wrap(Command::Webhook(DeliverWebhook {
+        event_seq: msg.stream_sequence,
+        url,
+        attempt: 1,
+        not_before: None,
+    }));
     shared
         .bus
         .publish_command(&cmd, &msg_id::webhook(ev.job, 0))

@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bus::transition::JobEnvelope;
 use bus::Bus;
 use events::job::{ErrorClass, ErrorInfo, Progressed};
 use events::lifecycle::AttemptOutcome;
 use events::subjects::msg_id;
-use events::{Envelope, JobEvent, JobId, JobKind, Tenant, TraceParent};
+use events::{JobEvent, JobId, JobKind, Tenant};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -57,11 +58,9 @@ impl From<JobError> for AttemptOutcome {
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub(crate) bus: Bus,
-    pub(crate) job: JobId,
-    pub(crate) tenant: Tenant,
-    pub(crate) kind: JobKind,
+    /// The job, in the attempt's trace.
+    pub(crate) to: JobEnvelope,
     pub(crate) attempt: u32,
-    pub(crate) trace: Option<TraceParent>,
     pub(crate) step: Arc<AtomicU64>,
 }
 
@@ -75,21 +74,14 @@ impl Progress {
         message: Option<String>,
     ) -> Result<(), bus::Error> {
         let step = self.step.fetch_add(1, Ordering::Relaxed) + 1;
-        let ev = Envelope::new(
-            crate::worker::SOURCE,
-            self.job,
-            self.tenant.clone(),
-            self.kind.clone(),
-            JobEvent::Progressed(Progressed {
-                attempt: self.attempt,
-                current,
-                total,
-                message,
-            }),
-        )
-        .with_trace(self.trace.clone());
+        let ev = self.to.wrap(JobEvent::Progressed(Progressed {
+            attempt: self.attempt,
+            current,
+            total,
+            message,
+        }));
         self.bus
-            .publish_event(&ev, &msg_id::progress(self.job, self.attempt, step))
+            .publish_event(&ev, &msg_id::progress(self.to.job, self.attempt, step))
             .await
             .map(|_| ())
     }

@@ -465,12 +465,10 @@ async fn execute(
     run: RunJob,
 ) -> Result<(), bus::Error> {
     let attempt = Attempt::new(cmd.job, run);
+    // The attempt's events continue the attempt's span.
     let to = JobEnvelope {
-        source: SOURCE,
-        job: cmd.job,
-        tenant: cmd.tenant.clone(),
-        kind: cmd.kind.clone(),
         trace: Some(trace.clone()),
+        ..JobEnvelope::of(SOURCE, cmd)
     };
     let cancelled = cancel_requested(shared, cmd.job).await;
     let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
@@ -503,7 +501,7 @@ async fn execute(
     shared.bus.publish_transition(&to, started).await?;
 
     let began = Instant::now();
-    let ran = run_attempt(shared, msg, cmd, trace, attempt.run(), handler).await;
+    let ran = run_attempt(shared, msg, &to, attempt.run(), handler).await;
     let elapsed = began.elapsed();
     record_metrics(&cmd.kind, &ran, elapsed);
     let outcome = match ran {
@@ -538,12 +536,11 @@ async fn execute(
 async fn run_attempt(
     shared: &Shared,
     msg: &jetstream::Message,
-    cmd: &Envelope<Command>,
-    trace: &TraceParent,
+    to: &JobEnvelope,
     run: &RunJob,
     handler: Arc<dyn handler::Handler>,
 ) -> Ran {
-    let job = cmd.job;
+    let job = to.job;
     let token = CancellationToken::new();
     shared
         .running
@@ -552,24 +549,21 @@ async fn run_attempt(
         .insert(job, token.clone());
     let ctx = JobContext {
         id: job,
-        tenant: cmd.tenant.clone(),
-        kind: cmd.kind.clone(),
+        tenant: to.tenant.clone(),
+        kind: to.kind.clone(),
         payload: run.payload.clone(),
         attempt: run.attempt,
         max_attempts: run.max_attempts,
         cancel: token.clone(),
         progress: Progress {
             bus: shared.bus.clone(),
-            job,
-            tenant: cmd.tenant.clone(),
-            kind: cmd.kind.clone(),
+            to: to.clone(),
             attempt: run.attempt,
-            trace: Some(trace.clone()),
             step: Default::default(),
         },
         db: shared.db.clone(),
     };
-    let running = metrics::gauge!("conveyor_jobs_running", "kind" => cmd.kind.to_string());
+    let running = metrics::gauge!("conveyor_jobs_running", "kind" => to.kind.to_string());
     running.increment(1.0);
     let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
     let heartbeat = heartbeat(shared, msg, job, &token);
