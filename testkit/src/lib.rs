@@ -8,7 +8,7 @@
 //! cannot reach them fails, naming the command that starts them. The binary under test is named
 //! by the test crate, the one that Cargo tells where it is:
 //!
-//! ```ignore
+//! ```text
 //! const BUILD: testkit::Build = testkit::build!();
 //! let env = testkit::Env::new(BUILD).await;
 //! let (_api, api) = env.spawn_http("dev").await;
