@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
@@ -170,6 +171,49 @@ impl Bus {
         Ok(())
     }
 
+    /// Runs `handler` on every batch of the consumer (up to `pull`'s batch size, as many as one
+    /// pull brings) until `shutdown`; it returns a [`Disposition`] for each delivery, in order,
+    /// and the loop acknowledges accordingly (a delivery it gives none for is handed back). For
+    /// handlers that do one thing for many messages, such as one query for a whole batch.
+    pub async fn consume_batches<H, Fut>(
+        &self,
+        pull: Pull,
+        shutdown: &CancellationToken,
+        mut handler: H,
+    ) -> Result<()>
+    where
+        H: FnMut(Vec<Delivery>) -> Fut + Send,
+        Fut: Future<Output = Vec<Disposition>> + Send,
+    {
+        let consumer = self.pull_consumer(&pull.spec).await?;
+        let mut reader = Reader {
+            consumer,
+            pull,
+            backoff: PULL_RETRY.backoff(),
+        };
+        while let Some(mut batch) = reader.next_batch(reader.pull.batch, shutdown).await {
+            let mut deliveries = Vec::new();
+            let mut ackers = Vec::new();
+            while let Some(Ok(msg)) = batch.next().await {
+                if let Some((delivery, acker)) = split(msg).await {
+                    deliveries.push(delivery);
+                    ackers.push(acker);
+                }
+            }
+            if deliveries.is_empty() {
+                continue;
+            }
+            let dispositions = handler(deliveries).await.into_iter();
+            for (acker, disposition) in ackers
+                .into_iter()
+                .zip(dispositions.chain(std::iter::repeat(Disposition::Retry(None))))
+            {
+                let _ = acker.ack_with(ack_kind(disposition)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Reports the backlog of durable consumers as gauges (`conveyor_consumer_pending`,
     /// `_ack_pending`, `_redelivered`) every `every` until `stop` resolves.
     pub async fn report_consumers(
@@ -254,12 +298,23 @@ where
     H: Fn(Delivery) -> Fut,
     Fut: Future<Output = Disposition>,
 {
+    let Some((delivery, acker)) = split(msg).await else {
+        return;
+    };
+    let disposition = handler(delivery).await;
+    // A lost acknowledgement only means a redelivery, which every handler tolerates.
+    let _ = acker.ack_with(ack_kind(disposition)).await;
+}
+
+/// A message as a delivery and what acknowledges it; `None` (and terminated) if it is not a
+/// JetStream message.
+async fn split(msg: jetstream::Message) -> Option<(Delivery, Acker)> {
     let stream_sequence = match msg.info() {
         Ok(info) => info.stream_sequence,
         Err(e) => {
             tracing::warn!(subject = %msg.subject, error = %e, "not a JetStream message; terminated");
             let _ = msg.ack_with(AckKind::Term).await;
-            return;
+            return None;
         }
     };
     let (msg, acker) = msg.split();
@@ -269,11 +324,13 @@ where
         payload: msg.payload,
         stream_sequence,
     };
-    let ack = match handler(delivery).await {
+    Some((delivery, acker))
+}
+
+fn ack_kind(disposition: Disposition) -> AckKind {
+    match disposition {
         Disposition::Ack => AckKind::Ack,
         Disposition::Retry(after) => AckKind::Nak(after),
         Disposition::Terminate => AckKind::Term,
-    };
-    // A lost acknowledgement only means a redelivery, which every handler tolerates.
-    let _ = acker.ack_with(ack).await;
+    }
 }

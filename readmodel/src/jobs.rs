@@ -174,6 +174,25 @@ pub async fn load(
     Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
+/// Which of `attempts` (a job and one of its attempts) the read model shows started, or whose
+/// job it shows cancelled: the submissions audit's check, one query for a batch.
+pub async fn started_or_cancelled(
+    db: impl PgExecutor<'_>,
+    attempts: &[(Uuid, i32)],
+) -> sqlx::Result<Vec<(Uuid, i32)>> {
+    let (ids, numbers): (Vec<Uuid>, Vec<i32>) = attempts.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT d.id, d.attempt FROM unnest($1::uuid[], $2::int[]) AS d(id, attempt)
+         JOIN jobs j ON j.id = d.id
+         WHERE j.attempt >= d.attempt OR j.status = $3",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(JobStatus::Cancelled.as_str())
+    .fetch_all(db)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

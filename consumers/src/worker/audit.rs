@@ -6,7 +6,7 @@
 //! shared by the workers, reads each of these events [`AUDIT_DELAY`] after it was made and
 //! checks that its job has what it needs, in this order:
 //!
-//! 1. the read model says the attempt started, or the job was cancelled (a cheap batch query;
+//! 1. the read model says the attempt started, or the job was cancelled (one query for a batch;
 //!    skipped if Postgres is down);
 //! 2. else COMMANDS holds a run command for it (run subjects end with the job, so this is a
 //!    direct get);
@@ -17,6 +17,7 @@
 //! A job that has none of these lost its command: the audit publishes it again, under the
 //! original's message id.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,93 +27,115 @@ use events::command::RunJob;
 use events::subjects::msg_id;
 use events::{streams, Command, Envelope, JobEvent};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::{Shared, SOURCE};
 
 /// How old a submission is before it is audited: the API publishes the command right after the
 /// event, so by then it is there unless it was lost.
 const AUDIT_DELAY: Duration = Duration::from_secs(5);
-/// Submissions taken per pull.
+/// Submissions checked together (one read-model query).
 const BATCH: usize = 256;
-/// Submissions audited at once (each waits for its age, then asks the read model).
-const CONCURRENCY: usize = 16;
 
 pub(super) async fn audit_loop(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> crate::Result<()> {
     let spec = streams::submissions_audit_consumer(shared.bus.ns());
-    let pull = Pull::new(spec, BATCH).concurrency(CONCURRENCY);
     let bus = shared.bus.clone();
     let stop = shutdown.clone();
-    bus.consume(pull, &shutdown, move |delivery| {
+    bus.consume_batches(Pull::new(spec, BATCH), &shutdown, move |batch| {
         let (shared, stop) = (shared.clone(), stop.clone());
-        async move { audit(&shared, delivery, &stop).await }
+        async move { audit(&shared, batch, &stop).await }
     })
     .await?;
     Ok(())
 }
 
-/// Checks that one submission (or redrive) has what it needs, and repairs it if not.
-async fn audit(shared: &Shared, delivery: Delivery, shutdown: &CancellationToken) -> Disposition {
-    let Ok(
-        ev @ Envelope {
-            payload: JobEvent::Submitted(_) | JobEvent::Redriven(_),
-            ..
-        },
-    ) = bus::decode_event(delivery.headers.as_ref(), &delivery.payload)
-    else {
-        tracing::warn!(subject = %delivery.subject, "submissions audit: unreadable event skipped");
-        return Disposition::Terminate;
-    };
-    let age = (Utc::now() - ev.time).to_std().unwrap_or_default();
-    if let Some(wait) = AUDIT_DELAY.checked_sub(age) {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            // Handed back to whoever audits next.
-            _ = shutdown.cancelled() => return Disposition::Retry(None),
+/// Checks that each submission (or re-drive) of a batch has what it needs, and repairs those
+/// that do not.
+async fn audit(
+    shared: &Shared,
+    batch: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> Vec<Disposition> {
+    let events: Vec<_> = batch
+        .iter()
+        .map(|delivery| match bus::decode_event(delivery.headers.as_ref(), &delivery.payload) {
+            Ok(
+                ev @ Envelope {
+                    payload: JobEvent::Submitted(_) | JobEvent::Redriven(_),
+                    ..
+                },
+            ) => Some(ev),
+            _ => {
+                tracing::warn!(subject = %delivery.subject, "submissions audit: unreadable event skipped");
+                None
+            }
+        })
+        .collect();
+    // Messages come in log order: waiting for the newest makes all of them due.
+    if let Some(newest) = events.iter().flatten().last() {
+        let age = (Utc::now() - newest.time).to_std().unwrap_or_default();
+        if let Some(wait) = AUDIT_DELAY.checked_sub(age) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // Handed back to whoever audits next.
+                _ = shutdown.cancelled() => return vec![Disposition::Retry(None); batch.len()],
+            }
         }
     }
-    if settled_in_read_model(shared, &ev).await {
-        return Disposition::Ack;
-    }
-    match repair(shared, delivery.stream_sequence, &ev).await {
-        Ok(()) => Disposition::Ack,
-        // A stored event it cannot read stays unreadable: asking again would not help.
-        Err(e @ bus::Error::Decode(_)) => {
-            tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: unreadable submission; skipped");
-            Disposition::Terminate
+    let settled = settled_in_read_model(shared, events.iter().flatten()).await;
+    let mut dispositions = Vec::with_capacity(batch.len());
+    for (delivery, ev) in batch.iter().zip(&events) {
+        let Some(ev) = ev else {
+            dispositions.push(Disposition::Terminate);
+            continue;
+        };
+        if settled.contains(&(ev.job.0, attempt_of(ev))) {
+            dispositions.push(Disposition::Ack);
+            continue;
         }
-        Err(e) => {
-            tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: check failed; retrying");
-            Disposition::Retry(Some(Duration::from_secs(1)))
-        }
+        dispositions.push(match repair(shared, delivery.stream_sequence, ev).await {
+            Ok(()) => Disposition::Ack,
+            // A stored event it cannot read stays unreadable: asking again would not help.
+            Err(e @ bus::Error::Decode(_)) => {
+                tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: unreadable submission; skipped");
+                Disposition::Terminate
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %ev.job, error = %e, "submissions audit: check failed; retrying");
+                Disposition::Retry(Some(Duration::from_secs(1)))
+            }
+        });
     }
+    dispositions
 }
 
-/// The attempt the audited event's run command starts.
-fn next_attempt(ev: &Envelope<JobEvent>) -> u32 {
-    match &ev.payload {
+/// The attempt the audited event's run command starts, as the read model numbers it.
+fn attempt_of(ev: &Envelope<JobEvent>) -> i32 {
+    let attempt = match &ev.payload {
         JobEvent::Redriven(r) => r.next_attempt,
         _ => 1,
-    }
+    };
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
-/// Whether the read model shows the attempt `ev` asks for as started, or its job as cancelled
-/// (`false` if it cannot be read).
-async fn settled_in_read_model(shared: &Shared, ev: &Envelope<JobEvent>) -> bool {
+/// The `(job, attempt)` pairs of `events` whose attempt the read model shows as started, or
+/// whose job it shows cancelled (none if it cannot be read).
+async fn settled_in_read_model<'a>(
+    shared: &Shared,
+    events: impl Iterator<Item = &'a Envelope<JobEvent>>,
+) -> HashSet<(Uuid, i32)> {
     let Some(db) = &shared.db else {
-        return false;
+        return HashSet::new();
     };
-    let attempt = i32::try_from(next_attempt(ev)).unwrap_or(i32::MAX);
-    sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND (attempt >= $2 OR status = 'cancelled'))",
-    )
-    .bind(ev.job.0)
-    .bind(attempt)
-    .fetch_one(db)
-    .await
-    .unwrap_or(false)
+    let attempts: Vec<_> = events.map(|ev| (ev.job.0, attempt_of(ev))).collect();
+    readmodel::jobs::started_or_cancelled(db, &attempts)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// Publishes the run command that follows `ev` (stored at `seq`) again if the log shows none.
