@@ -19,6 +19,15 @@ impl Bus {
             .map_err(Error::stream)
     }
 
+    /// A handle on the EVENTS stream for direct gets ([`last_message`], [`next_message`]),
+    /// made without asking the server for the stream's info.
+    pub async fn events_direct(&self) -> Result<stream::Stream<()>> {
+        self.js
+            .get_stream_no_info(self.ns.events_stream())
+            .await
+            .map_err(Error::stream)
+    }
+
     /// The COMMANDS stream handle.
     pub async fn commands_stream(&self) -> Result<stream::Stream> {
         self.js
@@ -82,8 +91,8 @@ impl Bus {
 
 /// The first message stored on `subject` in `stream` at or after sequence `from` (a direct get),
 /// `None` if there is none.
-pub async fn next_message(
-    stream: &stream::Stream,
+pub async fn next_message<I>(
+    stream: &stream::Stream<I>,
     subject: String,
     from: u64,
 ) -> Result<Option<StreamMessage>> {
@@ -107,8 +116,8 @@ pub async fn create_once(store: &kv::Store, key: &str, value: Bytes) -> Result<b
 }
 
 /// The last message stored on `subject` in `stream` (a direct get), `None` if there is none.
-pub async fn last_message(
-    stream: &stream::Stream,
+pub async fn last_message<I>(
+    stream: &stream::Stream<I>,
     subject: String,
 ) -> Result<Option<StreamMessage>> {
     match stream.direct_get_last_for_subject(subject).await {

@@ -225,12 +225,11 @@ impl Bus {
         tokio::pin!(stop);
         loop {
             for spec in &specs {
-                let Ok(mut consumer) = self.pull_consumer(spec).await else {
+                // Getting the consumer reads its info.
+                let Ok(consumer) = self.pull_consumer(spec).await else {
                     continue;
                 };
-                let Ok(info) = consumer.info().await else {
-                    continue;
-                };
+                let info = consumer.cached_info();
                 let labels = [
                     ("stream", spec.stream.clone()),
                     ("consumer", spec.durable.clone()),

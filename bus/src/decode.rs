@@ -22,16 +22,23 @@ pub fn decode<P: Payload>(
     headers: Option<&HeaderMap>,
     payload: &Bytes,
 ) -> Result<Decoded<P>, DecodeError> {
+    let envelope = envelope(headers, payload)?;
+    let json = if is_binary(headers) {
+        Bytes::from(envelope.to_json())
+    } else {
+        payload.clone()
+    };
+    Ok(Decoded { envelope, json })
+}
+
+/// The CloudEvent alone, in either content mode.
+fn envelope<P: Payload>(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Envelope<P>, DecodeError> {
     match headers.filter(|h| is_binary(Some(h))) {
-        Some(h) => {
-            let envelope = Envelope::from_binary(|name| h.get(name).map(|v| v.as_str()), payload)?;
-            let json = Bytes::from(envelope.to_json());
-            Ok(Decoded { envelope, json })
-        }
-        None => Ok(Decoded {
-            envelope: Envelope::from_json(payload)?,
-            json: payload.clone(),
-        }),
+        Some(h) => Envelope::from_binary(|name| h.get(name).map(|v| v.as_str()), payload),
+        None => Envelope::from_json(payload),
     }
 }
 
@@ -45,7 +52,7 @@ pub fn decode_event(
     headers: Option<&HeaderMap>,
     payload: &Bytes,
 ) -> Result<Envelope<JobEvent>, DecodeError> {
-    decode(headers, payload).map(|d| d.envelope)
+    envelope(headers, payload)
 }
 
 /// [`decode`], keeping only the command.
@@ -53,7 +60,7 @@ pub fn decode_command(
     headers: Option<&HeaderMap>,
     payload: &Bytes,
 ) -> Result<Envelope<Command>, DecodeError> {
-    decode(headers, payload).map(|d| d.envelope)
+    envelope(headers, payload)
 }
 
 #[cfg(test)]

@@ -28,10 +28,9 @@ pub mod transition;
 pub mod webhook_dns;
 
 pub use buckets::{create_once, last_message, next_message};
-pub use connect::{server_addrs, BusSettings, MIN_SERVER_VERSION};
+pub use connect::{server_addrs, BusSettings};
 pub use decode::{decode, decode_command, decode_event, Decoded};
 pub use error::{Error, Result};
-pub use provision::{IDEMPOTENCY_TTL, PROVISION_PATIENCE};
 
 /// The async-nats types callers handle directly: messages they acknowledge themselves (the
 /// worker heartbeats long jobs), the handles [`Bus`] returns, and where a reader starts.

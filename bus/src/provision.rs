@@ -189,17 +189,20 @@ impl Bus {
             allow_direct: true,
             ..Default::default()
         };
-        let info = match self.js.get_stream(&spec.name).await {
-            Ok(mut s) => s.info().await.map_err(Error::stream)?.clone(),
+        // Getting or creating a stream answers with its info: what the server stored.
+        let stream = match self.js.get_stream(&spec.name).await {
+            Ok(s) => s,
             Err(_) => match self.js.create_stream(want.clone()).await {
-                Ok(mut s) => s.info().await.map_err(Error::stream)?.clone(),
-                Err(e) => match self.js.get_stream(&spec.name).await {
-                    Ok(mut s) => s.info().await.map_err(Error::stream)?.clone(),
-                    Err(_) => return Err(Error::stream(e)),
-                },
+                Ok(s) => s,
+                // Created meanwhile by another process.
+                Err(e) => self
+                    .js
+                    .get_stream(&spec.name)
+                    .await
+                    .map_err(|_| Error::stream(e))?,
             },
         };
-        let got = &info.config;
+        let got = &stream.cached_info().config;
         let check = |field: &'static str, g: String, w: String| {
             if g == w {
                 Ok(())

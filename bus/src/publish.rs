@@ -16,8 +16,7 @@ impl Bus {
     /// Publishes a domain event and waits for JetStream's ack. Returns the ack (its `sequence`
     /// is the event's stream sequence; `duplicate` is set when `msg_id` was already stored).
     pub async fn publish_event(&self, ev: &Envelope<JobEvent>, msg_id: &str) -> Result<PublishAck> {
-        self.publish(self.ns.event_subject(ev), ev.to_json(), msg_id)
-            .await
+        self.publish_event_with(ev, msg_id, None).await
     }
 
     /// [`Bus::publish_event`] with a NATS header besides the usual ones.
@@ -28,10 +27,8 @@ impl Bus {
         header: Option<(&str, &str)>,
     ) -> Result<PublishAck> {
         let subject = self.ns.event_subject(ev);
-        let pending = self
-            .send_with(subject.clone(), ev.to_json(), msg_id, header)
-            .await?;
-        acked(subject, pending.await)
+        self.publish_to("events", subject, ev.to_json(), msg_id, header)
+            .await
     }
 
     /// Publishes a command and waits for JetStream's ack.
@@ -40,29 +37,23 @@ impl Bus {
         cmd: &Envelope<Command>,
         msg_id: &str,
     ) -> Result<PublishAck> {
-        self.publish(self.ns.command_subject(cmd), cmd.to_json(), msg_id)
+        let subject = self.ns.command_subject(cmd);
+        self.publish_to("commands", subject, cmd.to_json(), msg_id, None)
             .await
     }
 
-    /// Publishes raw bytes with a message id and the structured CloudEvents content type, and
-    /// waits for JetStream's ack.
-    pub async fn publish(
+    /// Publishes to `stream` (the metric's label) and waits for JetStream's ack, timing it.
+    async fn publish_to(
         &self,
+        stream: &'static str,
         subject: String,
         payload: Vec<u8>,
         msg_id: &str,
+        header: Option<(&str, &str)>,
     ) -> Result<PublishAck> {
         let started = std::time::Instant::now();
-        let stream = if subject
-            .get(self.ns.as_str().len() + 1..)
-            .is_some_and(|rest| rest.starts_with("events."))
-        {
-            "events"
-        } else {
-            "commands"
-        };
         let pending = self
-            .send_with(subject.clone(), payload, msg_id, None)
+            .send_with(subject.clone(), payload, msg_id, header)
             .await?;
         let result = pending.await;
         metrics::histogram!("conveyor_publish_duration_seconds", "stream" => stream)

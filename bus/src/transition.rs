@@ -67,13 +67,9 @@ impl Bus {
                 .map(|w| (streams::WEBHOOK_HEADER, if w { "1" } else { "0" }));
             let mut envelope = to.wrap(event.payload);
             envelope.time = transition.at;
-            let ack = match webhook {
-                Some(header) => {
-                    self.publish_event_with(&envelope, &event.msg_id, Some(header))
-                        .await?
-                }
-                None => self.publish_event(&envelope, &event.msg_id).await?,
-            };
+            let ack = self
+                .publish_event_with(&envelope, &event.msg_id, webhook)
+                .await?;
             acks.push(ack);
         }
         if let Some(command) = transition.command {

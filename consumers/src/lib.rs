@@ -41,9 +41,6 @@ pub enum Error {
     /// The read-model version being rebuilt was replaced while it was built.
     #[error("read-model version {0} is no longer the one this rebuild writes")]
     VersionChanged(i32),
-    /// A loop that runs for as long as its role ended on its own.
-    #[error("{0} ended before shutdown")]
-    Ended(&'static str),
     /// A loop of the role panicked.
     #[error(transparent)]
     Panicked(#[from] supervisor::Panicked),

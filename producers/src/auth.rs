@@ -406,13 +406,16 @@ struct FetchState {
     fetched_at: Option<Instant>,
     /// When the last fetch ended, successful or not: the next may start `refresh_min` later.
     attempted_at: Option<Instant>,
-    /// Whether the last fetch failed.
-    failing: bool,
     /// The fetch under way, if any (aborted when the verifier is dropped).
     in_flight: Option<tokio::task::AbortHandle>,
 }
 
 impl FetchState {
+    /// Whether the last fetch failed: it ended later than the last successful one.
+    fn failing(&self) -> bool {
+        self.attempted_at != self.fetched_at
+    }
+
     /// Whether a fetch may start at `now`: none is under way, and the last one ended at least
     /// `refresh_min` ago.
     fn may_fetch(&self, now: Instant, refresh_min: Duration) -> bool {
@@ -562,7 +565,7 @@ impl JwksShared {
     /// Why no key verifies a token with `kid`: 401 when the provider's current keys are known
     /// and lack it; 503 (with when to retry) when they cannot be had just now.
     fn missing(&self, state: &FetchState, kid: Option<&str>) -> ApiError {
-        if state.fetched_at.is_none() || state.failing || state.in_flight.is_some() {
+        if state.fetched_at.is_none() || state.failing() || state.in_flight.is_some() {
             return ApiError::UnavailableFor {
                 detail: "the identity provider's signing keys cannot be fetched; retry shortly"
                     .into(),
@@ -589,7 +592,6 @@ impl JwksShared {
             let mut state = self.lock();
             state.in_flight = None;
             state.attempted_at = Some(now);
-            state.failing = result.is_err();
             result.map(|keys| {
                 state.fetched_at = Some(now);
                 state.keys = keys;
@@ -927,7 +929,6 @@ mod tests {
         assert_eq!(s.retry_after_secs(t0, min), 1);
         // A failed attempt counts as much as a successful one.
         s.attempted_at = Some(t0);
-        s.failing = true;
         assert!(!s.may_fetch(t0 + Duration::from_secs(29), min));
         assert_eq!(s.retry_after_secs(t0 + Duration::from_millis(100), min), 30);
         assert_eq!(

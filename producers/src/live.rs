@@ -363,13 +363,9 @@ impl Hub {
         // beyond the end read here comes through the tail (which is asked to start if it is not
         // running).
         let rx = self.receiver(&filter.tenant);
-        let mut stream = bus.events_stream().await?;
-        let last = stream
-            .info()
-            .await
-            .map_err(bus::Error::stream)?
-            .state
-            .last_sequence;
+        // Fetching the handle reads the stream's info: its end as of now.
+        let stream = bus.events_stream().await?;
+        let last = stream.cached_info().state.last_sequence;
         if let Some(after) = after.filter(|a| *a > last) {
             return Err(SubscribeError::BeyondEnd { after, last });
         }

@@ -128,7 +128,7 @@ pub(crate) async fn last_event(
     id: JobId,
     name: &str,
 ) -> ApiResult<Option<(u64, Envelope<JobEvent>)>> {
-    let stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
+    let stream = state.bus.events_direct().await.map_err(ApiError::bus)?;
     let subject = state.bus.ns().job_event(tenant, id, name);
     let Some(msg) = bus::last_message(&stream, subject)
         .await

@@ -245,13 +245,13 @@ pub(crate) async fn accept(
                 .is_none() =>
         {
             if let JobEvent::Submitted(job) = &ev.payload {
-                let trace = ev.traceparent.clone().unwrap_or_else(|| trace.clone());
+                let to = JobEnvelope {
+                    trace: Some(ev.traceparent.clone().unwrap_or_else(|| trace.clone())),
+                    ..JobEnvelope::of(SOURCE, &ev)
+                };
                 state
                     .bus
-                    .publish_transition(
-                        &envelope(id, tenant, &kind, Some(trace)),
-                        lifecycle::first_run(id, job, Utc::now()),
-                    )
+                    .publish_transition(&to, lifecycle::first_run(id, job, Utc::now()))
                     .await
                     .map_err(ApiError::bus)?;
             }
@@ -342,7 +342,6 @@ pub(crate) async fn redrive(state: &AppState, tenant: &Tenant, id: JobId) -> Api
         return Err(ApiError::Internal("job.submitted has another type".into()));
     };
     let earlier = reads::count_events(state, tenant, id, "redriven").await?;
-    let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (redriven, transition) = lifecycle::redrive(
         id,
         original,
@@ -351,7 +350,7 @@ pub(crate) async fn redrive(state: &AppState, tenant: &Tenant, id: JobId) -> Api
         Utc::now(),
     );
     // The re-driven attempts go on in the job's own trace, under its submission.
-    let to = envelope(id, tenant, &kind, submitted.traceparent.clone());
+    let to = JobEnvelope::of(SOURCE, &submitted);
     state
         .bus
         .publish_transition(&to, transition)

@@ -107,7 +107,7 @@ impl TryFrom<StoredStatus> for JobStatus {
 }
 
 /// The columns of [`JobRow`], in its order.
-const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
+pub const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
     progress, result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
     finished_at, updated_at, last_seq";
 

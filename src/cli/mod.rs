@@ -217,6 +217,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             webhooks,
         } => roles::api(bus, db, api, webhooks).await,
         Command::Notifier { bus, webhooks, ops } => {
+            // Settings that cannot work stop it before anything starts.
+            let webhooks = webhooks.settings(false)?;
             roles::background(roles::Background::Notifier(bus, webhooks), ops).await
         }
         Command::Worker {

@@ -37,18 +37,13 @@ pub(super) enum Background {
     Worker(BusArgs, DbArgs, WorkerArgs),
     /// Builds the read models.
     Projector(BusArgs, DbArgs, ProjectorArgs),
-    /// Delivers webhooks.
-    Notifier(BusArgs, WebhookArgs),
+    /// Delivers webhooks (its settings checked before anything starts).
+    Notifier(BusArgs, consumers::notifiers::webhook::WebhookSettings),
 }
 
 /// Runs a role without an HTTP API until it is told to stop, with its metrics and health
 /// endpoints: one start for all of them.
 pub(super) async fn background(role: Background, ops: OpsArgs) -> anyhow::Result<()> {
-    // Settings that cannot work stop it before anything starts.
-    let notifier = match &role {
-        Background::Notifier(_, webhooks) => Some(webhooks.settings(false)?),
-        _ => None,
-    };
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);
     let (bus, grace) = match role {
@@ -61,8 +56,8 @@ pub(super) async fn background(role: Background, ops: OpsArgs) -> anyhow::Result
             start_projector(&mut sup, &bus, &db, &projector).await?,
             Duration::from_secs(30),
         ),
-        Background::Notifier(bus, _) => (
-            start_notifier(&mut sup, &bus, notifier.expect("checked above")).await?,
+        Background::Notifier(bus, webhooks) => (
+            start_notifier(&mut sup, &bus, webhooks).await?,
             Duration::from_secs(30),
         ),
     };

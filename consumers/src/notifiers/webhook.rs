@@ -79,6 +79,8 @@ struct Shared {
     http: reqwest::Client,
     policy: TargetPolicy,
     failures: bus::jetstream::Store,
+    /// The EVENTS stream, for direct gets (fetched once: its handle is its name).
+    events: bus::jetstream::Stream,
     hosts: HostSlots,
 }
 
@@ -113,6 +115,7 @@ impl WebhookNotifier {
             policy,
             hosts: HostSlots::new(self.settings.per_host),
             failures: self.bus.webhook_failures().await?,
+            events: self.bus.events_stream().await?,
             bus: self.bus,
             settings: self.settings,
             http,
@@ -199,9 +202,8 @@ async fn queue_delivery(shared: &Shared, msg: &Delivery) -> Result<(), Option<bu
         tracing::warn!(subject = %msg.subject, reason = %e, "poison event skipped by the webhook fan-in");
         None
     })?;
-    let stream = shared.bus.events_stream().await?;
     let subject = shared.bus.ns().job_event(&ev.tenant, ev.job, "submitted");
-    let Some(submitted) = bus::last_message(&stream, subject).await? else {
+    let Some(submitted) = bus::last_message(&shared.events, subject).await? else {
         return Ok(());
     };
     let url = match bus::decode_event(Some(&submitted.headers), &submitted.payload) {
@@ -478,11 +480,7 @@ async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &s
     if let Err(e) = shared.policy.parse(&delivery.url) {
         return Attempt::GiveUp(format!("refused: {e}"));
     }
-    let stream = match shared.bus.events_stream().await {
-        Ok(s) => s,
-        Err(e) => return Attempt::Retry(e.to_string(), Some(Duration::from_secs(1))),
-    };
-    let event = match stream.direct_get(delivery.event_seq).await {
+    let event = match shared.events.direct_get(delivery.event_seq).await {
         Ok(m) => m,
         Err(e) => {
             return Attempt::Retry(

@@ -70,8 +70,6 @@ enum ApplyError {
     VersionChanged(i32),
     #[error(transparent)]
     Bus(#[from] bus::Error),
-    #[error("the event stream ended")]
-    Ended,
     #[error("the EVENTS stream starts at {first} but the checkpoint needs {wanted}: events were removed before they were projected")]
     Gap { first: u64, wanted: u64 },
 }
@@ -162,12 +160,11 @@ impl Projector {
             let Ok(checkpoint) = u64::try_from(checkpoint) else {
                 continue;
             };
-            let Ok(mut stream) = self.bus.events_stream().await else {
+            // Fetching the handle reads the stream's info.
+            let Ok(stream) = self.bus.events_stream().await else {
                 continue;
             };
-            let Ok(info) = stream.info().await else {
-                continue;
-            };
+            let info = stream.cached_info();
             let lag = info.state.last_sequence.saturating_sub(checkpoint);
             // Age of the oldest event not applied yet: when it was stored.
             let age = if lag == 0 {
@@ -396,13 +393,9 @@ impl Projector {
         if role == Role::Live {
             self.live_checkpoint.store(start - 1, Ordering::Relaxed);
         }
-        let mut stream = self.bus.events_stream().await?;
-        let state = stream
-            .info()
-            .await
-            .map_err(bus::Error::stream)?
-            .state
-            .clone();
+        // Fetching the handle reads the stream's info.
+        let stream = self.bus.events_stream().await?;
+        let state = stream.cached_info().state.clone();
         let wanted = u64::try_from(start).unwrap_or(1);
         if state.messages > 0 && state.first_sequence > wanted {
             return Err(ApplyError::Gap {
@@ -452,7 +445,7 @@ impl Projector {
                 _ = shutdown.cancelled() => return Ok(None),
             };
             let Some(next) = next else {
-                return Err(ApplyError::Ended);
+                return Err(bus::Error::Ended("the event stream").into());
             };
             let Decoded {
                 events,
@@ -802,7 +795,9 @@ async fn read_batches(
 ) {
     loop {
         let Some(first) = messages.next().await else {
-            let _ = tx.send(Err(ApplyError::Ended)).await;
+            let _ = tx
+                .send(Err(bus::Error::Ended("the event stream").into()))
+                .await;
             return;
         };
         let first = match first {

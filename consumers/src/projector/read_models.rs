@@ -285,10 +285,9 @@ pub(crate) async fn write(
         // reading the rows out of a JSON document.
         let jobs = &batch.jobs;
         let col = |f: fn(&JobRow) -> Option<Value>| jobs.iter().map(f).collect::<Vec<_>>();
+        let columns = readmodel::jobs::COLUMNS;
         sqlx::query(&format!(
-            "INSERT INTO {schema}.jobs (id, tenant, kind, status, attempt, max_attempts, timeout_ms,
-               payload, progress, result, result_ref, error, webhook_url, run_at, trace_id,
-               created_at, started_at, finished_at, updated_at, last_seq)
+            "INSERT INTO {schema}.jobs ({columns})
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
                $6::int4[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                $12::jsonb[], $13::text[], $14::timestamptz[], $15::text[], $16::timestamptz[],

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::consume::{Delivery, Disposition, Pull};
+use bus::transition::JobEnvelope;
 use chrono::Utc;
 use events::command::RunJob;
 use events::subjects::msg_id;
@@ -141,16 +142,15 @@ async fn settled_in_read_model<'a>(
 /// Publishes the run command that follows `ev` (stored at `seq`) again if the log shows none.
 async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<(), bus::Error> {
     let ns = shared.bus.ns();
-    let commands = shared.bus.commands_stream().await?;
-    if bus::last_message(&commands, ns.run_command_of(&ev.kind, ev.job))
+    if bus::last_message(&shared.commands, ns.run_command_of(&ev.kind, ev.job))
         .await?
         .is_some()
     {
         return Ok(());
     }
-    let events = shared.bus.events_stream().await?;
     for name in ["started", "cancelled"] {
-        let last = bus::last_message(&events, ns.job_event(&ev.tenant, ev.job, name)).await?;
+        let last =
+            bus::last_message(&shared.events, ns.job_event(&ev.tenant, ev.job, name)).await?;
         if last.is_some_and(|m| m.sequence > seq) {
             return Ok(());
         }
@@ -160,7 +160,7 @@ async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<()
         JobEvent::Redriven(redriven) => {
             // The payload and limits are the submission's.
             let subject = ns.job_event(&ev.tenant, ev.job, "submitted");
-            let Some(msg) = bus::last_message(&events, subject).await? else {
+            let Some(msg) = bus::last_message(&shared.events, subject).await? else {
                 // Redriven without a submission: nothing to repeat.
                 return Ok(());
             };
@@ -178,13 +178,6 @@ async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<()
         "submissions audit: no run command followed the event; publishing it again");
     metrics::counter!("conveyor_submissions_repaired_total").increment(1);
     let id = msg_id::run(ev.job, run.attempt);
-    let cmd = Envelope::new(
-        SOURCE,
-        ev.job,
-        ev.tenant.clone(),
-        ev.kind.clone(),
-        Command::Run(run),
-    )
-    .with_trace(ev.traceparent.clone());
+    let cmd = JobEnvelope::of(SOURCE, ev).wrap(Command::Run(run));
     shared.bus.publish_command(&cmd, &id).await.map(drop)
 }

@@ -73,7 +73,7 @@ pub(super) async fn cancel_listener(
         // The subscription ends only with the connection: without it, running jobs would miss
         // their cancels, so the worker stops rather than run on deaf.
         let Some(msg) = msg else {
-            return Err(crate::Error::Ended("the cancel broadcast subscription"));
+            return Err(bus::Error::Ended("the cancel broadcast subscription").into());
         };
         let Ok(job) = std::str::from_utf8(&msg.payload)
             .unwrap_or_default()

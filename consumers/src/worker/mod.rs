@@ -106,6 +106,9 @@ struct Shared {
     settings: WorkerSettings,
     db: Option<PgPool>,
     cancels: jetstream::Store,
+    /// The two streams, for direct gets (fetched once: a handle is its name).
+    events: jetstream::Stream,
+    commands: jetstream::Stream,
     /// Cancellation tokens of the jobs running in this process. A std mutex: held only for a
     /// map operation, never across an await.
     running: Mutex<HashMap<JobId, CancellationToken>>,
@@ -139,6 +142,8 @@ impl Worker {
         }
         let shared = Arc::new(Shared {
             cancels: self.bus.cancels().await?,
+            events: self.bus.events_stream().await?,
+            commands: self.bus.commands_stream().await?,
             bus: self.bus,
             registry: self.registry,
             settings: self.settings,
@@ -413,18 +418,14 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
 /// Whether the job already ended in this generation (checked on redelivery only): its last
 /// terminal event is newer than the job's last re-drive.
 async fn already_ended(shared: &Shared, cmd: &Envelope<Command>) -> bool {
-    let Ok(stream) = shared.bus.events_stream().await else {
-        return false;
-    };
     let last_seq = |name: &'static str| {
         let subject = shared.bus.ns().job_event(&cmd.tenant, cmd.job, name);
-        let stream = &stream;
         async move {
-            stream
-                .direct_get_last_for_subject(subject)
+            bus::last_message(&shared.events, subject)
                 .await
-                .map(|m| m.sequence)
-                .unwrap_or(0)
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.sequence)
         }
     };
     let redriven = last_seq("redriven").await;

@@ -112,13 +112,8 @@ pub(crate) async fn projections(
 ) -> ApiResult<Json<Value>> {
     auth.require(OPERATOR)?;
     let rows = checkpoints::list(&state.db).await.map_err(ApiError::db)?;
-    let mut stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
-    let last = stream
-        .info()
-        .await
-        .map_err(|e| ApiError::bus(bus::Error::stream(e)))?
-        .state
-        .last_sequence;
+    let stream = state.bus.events_stream().await.map_err(ApiError::bus)?;
+    let last = stream.cached_info().state.last_sequence;
     let items: Vec<Value> = rows
         .into_iter()
         .map(|c| {
