@@ -433,6 +433,7 @@ impl ApiArgs {
     pub fn settings(
         &self,
         webhooks: &WebhookArgs,
+        attempts: &AttemptArgs,
         dev: bool,
     ) -> anyhow::Result<producers::ApiSettings> {
         let jwt = if dev {
@@ -452,17 +453,17 @@ impl ApiArgs {
         s.max_body_bytes = self.max_body_bytes;
         s.read_your_writes_wait = Duration::from_millis(self.read_your_writes_ms);
         s.sse_buffer = self.sse_buffer;
+        s.leases = attempts.leases();
         Ok(s)
     }
 }
 
-/// The worker role.
+/// How attempts run: shared by the worker role and by the API, which runs the attempts of workers
+/// in other languages (the worker protocol) with the same lease, retries and result limit.
 #[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    /// Jobs run at once by this process.
-    #[arg(long, env = "CONVEYOR_WORKER_CONCURRENCY", default_value_t = 64)]
-    pub concurrency: usize,
-    /// Redelivery after this long without an ack or heartbeat (ms).
+pub struct AttemptArgs {
+    /// Redelivery after this long without an ack or heartbeat (ms): the consumers' ack wait,
+    /// and the lease of a job leased over HTTP.
     #[arg(long, env = "CONVEYOR_ACK_WAIT_MS", default_value_t = 30_000)]
     pub ack_wait_ms: u64,
     /// First retry delay (ms); doubles per attempt, with jitter.
@@ -474,6 +475,38 @@ pub struct WorkerArgs {
     /// Results larger than this many bytes go to the object store.
     #[arg(long, env = "CONVEYOR_RESULT_INLINE_BYTES", default_value_t = 16 * 1024)]
     pub result_inline_bytes: usize,
+}
+
+impl AttemptArgs {
+    fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            Duration::from_millis(self.retry_base_ms),
+            Duration::from_millis(self.retry_max_ms),
+        )
+    }
+
+    /// As the API's settings for the worker protocol.
+    pub fn leases(&self) -> producers::LeaseSettings {
+        producers::LeaseSettings {
+            ack_wait: self.ack_wait(),
+            retry: self.retry(),
+            inline_result_limit: self.result_inline_bytes,
+        }
+    }
+}
+
+/// The worker role.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once by this process.
+    #[arg(long, env = "CONVEYOR_WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub attempts: AttemptArgs,
     /// How long shutdown waits for running jobs before handing them back (ms).
     #[arg(long, env = "CONVEYOR_SHUTDOWN_GRACE_MS", default_value_t = 25_000)]
     pub shutdown_grace_ms: u64,
@@ -484,12 +517,9 @@ impl WorkerArgs {
     pub fn settings(&self) -> consumers::worker::WorkerSettings {
         consumers::worker::WorkerSettings {
             concurrency: self.concurrency,
-            ack_wait: Duration::from_millis(self.ack_wait_ms),
-            retry: RetryPolicy::new(
-                Duration::from_millis(self.retry_base_ms),
-                Duration::from_millis(self.retry_max_ms),
-            ),
-            inline_result_limit: self.result_inline_bytes,
+            ack_wait: self.attempts.ack_wait(),
+            retry: self.attempts.retry(),
+            inline_result_limit: self.attempts.result_inline_bytes,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id: format!(
                 "{}-{}",

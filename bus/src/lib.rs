@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`connect`]: settings, the server list, connecting with the version and JetStream checks;
 //! - [`provision`]: streams, durable consumers and buckets, with patient retries;
+//! - [`attempt`]: what runners of an attempt share (result store, ended check, acks by subject);
 //! - [`buckets`]: handles on the streams, consumers, key-value buckets and the object store;
 //! - [`publish`]: publishing events and commands;
 //! - [`mod@decode`]: decoding CloudEvents, in either content mode;
@@ -15,6 +16,7 @@
 //! - [`trace`]: W3C trace context across messages;
 //! - [`error`]: typed errors, classified as passing or lasting.
 
+pub mod attempt;
 pub mod buckets;
 pub mod connect;
 pub mod consume;
@@ -44,6 +46,9 @@ pub mod jetstream {
     pub use async_nats::jetstream::stream::Stream;
     pub use async_nats::jetstream::{AckKind, Message};
     pub use async_nats::{Client, HeaderMap};
+
+    /// A durable pull consumer.
+    pub type PullConsumer = Consumer<async_nats::jetstream::consumer::pull::Config>;
 }
 
 /// A connected JetStream client scoped to one namespace.

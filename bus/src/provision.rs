@@ -117,16 +117,25 @@ impl Bus {
         kind: &JobKind,
         schema: Option<&serde_json::Value>,
     ) -> Result<()> {
-        let entry = serde_json::json!({ "kind": kind, "schema": schema }).to_string();
-        patiently("registering a kind", || async {
-            self.kinds()
-                .await?
-                .put(kind.as_str(), entry.clone().into())
-                .await
-                .map(drop)
-                .map_err(Error::bucket)
+        patiently("registering a kind", || {
+            self.register_kind_once(kind, schema)
         })
         .await
+    }
+
+    /// [`Bus::register_kind`], tried once.
+    pub async fn register_kind_once(
+        &self,
+        kind: &JobKind,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let entry = serde_json::json!({ "kind": kind, "schema": schema }).to_string();
+        self.kinds()
+            .await?
+            .put(kind.as_str(), entry.into())
+            .await
+            .map(drop)
+            .map_err(Error::bucket)
     }
 
     async fn ensure_kv(&self, bucket: &str, max_age: Duration) -> Result<()> {
@@ -243,7 +252,7 @@ impl Bus {
         Ok(())
     }
 
-    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<()> {
+    pub(crate) async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<()> {
         let (filter_subject, filter_subjects) = match spec.filters.as_slice() {
             [one] => (one.clone(), Vec::new()),
             many => (String::new(), many.to_vec()),

@@ -50,6 +50,12 @@ pub const EVENTS_READ: &str = "events:read";
 /// Scope for a tenant's own operations (its dead letters and failed webhooks); it includes the
 /// tenant's other scopes.
 pub const ADMIN: &str = "admin";
+/// Scope of a worker in another language (the worker protocol): it leases, runs and reports the
+/// jobs of its token's tenant, of the kinds its `kinds` claim names (any kind without one).
+pub const WORKER: &str = "worker";
+/// Scope of a worker serving every tenant (an operator's shared workers). Like `operator`, not
+/// included in `admin`.
+pub const WORKER_ANY_TENANT: &str = "worker:any-tenant";
 /// Scope for platform-wide operations, which concern every tenant (projections, rebuilds,
 /// consumers). Not included in `admin`, and including no tenant scope.
 pub const OPERATOR: &str = "operator";
@@ -120,10 +126,25 @@ pub struct Claims {
     pub iss: String,
     /// Audience.
     pub aud: String,
+    /// The job kinds a worker token is limited to (none: any kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
 }
 
 /// Mints an HS256 token (for `conveyor token`, `conveyor dev` and tests).
 pub fn mint(jwt: &JwtSettings, sub: &str, tenant: &Tenant, scope: &str, ttl_secs: u64) -> String {
+    mint_for_kinds(jwt, sub, tenant, scope, &[], ttl_secs)
+}
+
+/// [`mint`], limited to the job kinds `kinds` (a worker's token; empty: any kind).
+pub fn mint_for_kinds(
+    jwt: &JwtSettings,
+    sub: &str,
+    tenant: &Tenant,
+    scope: &str,
+    kinds: &[String],
+    ttl_secs: u64,
+) -> String {
     let claims = Claims {
         sub: sub.to_owned(),
         tenant: tenant.to_string(),
@@ -131,6 +152,7 @@ pub fn mint(jwt: &JwtSettings, sub: &str, tenant: &Tenant, scope: &str, ttl_secs
         exp: now_secs() + ttl_secs,
         iss: jwt.issuer.clone(),
         aud: jwt.audience.clone(),
+        kinds: kinds.to_vec(),
     };
     encode(jwt, &claims)
 }
@@ -162,6 +184,8 @@ pub struct Auth {
     /// When the token expires (Unix seconds): live streams close then.
     pub exp: u64,
     scopes: Vec<String>,
+    /// The `kinds` claim: the only kinds a worker token covers (`None`: every kind).
+    kinds: Option<Vec<String>>,
 }
 
 impl Auth {
@@ -176,11 +200,19 @@ impl Auth {
         }
     }
 
-    /// Whether the token has `scope`; `admin` stands for every tenant scope, never `operator`.
+    /// Whether the token has `scope`; `admin` stands for every tenant scope, never for the
+    /// platform-wide `operator` and `worker:any-tenant`.
     pub fn has(&self, scope: &str) -> bool {
         self.scopes
             .iter()
-            .any(|s| s == scope || (s == ADMIN && scope != OPERATOR))
+            .any(|s| s == scope || (s == ADMIN && scope != OPERATOR && scope != WORKER_ANY_TENANT))
+    }
+
+    /// Whether a worker with this token may run jobs of `kind` (its `kinds` claim).
+    pub fn covers_kind(&self, kind: &str) -> bool {
+        self.kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
     }
 }
 
@@ -284,6 +316,23 @@ impl Verifier {
                 .to_owned(),
             exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
             scopes: scopes(claims),
+            kinds: match claims.get("kinds") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(
+                    s.split([' ', ','])
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                Some(Value::Array(items)) => Some(
+                    items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                Some(_) => return Err(bad("`kinds` is neither a list nor a string".into())),
+            },
         })
     }
 }

@@ -70,11 +70,32 @@ impl Catalog {
         catalog
     }
 
-    fn contains(&self, kind: &JobKind) -> bool {
+    pub(crate) fn contains(&self, kind: &JobKind) -> bool {
         self.kinds
             .read()
             .expect("catalog poisoned")
             .contains_key(kind)
+    }
+
+    /// Whether `kind` is one of conveyor's own.
+    pub(crate) fn is_builtin(kind: &JobKind) -> bool {
+        events::kinds::builtin_schema(kind.as_str()).is_some()
+    }
+
+    /// Accepts `kind`, registered by a worker of the worker protocol, at once on this process
+    /// (the others learn of it from the registry). Refuses a schema that is not a JSON Schema.
+    pub(crate) fn register(
+        &self,
+        kind: &JobKind,
+        schema: Option<Value>,
+    ) -> Result<KindInfo, String> {
+        if let Some(s) = &schema {
+            jsonschema::validator_for(s)
+                .map_err(|e| format!("`schema` is not a valid JSON Schema: {e}"))?;
+        }
+        self.insert(kind.clone(), false, schema);
+        let kinds = self.kinds.read().expect("catalog poisoned");
+        Ok(kinds[kind].info.clone())
     }
 
     fn insert(&self, kind: JobKind, builtin: bool, schema: Option<Value>) {

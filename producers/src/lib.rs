@@ -25,6 +25,7 @@ mod routes;
 mod server;
 mod submission;
 mod webhook_targets;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub use auth::JwtSettings;
 pub use limits::Limits;
 pub use routes::batch::MAX_BATCH;
 pub use server::ConnectionLimits;
+pub use workers::LeaseSettings;
 
 /// CloudEvents `source` of events published by the API.
 pub const SOURCE: &str = "/conveyor/api";
@@ -75,6 +77,8 @@ pub struct ApiSettings {
     pub limits: Limits,
     /// Bounds on open connections and on slow clients.
     pub connections: ConnectionLimits,
+    /// How attempts of workers of the worker protocol run (leases, retries, large results).
+    pub leases: LeaseSettings,
 }
 
 impl ApiSettings {
@@ -93,6 +97,7 @@ impl ApiSettings {
             sse_buffer: 4096,
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
+            leases: LeaseSettings::default(),
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct Inner {
     pub(crate) kinds: kinds::Catalog,
     pub(crate) limits: limits::Guard,
     pub(crate) webhooks: webhook_targets::WebhookTargets,
+    /// The worker protocol.
+    pub(crate) workers: workers::Workers,
     pub(crate) metrics: Option<MetricsRender>,
     /// The projector's last checkpoint, as announced by `NOTIFY` (see [`reads`]).
     pub(crate) checkpoint: watch::Sender<i64>,
@@ -174,6 +181,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 webhooks,
+                workers: workers::Workers::new(&settings.webhook_secret, settings.leases.clone()),
                 hub: live::Hub::new(settings.sse_buffer),
                 kinds: kinds::Catalog::new(&settings.kinds),
                 limits: limits::Guard::new(settings.limits.clone()),

@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 use events::Tenant;
 
 use crate::config::{
-    ApiArgs, BusArgs, DbArgs, MintArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs,
+    ApiArgs, AttemptArgs, BusArgs, DbArgs, MintArgs, OpsArgs, ProjectorArgs, WebhookArgs,
+    WorkerArgs,
 };
 
 /// conveyor: submit long-running jobs over HTTP; workers, projectors and notifiers do the rest
@@ -84,7 +85,7 @@ enum Command {
         #[command(flatten)]
         webhooks: WebhookArgs,
     },
-    /// The HTTP API (with SSE and WebSocket event streams).
+    /// The HTTP API (with SSE and WebSocket event streams, and the worker protocol).
     Api {
         #[command(flatten)]
         bus: BusArgs,
@@ -92,6 +93,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        attempts: AttemptArgs,
         #[command(flatten)]
         webhooks: WebhookArgs,
     },
@@ -159,9 +162,13 @@ enum Command {
         /// Tenant of the token.
         #[arg(long, default_value = "dev")]
         tenant: String,
-        /// Space-separated scopes.
+        /// Space-separated scopes (`worker` for a worker of the token's tenant,
+        /// `worker:any-tenant` for one serving every tenant).
         #[arg(long, default_value = "jobs:write jobs:read events:read")]
         scope: String,
+        /// Limits a worker token to these job kinds (comma-separated; default: any kind).
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
         /// Subject.
         #[arg(long, default_value = "developer")]
         sub: String,
@@ -214,8 +221,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bus,
             db,
             api,
+            attempts,
             webhooks,
-        } => roles::api(bus, db, api, webhooks).await,
+        } => roles::api(bus, db, api, attempts, webhooks).await,
         Command::Notifier { bus, webhooks, ops } => {
             // Settings that cannot work stop it before anything starts.
             let webhooks = webhooks.settings(false)?;
@@ -253,14 +261,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             tenant,
             scope,
+            kinds,
             sub,
             ttl,
             jwt,
         } => {
             let tenant = Tenant::parse(&tenant).context("--tenant")?;
+            for kind in &kinds {
+                events::JobKind::parse(kind).context("--kinds")?;
+            }
+            let jwt = jwt.minting();
             println!(
                 "{}",
-                producers::auth::mint(&jwt.minting(), &sub, &tenant, &scope, ttl)
+                producers::auth::mint_for_kinds(&jwt, &sub, &tenant, &scope, &kinds, ttl)
             );
             Ok(())
         }

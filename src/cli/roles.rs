@@ -10,7 +10,9 @@ use consumers::worker::Worker;
 use consumers::Registry;
 use events::Tenant;
 
-use crate::config::{ApiArgs, BusArgs, DbArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs};
+use crate::config::{
+    ApiArgs, AttemptArgs, BusArgs, DbArgs, OpsArgs, ProjectorArgs, WebhookArgs, WorkerArgs,
+};
 use crate::supervisor::Supervisor;
 
 /// `conveyor api`. Its settings are checked before anything starts: it refuses to run without
@@ -19,9 +21,10 @@ pub(super) async fn api(
     bus: BusArgs,
     db: DbArgs,
     api: ApiArgs,
+    attempts: AttemptArgs,
     webhooks: WebhookArgs,
 ) -> anyhow::Result<()> {
-    let settings = api.settings(&webhooks, false)?;
+    let settings = api.settings(&webhooks, &attempts, false)?;
     // The token settings too (a JWKS URL it must refuse), before connecting to anything.
     producers::auth::Verifier::new(settings.jwt.clone()).map_err(anyhow::Error::msg)?;
     let mut sup = Supervisor::new();
@@ -84,7 +87,7 @@ pub(super) async fn dev(
         );
     }
     api.jwt.or_dev_secret();
-    let api_settings = api.settings(&webhooks, true)?;
+    let api_settings = api.settings(&webhooks, &worker.attempts, true)?;
     let webhook_settings = webhooks.settings(true)?;
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);

@@ -203,6 +203,7 @@ async fn bad_requests_get_problem_details_and_publish_nothing() {
             exp: (chrono::Utc::now().timestamp() - 3600) as u64,
             iss: "conveyor".into(),
             aud: "conveyor".into(),
+            kinds: Vec::new(),
         },
     );
     let res = api

@@ -315,6 +315,7 @@ async fn a_live_stream_closes_when_its_token_expires() {
             exp: (chrono::Utc::now().timestamp() + 2) as u64,
             iss: "conveyor".into(),
             aud: "conveyor".into(),
+            kinds: Vec::new(),
         },
     );
     let mut last = None;

@@ -26,6 +26,7 @@ mod slots;
 mod tracing;
 mod webhook_targets;
 mod webhooks;
+mod workers;
 
 /// This build's `conveyor` binary and scratch folder, for the harness.
 pub(crate) const BUILD: testkit::Build = testkit::build!();

@@ -36,7 +36,6 @@ use bus::transition::JobEnvelope;
 use bus::Bus;
 use chrono::Utc;
 use events::command::RunJob;
-use events::job::ResultRef;
 use events::lifecycle::{Attempt, AttemptOutcome, Start};
 use events::{streams, Command, Envelope, JobId, JobKind, RetryPolicy, TraceParent};
 use futures::StreamExt;
@@ -415,37 +414,9 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
     .await
 }
 
-/// Whether the job already ended in this generation (checked on redelivery only): its last
-/// terminal event is newer than the job's last re-drive.
-async fn already_ended(shared: &Shared, cmd: &Envelope<Command>) -> bool {
-    let last_seq = |name: &'static str| {
-        let subject = shared.bus.ns().job_event(&cmd.tenant, cmd.job, name);
-        async move {
-            bus::last_message(&shared.events, subject)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |m| m.sequence)
-        }
-    };
-    let redriven = last_seq("redriven").await;
-    for name in ["succeeded", "dead_lettered", "cancelled"] {
-        if last_seq(name).await > redriven {
-            return true;
-        }
-    }
-    false
-}
-
 /// Whether the job carries a cancel marker.
 async fn cancel_requested(shared: &Shared, job: JobId) -> bool {
-    shared
-        .cancels
-        .get(job.to_string())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    bus::attempt::cancel_marked(&shared.cancels, job).await
 }
 
 /// How a run of the handler ended.
@@ -480,7 +451,12 @@ async fn execute(
                 .await;
             return Ok(());
         }
-        _ if redelivered && already_ended(shared, cmd).await => {
+        _ if redelivered
+            && shared
+                .bus
+                .job_ended(&shared.events, &cmd.tenant, cmd.job)
+                .await =>
+        {
             tracing::info!("redelivered command of a job that already ended; acknowledged");
             let _ = msg.ack().await;
             return Ok(());
@@ -512,7 +488,10 @@ async fn execute(
         }
         Ran::TimedOut => AttemptOutcome::TimedOut,
         Ran::Returned(Ok(result)) => {
-            let (result, result_ref) = store_result(shared, cmd.job, result).await?;
+            let (result, result_ref) = shared
+                .bus
+                .store_result(cmd.job, result, shared.settings.inline_result_limit)
+                .await?;
             AttemptOutcome::Succeeded { result, result_ref }
         }
         Ran::Returned(Err(error)) => error.into(),
@@ -630,32 +609,6 @@ async fn heartbeat(
             token.cancel();
         }
     }
-}
-
-/// Inlines a small result; puts a large one into the object store and returns its reference.
-async fn store_result(
-    shared: &Shared,
-    job: JobId,
-    result: Value,
-) -> Result<(Option<Value>, Option<ResultRef>), bus::Error> {
-    let bytes = serde_json::to_vec(&result).expect("a JSON value serialises");
-    if bytes.len() <= shared.settings.inline_result_limit {
-        return Ok((Some(result), None));
-    }
-    let store = shared.bus.results().await?;
-    let object = job.to_string();
-    store
-        .put(object.as_str(), &mut bytes.as_slice())
-        .await
-        .map_err(bus::Error::bucket)?;
-    Ok((
-        None,
-        Some(ResultRef {
-            bucket: shared.bus.ns().results_bucket(),
-            object,
-            size: bytes.len() as u64,
-        }),
-    ))
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

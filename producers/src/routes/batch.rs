@@ -19,7 +19,7 @@ use crate::AppState;
 /// The most jobs in one batch.
 pub const MAX_BATCH: usize = 1000;
 /// A batch's body may be as large as this many single submissions.
-const BATCH_BODY_FACTOR: usize = 16;
+pub(crate) const BATCH_BODY_FACTOR: usize = 16;
 /// Submissions of one batch in flight at once (each waits for its two publish acks).
 const PIPELINE: usize = 256;
 

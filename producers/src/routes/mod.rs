@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kinds;
 pub(crate) mod webhooks;
+pub(crate) mod workers;
 
 use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router};
@@ -45,6 +46,7 @@ fn documented(max_body: usize) -> OpenApiRouter<AppState> {
         .merge(dashboard::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(batch::router(max_body))
+        .merge(workers::router(max_body))
         // Merged last, its fallback (under the default limit) is the router's: a request to an
         // unknown route is refused as an oversized one elsewhere would be.
         .merge(limit_body(routes, max_body))
