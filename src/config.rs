@@ -513,8 +513,8 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// As the worker's settings.
-    pub fn settings(&self) -> consumers::worker::WorkerSettings {
+    /// As the worker's settings; push kinds are delivered to the endpoints `webhooks` allows.
+    pub fn settings(&self, webhooks: &WebhookArgs) -> consumers::worker::WorkerSettings {
         consumers::worker::WorkerSettings {
             concurrency: self.concurrency,
             ack_wait: self.attempts.ack_wait(),
@@ -526,6 +526,10 @@ impl WorkerArgs {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
                 std::process::id()
             ),
+            push: Some(consumers::worker::PushSettings {
+                targets: webhooks.targets(),
+                per_host: webhooks.webhook_per_host,
+            }),
         }
     }
 }

@@ -117,25 +117,37 @@ impl Bus {
         kind: &JobKind,
         schema: Option<&serde_json::Value>,
     ) -> Result<()> {
-        patiently("registering a kind", || {
-            self.register_kind_once(kind, schema)
-        })
-        .await
+        let entry = events::kinds::Registered {
+            kind: kind.to_string(),
+            schema: schema.cloned(),
+            push: None,
+        };
+        patiently("registering a kind", || self.register_kind_once(&entry)).await
     }
 
-    /// [`Bus::register_kind`], tried once.
-    pub async fn register_kind_once(
-        &self,
-        kind: &JobKind,
-        schema: Option<&serde_json::Value>,
-    ) -> Result<()> {
-        let entry = serde_json::json!({ "kind": kind, "schema": schema }).to_string();
+    /// Records `entry` in the kind registry, once.
+    pub async fn register_kind_once(&self, entry: &events::kinds::Registered) -> Result<()> {
+        let value = serde_json::to_vec(entry).expect("a registry entry serialises");
         self.kinds()
             .await?
-            .put(kind.as_str(), entry.into())
+            .put(entry.kind.as_str(), value.into())
             .await
             .map(drop)
             .map_err(Error::bucket)
+    }
+
+    /// The registry entry of `kind`, if it has one.
+    pub async fn registered_kind(
+        &self,
+        kind: &JobKind,
+    ) -> Result<Option<events::kinds::Registered>> {
+        let value = self
+            .kinds()
+            .await?
+            .get(kind.as_str())
+            .await
+            .map_err(Error::bucket)?;
+        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     async fn ensure_kv(&self, bucket: &str, max_age: Duration) -> Result<()> {

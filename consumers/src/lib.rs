@@ -15,6 +15,7 @@
 
 pub mod handlers;
 pub mod notifiers;
+mod outbound;
 pub mod projector;
 pub mod supervisor;
 pub mod worker;

@@ -23,7 +23,7 @@ pub struct Supervisor<E> {
 /// A component panicked.
 #[derive(Debug, thiserror::Error)]
 #[error("panicked: {0}")]
-pub struct Panicked(String);
+pub struct Panicked(pub(crate) String);
 
 /// The first component that failed, and how.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,35 @@
-//! Payloads of the built-in job kinds, with their validation. The API validates a submission
-//! with [`validate_builtin`] before publishing (422 on failure); the handlers parse the same types.
+//! Job kinds: the entries of the kind registry, and the payloads of the built-in kinds with their
+//! validation. The API validates a submission with [`validate_builtin`] before publishing (422 on
+//! failure); the handlers parse the same types.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// An entry of the kind registry (`<NS>_KINDS`, keyed by kind): what serves the kind, recorded by
+/// a Rust worker at start, by a worker of the worker protocol, or by an operator for a push kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The kind.
+    pub kind: String,
+    /// JSON Schema of its payload, when it declares one.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// For a push kind: the endpoint conveyor's workers POST each job to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushEndpoint>,
+}
+
+/// Where a push kind's jobs are delivered: a signed POST per attempt, with no worker process of
+/// the user's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEndpoint {
+    /// The URL (vetted like a webhook target).
+    pub url: String,
+    /// Time limit of one POST.
+    pub timeout_ms: u64,
+    /// The kind's signing secret (`whsec_…`, Standard Webhooks), which the endpoint verifies.
+    pub secret: String,
+}
 
 /// `sleep`: waits `ms` in all, reporting progress `steps` times; cancellable between ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,17 @@ pub(crate) struct KindInfo {
     /// JSON Schema of the payload, when the kind declares one.
     #[schema(value_type = Option<Object>)]
     schema: Option<Value>,
+    /// For a push kind: where its jobs are delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<PushInfo>,
+}
+
+/// A push kind's endpoint, as `GET /v1/kinds` shows it (its query and user information, which may
+/// carry secrets, left out).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct PushInfo {
+    url: String,
+    timeout_ms: u64,
 }
 
 #[derive(Clone)]
@@ -60,11 +71,11 @@ impl Catalog {
         };
         for kind in events::job::builtin_kinds() {
             let schema = events::kinds::builtin_schema(kind.as_str());
-            catalog.insert(kind, true, schema);
+            catalog.insert(kind, true, schema, None);
         }
         for kind in extra {
             if !catalog.contains(kind) {
-                catalog.insert(kind.clone(), false, None);
+                catalog.insert(kind.clone(), false, None, None);
             }
         }
         catalog
@@ -82,23 +93,34 @@ impl Catalog {
         events::kinds::builtin_schema(kind.as_str()).is_some()
     }
 
-    /// Accepts `kind`, registered by a worker of the worker protocol, at once on this process
-    /// (the others learn of it from the registry). Refuses a schema that is not a JSON Schema.
-    pub(crate) fn register(
-        &self,
-        kind: &JobKind,
-        schema: Option<Value>,
-    ) -> Result<KindInfo, String> {
-        if let Some(s) = &schema {
-            jsonschema::validator_for(s)
-                .map_err(|e| format!("`schema` is not a valid JSON Schema: {e}"))?;
-        }
-        self.insert(kind.clone(), false, schema);
-        let kinds = self.kinds.read().expect("catalog poisoned");
-        Ok(kinds[kind].info.clone())
+    /// Whether `schema` is a JSON Schema; the error is the message of a 422.
+    pub(crate) fn check_schema(schema: &Value) -> Result<(), String> {
+        jsonschema::validator_for(schema)
+            .map(drop)
+            .map_err(|e| format!("`schema` is not a valid JSON Schema: {e}"))
     }
 
-    fn insert(&self, kind: JobKind, builtin: bool, schema: Option<Value>) {
+    /// Accepts a kind just recorded in the registry at once on this process (the others learn
+    /// of it from the registry).
+    pub(crate) fn register(&self, entry: &events::kinds::Registered) -> Option<KindInfo> {
+        let kind = JobKind::parse(&entry.kind).ok()?;
+        self.insert(
+            kind.clone(),
+            false,
+            entry.schema.clone(),
+            entry.push.as_ref(),
+        );
+        let kinds = self.kinds.read().expect("catalog poisoned");
+        Some(kinds[&kind].info.clone())
+    }
+
+    fn insert(
+        &self,
+        kind: JobKind,
+        builtin: bool,
+        schema: Option<Value>,
+        push: Option<&events::kinds::PushEndpoint>,
+    ) {
         // Every kind's payload is checked against its schema, so a caller gets the list of
         // violations; a built-in kind's Rust type then checks what a schema cannot say.
         let validator = match &schema {
@@ -116,6 +138,10 @@ impl Catalog {
                 kind: kind.to_string(),
                 builtin,
                 schema,
+                push: push.map(|p| PushInfo {
+                    url: events::webhooks::url::redact(&p.url),
+                    timeout_ms: p.timeout_ms,
+                }),
             },
             validator,
         };
@@ -207,12 +233,14 @@ impl Catalog {
             let Ok(kind) = JobKind::parse(&entry.key) else {
                 continue;
             };
-            let registered: Value = serde_json::from_slice(&entry.value).unwrap_or(Value::Null);
-            let schema = registered.get("schema").filter(|s| !s.is_null()).cloned();
-            let builtin = events::kinds::builtin_schema(kind.as_str()).is_some();
-            if !builtin {
-                tracing::debug!(%kind, "kind registered by a worker");
-                self.insert(kind, false, schema);
+            let Ok(registered) = serde_json::from_slice::<events::kinds::Registered>(&entry.value)
+            else {
+                continue;
+            };
+            let schema = registered.schema.filter(|s| !s.is_null());
+            if !Self::is_builtin(&kind) {
+                tracing::debug!(%kind, "kind registered");
+                self.insert(kind, false, schema, registered.push.as_ref());
             }
         }
     }
@@ -247,6 +275,7 @@ mod tests {
             false,
             Some(json!({"type": "object", "required": ["width"],
                         "properties": {"width": {"type": "integer", "minimum": 1}}})),
+            None,
         );
         assert!(c.validate(&resize, &json!({"width": 10})).is_ok());
         let e = c.validate(&resize, &json!({"width": 0})).unwrap_err();

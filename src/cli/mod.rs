@@ -107,7 +107,7 @@ enum Command {
         #[command(flatten)]
         ops: OpsArgs,
     },
-    /// A worker: runs jobs of the built-in kinds.
+    /// A worker: runs jobs of the built-in kinds, and delivers the push kinds' jobs.
     Worker {
         #[command(flatten)]
         bus: BusArgs,
@@ -115,6 +115,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
         #[command(flatten)]
         ops: OpsArgs,
     },
@@ -233,8 +235,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bus,
             db,
             worker,
+            webhooks,
             ops,
-        } => roles::background(roles::Background::Worker(bus, db, worker), ops).await,
+        } => roles::background(roles::Background::Worker(bus, db, worker, webhooks), ops).await,
         Command::Projector {
             bus,
             db,

@@ -36,8 +36,8 @@ pub(super) async fn api(
 /// A role without an HTTP API, with what it needs.
 #[derive(Debug)]
 pub(super) enum Background {
-    /// Runs jobs of the built-in kinds.
-    Worker(BusArgs, DbArgs, WorkerArgs),
+    /// Runs jobs of the built-in kinds and delivers push kinds.
+    Worker(BusArgs, DbArgs, WorkerArgs, WebhookArgs),
     /// Builds the read models.
     Projector(BusArgs, DbArgs, ProjectorArgs),
     /// Delivers webhooks (its settings checked before anything starts).
@@ -50,8 +50,8 @@ pub(super) async fn background(role: Background, ops: OpsArgs) -> anyhow::Result
     let mut sup = Supervisor::new();
     let metrics = start_metrics(&mut sup);
     let (bus, grace) = match role {
-        Background::Worker(bus, db, worker) => (
-            start_worker(&mut sup, &bus, &db, &worker).await?,
+        Background::Worker(bus, db, worker, webhooks) => (
+            start_worker(&mut sup, &bus, &db, &worker, &webhooks).await?,
             // Running jobs get their grace period to finish.
             Duration::from_millis(worker.shutdown_grace_ms) + Duration::from_secs(5),
         ),
@@ -93,7 +93,7 @@ pub(super) async fn dev(
     let metrics = start_metrics(&mut sup);
     // First: it migrates the database the other roles read.
     start_projector(&mut sup, &bus, &db, &projector).await?;
-    start_worker(&mut sup, &bus, &db, &worker).await?;
+    start_worker(&mut sup, &bus, &db, &worker, &webhooks).await?;
     start_notifier(&mut sup, &bus, webhook_settings).await?;
     // The banner's token is minted with what the API verifies with.
     let jwt = api_settings.jwt.clone();
@@ -238,12 +238,13 @@ async fn start_worker(
     bus: &BusArgs,
     db: &DbArgs,
     worker: &WorkerArgs,
+    webhooks: &WebhookArgs,
 ) -> anyhow::Result<bus::Bus> {
     let bus = BusArgs::connect_waiting(&bus.settings("worker")?, &sup.token()).await?;
     let w = Worker::new(
         bus.clone(),
         Registry::builtin(),
-        worker.settings(),
+        worker.settings(webhooks),
         Some(db.lazy_pool()?),
     );
     let token = sup.token();

@@ -17,6 +17,7 @@ mod log_tools;
 mod operations;
 mod ordered;
 mod outages;
+mod push_kinds;
 mod readme;
 mod rebuild_reads;
 mod replay;

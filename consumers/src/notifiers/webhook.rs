@@ -22,7 +22,6 @@
 //!
 //! Deliveries are at least once: receivers deduplicate on `webhook-id` (the CloudEvent id).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +33,14 @@ use chrono::Utc;
 use events::command::DeliverWebhook;
 use events::job::JobEvent;
 use events::subjects::msg_id;
-use events::webhooks::url::{self as webhook_url, TargetError, TargetSettings};
+use events::webhooks::url::{self as webhook_url, TargetSettings};
 use events::webhooks::FailedDelivery;
 use events::{streams, Command, Envelope, RetryPolicy};
 use rand::Rng;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::outbound::{self, Failure, HostSlots};
 use crate::supervisor::Supervisor;
 
 /// CloudEvents `source` of commands the notifier publishes.
@@ -102,15 +101,11 @@ impl WebhookNotifier {
             .await?;
         let policy = TargetPolicy::new(&self.settings.targets)
             .map_err(|e| crate::Error::Config(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(VettedResolver(policy.clone())))
-            .timeout(self.settings.timeout)
-            .connect_timeout(self.settings.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("conveyor-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| crate::Error::Config(format!("HTTP client: {e}")))?;
+        let http = outbound::client(
+            &policy,
+            self.settings.timeout,
+            concat!("conveyor-webhooks/", env!("CARGO_PKG_VERSION")),
+        )?;
         let shared = Arc::new(Shared {
             policy,
             hosts: HostSlots::new(self.settings.per_host),
@@ -361,117 +356,13 @@ async fn finish_delivery(
     }
 }
 
-/// In-flight deliveries per target host, each bounded.
-#[derive(Debug)]
-struct HostSlots {
-    limit: usize,
-    /// A std mutex: held only for a map operation.
-    hosts: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
-}
-
-/// A delivery slot of one host; frees itself (and forgets an idle host) when dropped.
-struct HostSlot<'a> {
-    slots: &'a HostSlots,
-    host: String,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for HostSlot<'_> {
-    fn drop(&mut self) {
-        let mut hosts = self.slots.hosts.lock().expect("host map poisoned");
-        // Our permit is still held here: the host is idle once it is the only one out.
-        if hosts
-            .get(&self.host)
-            .is_some_and(|s| s.available_permits() + 1 == self.slots.limit)
-        {
-            hosts.remove(&self.host);
-        }
-    }
-}
-
-impl HostSlots {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit: limit.max(1),
-            hosts: Default::default(),
-        }
-    }
-
-    fn try_acquire(&self, url: &str) -> Option<HostSlot<'_>> {
-        let host = url::Url::parse(url)
-            .ok()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
-            })
-            .unwrap_or_default();
-        let sem = {
-            let mut hosts = self.hosts.lock().expect("host map poisoned");
-            hosts
-                .entry(host.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
-                .clone()
-        };
-        let permit = sem.try_acquire_owned().ok()?;
-        Some(HostSlot {
-            slots: self,
-            host,
-            _permit: permit,
-        })
-    }
-}
-
-/// The notifier's HTTP client resolves names through the target policy, so it connects to
-/// exactly the addresses the policy allowed, from one lookup per connection.
-struct VettedResolver(TargetPolicy);
-
-impl reqwest::dns::Resolve for VettedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        Box::pin(async move {
-            let ips = policy.resolve(name.as_str()).await?;
-            let addrs: reqwest::dns::Addrs =
-                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
-        })
-    }
-}
-
-/// What a failed POST comes to: the policy's refusal of the target (found among the causes,
-/// where the client's resolver put it) is final, anything else is retried. The message never
-/// contains the URL (whose query may carry secrets).
+/// What a failed POST comes to: the policy's refusal of the target is final, anything else is
+/// retried.
 fn send_failure(e: reqwest::Error) -> Attempt {
-    let e = e.without_url();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if let Some(refused) = c.downcast_ref::<TargetError>() {
-            return match refused {
-                TargetError::Forbidden { .. } | TargetError::Invalid(_) => {
-                    Attempt::GiveUp(format!("refused: {refused}"))
-                }
-                TargetError::Unresolved { .. } => Attempt::Retry(refused.to_string(), None),
-            };
-        }
-        cause = c.source();
+    match outbound::failure(e) {
+        Failure::Refused(why) => Attempt::GiveUp(why),
+        Failure::Passing(why) => Attempt::Retry(why, None),
     }
-    if e.is_timeout() {
-        return Attempt::Retry("the endpoint did not answer in time".into(), None);
-    }
-    Attempt::Retry(format!("cannot reach the endpoint: {}", causes(&e)), None)
-}
-
-/// An error and its causes, `: `-separated, each said once.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        cause = c.source();
-    }
-    out
 }
 
 async fn attempt_delivery(shared: &Shared, delivery: &DeliverWebhook, tenant: &str) -> Attempt {

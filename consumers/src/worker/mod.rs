@@ -26,6 +26,9 @@
 mod audit;
 mod canceller;
 pub mod handler;
+mod push;
+
+pub use push::PushSettings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,6 +78,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// This process's name in `job.started`.
     pub worker_id: String,
+    /// Deliver the push kinds of the kind registry too (`None`: only the registry's handlers).
+    pub push: Option<PushSettings>,
 }
 
 impl Default for WorkerSettings {
@@ -86,6 +91,7 @@ impl Default for WorkerSettings {
             inline_result_limit: 16 * 1024,
             shutdown_grace: Duration::from_secs(25),
             worker_id: format!("worker-{}", std::process::id()),
+            push: None,
         }
     }
 }
@@ -155,11 +161,25 @@ impl Worker {
         // One loop failing stops the others; the worker's own supervisor decides what follows.
         let mut loops = Supervisor::new(shutdown.clone());
         for kind in &kinds {
+            let handler = shared.registry.get(kind).expect("a registered kind");
             loops.spawn(
                 &format!("pull loop of {kind}"),
                 pull_loop(
                     shared.clone(),
                     kind.clone(),
+                    handler,
+                    slots.clone(),
+                    jobs.clone(),
+                    shutdown.clone(),
+                ),
+            );
+        }
+        if let Some(push) = shared.settings.push.clone() {
+            loops.spawn(
+                "push kinds",
+                push::serve_push_kinds(
+                    shared.clone(),
+                    push,
                     slots.clone(),
                     jobs.clone(),
                     shutdown.clone(),
@@ -241,6 +261,7 @@ impl Worker {
 async fn pull_loop(
     shared: Arc<Shared>,
     kind: JobKind,
+    handler: Arc<dyn handler::Handler>,
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     shutdown: CancellationToken,
@@ -273,7 +294,7 @@ async fn pull_loop(
             // hold these slots for ever. Whatever comes after is redelivered after the ack wait.
             Ok(batch) => tokio::time::timeout(
                 FETCH_TIMEOUT,
-                start_all(&shared, &kind, batch, &mut permits, &jobs, &shutdown),
+                start_all(&shared, &handler, batch, &mut permits, &jobs, &shutdown),
             )
             .await
             .unwrap_or_else(|_| {
@@ -329,6 +350,7 @@ async fn pull_loop(
                 jobs.spawn(process(
                     shared.clone(),
                     msg,
+                    handler.clone(),
                     p.expect("the semaphore is never closed"),
                 ));
             }
@@ -351,7 +373,7 @@ async fn pause(shutdown: &CancellationToken) -> bool {
 /// Starts every command of `batch`, each on one of `permits`; returns how many came.
 async fn start_all(
     shared: &Arc<Shared>,
-    kind: &JobKind,
+    handler: &Arc<dyn handler::Handler>,
     mut batch: jetstream::Batch,
     permits: &mut Vec<OwnedSemaphorePermit>,
     jobs: &TaskTracker,
@@ -362,14 +384,14 @@ async fn start_all(
         let msg = match next {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(kind = %kind, error = %e, "pull ended");
+                tracing::debug!(error = %e, "pull ended");
                 break;
             }
         };
         received += 1;
         match permits.pop() {
             Some(permit) if !shutdown.is_cancelled() => {
-                jobs.spawn(process(shared.clone(), msg, permit));
+                jobs.spawn(process(shared.clone(), msg, handler.clone(), permit));
             }
             // Stopping, or more than asked (the server never sends that): give it straight
             // back so another worker takes it now.
@@ -381,7 +403,12 @@ async fn start_all(
     received
 }
 
-async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemaphorePermit) {
+async fn process(
+    shared: Arc<Shared>,
+    msg: jetstream::Message,
+    handler: Arc<dyn handler::Handler>,
+    _slot: OwnedSemaphorePermit,
+) {
     let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
         Ok(cmd) => cmd,
         Err(e) => {
@@ -401,7 +428,7 @@ async fn process(shared: Arc<Shared>, msg: jetstream::Message, _slot: OwnedSemap
     // The attempt continues the trace of whoever queued it; what it publishes carries its own.
     let trace = bus::trace::continue_trace(&span, cmd.traceparent.as_ref());
     async {
-        if let Err(e) = execute(&shared, &msg, &cmd, &trace, run).await {
+        if let Err(e) = execute(&shared, &msg, &cmd, &trace, run, handler).await {
             // The outcome could not be published: hand the command back; the retry is
             // idempotent because every event has a deterministic message id.
             tracing::warn!(error = %e, "attempt outcome not published; command handed back");
@@ -435,6 +462,7 @@ async fn execute(
     cmd: &Envelope<Command>,
     trace: &TraceParent,
     run: RunJob,
+    handler: Arc<dyn handler::Handler>,
 ) -> Result<(), bus::Error> {
     let attempt = Attempt::new(cmd.job, run);
     // The attempt's events continue the attempt's span.
@@ -467,13 +495,6 @@ async fn execute(
             return Ok(());
         }
         Start::Started(transition) => transition,
-    };
-    let Some(handler) = shared.registry.get(&cmd.kind) else {
-        // Cannot happen: we only pull the kinds we serve. Leave it for a worker that can.
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-            .await;
-        return Ok(());
     };
     shared.bus.publish_transition(&to, started).await?;
 

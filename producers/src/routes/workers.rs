@@ -117,7 +117,7 @@ pub(crate) struct RegisterKind {
         (status = 200, description = "Registered", body = KindInfo),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks `worker` or does not cover the kind", body = Problem),
-        (status = 409, description = "A built-in kind", body = Problem),
+        (status = 409, description = "A built-in kind, or a push kind", body = Problem),
         (status = 422, description = "Not a kind name, or the schema is not a JSON Schema", body = Problem),
         (status = 503, description = "Event bus unavailable", body = Problem),
     ))]
@@ -136,21 +136,34 @@ pub(crate) async fn register_kind(
     }
     let schema = req.schema.filter(|s| !s.is_null());
     if let Some(s) = &schema {
-        jsonschema::validator_for(s).map_err(|e| {
-            ApiError::Unprocessable(format!("`schema` is not a valid JSON Schema: {e}"))
-        })?;
+        Catalog::check_schema(s).map_err(ApiError::Unprocessable)?;
     }
+    let earlier = state
+        .bus
+        .registered_kind(&kind)
+        .await
+        .map_err(ApiError::bus)?;
+    if earlier.is_some_and(|e| e.push.is_some()) {
+        return Err(ApiError::Conflict(format!(
+            "`{kind}` is a push kind: conveyor delivers its jobs to its endpoint"
+        )));
+    }
+    let entry = events::kinds::Registered {
+        kind: kind.to_string(),
+        schema,
+        push: None,
+    };
     state
         .bus
-        .register_kind_once(&kind, schema.as_ref())
+        .register_kind_once(&entry)
         .await
         .map_err(ApiError::bus)?;
     // Its consumer exists from now on, so jobs submitted before the first lease wait for it.
     state.workers.consumer(&state.bus, &kind).await?;
     let info = state
         .kinds
-        .register(&kind, schema)
-        .map_err(ApiError::Unprocessable)?;
+        .register(&entry)
+        .ok_or_else(|| ApiError::Internal(format!("`{kind}` not registered")))?;
     Ok(Json(info))
 }
 

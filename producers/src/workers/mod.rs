@@ -362,9 +362,22 @@ impl Workers {
         }
     }
 
+    /// Fails as a lost lease once the lease's command is gone: the job was reported on (the
+    /// command is acknowledged when its outcome is stored).
+    async fn still_held(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
+        match bus.command_at(lease.seq).await.map_err(ApiError::bus)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::LeaseLost(format!(
+                "job {} was already reported on; drop it",
+                lease.job
+            ))),
+        }
+    }
+
     /// Extends a lease (`+WPI` to JetStream) and says whether the job was cancelled. After the
     /// attempt's deadline, the attempt ends as timed out instead and the lease is lost.
     pub(crate) async fn heartbeat(&self, bus: &Bus, lease: Lease) -> ApiResult<Renewed> {
+        self.still_held(bus, &lease).await?;
         let now = Utc::now();
         if now > lease.deadline() {
             let job = lease.job;
@@ -398,6 +411,7 @@ impl Workers {
         seq: Option<u64>,
         progress: (u64, Option<u64>, Option<String>),
     ) -> ApiResult<()> {
+        self.still_held(bus, lease).await?;
         let (current, total, message) = progress;
         // Without a `seq`, a number no numbered report uses.
         let seq = seq.unwrap_or_else(|| rand::rng().random::<u64>() | (1 << 63));
@@ -415,6 +429,7 @@ impl Workers {
 
     /// Hands the job back to the queue unfinished: another worker runs the same attempt.
     pub(crate) async fn release(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
+        self.still_held(bus, lease).await?;
         bus.acknowledge(&lease.reply, AckKind::Nak(None))
             .await
             .map_err(ApiError::bus)
