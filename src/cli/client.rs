@@ -64,6 +64,27 @@ pub(super) enum WebhooksCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(super) enum KindsCommand {
+    /// List the kinds the API accepts, with their payload schemas and push endpoints.
+    List,
+    /// Register a push kind (operator): conveyor POSTs each job to the endpoint, signed; prints
+    /// the kind's signing secret.
+    Push {
+        /// The kind, e.g. `thumbnail.render`.
+        kind: String,
+        /// The URL each job is POSTed to.
+        #[arg(long)]
+        endpoint: String,
+        /// Time limit of one POST (ms).
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// A file with the JSON Schema of the kind's payload.
+        #[arg(long)]
+        schema: Option<std::path::PathBuf>,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 pub(super) struct Target {
     /// API base URL.
@@ -278,6 +299,40 @@ pub(super) async fn webhooks(target: Target, command: WebhooksCommand) -> anyhow
                 Method::POST,
                 &format!("/v1/admin/webhooks/failed/{job}/redrive"),
                 None,
+                &[],
+            )
+            .await?
+        }
+    };
+    print(&out);
+    Ok(())
+}
+
+pub(super) async fn kinds(target: Target, command: KindsCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let out = match command {
+        KindsCommand::List => c.call(Method::GET, "/v1/kinds", None, &[]).await?,
+        KindsCommand::Push {
+            kind,
+            endpoint,
+            timeout_ms,
+            schema,
+        } => {
+            let schema = match schema {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let schema: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    Some(schema)
+                }
+                None => None,
+            };
+            let body = json!({"url": endpoint, "timeout_ms": timeout_ms, "schema": schema});
+            c.call(
+                Method::PUT,
+                &format!("/v1/admin/kinds/{kind}"),
+                Some(&body),
                 &[],
             )
             .await?

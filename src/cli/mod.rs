@@ -199,6 +199,13 @@ enum Command {
         #[command(subcommand)]
         command: client::DlqCommand,
     },
+    /// Job kinds: list them, register a push kind (through the API).
+    Kinds {
+        #[command(flatten)]
+        target: client::Target,
+        #[command(subcommand)]
+        command: client::KindsCommand,
+    },
     /// Webhook signing secret and failed deliveries, through the API.
     Webhooks {
         #[command(flatten)]
@@ -282,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jobs { target, command } => client::jobs(target, command).await,
         Command::Events { command } => log::events(command).await,
+        Command::Kinds { target, command } => client::kinds(target, command).await,
         Command::Webhooks { target, command } => client::webhooks(target, command).await,
         Command::Dlq { target, command } => client::dlq(target, command).await,
     }

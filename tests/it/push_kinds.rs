@@ -237,6 +237,50 @@ async fn push_kinds_are_delivered_signed_retried_and_dead_lettered() {
         (Some("acme"), Some("push.ok"), Some(1), Some(3))
     );
     assert_eq!(endpoint.calls.lock().unwrap()[&ok], 1, "delivered once");
+
+    // The CLI registers one too, and lists it.
+    let token = env.token("ops", "operator jobs:read");
+    let vars = [
+        ("CONVEYOR_URL", api.base.as_str()),
+        ("CONVEYOR_TOKEN", token.as_str()),
+    ];
+    let url = format!("{base}/ok");
+    let out = env
+        .run_raw(
+            &[
+                "kinds",
+                "push",
+                "push.cli",
+                "--endpoint",
+                &url,
+                "--timeout-ms",
+                "2000",
+            ],
+            &vars,
+            &[],
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        printed["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{printed}"
+    );
+    let out = env.run_raw(&["kinds", "list"], &vars, &[]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("push.cli"));
+    let cli = id_of(
+        &client
+            .submit(json!({"kind": "push.cli", "payload": {"n": 2}}))
+            .await,
+    );
+    assert_eq!(
+        client.wait_terminal(&cli).await["result"]["echo"],
+        json!({"n": 2})
+    );
 }
 
 #[tokio::test]
