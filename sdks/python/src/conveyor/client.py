@@ -1,0 +1,376 @@
+"""The client of conveyor's HTTP API: submit, read, list, cancel, follow jobs, tail events."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Iterable, Mapping
+from urllib.parse import quote
+
+import httpx
+
+from . import _http
+from .errors import ApiError
+from .sse import Event, parse_sse
+from .types import (
+    Accepted,
+    BatchResult,
+    CancelAccepted,
+    CloudEvent,
+    Job,
+    JobPage,
+    JobSpec,
+    JobStatus,
+    Kind,
+)
+
+__all__ = ["Client", "EventStream"]
+
+
+def _iso(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+def _webhook(value: str | Mapping[str, str]) -> dict[str, str]:
+    return {"url": value} if isinstance(value, str) else dict(value)
+
+
+def _job_path(job_id: str) -> str:
+    return f"/v1/jobs/{quote(str(job_id), safe='')}"
+
+
+def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch item as the API wants it (``run_at`` datetimes and webhook URLs converted)."""
+    out = {k: v for k, v in spec.items() if v is not None}
+    if "run_at" in out:
+        out["run_at"] = _iso(out["run_at"])
+    if "webhook" in out:
+        out["webhook"] = _webhook(out["webhook"])
+    return out
+
+
+class Client:
+    """An async client of the conveyor API.
+
+    ``url`` is the API's base URL (``http://127.0.0.1:8080``), ``token`` a bearer token (JWT)
+    with the scopes the calls need (``jobs:write``, ``jobs:read``, ``events:read``, ``admin``).
+    Use it as an async context manager, or call :meth:`aclose` when done. Every error answer
+    raises :class:`conveyor.ApiError` (with the problem's ``status``, ``title``, ``detail``,
+    ``type`` and ``retry_after``); the client itself never retries a request, except that
+    event streams reconnect.
+
+    ``http_client`` lets you bring your own ``httpx.AsyncClient`` (proxies, transports, limits);
+    its base URL and headers are set for conveyor, and it is not closed by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = _http.DEFAULT_TIMEOUT,
+        http_client: httpx.AsyncClient | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http, self._owned = _http.make_client(
+            self.url, token, timeout=timeout, http_client=http_client, headers=headers
+        )
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connections (only those of an ``httpx.AsyncClient`` the client made)."""
+        if self._owned:
+            await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        _, body = await _http.request(self._http, method, path, **kwargs)
+        return body
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        run_at: datetime | str | None = None,
+        webhook: str | Mapping[str, str] | None = None,
+    ) -> Accepted:
+        """Submits a job (``POST /v1/jobs``) and answers what the API accepted.
+
+        With an ``idempotency_key``, submitting the same job again answers the original one,
+        and the same key with a different job raises ``ApiError`` 409. ``webhook`` is the URL
+        (or ``{"url": …}``) the job's terminal event is POSTed to, signed.
+        """
+        body: dict[str, Any] = {"kind": kind}
+        if payload is not None:
+            body["payload"] = payload
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        if timeout_ms is not None:
+            body["timeout_ms"] = timeout_ms
+        if run_at is not None:
+            body["run_at"] = _iso(run_at)
+        if webhook is not None:
+            body["webhook"] = _webhook(webhook)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        result: Accepted = await self._call("POST", "/v1/jobs", json_body=body, headers=headers)
+        return result
+
+    async def submit_batch(self, jobs: Iterable[JobSpec | Mapping[str, Any]]) -> BatchResult:
+        """Submits up to 1,000 jobs in one request (``POST /v1/jobs/batch``).
+
+        Each job is answered on its own, in order, in ``items``: ``status`` 202 (accepted, with
+        ``job``), 200 (a repeat of an earlier submission with the same ``idempotency_key``) or
+        an error status with its ``problem``. A batch over the tenant's rate or quota raises
+        ``ApiError`` 429 as a whole.
+        """
+        body = {"jobs": [_spec(j) for j in jobs]}
+        result: BatchResult = await self._call("POST", "/v1/jobs/batch", json_body=body)
+        return result
+
+    async def get(self, job_id: str) -> Job:
+        """The job (``GET /v1/jobs/{id}``); never 404 right after its submission."""
+        result: Job = await self._call("GET", _job_path(job_id))
+        return result
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first (``GET /v1/jobs``): ``items`` and ``next_cursor``
+        (pass it as ``cursor`` for the next page; None on the last one)."""
+        params = {"status": status, "kind": kind, "limit": limit, "cursor": cursor}
+        result: JobPage = await self._call("GET", "/v1/jobs", params=params)
+        return result
+
+    async def list_all(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every job matching the filters, newest first, page after page (``limit`` is the page
+        size)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(status=status, kind=kind, limit=limit, cursor=cursor)
+            for job in page["items"]:
+                yield job
+            cursor = page.get("next_cursor")
+            if not cursor or not page["items"]:
+                return
+
+    async def cancel(self, job_id: str) -> CancelAccepted:
+        """Requests the job's cancellation (``POST /v1/jobs/{id}/cancel``); raises ``ApiError``
+        409 if it already ended."""
+        result: CancelAccepted = await self._call("POST", _job_path(job_id) + "/cancel")
+        return result
+
+    async def result(self, job_id: str) -> Any:
+        """The result of a succeeded job (``GET /v1/jobs/{id}/result``), also one too large to
+        inline; ``ApiError`` 404 while it has none."""
+        return await self._call("GET", _job_path(job_id) + "/result")
+
+    async def timeline(self, job_id: str) -> builtins.list[CloudEvent]:
+        """The job's CloudEvents so far, oldest first (``GET /v1/jobs/{id}/events``)."""
+        result: builtins.list[CloudEvent] = await self._call("GET", _job_path(job_id) + "/events")
+        return result
+
+    async def kinds(self) -> builtins.list[Kind]:
+        """The job kinds the API accepts, with their payload schemas (``GET /v1/kinds``)."""
+        body = await self._call("GET", "/v1/kinds")
+        items: builtins.list[Kind] = body["items"]
+        return items
+
+    async def webhook_secret(self) -> str:
+        """The tenant's webhook signing secret, ``whsec_…`` (``GET /v1/webhooks/secret``)."""
+        body = await self._call("GET", "/v1/webhooks/secret")
+        return str(body["secret"])
+
+    # --- live streams ---------------------------------------------------------------------
+
+    def follow(self, job_id: str, *, reconnect: bool = True) -> EventStream:
+        """The job's events over SSE (``GET /v1/jobs/{id}/events``): those so far, then live
+        ones, ending after its terminal event (``job.succeeded``, ``job.dead_lettered`` or
+        ``job.cancelled``). A dropped connection is reopened and what was already seen skipped.
+
+        ``async for event in client.follow(job_id): ...``
+        """
+        return EventStream(
+            self._http,
+            _job_path(job_id) + "/events",
+            {},
+            after=None,
+            until_terminal=True,
+            reconnect=reconnect,
+        )
+
+    def events(
+        self,
+        *,
+        type: str | Iterable[str] | None = None,
+        kind: str | None = None,
+        job: str | None = None,
+        after: int | str | None = None,
+        reconnect: bool = True,
+    ) -> EventStream:
+        """The tenant's events over SSE (``GET /v1/events``), live, never ending by itself.
+
+        ``type`` filters by event type (``job.succeeded`` or a list of them), ``kind`` by job
+        kind, ``job`` by job id. ``after`` is a stream sequence to resume after (``0``: from the
+        beginning); without it the stream starts with what happens next. When the connection
+        drops, or the server asks the client to resume, the stream reconnects with
+        ``Last-Event-ID`` and goes on exactly where it was: nothing lost, nothing repeated.
+        ``stream.last_event_id`` is the point to resume from later.
+        """
+        types = type if type is None or isinstance(type, str) else ",".join(type)
+        params = {"type": types, "kind": kind, "job": job}
+        return EventStream(
+            self._http,
+            "/v1/events",
+            {k: v for k, v in params.items() if v is not None},
+            after=after,
+            until_terminal=False,
+            reconnect=reconnect,
+        )
+
+
+class EventStream:
+    """An async iterator of server-sent :class:`~conveyor.Event` s that reconnects.
+
+    Reconnection waits with exponential backoff (from ``min_delay`` up to ``max_delay``
+    seconds, with jitter; at once after a server's ``resume``), resumes from
+    ``last_event_id``, and honours ``Retry-After`` on 429 and 503. Errors other than 429,
+    502, 503 and 504 are raised. Close it with :meth:`aclose` (or ``async with``) when you stop
+    iterating early.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        after: int | str | None,
+        until_terminal: bool,
+        reconnect: bool,
+        min_delay: float = 0.2,
+        max_delay: float = 30.0,
+        read_timeout: float = 45.0,
+    ) -> None:
+        self._http = http
+        self._path = path
+        self._params = dict(params)
+        self._until_terminal = until_terminal
+        self._reconnect = reconnect
+        self._min_delay = min_delay
+        self._max_delay = max_delay
+        self._read_timeout = read_timeout
+        self.last_event_id: str | None = None if after is None else str(after)
+        """The id (stream sequence) of the last event received: where a resume starts."""
+        self.reconnects = 0
+        """How many times the stream was reopened."""
+        self.duplicates_skipped = 0
+        """Events the server sent again after a reconnection, not passed on."""
+        self._gen: AsyncIterator[Event] | None = None
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._gen is None:
+            self._gen = self._run()
+        return await self._gen.__anext__()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stops the stream and closes its connection."""
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            await gen.aclose()  # type: ignore[attr-defined]
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self._max_delay, self._min_delay * (2 ** max(0, failures - 1)))
+        return float(delay * (0.5 + random.random() / 2))
+
+    async def _run(self) -> AsyncIterator[Event]:
+        failures = 0
+        start = self.last_event_id
+        last_seq: int | None = int(start) if start is not None and start.isdigit() else None
+        while True:
+            delay: float | None = None
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if self.last_event_id is not None:
+                headers["Last-Event-ID"] = self.last_event_id
+            timeout = httpx.Timeout(10.0, read=self._read_timeout)
+            try:
+                async with self._http.stream(
+                    "GET", self._path, params=self._params, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        error = ApiError.from_response(response)
+                        if not (self._reconnect and error.retryable):
+                            raise error
+                        failures += 1
+                        delay = error.retry_after if error.retry_after is not None else None
+                    else:
+                        failures = 0
+                        async for event in parse_sse(response.aiter_lines()):
+                            if event.event == "resume":
+                                point = event.data.get("last_event_id") if isinstance(event.data, dict) else None
+                                if point is not None and str(point).isdigit():
+                                    if last_seq is None or int(str(point)) > last_seq:
+                                        self.last_event_id = str(point)
+                                        last_seq = int(str(point))
+                                delay = 0.0
+                                break
+                            seq = event.seq
+                            if seq is not None and last_seq is not None and seq <= last_seq:
+                                self.duplicates_skipped += 1
+                                continue
+                            if seq is not None:
+                                last_seq = seq
+                            if event.id is not None:
+                                self.last_event_id = event.id
+                            yield event
+                            if self._until_terminal and event.terminal:
+                                return
+                        else:
+                            # The server ended the stream. A job's stream ends after its terminal
+                            # event, which was passed on above; anything else is reopened.
+                            failures += 1
+            except httpx.TransportError:
+                if not self._reconnect:
+                    raise
+                failures += 1
+            if not self._reconnect:
+                return
+            self.reconnects += 1
+            await asyncio.sleep(self._backoff(failures) if delay is None else delay)
