@@ -175,6 +175,17 @@ fn pick_job(rng: &mut StdRng) -> (Value, Expect, bool) {
             Expect::Failed,
             false,
         ),
+        86..=91 => (
+            json!({ "kind": crate::http_workers::HTTP_KIND }),
+            Expect::Succeeded,
+            false,
+        ),
+        92..=95 => (
+            json!({ "kind": crate::http_workers::PUSH_KIND,
+                    "payload": { "fail_first": rng.random_bool(0.3) } }),
+            Expect::Succeeded,
+            false,
+        ),
         _ => (
             json!({ "kind": "sleep", "payload": { "ms": 3000, "steps": 6 } }),
             Expect::Succeeded,
@@ -322,6 +333,7 @@ impl Receiver {
         let receiver = Arc::new(Self::default());
         let app = Router::new()
             .route("/hooks/{path}", post(hook))
+            .route("/push", post(push))
             .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -330,6 +342,16 @@ impl Receiver {
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
         (receiver, base)
     }
+}
+
+/// The push kind's endpoint: a job whose payload says `fail_first` fails its first attempt
+/// (500), anything else succeeds with a JSON result.
+async fn push(body: Bytes) -> (StatusCode, axum::Json<Value>) {
+    let job: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if job["payload"]["fail_first"] == true && job["attempt"] == 1 {
+        return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({})));
+    }
+    (StatusCode::OK, axum::Json(json!({"pushed": job["id"]})))
 }
 
 async fn hook(

@@ -7,6 +7,10 @@
 //! cargo test --test chaos -- [--seconds N] [--seed S]     (or scripts/chaos)
 //! ```
 //!
+//! Besides the roles, workers of the worker protocol (HTTP) lease, heartbeat and complete jobs of
+//! a kind of their own through either API, vanishing with a job now and then and reporting twice
+//! now and then; and a push kind is delivered by the workers to the test's endpoint.
+//!
 //! Faults: SIGKILL and restart of each role (several at once too), SIGSTOP of a worker for
 //! longer than the ack wait, a NATS server kill and restart (store kept), a Postgres crash and
 //! restart (immediate shutdown: asynchronous commits not yet flushed are lost), Postgres
@@ -19,10 +23,12 @@
 //! exactly one terminal event in the log; `job_events` holds one row per readable event of the
 //! log, none missing, none extra; `job_stats` equals a recount of `jobs`; every ended job with a
 //! webhook got a correctly signed delivery of its terminal event, and no delivery came for a job
-//! that did not end; a rebuild from the log equals the live read models. On a violation it exits
+//! that did not end; a repeated report of an HTTP worker is refused; a rebuild from the log equals
+//! the live read models. On a violation it exits
 //! non-zero and prints the seed that reproduces the schedule.
 
 mod faults;
+mod http_workers;
 mod invariants;
 mod load;
 
@@ -94,6 +100,9 @@ async fn main() {
     let roles = Arc::new(faults::Roles::start(env).await);
     let tally = Arc::new(Tally::default());
 
+    let push_url = format!("{}/push", hooks.trim_end_matches("/hooks"));
+    let http_workers =
+        http_workers::HttpWorkers::start(&roles, push_url, tally.clone(), settings.seed).await;
     let load = load::Load::start(roles.clone(), hooks, tally.clone(), settings.seed);
     faults::inject(
         &roles,
@@ -112,7 +121,13 @@ async fn main() {
         accepted.len()
     );
 
-    let report = invariants::check(&roles, &accepted, contract, &receiver).await;
+    // The HTTP workers run on while everything settles (a job one of them vanished with comes
+    // back once its lease expires), then stop.
+    let mut report = invariants::check(&roles, &accepted, contract, &receiver).await;
+    report.push((
+        "every report of the HTTP workers answered as documented (repeats refused)",
+        http_workers.stop().await,
+    ));
     let faults = tally.snapshot();
     println!("\nfaults injected:");
     for (what, n) in faults.iter().filter(|(k, _)| k.starts_with("fault ")) {

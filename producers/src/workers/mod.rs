@@ -25,10 +25,11 @@ use bus::jetstream::{self, AckKind, PullConsumer};
 use bus::transition::JobEnvelope;
 use bus::Bus;
 use chrono::{DateTime, Utc};
+use events::command::RunJob;
 use events::job::{ErrorInfo, JobEvent, Progressed};
 use events::lifecycle::{Attempt, AttemptOutcome, Start, Transition};
 use events::subjects::msg_id;
-use events::{Command, JobKind, RetryPolicy, Tenant};
+use events::{Command, Envelope, JobKind, RetryPolicy, Tenant};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::Value;
@@ -80,6 +81,7 @@ impl Default for LeaseSettings {
 pub(crate) struct Leased {
     pub(crate) lease: Lease,
     pub(crate) token: String,
+    pub(crate) max_attempts: u32,
     pub(crate) payload: Value,
 }
 
@@ -336,10 +338,7 @@ impl Workers {
             tenant: cmd.tenant.clone(),
             kind: cmd.kind.clone(),
             attempt: run.attempt,
-            max_attempts: run.max_attempts,
-            generation: run.generation,
             timeout_ms: run.timeout_ms,
-            webhook: run.webhook,
             seq,
             reply: reply.to_string(),
             started: now,
@@ -351,6 +350,7 @@ impl Workers {
         Found::Leased(Box::new(Leased {
             token: self.signer.sign(&lease),
             lease,
+            max_attempts: run.max_attempts,
             payload: run.payload,
         }))
     }
@@ -362,12 +362,15 @@ impl Workers {
         }
     }
 
-    /// Fails as a lost lease once the lease's command is gone: the job was reported on (the
-    /// command is acknowledged when its outcome is stored).
-    async fn still_held(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
+    /// The lease's `run` command, or a lost lease once it is gone: the command is acknowledged
+    /// when the attempt's outcome is stored, so the lease was reported on.
+    async fn held_command(&self, bus: &Bus, lease: &Lease) -> ApiResult<RunJob> {
         match bus.command_at(lease.seq).await.map_err(ApiError::bus)? {
-            Some(_) => Ok(()),
-            None => Err(ApiError::LeaseLost(format!(
+            Some(Envelope {
+                payload: Command::Run(run),
+                ..
+            }) => Ok(run),
+            _ => Err(ApiError::LeaseLost(format!(
                 "job {} was already reported on; drop it",
                 lease.job
             ))),
@@ -377,7 +380,7 @@ impl Workers {
     /// Extends a lease (`+WPI` to JetStream) and says whether the job was cancelled. After the
     /// attempt's deadline, the attempt ends as timed out instead and the lease is lost.
     pub(crate) async fn heartbeat(&self, bus: &Bus, lease: Lease) -> ApiResult<Renewed> {
-        self.still_held(bus, &lease).await?;
+        self.held_command(bus, &lease).await?;
         let now = Utc::now();
         if now > lease.deadline() {
             let job = lease.job;
@@ -411,7 +414,7 @@ impl Workers {
         seq: Option<u64>,
         progress: (u64, Option<u64>, Option<String>),
     ) -> ApiResult<()> {
-        self.still_held(bus, lease).await?;
+        self.held_command(bus, lease).await?;
         let (current, total, message) = progress;
         // Without a `seq`, a number no numbered report uses.
         let seq = seq.unwrap_or_else(|| rand::rng().random::<u64>() | (1 << 63));
@@ -429,7 +432,7 @@ impl Workers {
 
     /// Hands the job back to the queue unfinished: another worker runs the same attempt.
     pub(crate) async fn release(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
-        self.still_held(bus, lease).await?;
+        self.held_command(bus, lease).await?;
         bus.acknowledge(&lease.reply, AckKind::Nak(None))
             .await
             .map_err(ApiError::bus)
@@ -444,6 +447,9 @@ impl Workers {
         lease: Lease,
         report: Option<Report>,
     ) -> ApiResult<&'static str> {
+        // Not reported on yet; and the attempt as its command describes it (a retry's command
+        // carries the payload, which the lease does not).
+        let run = self.held_command(bus, &lease).await?;
         let now = Utc::now();
         let late = now > lease.deadline();
         let outcome = match report {
@@ -459,27 +465,10 @@ impl Workers {
             }
             Some(Report::Failed(error)) => AttemptOutcome::Failed(error),
         };
-        // A retry's command carries the job's payload, which the lease does not: read it from
-        // the command, still stored until it is acknowledged.
-        let payload = match outcome {
-            AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => Value::Null,
-            _ => match bus.command_at(lease.seq).await.map_err(ApiError::bus)? {
-                Some(cmd) => match cmd.payload {
-                    Command::Run(run) => run.payload,
-                    _ => Value::Null,
-                },
-                None => {
-                    return Err(ApiError::LeaseLost(format!(
-                        "job {} was already reported on (its command is gone); drop it",
-                        lease.job
-                    )))
-                }
-            },
-        };
         let duration_ms = u64::try_from((now - lease.started).num_milliseconds()).unwrap_or(0);
         let jitter = rand::rng().random_range(0.0..1.0);
         let kind = lease.kind.to_string();
-        let transition = Attempt::new(lease.job, lease.run(payload)).conclude(
+        let transition = Attempt::new(lease.job, run).conclude(
             outcome,
             duration_ms,
             &self.settings.retry,

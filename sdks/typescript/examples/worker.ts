@@ -1,0 +1,30 @@
+// A worker serving `report.monthly`: runs until SIGTERM / SIGINT, then drains.
+import { FatalError, Worker, type JobContext } from '@conveyor/sdk';
+
+interface MonthlyReport {
+  month: string;
+}
+
+const worker = new Worker(process.env.CONVEYOR_URL ?? 'http://127.0.0.1:8080', process.env.CONVEYOR_TOKEN ?? '', {
+  concurrency: 4,
+  name: 'reports-1',
+  shutdownGraceMs: 15_000,
+});
+
+worker.handle(
+  'report.monthly',
+  async (job: JobContext<MonthlyReport>) => {
+    if (!/^\d{4}-\d{2}$/.test(job.payload.month)) throw new FatalError(`bad month ${job.payload.month}`);
+    const accounts = 100;
+    for (let i = 1; i <= accounts; i += 10) {
+      job.signal.throwIfAborted(); // cancelled, timed out, lease lost or shutting down
+      await job.progress(i, accounts, `${i} of ${accounts} accounts`);
+      const res = await fetch('https://example.com/accounts', { signal: job.signal });
+      if (res.status === 503) throw new Error('upstream answered 503'); // retried with backoff
+    }
+    return { url: `/reports/acme-${job.payload.month}.csv` };
+  },
+  { schema: { type: 'object', required: ['month'], properties: { month: { type: 'string' } } } },
+);
+
+await worker.run();

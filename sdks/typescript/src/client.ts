@@ -1,0 +1,376 @@
+/**
+ * The client of conveyor's jobs API: submit, read, list, cancel, results, and live event
+ * streams over server-sent events with automatic reconnection.
+ */
+
+import { ConveyorError, isTransient } from './errors.js';
+import { anySignal, sleep, Transport, type TokenSource, type TransportOptions } from './http.js';
+import { readSse } from './sse.js';
+import {
+  TERMINAL_EVENTS,
+  TERMINAL_STATUSES,
+  type AcceptedJob,
+  type BatchResult,
+  type CancelAnswer,
+  type CloudEvent,
+  type Job,
+  type JobPage,
+  type JobStatus,
+  type KindInfo,
+  type StreamEvent,
+  type Submission,
+} from './types.js';
+
+/** Options of a {@link Client}. */
+export interface ClientOptions extends TransportOptions {
+  /** First delay before reconnecting a live stream, in ms (default 250); doubles up to `maxReconnectDelayMs`. */
+  reconnectDelayMs?: number;
+  /** Longest delay between reconnection attempts, in ms (default 5,000). */
+  maxReconnectDelayMs?: number;
+  /**
+   * A live stream that sends nothing for this long is taken as dead and reconnected, in ms
+   * (default 45,000; the server sends a keep-alive comment every 15 s).
+   */
+  idleTimeoutMs?: number;
+}
+
+/** Options of one submission. */
+export interface SubmitOptions {
+  /** Makes retries safe: the same key and body give the original job (`repeated: true`), another body `409`. */
+  idempotencyKey?: string;
+  /** Attempts before dead-lettering (1 to 100; the server's default is 3). */
+  maxAttempts?: number;
+  /** Per-attempt time limit in ms (1 to 86,400,000; the server's default is 300,000). */
+  timeoutMs?: number;
+  /** Not before this time. */
+  runAt?: Date | string;
+  /** Where to POST the terminal event (a signed Standard Webhooks delivery). */
+  webhook?: string | { url: string };
+  /** Aborts the request. */
+  signal?: AbortSignal;
+}
+
+/** One job of {@link Client.submitBatch}. */
+export interface BatchJob extends Omit<SubmitOptions, 'signal'> {
+  kind: string;
+  payload?: unknown;
+}
+
+/** Filters of {@link Client.list}. */
+export interface ListOptions {
+  status?: JobStatus;
+  kind?: string;
+  /** Page size, 1 to 500 (the server's default is 50). */
+  limit?: number;
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  signal?: AbortSignal;
+}
+
+/** Filters of {@link Client.events}. */
+export interface EventsOptions {
+  /** Only these types, e.g. `job.succeeded` or `['job.succeeded', 'job.dead_lettered']`. */
+  type?: string | string[];
+  /** Only jobs of this kind. */
+  kind?: string;
+  /** Only this job. */
+  job?: string;
+  /** Start exactly after this stream sequence (a {@link StreamEvent.seq}); default: from now on. */
+  after?: number | string;
+  /** Ends the stream (the iteration just ends). */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Client.follow} and {@link Client.wait}. */
+export interface FollowOptions {
+  /** Ends the stream (the iteration just ends; {@link Client.wait} rejects). */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Client.wait}. */
+export interface WaitOptions extends FollowOptions {
+  /** Gives up after this many ms (rejects with a `TimeoutError`). */
+  timeoutMs?: number;
+}
+
+function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal'>): Record<string, unknown> {
+  const body: Record<string, unknown> = { kind };
+  if (payload !== undefined) body['payload'] = payload;
+  if (options.maxAttempts !== undefined) body['max_attempts'] = options.maxAttempts;
+  if (options.timeoutMs !== undefined) body['timeout_ms'] = options.timeoutMs;
+  if (options.runAt !== undefined) {
+    body['run_at'] = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
+  }
+  if (options.webhook !== undefined) {
+    body['webhook'] = typeof options.webhook === 'string' ? { url: options.webhook } : { url: options.webhook.url };
+  }
+  return body;
+}
+
+function jobPath(id: string): string {
+  return `/v1/jobs/${encodeURIComponent(id)}`;
+}
+
+/** Where a live stream connects, given the last sequence seen. */
+interface LiveTarget {
+  path: string;
+  query: Record<string, string | number | undefined>;
+  /** Whether the server resumes after `Last-Event-ID` (else it starts over and seen events are skipped). */
+  resumable: boolean;
+  /** The stream ends after a terminal event. */
+  untilTerminal: boolean;
+}
+
+/**
+ * A client of the jobs API.
+ *
+ * ```ts
+ * const client = new Client('http://127.0.0.1:8080', process.env.CONVEYOR_TOKEN!);
+ * const job = await client.submit('report.monthly', { month: '2026-10' });
+ * for await (const ev of client.follow(job.id)) console.log(ev.event);
+ * ```
+ */
+export class Client {
+  /** The HTTP layer (base URL, token). */
+  readonly transport: Transport;
+  private readonly reconnectDelayMs: number;
+  private readonly maxReconnectDelayMs: number;
+  private readonly idleTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
+
+  constructor(url: string, token: TokenSource, options: ClientOptions = {}) {
+    this.transport = new Transport(url, token, options);
+    this.reconnectDelayMs = options.reconnectDelayMs ?? 250;
+    this.maxReconnectDelayMs = options.maxReconnectDelayMs ?? 5_000;
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 45_000;
+    this.connectTimeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  /** Submits a job: resolves once the API accepted it (`202`), or found the original of a repeat (`200`). */
+  async submit(kind: string, payload?: unknown, options: SubmitOptions = {}): Promise<Submission> {
+    const headers: Record<string, string> = {};
+    if (options.idempotencyKey !== undefined) headers['Idempotency-Key'] = options.idempotencyKey;
+    const res = await this.transport.request<AcceptedJob>('POST', '/v1/jobs', {
+      body: submitBody(kind, payload, options),
+      headers,
+      signal: options.signal,
+    });
+    return { ...res.body, repeated: res.status === 200 };
+  }
+
+  /** Submits up to 1,000 jobs at once; each is answered on its own, in order (see {@link BatchResult}). */
+  async submitBatch(jobs: BatchJob[], options: { signal?: AbortSignal } = {}): Promise<BatchResult> {
+    const body = {
+      jobs: jobs.map((j) => {
+        const item = submitBody(j.kind, j.payload, j);
+        if (j.idempotencyKey !== undefined) item['idempotency_key'] = j.idempotencyKey;
+        return item;
+      }),
+    };
+    const res = await this.transport.request<BatchResult>('POST', '/v1/jobs/batch', { body, signal: options.signal });
+    return res.body;
+  }
+
+  /** The job (never `404` right after its submission). */
+  async get(id: string, options: { signal?: AbortSignal } = {}): Promise<Job> {
+    return (await this.transport.request<Job>('GET', jobPath(id), { signal: options.signal })).body;
+  }
+
+  /** One page of the tenant's jobs, newest first. */
+  async list(options: ListOptions = {}): Promise<JobPage> {
+    const res = await this.transport.request<JobPage>('GET', '/v1/jobs', {
+      query: {
+        status: options.status,
+        kind: options.kind,
+        limit: options.limit,
+        cursor: options.cursor ?? undefined,
+      },
+      signal: options.signal,
+    });
+    return res.body;
+  }
+
+  /** Every page of the tenant's jobs, newest first, from `cursor` (or the start) to the last. */
+  async *pages(options: ListOptions = {}): AsyncGenerator<JobPage, void, undefined> {
+    let cursor = options.cursor ?? null;
+    do {
+      const page = await this.list({ ...options, cursor });
+      yield page;
+      cursor = page.next_cursor;
+    } while (cursor);
+  }
+
+  /** Every job matching the filters, newest first, across all pages. */
+  async *listAll(options: ListOptions = {}): AsyncGenerator<Job, void, undefined> {
+    for await (const page of this.pages(options)) yield* page.items;
+  }
+
+  /** Requests cancellation: `202`; throws a {@link ConveyorError} with status `409` if the job already ended. */
+  async cancel(id: string, options: { signal?: AbortSignal } = {}): Promise<CancelAnswer> {
+    return (await this.transport.request<CancelAnswer>('POST', `${jobPath(id)}/cancel`, { signal: options.signal })).body;
+  }
+
+  /** The result of a succeeded job, also when it was too large to inline. `404` until it succeeded. */
+  async result<T = unknown>(id: string, options: { signal?: AbortSignal } = {}): Promise<T> {
+    return (await this.transport.request<T>('GET', `${jobPath(id)}/result`, { signal: options.signal })).body;
+  }
+
+  /** The job's timeline: its CloudEvents so far, oldest first. */
+  async timeline(id: string, options: { signal?: AbortSignal } = {}): Promise<CloudEvent[]> {
+    return (await this.transport.request<CloudEvent[]>('GET', `${jobPath(id)}/events`, { signal: options.signal })).body;
+  }
+
+  /** The job kinds the API accepts, with their payload schemas. */
+  async kinds(options: { signal?: AbortSignal } = {}): Promise<KindInfo[]> {
+    return (await this.transport.request<{ items: KindInfo[] }>('GET', '/v1/kinds', { signal: options.signal })).body
+      .items;
+  }
+
+  /** The tenant's webhook signing secret (`whsec_…`), for {@link verifyWebhook}. */
+  async webhookSecret(options: { signal?: AbortSignal } = {}): Promise<string> {
+    return (await this.transport.request<{ secret: string }>('GET', '/v1/webhooks/secret', { signal: options.signal }))
+      .body.secret;
+  }
+
+  /**
+   * The job's events, live: its timeline so far, then each new event, ending after the terminal
+   * one (`job.succeeded`, `job.dead_lettered` or `job.cancelled`); at once for a job that already
+   * ended. A dropped connection is reopened; no event is repeated.
+   */
+  follow(id: string, options: FollowOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    return this.live(
+      { path: `${jobPath(id)}/events`, query: {}, resumable: false, untilTerminal: true },
+      undefined,
+      options.signal,
+    );
+  }
+
+  /**
+   * The tenant's events, live (scope `events:read`), from now on or exactly after `after`. It
+   * never ends by itself: a dropped connection (or the server's `resume` hint) is reopened with
+   * `Last-Event-ID`, so no event is lost or repeated. Stop it with `break` or `signal`.
+   */
+  events(options: EventsOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    const type = Array.isArray(options.type) ? options.type.join(',') : options.type;
+    let after: number | undefined;
+    if (options.after !== undefined) {
+      after = Number(options.after);
+      if (!Number.isSafeInteger(after) || after < 0) throw new TypeError(`conveyor: bad 'after': ${options.after}`);
+    }
+    return this.live(
+      { path: '/v1/events', query: { type, kind: options.kind, job: options.job }, resumable: true, untilTerminal: false },
+      after,
+      options.signal,
+    );
+  }
+
+  /**
+   * Waits until the job ends (following its events), then resolves with the job as the read
+   * model shows it in its terminal status.
+   */
+  async wait(id: string, options: WaitOptions = {}): Promise<Job> {
+    const timeout = options.timeoutMs !== undefined ? AbortSignal.timeout(options.timeoutMs) : undefined;
+    const { signal, dispose } = anySignal([options.signal, timeout]);
+    try {
+      for await (const _ of this.follow(id, { signal })) {
+        // Only the end matters.
+      }
+      // The read model may lag the log by a little.
+      for (let delay = 20; ; delay = Math.min(delay * 2, 500)) {
+        if (signal.aborted) throw signal.reason;
+        const job = await this.get(id, { signal });
+        if (TERMINAL_STATUSES.includes(job.status)) return job;
+        await sleep(delay, signal);
+      }
+    } finally {
+      dispose();
+    }
+  }
+
+  private backoff(attempt: number, retryAfterSecs?: number): number {
+    if (retryAfterSecs !== undefined) return retryAfterSecs * 1000;
+    const base = Math.min(this.maxReconnectDelayMs, this.reconnectDelayMs * 2 ** attempt);
+    return base / 2 + Math.random() * (base / 2);
+  }
+
+  private async *live(
+    target: LiveTarget,
+    after: number | undefined,
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<StreamEvent, void, undefined> {
+    let last = after;
+    let failures = 0;
+    while (!signal?.aborted) {
+      const connection = new AbortController();
+      const { signal: connSignal, dispose } = anySignal([signal, connection.signal]);
+      const headers: Record<string, string> = { Accept: 'text/event-stream', 'Cache-Control': 'no-cache' };
+      if (target.resumable && last !== undefined) headers['Last-Event-ID'] = String(last);
+      let retryAfter: number | undefined;
+      let watchdog: ReturnType<typeof setInterval> | undefined;
+      let done: (() => void) | undefined;
+      try {
+        const connectTimer = setTimeout(() => connection.abort(new Error('connect timeout')), this.connectTimeoutMs);
+        let res: Response;
+        try {
+          ({ response: res, done } = await this.transport.send('GET', target.path, {
+            query: target.query,
+            headers,
+            signal: connSignal,
+            timeoutMs: 0,
+          }));
+        } finally {
+          clearTimeout(connectTimer);
+        }
+        if (!res.body) throw new Error('the live stream has no body');
+        let activity = Date.now();
+        watchdog = setInterval(() => {
+          if (Date.now() - activity > this.idleTimeoutMs) connection.abort(new Error('live stream idle'));
+        }, Math.min(5_000, this.idleTimeoutMs));
+        for await (const msg of readSse(res.body, () => (activity = Date.now()))) {
+          if (msg.event === 'resume') {
+            // The server ends the stream (it stops, or this client fell behind): resume from its hint.
+            try {
+              const hint = JSON.parse(msg.data) as { last_event_id?: string | number };
+              const seq = Number(hint.last_event_id);
+              if (target.resumable && Number.isSafeInteger(seq) && (last === undefined || seq > last)) last = seq;
+            } catch {
+              // No usable hint: resume from the last event seen.
+            }
+            break;
+          }
+          const seq = Number(msg.id);
+          if (msg.id === undefined || !Number.isSafeInteger(seq)) continue;
+          if (last !== undefined && seq <= last) continue;
+          let data: CloudEvent;
+          try {
+            data = JSON.parse(msg.data) as CloudEvent;
+          } catch {
+            continue;
+          }
+          last = seq;
+          failures = 0;
+          yield { seq, event: msg.event, data };
+          if (target.untilTerminal && TERMINAL_EVENTS.includes(msg.event)) return;
+          // Time spent by the consumer does not count as the stream being idle.
+          activity = Date.now();
+        }
+      } catch (e) {
+        if (signal?.aborted) return;
+        if (e instanceof ConveyorError && !isTransient(e)) throw e;
+        if (e instanceof ConveyorError) retryAfter = e.retryAfter;
+      } finally {
+        if (watchdog) clearInterval(watchdog);
+        connection.abort();
+        done?.();
+        dispose();
+      }
+      if (signal?.aborted) return;
+      const delay = this.backoff(failures++, retryAfter);
+      try {
+        await sleep(delay, signal);
+      } catch {
+        return;
+      }
+    }
+  }
+}
