@@ -57,6 +57,11 @@ impl Bus {
         self.bucket(self.ns.kinds_bucket()).await
     }
 
+    /// The bucket of attempts' outcome claims (the worker protocol's).
+    pub async fn outcomes(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.outcomes_bucket()).await
+    }
+
     /// The cancellation-marker bucket.
     pub async fn cancels(&self) -> Result<kv::Store> {
         self.bucket(self.ns.cancels_bucket()).await
@@ -111,6 +116,32 @@ pub async fn create_once(store: &kv::Store, key: &str, value: Bytes) -> Result<b
     match store.create(key, value).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::bucket(e)),
+    }
+}
+
+/// The value under `key` and its revision, `None` if the key has none (or was deleted).
+pub async fn entry(store: &kv::Store, key: &str) -> Result<Option<(Bytes, u64)>> {
+    match store.entry(key).await.map_err(Error::bucket)? {
+        Some(e) if e.operation == kv::Operation::Put => Ok(Some((e.value, e.revision))),
+        _ => Ok(None),
+    }
+}
+
+/// Puts `value` under `key` if the key is still at `revision` (`None`: has no value yet):
+/// `true` if this call put it, `false` if another write came first.
+pub async fn put_if(
+    store: &kv::Store,
+    key: &str,
+    value: Bytes,
+    revision: Option<u64>,
+) -> Result<bool> {
+    let Some(revision) = revision else {
+        return create_once(store, key, value).await;
+    };
+    match store.update(key, value, revision).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
         Err(e) => Err(Error::bucket(e)),
     }
 }

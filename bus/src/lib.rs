@@ -29,7 +29,7 @@ pub mod trace;
 pub mod transition;
 pub mod webhook_dns;
 
-pub use buckets::{create_once, last_message, next_message};
+pub use buckets::{create_once, entry, last_message, next_message, put_if};
 pub use connect::{server_addrs, BusSettings};
 pub use decode::{decode, decode_command, decode_event, Decoded};
 pub use error::{Error, Result};

@@ -63,6 +63,10 @@ impl Bus {
         .await?;
         self.ensure_kv(&self.ns.webhook_failures_bucket(), Duration::ZERO)
             .await?;
+        // A claim outlives every lease that could still report on its attempt (a lease lasts at
+        // most five minutes between heartbeats).
+        self.ensure_kv(&self.ns.outcomes_bucket(), Duration::from_secs(600))
+            .await?;
         self.ensure_kv(&self.ns.kinds_bucket(), Duration::ZERO)
             .await?;
         self.results().await?;
@@ -121,6 +125,7 @@ impl Bus {
             kind: kind.to_string(),
             schema: schema.cloned(),
             push: None,
+            owner: None,
         };
         patiently("registering a kind", || self.register_kind_once(&entry)).await
     }
@@ -136,18 +141,25 @@ impl Bus {
             .map_err(Error::bucket)
     }
 
-    /// The registry entry of `kind`, if it has one.
+    /// The registry entry of `kind` and its revision, if it has one.
     pub async fn registered_kind(
         &self,
         kind: &JobKind,
-    ) -> Result<Option<events::kinds::Registered>> {
-        let value = self
-            .kinds()
-            .await?
-            .get(kind.as_str())
-            .await
-            .map_err(Error::bucket)?;
-        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+    ) -> Result<Option<(events::kinds::Registered, u64)>> {
+        let found = crate::entry(&self.kinds().await?, kind.as_str()).await?;
+        Ok(found
+            .and_then(|(value, revision)| Some((serde_json::from_slice(&value).ok()?, revision))))
+    }
+
+    /// Records `entry` in the kind registry if the kind's entry is still at `revision` (`None`:
+    /// the kind has none): `false` if another registration came first.
+    pub async fn register_kind_if(
+        &self,
+        entry: &events::kinds::Registered,
+        revision: Option<u64>,
+    ) -> Result<bool> {
+        let value = serde_json::to_vec(entry).expect("a registry entry serialises");
+        crate::put_if(&self.kinds().await?, &entry.kind, value.into(), revision).await
     }
 
     async fn ensure_kv(&self, bucket: &str, max_age: Duration) -> Result<()> {

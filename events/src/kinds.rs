@@ -17,6 +17,11 @@ pub struct Registered {
     /// For a push kind: the endpoint conveyor's workers POST each job to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushEndpoint>,
+    /// The tenant whose worker registered it (the worker protocol, with a tenant's token); no
+    /// other tenant's worker may register it again. `None`: the deployment's (a Rust worker, an
+    /// operator, a worker serving every tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Where a push kind's jobs are delivered: a signed POST per attempt, with no worker process of

@@ -8,7 +8,7 @@
 //! | other commands | `<ns>.cmd.<action>.<kind>` (`cancel`, `webhook`) |
 //! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
 //! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
-//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS` (KV), `<NS>_RESULTS` (object store) |
+//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS`, `<NS>_OUTCOMES` (KV), `<NS>_RESULTS` (object store) |
 //!
 //! Kinds may contain dots (`report.job_stats`): a cancel or webhook command ends with its kind,
 //! where a `>` filter takes it whole, and a run command has exactly one token (the job) after it.
@@ -47,6 +47,13 @@ impl Namespace {
     /// so the API accepts them and can validate payloads without the handler's code.
     pub fn kinds_bucket(&self) -> String {
         format!("{}_KINDS", self.upper())
+    }
+
+    /// Claims on the end of attempts run by workers of the worker protocol (KV, one key per
+    /// attempt): whichever report claims an attempt first ends it, so two reports on one
+    /// attempt (a released lease and its next holder, two concurrent reports) cannot both.
+    pub fn outcomes_bucket(&self) -> String {
+        format!("{}_OUTCOMES", self.upper())
     }
 
     /// Large-result bucket (object store).

@@ -43,6 +43,15 @@ pub(crate) struct PushInfo {
     timeout_ms: u64,
 }
 
+/// Who runs an accepted kind's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServedBy {
+    /// conveyor's own workers: a built-in kind, or a push kind.
+    Conveyor,
+    /// Users' workers: a Rust handler of their own, or a worker of the worker protocol.
+    Workers,
+}
+
 #[derive(Clone)]
 struct Entry {
     info: KindInfo,
@@ -81,7 +90,19 @@ impl Catalog {
         catalog
     }
 
-    pub(crate) fn contains(&self, kind: &JobKind) -> bool {
+    /// Who runs `kind`'s jobs, if it is accepted.
+    pub(crate) fn served_by(&self, kind: &JobKind) -> Option<ServedBy> {
+        let kinds = self.kinds.read().expect("catalog poisoned");
+        kinds.get(kind).map(|e| {
+            if e.info.builtin || e.info.push.is_some() {
+                ServedBy::Conveyor
+            } else {
+                ServedBy::Workers
+            }
+        })
+    }
+
+    fn contains(&self, kind: &JobKind) -> bool {
         self.kinds
             .read()
             .expect("catalog poisoned")

@@ -456,3 +456,159 @@ async fn a_worker_sees_only_the_tenants_and_kinds_its_token_covers() {
         .unwrap();
     assert_eq!(res.status(), 409, "a built-in kind");
 }
+
+#[tokio::test]
+async fn one_attempt_takes_one_outcome_whatever_the_reports_race() {
+    let env = Env::new(BUILD).await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let w = worker(&env, &api, "acme", "worker");
+    let client = api.with_token(&env.token("acme", "jobs:write jobs:read"));
+    register(&w, KIND, Value::Null).await;
+
+    // complete and fail of one lease at the same moment: exactly one is taken.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(id_of(
+            &client
+                .submit(json!({"kind": KIND, "max_attempts": 3}))
+                .await,
+        ));
+    }
+    let mut failed_first = 0;
+    for job in lease_n(&w, 5).await {
+        let (done, failed) = tokio::join!(
+            report(&w, &job, "complete", json!({"result": 1})),
+            report(&w, &job, "fail", json!({"error": {"message": "x"}})),
+        );
+        let taken = [done.0, failed.0].iter().filter(|s| **s == 200).count();
+        assert_eq!(taken, 1, "complete {done:?}, fail {failed:?}");
+        assert!([done.0, failed.0].contains(&409), "{done:?} {failed:?}");
+        failed_first += usize::from(failed.0 == 200);
+    }
+    // Whichever was taken, the jobs end once: those that failed run attempt 2 and complete.
+    let retries = if failed_first > 0 {
+        lease_n(&w, failed_first).await
+    } else {
+        Vec::new()
+    };
+    for job in &retries {
+        assert_eq!(job["attempt"], 2, "{job}");
+        assert_eq!(
+            report(&w, job, "complete", json!({"result": 2})).await.0,
+            200
+        );
+    }
+    for id in &ids {
+        client.wait_terminal(id).await;
+        let timeline = client.timeline(id).await;
+        let ends = timeline
+            .iter()
+            .filter(|t| matches!(t.as_str(), "succeeded" | "dead_lettered" | "cancelled"))
+            .count();
+        assert_eq!(ends, 1, "{id}: {timeline:?}");
+    }
+
+    // A released lease is over: its holder's later reports are refused, the next holder's taken.
+    let id = id_of(&client.submit(json!({"kind": KIND})).await);
+    let first = lease_n(&w, 1).await.remove(0);
+    assert_eq!(report(&w, &first, "release", json!({})).await.0, 200);
+    let second = lease_n(&w, 1).await.remove(0);
+    assert_eq!(
+        (second["id"].as_str(), second["attempt"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
+    for (what, body) in [
+        ("heartbeat", json!({})),
+        ("fail", json!({"error": {"message": "stale"}})),
+        ("complete", json!({"result": "stale"})),
+    ] {
+        let (status, body) = report(&w, &first, what, body).await;
+        assert_eq!(status, 409, "{what} on a released lease: {body}");
+    }
+    assert_eq!(
+        report(&w, &second, "complete", json!({"result": "second"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(client.wait_terminal(&id).await["result"], "second");
+
+    // `cancelled` is an answer to a cancellation, not an outcome a worker may choose.
+    let id = id_of(&client.submit(json!({"kind": KIND})).await);
+    let job = lease_n(&w, 1).await.remove(0);
+    let (status, body) = report(&w, &job, "fail", json!({"error": {"class": "cancelled"}})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(report(&w, &job, "complete", json!({})).await.0, 200);
+    client.wait_terminal(&id).await;
+}
+
+#[tokio::test]
+async fn kinds_belong_to_who_registered_them_and_conveyor_keeps_its_own() {
+    let env = Env::new(BUILD).await;
+    let (_dev, api) = env.spawn_http("dev").await;
+    let acme = worker(&env, &api, "acme", "worker");
+    let beta = worker(&env, &api, "beta", "worker");
+    register(
+        &acme,
+        KIND,
+        json!({"type": "object", "required": ["month"]}),
+    )
+    .await;
+    register(
+        &acme,
+        KIND,
+        json!({"type": "object", "required": ["month"]}),
+    )
+    .await;
+    // Another tenant's worker cannot take it over (nor change its schema).
+    let res = beta
+        .request(reqwest::Method::PUT, &format!("/v1/workers/kinds/{KIND}"))
+        .json(&json!({"schema": {"required": ["pwned"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let client = api.with_token(&env.token("acme", "jobs:write"));
+    let (status, body) = client
+        .post(
+            "/v1/jobs",
+            &json!({"kind": KIND, "payload": {"month": "x"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Built-in kinds are conveyor's own workers' to run: no worker of the protocol leases them.
+    let (status, body) = acme
+        .post(
+            "/v1/workers/lease",
+            &json!({"kinds": ["noop"], "wait_ms": 0}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // A tenant-limited worker finds its tenant's job behind other tenants' jobs.
+    let everyone = worker(&env, &api, "ops", "worker:any-tenant");
+    register(&everyone, "it.shared", Value::Null).await;
+    let other = api.with_token(&env.token("other", "jobs:write"));
+    for _ in 0..3 {
+        other.submit(json!({"kind": "it.shared"})).await;
+    }
+    let acme_client = api.with_token(&env.token("acme", "jobs:write jobs:read"));
+    let mine = id_of(&acme_client.submit(json!({"kind": "it.shared"})).await);
+    let (status, body) = acme
+        .post(
+            "/v1/workers/lease",
+            &json!({"kinds": ["it.shared"], "max_jobs": 1, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["jobs"][0]["id"], mine.as_str(), "{body}");
+    // The other tenant's jobs are still there for a worker that may run them.
+    let (_, theirs) = everyone
+        .post(
+            "/v1/workers/lease",
+            &json!({"kinds": ["it.shared"], "max_jobs": 10, "wait_ms": 3000}),
+        )
+        .await;
+    assert!(!theirs["jobs"].as_array().unwrap().is_empty(), "{theirs}");
+}

@@ -127,8 +127,9 @@ pub(crate) async fn register_push(
         .registered_kind(&kind)
         .await
         .map_err(ApiError::bus)?;
+    let revision = earlier.as_ref().map(|(_, revision)| *revision);
     let secret = earlier
-        .and_then(|e| e.push)
+        .and_then(|(e, _)| e.push)
         .map(|p| p.secret)
         .unwrap_or_else(new_secret);
     let entry = Registered {
@@ -139,12 +140,18 @@ pub(crate) async fn register_push(
             timeout_ms: req.timeout_ms,
             secret: secret.clone(),
         }),
+        owner: None,
     };
-    state
+    let registered = state
         .bus
-        .register_kind_once(&entry)
+        .register_kind_if(&entry, revision)
         .await
         .map_err(ApiError::bus)?;
+    if !registered {
+        return Err(ApiError::Conflict(format!(
+            "`{kind}` was registered by another request at the same moment; try again"
+        )));
+    }
     let kind = state
         .kinds
         .register(&entry)

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::{Auth, WORKER, WORKER_ANY_TENANT};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::AppJson;
-use crate::kinds::{Catalog, KindInfo};
+use crate::kinds::{Catalog, KindInfo, ServedBy};
 use crate::workers::lease::Lease;
 use crate::workers::{Report, Scope, MAX_LEASE, MAX_WAIT};
 use crate::AppState;
@@ -110,14 +110,15 @@ pub(crate) struct RegisterKind {
 ///
 /// Records the kind and its payload schema in the kind registry, as a Rust worker does at start:
 /// `POST /v1/jobs` then accepts the kind on every API process and validates payloads against the
-/// schema. Idempotent.
+/// schema. A kind a tenant's worker registered belongs to that tenant: another tenant's worker
+/// cannot register it again. Idempotent for its owner.
 #[utoipa::path(put, path = "/v1/workers/kinds/{kind}", tag = "workers", request_body = RegisterKind,
     params(("kind" = String, Path, description = "The kind, e.g. `report.monthly`")),
     responses(
         (status = 200, description = "Registered", body = KindInfo),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks `worker` or does not cover the kind", body = Problem),
-        (status = 409, description = "A built-in kind, or a push kind", body = Problem),
+        (status = 409, description = "A built-in kind, a push kind, or a kind another tenant (or the deployment) registered", body = Problem),
         (status = 422, description = "Not a kind name, or the schema is not a JSON Schema", body = Problem),
         (status = 503, description = "Event bus unavailable", body = Problem),
     ))]
@@ -127,7 +128,7 @@ pub(crate) async fn register_kind(
     Path(kind): Path<String>,
     AppJson(req): AppJson<RegisterKind>,
 ) -> ApiResult<Json<KindInfo>> {
-    scope(&auth, None)?;
+    let scope = scope(&auth, None)?;
     let kind = covered_kind(&auth, &kind)?;
     if Catalog::is_builtin(&kind) {
         return Err(ApiError::Conflict(format!(
@@ -143,21 +144,41 @@ pub(crate) async fn register_kind(
         .registered_kind(&kind)
         .await
         .map_err(ApiError::bus)?;
-    if earlier.is_some_and(|e| e.push.is_some()) {
-        return Err(ApiError::Conflict(format!(
-            "`{kind}` is a push kind: conveyor delivers its jobs to its endpoint"
-        )));
+    if let Some((entry, _)) = &earlier {
+        if entry.push.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "`{kind}` is a push kind: conveyor delivers its jobs to its endpoint"
+            )));
+        }
+        // A tenant's worker may register again only what its tenant registered.
+        if let Some(tenant) = &scope.tenant {
+            if entry.owner.as_deref() != Some(tenant.as_str()) {
+                return Err(ApiError::Conflict(format!(
+                    "`{kind}` is registered by {}: only its workers may register it again",
+                    entry
+                        .owner
+                        .as_deref()
+                        .map_or("the deployment".to_owned(), |o| format!("tenant {o}"))
+                )));
+            }
+        }
     }
     let entry = events::kinds::Registered {
         kind: kind.to_string(),
         schema,
         push: None,
+        owner: scope.tenant.as_ref().map(ToString::to_string),
     };
-    state
+    let registered = state
         .bus
-        .register_kind_once(&entry)
+        .register_kind_if(&entry, earlier.map(|(_, revision)| revision))
         .await
         .map_err(ApiError::bus)?;
+    if !registered {
+        return Err(ApiError::Conflict(format!(
+            "`{kind}` was registered by another request at the same moment; try again"
+        )));
+    }
     // Its consumer exists from now on, so jobs submitted before the first lease wait for it.
     state.workers.consumer(&state.bus, &kind).await?;
     let info = state
@@ -228,6 +249,7 @@ pub(crate) struct LeasedJobs {
         (status = 400, description = "Malformed JSON", body = Problem),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "The token lacks `worker` or does not cover a kind", body = Problem),
+        (status = 409, description = "A built-in or push kind, which conveyor serves itself", body = Problem),
         (status = 422, description = "No kinds, too many, an unknown kind, or a bound exceeded", body = Problem),
         (status = 503, description = "Event bus unavailable, or too many workers waiting (see Retry-After)", body = Problem),
     ))]
@@ -245,10 +267,18 @@ pub(crate) async fn lease(
     let mut kinds = Vec::with_capacity(req.kinds.len());
     for kind in &req.kinds {
         let kind = covered_kind(&auth, kind)?;
-        if !state.kinds.contains(&kind) {
-            return Err(ApiError::Unprocessable(format!(
-                "unknown job kind `{kind}`: register it first (PUT /v1/workers/kinds/{kind})"
-            )));
+        match state.kinds.served_by(&kind) {
+            None => {
+                return Err(ApiError::Unprocessable(format!(
+                    "unknown job kind `{kind}`: register it first (PUT /v1/workers/kinds/{kind})"
+                )))
+            }
+            Some(ServedBy::Workers) => {}
+            Some(ServedBy::Conveyor) => {
+                return Err(ApiError::Conflict(format!(
+                    "`{kind}` is served by conveyor itself (a built-in or push kind), not by workers of the worker protocol"
+                )))
+            }
         }
         if !kinds.contains(&kind) {
             kinds.push(kind);

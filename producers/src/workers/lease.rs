@@ -30,6 +30,8 @@ pub(crate) struct Lease {
     pub(crate) timeout_ms: u64,
     /// The run command's sequence in the COMMANDS stream.
     pub(crate) seq: u64,
+    /// Which delivery of the command this lease holds (1 for the first).
+    pub(crate) delivered: u64,
     /// Its acknowledgement subject.
     pub(crate) reply: String,
     /// When `job.started` was appended.
@@ -133,6 +135,7 @@ mod tests {
             attempt: 1,
             timeout_ms: 1000,
             seq: 42,
+            delivered: 1,
             reply: "$JS.ACK.C_COMMANDS.worker-report_monthly.1.42.1.0.0".into(),
             started: Utc::now(),
             expires: Utc::now(),

@@ -46,8 +46,15 @@ pub(crate) const SOURCE: &str = "/conveyor/api/workers";
 pub(crate) const MAX_LEASE: usize = 256;
 /// The longest a lease request waits for a job.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(30);
-/// The most lease requests one API process keeps waiting at once.
-const MAX_WAITING_LEASES: usize = 4096;
+/// The most pulls one API process keeps waiting for leases at once (a lease waits with one pull
+/// per kind it names), well under a consumer's bound on waiting pulls (512).
+const MAX_WAITING_PULLS: usize = 256;
+/// The longest a lease lasts between heartbeats, whatever the ack wait: an outcome claim
+/// (kept ten minutes) outlives every lease that could still report on its attempt.
+const MAX_LEASE_SPAN: Duration = Duration::from_secs(300);
+/// How long another tenant's job that a tenant-limited lease met stays back, so the lease looks
+/// past it (JetStream redelivers a handed-back command before anything else).
+const FOREIGN_HAND_BACK: Duration = Duration::from_millis(250);
 /// The longest a no-wait fetch may take to be answered.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Starts of leased jobs (each a `job.started` publish) in flight per lease.
@@ -117,8 +124,10 @@ pub(crate) struct Workers {
     /// Each kind's worker consumer and its ack wait, looked up once.
     consumers: RwLock<HashMap<JobKind, (PullConsumer, Duration)>>,
     cancels: OnceCell<jetstream::Store>,
+    outcomes: OnceCell<jetstream::Store>,
     events: OnceCell<jetstream::Stream>,
-    waiting: Arc<Semaphore>,
+    /// Pulls waiting for leases, bounded.
+    pulls: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -146,8 +155,9 @@ impl Workers {
             settings,
             consumers: Default::default(),
             cancels: OnceCell::new(),
+            outcomes: OnceCell::new(),
             events: OnceCell::new(),
-            waiting: Arc::new(Semaphore::new(MAX_WAITING_LEASES)),
+            pulls: Arc::new(Semaphore::new(MAX_WAITING_PULLS)),
         }
     }
 
@@ -194,6 +204,13 @@ impl Workers {
             .map_err(ApiError::bus)
     }
 
+    async fn outcomes(&self, bus: &Bus) -> ApiResult<&jetstream::Store> {
+        self.outcomes
+            .get_or_try_init(|| bus.outcomes())
+            .await
+            .map_err(ApiError::bus)
+    }
+
     async fn events(&self, bus: &Bus) -> ApiResult<&jetstream::Stream> {
         self.events
             .get_or_try_init(|| bus.events_stream())
@@ -211,11 +228,6 @@ impl Workers {
         wait: Duration,
         shutdown: &CancellationToken,
     ) -> ApiResult<Vec<Leased>> {
-        let _waiting = self.waiting.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Overloaded(
-                "too many workers are waiting on this server; retry shortly".into(),
-            )
-        })?;
         let mut consumers = Vec::with_capacity(kinds.len());
         for kind in kinds {
             consumers.push(self.consumer(bus, kind).await?);
@@ -230,9 +242,10 @@ impl Workers {
                 if room == 0 {
                     break;
                 }
+                let received = Utc::now();
                 let waiting = fetch_waiting(consumer, room).await?;
                 let found = futures::stream::iter(waiting)
-                    .map(|msg| self.start(bus, scope, msg, *ack_wait))
+                    .map(|msg| self.start(bus, scope, msg, received, *ack_wait))
                     .buffered(STARTS_IN_FLIGHT)
                     .collect::<Vec<_>>()
                     .await;
@@ -249,15 +262,14 @@ impl Workers {
                 return Ok(leased);
             }
             if foreign {
-                // Another tenant's job is at the head: let the workers it belongs to take it
-                // before looking again.
-                tokio::select! {
-                    _ = tokio::time::sleep(left.min(Duration::from_millis(200))) => continue,
-                    _ = shutdown.cancelled() => return Ok(leased),
-                }
+                // Other tenants' jobs came first and went back for a moment: look past them.
+                continue;
             }
             // Nothing waiting: wait for the next command of any of the kinds.
-            let Some((msg, ack_wait)) = wait_for_one(&consumers, left, shutdown).await else {
+            let pulls = self.pull_permits(consumers.len())?;
+            let Some((msg, received, ack_wait)) =
+                wait_for_one(&consumers, pulls, left, shutdown).await
+            else {
                 // The pulls expired, or failed (a server going away): then pause before
                 // asking again, rather than answer at once and be asked again at once.
                 let left = until.saturating_duration_since(Instant::now());
@@ -267,10 +279,22 @@ impl Workers {
                 }
                 return Ok(leased);
             };
-            if let Found::Leased(l) = self.start(bus, scope, msg, ack_wait).await {
+            if let Found::Leased(l) = self.start(bus, scope, msg, received, ack_wait).await {
                 leased.push(*l);
             }
         }
+    }
+
+    /// One permit per pull a long poll makes, or 503 when this process has too many waiting.
+    fn pull_permits(&self, n: usize) -> ApiResult<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        (0..n)
+            .map(|_| self.pulls.clone().try_acquire_owned())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                ApiError::Overloaded(
+                    "too many workers are waiting on this server; retry shortly".into(),
+                )
+            })
     }
 
     /// Decides what to do with a `run` command a lease found: hand it back (another tenant's,
@@ -281,6 +305,7 @@ impl Workers {
         bus: &Bus,
         scope: &Scope,
         msg: jetstream::Message,
+        received: DateTime<Utc>,
         ack_wait: Duration,
     ) -> Found {
         let Ok(cmd) = bus::decode_command(msg.headers.as_ref(), &msg.payload) else {
@@ -293,14 +318,14 @@ impl Workers {
             return Found::Nothing;
         };
         if scope.tenant.as_ref().is_some_and(|t| *t != cmd.tenant) {
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let _ = msg.ack_with(AckKind::Nak(Some(FOREIGN_HAND_BACK))).await;
             return Found::Foreign;
         }
         let (Some(reply), Ok(info)) = (msg.reply.clone(), msg.info()) else {
             let _ = msg.ack_with(AckKind::Term).await;
             return Found::Nothing;
         };
-        let (seq, redelivered) = (info.stream_sequence, info.delivered > 1);
+        let (seq, delivered) = (info.stream_sequence, info.delivered);
         let now = Utc::now();
         let cancelled = match self.cancels(bus).await {
             Ok(store) => bus::attempt::cancel_marked(store, cmd.job).await,
@@ -314,7 +339,7 @@ impl Workers {
                 let _ = msg.ack_with(AckKind::Nak(Some(back))).await;
                 return Found::Nothing;
             }
-            _ if redelivered && self.ended(bus, &cmd.tenant, cmd.job).await => {
+            _ if delivered > 1 && self.ended(bus, &cmd.tenant, cmd.job).await => {
                 let _ = msg.ack().await;
                 return Found::Nothing;
             }
@@ -340,9 +365,11 @@ impl Workers {
             attempt: run.attempt,
             timeout_ms: run.timeout_ms,
             seq,
+            delivered: u64::try_from(delivered).unwrap_or(u64::MAX),
             reply: reply.to_string(),
             started: now,
-            expires: now + lease_span(ack_wait),
+            // From when the command came: JetStream's clock for it started then.
+            expires: received + lease_span(ack_wait),
             lease_ms: u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX),
             worker: scope.worker.clone(),
             trace: cmd.traceparent.as_ref().map(|t| t.as_str().to_owned()),
@@ -380,7 +407,8 @@ impl Workers {
     /// Extends a lease (`+WPI` to JetStream) and says whether the job was cancelled. After the
     /// attempt's deadline, the attempt ends as timed out instead and the lease is lost.
     pub(crate) async fn heartbeat(&self, bus: &Bus, lease: Lease) -> ApiResult<Renewed> {
-        self.held_command(bus, &lease).await?;
+        let run = self.held_command(bus, &lease).await?;
+        self.claim(bus, &lease, &run, None).await?;
         let now = Utc::now();
         if now > lease.deadline() {
             let job = lease.job;
@@ -414,7 +442,8 @@ impl Workers {
         seq: Option<u64>,
         progress: (u64, Option<u64>, Option<String>),
     ) -> ApiResult<()> {
-        self.held_command(bus, lease).await?;
+        let run = self.held_command(bus, lease).await?;
+        self.claim(bus, lease, &run, None).await?;
         let (current, total, message) = progress;
         // Without a `seq`, a number no numbered report uses.
         let seq = seq.unwrap_or_else(|| rand::rng().random::<u64>() | (1 << 63));
@@ -432,7 +461,8 @@ impl Workers {
 
     /// Hands the job back to the queue unfinished: another worker runs the same attempt.
     pub(crate) async fn release(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
-        self.held_command(bus, lease).await?;
+        let run = self.held_command(bus, lease).await?;
+        self.claim(bus, lease, &run, Some(Claim::Released)).await?;
         bus.acknowledge(&lease.reply, AckKind::Nak(None))
             .await
             .map_err(ApiError::bus)
@@ -450,6 +480,19 @@ impl Workers {
         // Not reported on yet; and the attempt as its command describes it (a retry's command
         // carries the payload, which the lease does not).
         let run = self.held_command(bus, &lease).await?;
+        if matches!(report, Some(Report::Cancelled))
+            && !bus::attempt::cancel_marked(self.cancels(bus).await?, lease.job).await
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "job {} was not cancelled: report `cancelled` only when a heartbeat says so",
+                lease.job
+            )));
+        }
+        // This report ends the attempt, unless another report on it came first.
+        let digest = report_digest(&lease, report.as_ref());
+        let fresh = self
+            .claim(bus, &lease, &run, Some(Claim::Concluded(digest)))
+            .await?;
         let now = Utc::now();
         let late = now > lease.deadline();
         let outcome = match report {
@@ -483,7 +526,9 @@ impl Workers {
         bus.acknowledge(&lease.reply, AckKind::Ack)
             .await
             .map_err(ApiError::bus)?;
-        if acks.first().is_some_and(|ack| ack.duplicate) {
+        // A fresh claim whose events were already there: the job ended by another way (a
+        // cancellation decided as a delivery of its command started).
+        if fresh && acks.iter().any(|ack| ack.duplicate) {
             return Err(ApiError::LeaseLost(format!(
                 "job {} was already reported on; this report adds nothing",
                 lease.job
@@ -501,10 +546,107 @@ impl Workers {
     }
 }
 
+/// A lease's claim on its attempt, in the OUTCOMES bucket (key `<job>.<generation>.<attempt>`,
+/// value `<claim> <delivery>`): the first report that ends the attempt, or hands it back, claims
+/// it for its delivery of the command, and from then on the attempt answers to that alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Claim {
+    /// Handed back by the delivery: a later delivery (the next holder) may still end it.
+    Released,
+    /// Ended by the delivery, with the report of this digest (a retry of the same report is
+    /// let through: its events carry the same message ids).
+    Concluded(String),
+}
+
+impl Claim {
+    fn encode(&self, delivered: u64) -> String {
+        match self {
+            Self::Released => format!("released {delivered}"),
+            Self::Concluded(digest) => format!("concluded {delivered} {digest}"),
+        }
+    }
+
+    fn decode(value: &[u8]) -> Option<(Self, u64)> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.split(' ');
+        let what = parts.next()?;
+        let delivered = parts.next()?.parse().ok()?;
+        let claim = match what {
+            "released" => Self::Released,
+            "concluded" => Self::Concluded(parts.next()?.to_owned()),
+            _ => return None,
+        };
+        Some((claim, delivered))
+    }
+}
+
+impl Workers {
+    /// Checks the lease against its attempt's claim and, with `wanted`, claims the attempt.
+    /// A lease may act unless the attempt was ended (by any delivery: another report came
+    /// first) or handed back by this or a later delivery. Returns whether `wanted` was claimed
+    /// now (`false`: the same report already had, and this is its retry).
+    async fn claim(
+        &self,
+        bus: &Bus,
+        lease: &Lease,
+        run: &RunJob,
+        wanted: Option<Claim>,
+    ) -> ApiResult<bool> {
+        let store = self.outcomes(bus).await?;
+        let key = format!("{}.{}.{}", lease.job, run.generation, run.attempt);
+        let lost = |why: &str| {
+            ApiError::LeaseLost(format!(
+                "job {}'s attempt {} {why}; drop it",
+                lease.job, run.attempt
+            ))
+        };
+        loop {
+            let found = bus::entry(store, &key).await.map_err(ApiError::bus)?;
+            let revision = match &found {
+                None => None,
+                Some((value, revision)) => match Claim::decode(value) {
+                    Some((claim, delivered))
+                        if claim == Claim::Released && delivered < lease.delivered =>
+                    {
+                        Some(*revision)
+                    }
+                    Some((claim, delivered))
+                        if wanted.as_ref() == Some(&claim) && delivered == lease.delivered =>
+                    {
+                        return Ok(false)
+                    }
+                    Some((Claim::Released, _)) => return Err(lost("was handed back")),
+                    _ => return Err(lost("was already reported on")),
+                },
+            };
+            let Some(wanted) = &wanted else {
+                return Ok(false);
+            };
+            let value = wanted.encode(lease.delivered);
+            if bus::put_if(store, &key, value.into(), revision)
+                .await
+                .map_err(ApiError::bus)?
+            {
+                return Ok(true);
+            }
+            // Another report claimed it meanwhile: judge against that one.
+        }
+    }
+}
+
+/// What identifies a report, so that its retry is told from another report.
+fn report_digest(lease: &Lease, report: Option<&Report>) -> String {
+    use sha2::Digest as _;
+    let described = format!("{}|{report:?}", lease.reply);
+    hex::encode(&sha2::Sha256::digest(described.as_bytes())[..12])
+}
+
 /// How long a lease lasts: nine tenths of the ack wait, so it runs out before JetStream would
-/// redeliver the command (whose clock started a little earlier, at delivery).
+/// redeliver the command (whose clock started a little earlier, at delivery); at most
+/// [`MAX_LEASE_SPAN`].
 fn lease_span(ack_wait: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(ack_wait * 9 / 10).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std((ack_wait * 9 / 10).min(MAX_LEASE_SPAN))
+        .unwrap_or(chrono::Duration::MAX)
 }
 
 /// What the API's events for a lease's job carry besides their payload.
@@ -551,13 +693,16 @@ async fn fetch_waiting(consumer: &PullConsumer, max: usize) -> ApiResult<Vec<jet
 /// the queue (as it does if the request is dropped while waiting).
 async fn wait_for_one(
     consumers: &[(PullConsumer, Duration)],
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     wait: Duration,
     shutdown: &CancellationToken,
-) -> Option<(jetstream::Message, Duration)> {
+) -> Option<(jetstream::Message, DateTime<Utc>, Duration)> {
     let (tx, mut rx) = mpsc::channel(consumers.len());
-    for (consumer, ack_wait) in consumers {
+    for ((consumer, ack_wait), permit) in consumers.iter().zip(permits) {
         let (consumer, ack_wait, tx) = (consumer.clone(), *ack_wait, tx.clone());
         tokio::spawn(async move {
+            // The pull counts against the process's bound until it ends.
+            let _permit = permit;
             let Ok(mut pull) = consumer
                 .batch()
                 .max_messages(1)
@@ -568,7 +713,10 @@ async fn wait_for_one(
                 return;
             };
             while let Some(Ok(msg)) = pull.next().await {
-                if let Err(mpsc::error::SendError((msg, _))) = tx.send((msg, ack_wait)).await {
+                let received = Utc::now();
+                if let Err(mpsc::error::SendError((msg, ..))) =
+                    tx.send((msg, received, ack_wait)).await
+                {
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
                 }
             }
@@ -580,7 +728,7 @@ async fn wait_for_one(
         _ = shutdown.cancelled() => None,
     };
     tokio::spawn(async move {
-        while let Some((late, _)) = rx.recv().await {
+        while let Some((late, ..)) = rx.recv().await {
             let _ = late.ack_with(AckKind::Nak(None)).await;
         }
     });
