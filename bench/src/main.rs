@@ -46,7 +46,14 @@ struct Cli {
     /// A folder where graphile-worker is installed: runs the peer benchmark there.
     #[arg(long)]
     peer_dir: Option<PathBuf>,
-    /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `slots`, `peer`.
+    /// A Python interpreter with the Python SDK installed: runs the SDK workers' figure with it.
+    #[arg(long)]
+    sdk_python: Option<PathBuf>,
+    /// Run the TypeScript SDK worker's figure (with `node`; the SDK built in sdks/typescript).
+    #[arg(long)]
+    sdk_node: bool,
+    /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `slots`, `workers`,
+    /// `peer`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only this fsync policy: `default` or `always` (both otherwise).
@@ -343,6 +350,89 @@ impl Suite {
         Ok(())
     }
 
+    /// Figure 7: one worker process drains no-op jobs end to end, each at its default
+    /// concurrency: the embedded Rust worker (64), the Python SDK's and the TypeScript SDK's (10,
+    /// over the worker protocol), from the first start to the last end in the read model.
+    async fn workers(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let token = Self::token();
+        let n: u64 = if self.cli.quick { 2_000 } else { 5_000 };
+        let mut languages = vec!["rust"];
+        match &self.cli.sdk_python {
+            Some(_) => languages.push("python"),
+            None => self
+                .notes
+                .push("7. the Python SDK worker was not measured: no --sdk-python".into()),
+        }
+        if self.cli.sdk_node {
+            languages.push("typescript");
+        } else {
+            self.notes
+                .push("7. the TypeScript SDK worker was not measured: no --sdk-node".into());
+        }
+        for language in languages {
+            let setup = self.setup(nats, "workers").await?;
+            let mut roles = Roles::start_front(&setup).await?;
+            let db = sqlx::PgPool::connect(&setup.database_url).await?;
+            let kind = if language == "rust" {
+                "noop"
+            } else {
+                "bench.noop"
+            };
+            if language != "rust" {
+                let put = reqwest::Client::new()
+                    .put(format!("{}/v1/workers/kinds/{kind}", roles.url))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    put.status().is_success(),
+                    "registering {kind}: {}",
+                    put.status()
+                );
+            }
+            let queued =
+                load::submit_jobs(&roles.url, &token, &serde_json::json!({"kind": kind}), n)
+                    .await?;
+            let sdk_worker = match language {
+                "rust" => {
+                    roles.start_worker(&setup, 64).await?;
+                    None
+                }
+                "python" => {
+                    let python = self.cli.sdk_python.clone().expect("checked above");
+                    Some(procs::spawn_sdk_worker(
+                        &setup,
+                        &roles.url,
+                        &token,
+                        python,
+                        "bench/workers/noop.py",
+                    )?)
+                }
+                _ => Some(procs::spawn_sdk_worker(
+                    &setup,
+                    &roles.url,
+                    &token,
+                    "node".into(),
+                    "bench/workers/noop.mjs",
+                )?),
+            };
+            load::drain(&db, queued, Duration::from_secs(600)).await?;
+            let span: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
+            )
+            .fetch_one(&db)
+            .await?;
+            let rate = queued as f64 / span.max(0.001);
+            self.results.add(&format!("workers.{language}"), rate);
+            eprintln!("  {language} worker: {queued} no-op jobs at {rate:.0}/s");
+            drop(sdk_worker);
+            drop(roles);
+            db.close().await;
+        }
+        Ok(())
+    }
+
     async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let setup = self.setup(nats, "memory").await?;
         let roles = Roles::start(&setup).await?;
@@ -586,6 +676,30 @@ impl Suite {
                 "",
             );
         }
+        if !r.get("workers.rust").0.is_empty() {
+            t.row(
+                "7. one worker process, no-op jobs end to end: Rust (embedded, 64 slots)",
+                format!("{} jobs", rate("workers.rust")),
+                String::new(),
+                String::new(),
+                "",
+            );
+            for (language, name) in [("python", "Python SDK"), ("typescript", "TypeScript SDK")] {
+                let key = format!("workers.{language}");
+                if r.get(&key).0.is_empty() {
+                    continue;
+                }
+                t.row(
+                    &format!(
+                        "7. one worker process, no-op jobs end to end: {name} (HTTP, 10 slots)"
+                    ),
+                    format!("{} jobs", rate(&key)),
+                    format!("{} Rust", rate("workers.rust")),
+                    pct(r.median(&key), r.median("workers.rust")),
+                    "≥ 50%",
+                );
+            }
+        }
         if !r.get("peer.enqueue").0.is_empty() {
             t.row(
                 "   graphile-worker: bulk add_jobs",
@@ -688,6 +802,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if suite.wants("slots") {
                 suite.slots(&nats).await?;
+            }
+            if suite.wants("workers") {
+                suite.workers(&nats).await?;
             }
         }
     }

@@ -287,3 +287,29 @@ impl Roles {
         ]
     }
 }
+
+/// Starts an SDK worker (`program script`, from the repository's root) against the API at
+/// `url`; it stops when the handle is dropped.
+pub(crate) fn spawn_sdk_worker(
+    setup: &Setup,
+    url: &str,
+    token: &str,
+    program: PathBuf,
+    script: &str,
+) -> anyhow::Result<Proc> {
+    let log = std::fs::File::create(
+        setup
+            .logs
+            .join(format!("{}-sdk-worker.log", setup.namespace)),
+    )?;
+    let child = Command::new(&program)
+        .arg(script)
+        .env("CONVEYOR_URL", url)
+        .env("CONVEYOR_WORKER_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} {script}", program.display()))?;
+    Ok(Proc { child })
+}
