@@ -237,8 +237,9 @@ class Proxy:
         self.host = host
         self.port = port
         self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
+        self.open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.connections = 0
+        """Connections accepted so far."""
 
     @property
     def url(self) -> str:
@@ -257,7 +258,8 @@ class Proxy:
         except OSError:
             writer.close()
             return
-        self.writers.update({writer, up_writer})
+        pair = (writer, up_writer)
+        self.open.add(pair)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -270,15 +272,20 @@ class Proxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self.writers.discard(writer)
-        self.writers.discard(up_writer)
+        self.open.discard(pair)
 
-    def drop(self) -> None:
-        """Cuts every open connection, both ways."""
-        for w in list(self.writers):
-            transport = w.transport
-            transport.abort()
-        self.writers.clear()
+    def drop(self) -> int:
+        """Cuts every open connection, both ways; returns how many there were.
+
+        Events a client had already read off a connection before the cut are still delivered to
+        it: the cut shows only at its next read past them.
+        """
+        cut = list(self.open)
+        self.open.clear()
+        for pair in cut:
+            for w in pair:
+                w.transport.abort()
+        return len(cut)
 
     async def close(self) -> None:
         self.drop()
