@@ -351,8 +351,9 @@ impl Suite {
     }
 
     /// Figure 7: one worker process drains no-op jobs end to end, each at its default
-    /// concurrency: the embedded Rust worker (64), the Python SDK's and the TypeScript SDK's (10,
-    /// over the worker protocol), from the first start to the last end in the read model.
+    /// concurrency (64 for all three): the embedded Rust worker, and the Python and TypeScript
+    /// SDKs' workers over the worker protocol; from the first start to the last end in the read
+    /// model.
     async fn workers(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let token = Self::token();
         let n: u64 = if self.cli.quick { 2_000 } else { 5_000 };
@@ -691,7 +692,7 @@ impl Suite {
                 }
                 t.row(
                     &format!(
-                        "7. one worker process, no-op jobs end to end: {name} (HTTP, 10 slots)"
+                        "7. one worker process, no-op jobs end to end: {name} (HTTP, 64 slots)"
                     ),
                     format!("{} jobs", rate(&key)),
                     format!("{} Rust", rate("workers.rust")),

@@ -315,7 +315,7 @@ pub(crate) async fn lease(
             kind: l.lease.kind.to_string(),
             payload: l.payload,
             attempt: l.lease.attempt,
-            max_attempts: l.max_attempts,
+            max_attempts: l.lease.max_attempts,
             deadline: l.lease.deadline(),
             lease_expires_at: l.lease.expires,
             heartbeat_ms: l.lease.lease_ms / 3,

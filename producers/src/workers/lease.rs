@@ -9,6 +9,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use events::command::RunJob;
 use events::{JobId, JobKind, Tenant, TraceParent};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,12 @@ pub(crate) struct Lease {
     pub(crate) tenant: Tenant,
     pub(crate) kind: JobKind,
     pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    #[serde(default)]
+    pub(crate) generation: u32,
     pub(crate) timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook: Option<bool>,
     /// The run command's sequence in the COMMANDS stream.
     pub(crate) seq: u64,
     /// Which delivery of the command this lease holds (1 for the first).
@@ -51,6 +57,20 @@ impl Lease {
     /// When the attempt's `timeout_ms` runs out.
     pub(crate) fn deadline(&self) -> DateTime<Utc> {
         self.started + chrono::Duration::milliseconds(self.timeout_ms as i64)
+    }
+
+    /// The attempt as its run command described it, with `payload` (which the token does not
+    /// carry: a retry's command reads it from the command itself).
+    pub(crate) fn run(&self, payload: serde_json::Value) -> RunJob {
+        RunJob {
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            run_at: None,
+            payload,
+            generation: self.generation,
+            webhook: self.webhook,
+        }
     }
 
     pub(crate) fn traceparent(&self) -> Option<TraceParent> {
@@ -133,7 +153,10 @@ mod tests {
             tenant: Tenant::parse("acme").unwrap(),
             kind: JobKind::parse("report.monthly").unwrap(),
             attempt: 1,
+            max_attempts: 3,
+            generation: 0,
             timeout_ms: 1000,
+            webhook: Some(false),
             seq: 42,
             delivered: 1,
             reply: "$JS.ACK.C_COMMANDS.worker-report_monthly.1.42.1.0.0".into(),

@@ -88,7 +88,6 @@ impl Default for LeaseSettings {
 pub(crate) struct Leased {
     pub(crate) lease: Lease,
     pub(crate) token: String,
-    pub(crate) max_attempts: u32,
     pub(crate) payload: Value,
 }
 
@@ -363,7 +362,10 @@ impl Workers {
             tenant: cmd.tenant.clone(),
             kind: cmd.kind.clone(),
             attempt: run.attempt,
+            max_attempts: run.max_attempts,
+            generation: run.generation,
             timeout_ms: run.timeout_ms,
+            webhook: run.webhook,
             seq,
             delivered: u64::try_from(delivered).unwrap_or(u64::MAX),
             reply: reply.to_string(),
@@ -377,7 +379,6 @@ impl Workers {
         Found::Leased(Box::new(Leased {
             token: self.signer.sign(&lease),
             lease,
-            max_attempts: run.max_attempts,
             payload: run.payload,
         }))
     }
@@ -389,8 +390,8 @@ impl Workers {
         }
     }
 
-    /// The lease's `run` command, or a lost lease once it is gone: the command is acknowledged
-    /// when the attempt's outcome is stored, so the lease was reported on.
+    /// The lease's `run` command, or a lost lease once it is gone (acknowledged: the attempt's
+    /// outcome is stored).
     async fn held_command(&self, bus: &Bus, lease: &Lease) -> ApiResult<RunJob> {
         match bus.command_at(lease.seq).await.map_err(ApiError::bus)? {
             Some(Envelope {
@@ -407,8 +408,7 @@ impl Workers {
     /// Extends a lease (`+WPI` to JetStream) and says whether the job was cancelled. After the
     /// attempt's deadline, the attempt ends as timed out instead and the lease is lost.
     pub(crate) async fn heartbeat(&self, bus: &Bus, lease: Lease) -> ApiResult<Renewed> {
-        let run = self.held_command(bus, &lease).await?;
-        self.claim(bus, &lease, &run, None).await?;
+        self.claim(bus, &lease, None).await?;
         let now = Utc::now();
         if now > lease.deadline() {
             let job = lease.job;
@@ -442,8 +442,7 @@ impl Workers {
         seq: Option<u64>,
         progress: (u64, Option<u64>, Option<String>),
     ) -> ApiResult<()> {
-        let run = self.held_command(bus, lease).await?;
-        self.claim(bus, lease, &run, None).await?;
+        self.claim(bus, lease, None).await?;
         let (current, total, message) = progress;
         // Without a `seq`, a number no numbered report uses.
         let seq = seq.unwrap_or_else(|| rand::rng().random::<u64>() | (1 << 63));
@@ -461,8 +460,7 @@ impl Workers {
 
     /// Hands the job back to the queue unfinished: another worker runs the same attempt.
     pub(crate) async fn release(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
-        let run = self.held_command(bus, lease).await?;
-        self.claim(bus, lease, &run, Some(Claim::Released)).await?;
+        self.claim(bus, lease, Some(Claim::Released)).await?;
         bus.acknowledge(&lease.reply, AckKind::Nak(None))
             .await
             .map_err(ApiError::bus)
@@ -477,9 +475,6 @@ impl Workers {
         lease: Lease,
         report: Option<Report>,
     ) -> ApiResult<&'static str> {
-        // Not reported on yet; and the attempt as its command describes it (a retry's command
-        // carries the payload, which the lease does not).
-        let run = self.held_command(bus, &lease).await?;
         if matches!(report, Some(Report::Cancelled))
             && !bus::attempt::cancel_marked(self.cancels(bus).await?, lease.job).await
         {
@@ -491,7 +486,7 @@ impl Workers {
         // This report ends the attempt, unless another report on it came first.
         let digest = report_digest(&lease, report.as_ref());
         let fresh = self
-            .claim(bus, &lease, &run, Some(Claim::Concluded(digest)))
+            .claim(bus, &lease, Some(Claim::Concluded(digest)))
             .await?;
         let now = Utc::now();
         let late = now > lease.deadline();
@@ -508,10 +503,16 @@ impl Workers {
             }
             Some(Report::Failed(error)) => AttemptOutcome::Failed(error),
         };
+        // A retry's command carries the payload, which the lease does not: read it from the
+        // command, still stored until it is acknowledged.
+        let payload = match outcome {
+            AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => Value::Null,
+            _ => self.held_command(bus, &lease).await?.payload,
+        };
         let duration_ms = u64::try_from((now - lease.started).num_milliseconds()).unwrap_or(0);
         let jitter = rand::rng().random_range(0.0..1.0);
         let kind = lease.kind.to_string();
-        let transition = Attempt::new(lease.job, run).conclude(
+        let transition = Attempt::new(lease.job, lease.run(payload)).conclude(
             outcome,
             duration_ms,
             &self.settings.retry,
@@ -582,41 +583,44 @@ impl Claim {
 
 impl Workers {
     /// Checks the lease against its attempt's claim and, with `wanted`, claims the attempt.
-    /// A lease may act unless the attempt was ended (by any delivery: another report came
-    /// first) or handed back by this or a later delivery. Returns whether `wanted` was claimed
-    /// now (`false`: the same report already had, and this is its retry).
-    async fn claim(
-        &self,
-        bus: &Bus,
-        lease: &Lease,
-        run: &RunJob,
-        wanted: Option<Claim>,
-    ) -> ApiResult<bool> {
+    /// A lease may act unless the attempt was ended or handed back by this or another report
+    /// of its delivery, or ended by an earlier delivery that got its outcome stored. (An earlier
+    /// delivery's claim whose command is still here, with no outcome in the log, is a report
+    /// that an API process died in the middle of: the command's later delivery takes over, as a
+    /// redelivered command does in a Rust worker.) Returns whether `wanted` was claimed now
+    /// (`false`: the same report already had, and this is its retry).
+    async fn claim(&self, bus: &Bus, lease: &Lease, wanted: Option<Claim>) -> ApiResult<bool> {
         let store = self.outcomes(bus).await?;
-        let key = format!("{}.{}.{}", lease.job, run.generation, run.attempt);
+        let key = format!("{}.{}.{}", lease.job, lease.generation, lease.attempt);
         let lost = |why: &str| {
             ApiError::LeaseLost(format!(
                 "job {}'s attempt {} {why}; drop it",
-                lease.job, run.attempt
+                lease.job, lease.attempt
             ))
         };
         loop {
             let found = bus::entry(store, &key).await.map_err(ApiError::bus)?;
-            let revision = match &found {
+            let revision = match found {
                 None => None,
-                Some((value, revision)) => match Claim::decode(value) {
-                    Some((claim, delivered))
-                        if claim == Claim::Released && delivered < lease.delivered =>
-                    {
-                        Some(*revision)
-                    }
+                Some((value, revision)) => match Claim::decode(&value) {
                     Some((claim, delivered))
                         if wanted.as_ref() == Some(&claim) && delivered == lease.delivered =>
                     {
                         return Ok(false)
                     }
-                    Some((Claim::Released, _)) => return Err(lost("was handed back")),
-                    _ => return Err(lost("was already reported on")),
+                    Some((_, delivered)) if delivered >= lease.delivered => {
+                        return Err(lost("was already reported on or handed back"))
+                    }
+                    Some((Claim::Released, _)) => Some(revision),
+                    Some((Claim::Concluded(_), _)) => {
+                        if self.outcome_stored(bus, lease).await {
+                            // Its report got through but its acknowledgement did not.
+                            let _ = bus.acknowledge(&lease.reply, AckKind::Ack).await;
+                            return Err(lost("was already reported on"));
+                        }
+                        Some(revision)
+                    }
+                    None => return Err(lost("has an unreadable claim")),
                 },
             };
             let Some(wanted) = &wanted else {
@@ -631,6 +635,27 @@ impl Workers {
             }
             // Another report claimed it meanwhile: judge against that one.
         }
+    }
+
+    /// Whether the attempt's outcome is in the log: the job ended in its generation, or this
+    /// attempt's retry was scheduled.
+    async fn outcome_stored(&self, bus: &Bus, lease: &Lease) -> bool {
+        if self.ended(bus, &lease.tenant, lease.job).await {
+            return true;
+        }
+        let Ok(events) = self.events(bus).await else {
+            return false;
+        };
+        let subject = bus
+            .ns()
+            .job_event(&lease.tenant, lease.job, "retry_scheduled");
+        let Ok(Some(last)) = bus::last_message(events, subject).await else {
+            return false;
+        };
+        matches!(
+            bus::decode_event(Some(&last.headers), &last.payload),
+            Ok(Envelope { payload: JobEvent::RetryScheduled(r), .. }) if r.next_attempt > lease.attempt
+        )
     }
 }
 

@@ -37,7 +37,7 @@ export interface WorkerLogger {
 
 /** Options of a {@link Worker}. */
 export interface WorkerOptions extends TransportOptions {
-  /** Jobs run at once (default 10). */
+  /** Jobs run at once (default 64, as the Rust worker). */
   concurrency?: number;
   /** The worker's name, shown in `job.started` (default `<hostname>-<pid>`). */
   name?: string;
@@ -217,7 +217,7 @@ export class Worker {
 
   constructor(url: string, token: TokenSource, options: WorkerOptions = {}) {
     this.api = new WorkerApi(url, token, options);
-    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 10));
+    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 64));
     this.name = (options.name ?? `${hostname()}-${process.pid}`).slice(0, 128);
     this.waitMs = Math.min(30_000, Math.max(0, options.waitMs ?? 20_000));
     this.shutdownGraceMs = Math.max(0, options.shutdownGraceMs ?? 20_000);

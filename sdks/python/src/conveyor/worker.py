@@ -149,7 +149,7 @@ class Worker:
 
     ::
 
-        worker = Worker(url, token, concurrency=10)
+        worker = Worker(url, token, concurrency=64)
 
         @worker.handle("report.monthly", schema={"type": "object", "required": ["month"]})
         async def monthly(job: Job) -> dict:
@@ -178,7 +178,7 @@ class Worker:
         url: str,
         token: str,
         *,
-        concurrency: int = 10,
+        concurrency: int = 64,
         name: str | None = None,
         wait_ms: int = 20_000,
         shutdown_grace_ms: int = 10_000,
