@@ -281,7 +281,7 @@ async fn a_lost_lease_goes_to_another_worker_and_its_late_report_adds_nothing() 
         again = lease(&w, 5, kept["heartbeat_ms"].as_u64().unwrap()).await;
     }
     // The silent job's lease ran out: it came back (the same attempt), the kept one did not.
-    assert_eq!(ids(&again), [silent.clone()], "{again:?}");
+    assert_eq!(ids(&again), std::slice::from_ref(&silent), "{again:?}");
     let rerun = again.remove(0);
     assert_eq!(rerun["attempt"], 1);
 
