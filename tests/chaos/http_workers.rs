@@ -1,7 +1,8 @@
 //! Workers in other languages under the faults: workers of the worker protocol (HTTP) that lease
 //! from either API, heartbeat, complete, sometimes vanish with a job (a killed process: its lease
-//! must expire and the job run elsewhere) and sometimes report twice (the repeat must be
-//! refused); and a push kind delivered by conveyor's own workers to the receiver.
+//! must expire and the job run elsewhere) and sometimes report again (the same report is answered
+//! as the first, another one refused); and a push kind delivered by conveyor's own workers to the
+//! receiver.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,12 +224,25 @@ impl Worker {
             Some((s, b)) => return self.violate(format!("complete of {id} answered {s}: {b}")),
         }
         if rng.random_bool(0.1) {
+            // The same report again (a retry after a lost answer) is answered as the first; any
+            // other report on the ended attempt is refused.
             match self.report(&mut rng, &id, "complete", done).await {
-                Some((409, _)) => self.tally.add("http worker: repeated completion refused"),
+                Some((200 | 409, _)) | None => {
+                    self.tally.add("http worker: repeated completion answered")
+                }
                 Some((s, b)) => {
                     self.violate(format!("a repeated complete of {id} answered {s}: {b}"))
                 }
+            }
+            let fail = json!({"lease": lease, "error": {"message": "after the outcome"}});
+            match self.report(&mut rng, &id, "fail", fail).await {
+                Some((409, _)) => self
+                    .tally
+                    .add("http worker: report after the outcome refused"),
                 None => {}
+                Some((s, b)) => self.violate(format!(
+                    "a fail of {id} after its complete answered {s}: {b}"
+                )),
             }
         }
     }

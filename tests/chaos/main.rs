@@ -23,9 +23,9 @@
 //! exactly one terminal event in the log; `job_events` holds one row per readable event of the
 //! log, none missing, none extra; `job_stats` equals a recount of `jobs`; every ended job with a
 //! webhook got a correctly signed delivery of its terminal event, and no delivery came for a job
-//! that did not end; a repeated report of an HTTP worker is refused; a rebuild from the log equals
-//! the live read models. On a violation it exits
-//! non-zero and prints the seed that reproduces the schedule.
+//! that did not end; a report of an HTTP worker after its attempt's outcome is refused; a
+//! rebuild from the log equals the live read models. On a violation it exits non-zero and prints
+//! the seed that reproduces the schedule.
 
 mod faults;
 mod http_workers;
@@ -125,7 +125,7 @@ async fn main() {
     // back once its lease expires), then stop.
     let mut report = invariants::check(&roles, &accepted, contract, &receiver).await;
     report.push((
-        "every report of the HTTP workers answered as documented (repeats refused)",
+        "every report of the HTTP workers answered as documented (after the outcome, refused)",
         http_workers.stop().await,
     ));
     let faults = tally.snapshot();
