@@ -400,6 +400,7 @@ async fn health_readiness_and_openapi() {
             "GET /v1/admin/consumers",
             "GET /v1/admin/dead-letters",
             "POST /v1/admin/dead-letters/{id}/redrive",
+            "PUT /v1/admin/kinds/{kind}",
             "GET /v1/admin/projections",
             "POST /v1/admin/projections/{name}/rebuild",
             "GET /v1/admin/webhooks/failed",
@@ -414,6 +415,15 @@ async fn health_readiness_and_openapi() {
             "GET /v1/jobs/{id}/result",
             "GET /v1/kinds",
             "GET /v1/webhooks/secret",
+            "POST /v1/workers/complete",
+            "POST /v1/workers/fail",
+            "POST /v1/workers/jobs/{id}/complete",
+            "POST /v1/workers/jobs/{id}/fail",
+            "POST /v1/workers/jobs/{id}/heartbeat",
+            "POST /v1/workers/jobs/{id}/progress",
+            "POST /v1/workers/jobs/{id}/release",
+            "PUT /v1/workers/kinds/{kind}",
+            "POST /v1/workers/lease",
             "GET /v1/ws",
         ]
     );
@@ -422,7 +432,8 @@ async fn health_readiness_and_openapi() {
         let concrete = path
             .replace("{id}", &unknown)
             .replace("{job}", &unknown)
-            .replace("{name}", "jobs");
+            .replace("{name}", "jobs")
+            .replace("{kind}", "it.unknown");
         let res = api
             .request(method.parse().unwrap(), &concrete)
             .send()
