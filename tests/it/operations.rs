@@ -309,7 +309,12 @@ async fn operators_see_the_consumers_backlog() {
         let (status, body) = admin.get("/v1/admin/consumers").await;
         assert_eq!(status, 200, "{body}");
         let items = body["items"].as_array().unwrap().clone();
-        if items.iter().any(|c| c["consumer"] == "worker-sleep") {
+        // The worker makes its consumers one after the other: wait for the last of them.
+        let made = |name: &str| items.iter().any(|c| c["consumer"] == name);
+        if ["canceller", "webhook-fanin", "worker-noop", "worker-sleep"]
+            .iter()
+            .all(|name| made(name))
+        {
             break items;
         }
         assert!(tokio::time::Instant::now() < deadline, "{body}");
