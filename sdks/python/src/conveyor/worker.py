@@ -529,37 +529,23 @@ class Worker:
             await self._release(job)
             return
         if task.cancelled():
-            if reason == "cancelled":
-                await self._send_fail(job, "cancelled", "the job was cancelled")
-            elif reason == "timeout":
-                await self._send_fail(job, "timeout", "the attempt's deadline passed")
-            elif reason == "shutdown":
-                await self._release(job)
-            else:
+            if not await self._report_cut_short(job, reason):
                 await self._send_fail(job, "retryable", "the handler was cancelled")
             return
         error = task.exception()
         if error is not None:
             if isinstance(error, LeaseLostError):
                 log.warning("job %s: lease lost; dropped", job.id)
-            elif reason == "cancelled":
-                await self._send_fail(job, "cancelled", "the job was cancelled")
-            elif reason == "timeout":
-                await self._send_fail(job, "timeout", "the attempt's deadline passed")
-            elif reason == "shutdown":
-                await self._release(job)
-            else:
+            elif not await self._report_cut_short(job, reason):
                 fatal = getattr(error, "fatal", False) is True
                 message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 if not fatal:
                     log.info("job %s attempt %d failed: %s", job.id, job.attempt, message)
                 await self._send_fail(job, "fatal" if fatal else "retryable", message)
             return
-        if reason == "cancelled":
-            await self._send_fail(job, "cancelled", "the job was cancelled")
-            return
-        if reason == "timeout":
-            await self._send_fail(job, "timeout", "the attempt's deadline passed")
+        # A result that came in spite of a cancellation or the deadline does not count; one
+        # finished during shutdown does.
+        if await self._report_cut_short(job, reason, shutdown_releases=False):
             return
         result = task.result()
         try:
@@ -633,6 +619,21 @@ class Worker:
                     raise
                 retry_after = e.retry_after if isinstance(e, ApiError) else None
                 await asyncio.sleep(retry_after or self._backoff(failures))
+
+    async def _report_cut_short(
+        self, job: Job, reason: CancelReason | None, *, shutdown_releases: bool = True
+    ) -> bool:
+        """Reports a run cut short: cancelled, past its deadline, or (``shutdown_releases``)
+        stopped by shutdown, whose lease is handed back. ``False`` for any other ``reason``."""
+        if reason == "cancelled":
+            await self._send_fail(job, "cancelled", "the job was cancelled")
+        elif reason == "timeout":
+            await self._send_fail(job, "timeout", "the attempt's deadline passed")
+        elif reason == "shutdown" and shutdown_releases:
+            await self._release(job)
+        else:
+            return False
+        return True
 
     async def _release(self, job: Job) -> None:
         failures = 0
