@@ -510,6 +510,10 @@ pub struct WorkerArgs {
     /// How long shutdown waits for running jobs before handing them back (ms).
     #[arg(long, env = "CONVEYOR_SHUTDOWN_GRACE_MS", default_value_t = 25_000)]
     pub shutdown_grace_ms: u64,
+    /// Per kind, how many jobs the scheduler hands to the workers ahead of their taking them:
+    /// more keeps fast workers busier, fewer lets later high-priority jobs overtake more.
+    #[arg(long, env = "CONVEYOR_SCHEDULER_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub scheduler_window: u64,
 }
 
 impl WorkerArgs {
@@ -529,6 +533,9 @@ impl WorkerArgs {
             push: Some(consumers::worker::PushSettings {
                 targets: webhooks.targets(),
                 per_host: webhooks.webhook_per_host,
+            }),
+            scheduler: Some(consumers::scheduler::SchedulerSettings {
+                window: self.scheduler_window,
             }),
         }
     }

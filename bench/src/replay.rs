@@ -36,6 +36,7 @@ pub(crate) async fn fill(bus: &Bus, events: u64) -> anyhow::Result<f64> {
                 timeout_ms: 60_000,
                 run_at: None,
                 webhook: None,
+                scheduling: Default::default(),
             }),
             JobEvent::Started(Started {
                 attempt: 1,

@@ -67,6 +67,11 @@ impl Bus {
         self.bucket(self.ns.cancels_bucket()).await
     }
 
+    /// The paused kinds.
+    pub async fn pauses(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.pauses_bucket()).await
+    }
+
     /// The failed-webhook-deliveries bucket.
     pub async fn webhook_failures(&self) -> Result<kv::Store> {
         self.bucket(self.ns.webhook_failures_bucket()).await

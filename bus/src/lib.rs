@@ -25,6 +25,7 @@ pub mod error;
 pub mod ordered;
 pub mod provision;
 pub mod publish;
+pub mod schedule;
 pub mod trace;
 pub mod transition;
 pub mod webhook_dns;
@@ -39,7 +40,7 @@ pub use error::{Error, Result};
 pub mod jetstream {
     pub use async_nats::jetstream::consumer::pull::Batch;
     pub use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
-    pub use async_nats::jetstream::kv::Store;
+    pub use async_nats::jetstream::kv::{Entry as KvEntry, Operation as KvOperation, Store};
     pub use async_nats::jetstream::message::StreamMessage;
     pub use async_nats::jetstream::object_store::ObjectStore;
     pub use async_nats::jetstream::publish::PublishAck;

@@ -38,7 +38,7 @@ const RECREATE_RETRY: RetryPolicy =
 /// repeated. An `Err` item reports a failure that lasted 30 s; reading may go on after it.
 pub async fn ordered(
     stream: stream::Stream,
-    filter: String,
+    filter: impl Into<Filters>,
     start: DeliverPolicy,
 ) -> Result<(
     impl Stream<Item = Result<jetstream::Message>> + Send + Unpin + 'static,
@@ -46,7 +46,7 @@ pub async fn ordered(
 )> {
     let mut reader = Reader {
         stream,
-        filter,
+        filter: filter.into(),
         start,
         consumer_seq: 0,
         messages: None,
@@ -61,9 +61,25 @@ pub async fn ordered(
     Ok((Box::pin(messages), pending))
 }
 
+/// The subjects an ordered reader reads: one filter, or several (nats-server 2.10).
+#[derive(Debug, Clone)]
+pub struct Filters(Vec<String>);
+
+impl From<String> for Filters {
+    fn from(one: String) -> Self {
+        Self(vec![one])
+    }
+}
+
+impl From<Vec<String>> for Filters {
+    fn from(many: Vec<String>) -> Self {
+        Self(many)
+    }
+}
+
 struct Reader {
     stream: stream::Stream,
-    filter: String,
+    filter: Filters,
     /// Where the next consumer starts: `start`, then right after the last message returned.
     start: DeliverPolicy,
     /// The consumer sequence of the last message returned (a gap means a lost message).
@@ -76,7 +92,14 @@ impl Reader {
     async fn open(&mut self) -> Result<u64> {
         let config = pull::Config::from(pull::OrderedConfig {
             deliver_policy: self.start,
-            filter_subject: self.filter.clone(),
+            filter_subject: match self.filter.0.as_slice() {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            filter_subjects: match self.filter.0.as_slice() {
+                [_] => Vec::new(),
+                many => many.to_vec(),
+            },
             ..Default::default()
         });
         let consumer = self
@@ -113,7 +136,7 @@ impl Reader {
             let Some(messages) = self.messages.as_mut() else {
                 match self.open().await {
                     Ok(_) => {
-                        tracing::info!(filter = %self.filter, start = ?self.start, "ordered reader resumed on a new consumer");
+                        tracing::info!(filter = ?self.filter.0, start = ?self.start, "ordered reader resumed on a new consumer");
                         failing_since = None;
                         backoff.reset();
                     }

@@ -8,15 +8,20 @@
 //! - [`projector`] folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
 //!   `job_stats`, described by the `readmodel` crate), one transaction per batch together with
 //!   the checkpoints.
+//! - [`scheduler`] decides which waiting job of each kind starts next (priorities, fair share
+//!   between tenants, concurrency keys, pauses) and releases it to the workers; one process is
+//!   active, the others stand by ([`leadership`]).
 //! - [`notifiers`] has webhook delivery (signed, retried, dead-lettered), never run by replays.
 //!
 //! Each role is a struct with `async fn run(self, shutdown: CancellationToken)`; [`supervisor`]
 //! runs a role's loops (and the `conveyor` binary's roles) together.
 
 pub mod handlers;
+pub mod leadership;
 pub mod notifiers;
 mod outbound;
 pub mod projector;
+pub mod scheduler;
 pub mod supervisor;
 pub mod worker;
 

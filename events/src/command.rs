@@ -30,6 +30,9 @@ pub struct RunJob {
     /// [`crate::streams::WEBHOOK_HEADER`]), so the webhook fan-in need not look the job up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<bool>,
+    /// Its priority and concurrency key, for the scheduler.
+    #[serde(flatten)]
+    pub scheduling: crate::job::Scheduling,
 }
 
 impl RunJob {
@@ -43,6 +46,7 @@ impl RunJob {
             payload: job.payload.clone(),
             generation: 0,
             webhook: Some(job.webhook.is_some()),
+            scheduling: job.scheduling.clone(),
         }
     }
 
@@ -56,6 +60,7 @@ impl RunJob {
             payload: job.payload.clone(),
             generation: redrive.generation,
             webhook: Some(job.webhook.is_some()),
+            scheduling: job.scheduling.clone(),
         }
     }
 }

@@ -84,6 +84,46 @@ pub struct Submitted {
     /// Completion webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+    /// What decides when it starts among the other waiting jobs of its kind.
+    #[serde(flatten)]
+    pub scheduling: Scheduling,
+}
+
+/// What the scheduler weighs, besides the order of arrival and the tenants' fair share, to decide
+/// which waiting job of a kind starts next. Carried by `job.submitted` and every `run` command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduling {
+    /// Higher starts first ([`Scheduling::PRIORITIES`]; 0 by default).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// At most `limit` jobs of the tenant holding `key` run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyKey>,
+}
+
+impl Scheduling {
+    /// The priorities a job may have.
+    pub const PRIORITIES: std::ops::RangeInclusive<i32> = -100..=100;
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// A concurrency key: a tenant's jobs sharing `key` (of any kind) never run more than `limit` at
+/// once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyKey {
+    /// Any name, 1 to 255 bytes (`account-42`).
+    pub key: String,
+    /// How many may run at once (1 to 10000).
+    pub limit: u32,
+}
+
+impl ConcurrencyKey {
+    /// The limits a key may have.
+    pub const LIMITS: std::ops::RangeInclusive<u32> = 1..=10_000;
 }
 
 /// `job.started`: a worker began an attempt.
@@ -387,6 +427,13 @@ mod tests {
                 webhook: Some(Webhook {
                     url: "https://example.com/h".into(),
                 }),
+                scheduling: Scheduling {
+                    priority: 5,
+                    concurrency: Some(ConcurrencyKey {
+                        key: "account-42".into(),
+                        limit: 2,
+                    }),
+                },
             }),
             JobEvent::Started(Started {
                 attempt: 1,

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod job;
 pub mod kinds;
 pub mod lifecycle;
+pub mod pause;
 pub mod retry;
 pub mod streams;
 pub mod subjects;

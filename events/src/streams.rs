@@ -24,6 +24,9 @@ pub const CANCELLER_CONSUMER: &str = "canceller";
 pub const WEBHOOK_FANIN_CONSUMER: &str = "webhook-fanin";
 /// Name of the durable consumer that delivers webhooks.
 pub const WEBHOOK_DELIVERY_CONSUMER: &str = "webhooks";
+/// Name of the durable consumer through which the active scheduler holds the waiting run
+/// commands.
+pub const SCHEDULER_CONSUMER: &str = "scheduler";
 /// Durable name of the submissions audit on EVENTS.
 pub const SUBMISSIONS_AUDIT_CONSUMER: &str = "submissions-audit";
 
@@ -108,6 +111,22 @@ pub fn worker_consumer(ns: &Namespace, kind: &JobKind, ack_wait: Duration) -> Co
         // Delayed and backing-off jobs wait as pending messages, so this bounds how many may
         // wait, not how many run: each process bounds running jobs with its own semaphore.
         max_ack_pending: 100_000,
+    }
+}
+
+/// The scheduler's consumer of waiting run commands. It holds every waiting command unacknowledged
+/// until it releases it, so its ack wait is long (a new active scheduler recreates the consumer
+/// rather than waiting it out) and `max_ack_pending` bounds how many waiting jobs it weighs at
+/// once: beyond that, the oldest arrivals wait in the stream, in order.
+pub fn scheduler_consumer(ns: &Namespace) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: ns.commands_stream(),
+        durable: SCHEDULER_CONSUMER.to_owned(),
+        filters: vec![ns.wait_commands()],
+        // Under the duplicate window, so a command redelivered after a lost ack is released
+        // again with the same id and stored once.
+        ack_wait: Duration::from_secs(5 * 60),
+        max_ack_pending: 250_000,
     }
 }
 

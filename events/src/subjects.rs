@@ -4,11 +4,12 @@
 //! | what | name |
 //! |---|---|
 //! | domain event | `<ns>.events.<tenant>.job.<job_id>.<event>` |
-//! | run command | `<ns>.cmd.run.<kind>.<job_id>` |
+//! | run command, waiting for the scheduler | `<ns>.cmd.wait.<kind>.<job_id>` |
+//! | run command, released to the workers | `<ns>.cmd.run.<kind>.<job_id>` |
 //! | other commands | `<ns>.cmd.<action>.<kind>` (`cancel`, `webhook`) |
 //! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
 //! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
-//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS`, `<NS>_OUTCOMES` (KV), `<NS>_RESULTS` (object store) |
+//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS`, `<NS>_OUTCOMES`, `<NS>_PAUSES` (KV), `<NS>_RESULTS` (object store) |
 //!
 //! Kinds may contain dots (`report.job_stats`): a cancel or webhook command ends with its kind,
 //! where a `>` filter takes it whole, and a run command has exactly one token (the job) after it.
@@ -56,6 +57,11 @@ impl Namespace {
         format!("{}_OUTCOMES", self.upper())
     }
 
+    /// Paused kinds (KV): `all.<kind>` for every tenant, `tenant.<tenant>.<kind>` for one.
+    pub fn pauses_bucket(&self) -> String {
+        format!("{}_PAUSES", self.upper())
+    }
+
     /// Large-result bucket (object store).
     pub fn results_bucket(&self) -> String {
         format!("{}_RESULTS", self.upper())
@@ -91,13 +97,38 @@ impl Namespace {
         format!("{self}.cmd.>")
     }
 
-    /// Where a command is published. A run command's subject ends with its job, so whether a
-    /// job has one waiting is a direct lookup (see [`Namespace::run_command_of`]).
+    /// Where a command is published. A run command goes to the scheduler first
+    /// ([`Namespace::wait_command_of`]), which releases it to the workers
+    /// ([`Namespace::run_command_of`]). Both subjects end with the job, so whether a job has a
+    /// run command waiting or running is a direct lookup.
     pub fn command_subject(&self, cmd: &Envelope<Command>) -> String {
         match cmd.payload {
-            Command::Run(_) => self.run_command_of(&cmd.kind, cmd.job),
+            Command::Run(_) => self.wait_command_of(&cmd.kind, cmd.job),
             _ => format!("{self}.cmd.{}.{}", cmd.payload.action(), cmd.kind),
         }
+    }
+
+    /// Every run command waiting for the scheduler: its consumer's filter.
+    pub fn wait_commands(&self) -> String {
+        format!("{self}.cmd.wait.>")
+    }
+
+    /// The subject of one job's run command while it waits for the scheduler.
+    pub fn wait_command_of(&self, kind: &JobKind, job: JobId) -> String {
+        format!("{self}.cmd.wait.{kind}.{job}")
+    }
+
+    /// Every run command released to the workers, of every kind.
+    pub fn released_commands(&self) -> String {
+        format!("{self}.cmd.run.>")
+    }
+
+    /// The events that end an attempt (or a job without one): what frees a scheduler's slot.
+    pub fn attempt_end_events(&self) -> Vec<String> {
+        ["succeeded", "failed", "dead_lettered", "cancelled"]
+            .iter()
+            .map(|name| format!("{self}.events.*.job.*.{name}"))
+            .collect()
     }
 
     /// The run commands of one kind: one worker consumer's filter. (Every run subject has
@@ -180,6 +211,11 @@ pub mod msg_id {
     /// The run command of an attempt.
     pub fn run(job: JobId, attempt: u32) -> String {
         format!("{job}.{attempt}.run")
+    }
+
+    /// The scheduler's release of an attempt's run command to the workers.
+    pub fn released(job: JobId, attempt: u32, generation: u32) -> String {
+        format!("{job}.{attempt}.{generation}.released")
     }
 
     /// An event of an attempt (`started`, `failed`, `retry_scheduled`).

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use bus::transition::JobEnvelope;
 use chrono::{DateTime, Utc};
-use events::job::{Redriven, Submitted, Webhook};
+use events::job::{ConcurrencyKey, Redriven, Scheduling, Submitted, Webhook};
 use events::lifecycle;
 use events::{JobEvent, JobId, JobKind, JobStatus, Tenant, TraceParent};
 use serde::{Deserialize, Serialize};
@@ -49,10 +49,26 @@ pub(crate) struct SubmitJob {
     /// Completion webhook.
     #[serde(default)]
     webhook: Option<WebhookRequest>,
+    /// Higher starts first, among the waiting jobs of its kind (-100 to 100, default 0).
+    #[serde(default)]
+    priority: Option<i32>,
+    /// At most `limit` of the tenant's jobs with this `key` (of any kind) run at once.
+    #[serde(default)]
+    concurrency: Option<ConcurrencyRequest>,
     /// Deduplicates retries, like the `Idempotency-Key` header (which wins when both are given);
     /// in a batch, each job's own.
     #[serde(default, skip_serializing)]
     idempotency_key: Option<String>,
+}
+
+/// A concurrency key on a job.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConcurrencyRequest {
+    /// Any name, 1 to 255 bytes (`account-42`); the tenant's own.
+    key: String,
+    /// How many of the tenant's jobs with this key may run at once (1 to 10000).
+    limit: u32,
 }
 
 /// The answer to an accepted submission.
@@ -119,6 +135,27 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
         Some(w) => state.webhooks.parse(&w.url)?,
         None => None,
     };
+    let priority = req.priority.unwrap_or(0);
+    if !Scheduling::PRIORITIES.contains(&priority) {
+        return Err(unprocessable("priority must be between -100 and 100"));
+    }
+    let concurrency = match &req.concurrency {
+        None => None,
+        Some(c) => {
+            if c.key.is_empty() || c.key.len() > 255 {
+                return Err(unprocessable("concurrency.key must be 1 to 255 bytes"));
+            }
+            if !ConcurrencyKey::LIMITS.contains(&c.limit) {
+                return Err(unprocessable(
+                    "concurrency.limit must be between 1 and 10000",
+                ));
+            }
+            Some(ConcurrencyKey {
+                key: c.key.clone(),
+                limit: c.limit,
+            })
+        }
+    };
     Ok((
         kind,
         Submitted {
@@ -127,6 +164,10 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
             timeout_ms,
             run_at: req.run_at,
             webhook: req.webhook.as_ref().map(|w| Webhook { url: w.url.clone() }),
+            scheduling: Scheduling {
+                priority,
+                concurrency,
+            },
         },
         host,
     ))

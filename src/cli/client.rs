@@ -83,6 +83,49 @@ pub(super) enum KindsCommand {
         #[arg(long)]
         schema: Option<std::path::PathBuf>,
     },
+    /// Pause a kind: its waiting jobs stay queued and none starts; running ones finish. Your
+    /// own jobs of it, or (operator) every tenant's or one tenant's.
+    Pause {
+        /// The kind.
+        kind: String,
+        #[command(flatten)]
+        scope: PauseScope,
+    },
+    /// Resume a paused kind (the same scope it was paused with).
+    Resume {
+        /// The kind.
+        kind: String,
+        #[command(flatten)]
+        scope: PauseScope,
+    },
+    /// List the pauses that hold your jobs (with `--all-tenants`, every pause: operator).
+    Pauses {
+        /// Every tenant's pauses (operator).
+        #[arg(long)]
+        all_tenants: bool,
+    },
+}
+
+/// Whose jobs a pause holds.
+#[derive(Debug, clap::Args)]
+pub(super) struct PauseScope {
+    /// Every tenant's jobs (operator).
+    #[arg(long, conflicts_with = "tenant")]
+    all_tenants: bool,
+    /// This tenant's jobs (operator).
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+impl PauseScope {
+    /// The route of `action` (`pause`, `resume`) on `kind` for this scope.
+    fn path(&self, kind: &str, action: &str) -> String {
+        match (&self.tenant, self.all_tenants) {
+            (Some(t), _) => format!("/v1/admin/kinds/{kind}/{action}?tenant={t}"),
+            (None, true) => format!("/v1/admin/kinds/{kind}/{action}"),
+            (None, false) => format!("/v1/kinds/{kind}/{action}"),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +179,15 @@ pub(super) enum JobsCommand {
         /// Idempotency key: retrying with the same key never makes a second job.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Higher starts first among the waiting jobs of its kind (-100 to 100).
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// Concurrency key: at most `--concurrency-limit` of your jobs with it run at once.
+        #[arg(long)]
+        concurrency_key: Option<String>,
+        /// How many jobs with `--concurrency-key` may run at once.
+        #[arg(long, requires = "concurrency_key", default_value_t = 1)]
+        concurrency_limit: u32,
     },
     /// Show a job.
     Get {
@@ -336,6 +388,18 @@ pub(super) async fn kinds(target: Target, command: KindsCommand) -> anyhow::Resu
                 &[],
             )
             .await?
+        }
+        KindsCommand::Pause { kind, scope } => {
+            c.call(Method::POST, &scope.path(&kind, "pause"), None, &[])
+                .await?
+        }
+        KindsCommand::Resume { kind, scope } => {
+            c.call(Method::POST, &scope.path(&kind, "resume"), None, &[])
+                .await?
+        }
+        KindsCommand::Pauses { all_tenants } => {
+            let path = if all_tenants { "/v1/admin/pauses" } else { "/v1/pauses" };
+            c.call(Method::GET, path, None, &[]).await?
         }
     };
     print(&out);
@@ -543,9 +607,18 @@ pub(super) async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result
             run_at,
             webhook,
             idempotency_key,
+            priority,
+            concurrency_key,
+            concurrency_limit,
             file: None,
         } => {
             let mut body = json!({ "kind": kind });
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            if let Some(key) = concurrency_key {
+                body["concurrency"] = json!({ "key": key, "limit": concurrency_limit });
+            }
             if let Some(p) = payload {
                 body["payload"] = serde_json::from_str(&p)
                     .context("--payload is not valid JSON (e.g. '{\"ms\": 500}')")?;

@@ -174,6 +174,7 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
             timeout_ms: 10_000,
             run_at: None,
             webhook: None,
+            scheduling: Default::default(),
         }),
     );
     env.publish_event(&ev).await;

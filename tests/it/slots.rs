@@ -85,7 +85,9 @@ async fn slots_stay_busy(concurrency: usize) {
         ..WorkerSettings::default()
     };
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(Worker::new(bus, registry, settings, None).run(stop.clone()));
+    // With the database, so this worker is also the scheduler.
+    let db = env.db().await;
+    let worker = tokio::spawn(Worker::new(bus, registry, settings, Some(db)).run(stop.clone()));
 
     // A job of another kind, submitted once the backlog is running.
     wait_for_events(&env, |runs| runs.values().any(|r| r.started_seq > 0)).await;

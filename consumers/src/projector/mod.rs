@@ -15,7 +15,7 @@
 //! **One active projector per database.** Several projector processes may run (for
 //! availability): each first takes a session-level Postgres advisory lock on a connection of its
 //! own and only the holder follows the log and runs rebuilds; the others stand by, trying again
-//! every [`STANDBY_POLL`]. When the leader dies its session ends, Postgres releases the lock and a
+//! every [`crate::leadership::STANDBY_POLL`]. When the leader dies its session ends, Postgres releases the lock and a
 //! standby takes over from the checkpoint. A leader whose lock session fails (Postgres restarted,
 //! connection cut) stops following at once and stands by too. The lock only avoids wasted work:
 //! correctness still rests on the checkpoint compare-and-set, so a leader that has not yet noticed
@@ -121,11 +121,11 @@ const REBUILD_LOCK: i64 = 0x636f_6e76_6579_6f72; // "conveyor"
 /// The leadership lock: its holder is the one active projector of the database.
 pub const LEADER_LOCK: i64 = 0x636f_6e76_6c65_6164; // "convlead"
 
-/// How often a standby projector tries to take the leadership lock.
-pub const STANDBY_POLL: Duration = Duration::from_secs(1);
-
-/// How often the leader checks that its lock session is still alive.
-const LEADER_CHECK: Duration = Duration::from_secs(1);
+/// The projector's one-active role.
+const ROLE: crate::leadership::Role = crate::leadership::Role {
+    lock: LEADER_LOCK,
+    name: "projector",
+};
 
 /// The projector role.
 #[derive(Debug)]
@@ -200,7 +200,7 @@ impl Projector {
         self.bus.provision_streams().await?;
         let lead = async {
             loop {
-                let Some(mut lock) = self.lead(&shutdown).await else {
+                let Some(mut lock) = ROLE.lead(&self.db, &shutdown).await else {
                     return Ok::<(), crate::Error>(());
                 };
                 let term = shutdown.child_token();
@@ -208,7 +208,7 @@ impl Projector {
                 tokio::pin!(work);
                 let result = tokio::select! {
                     r = &mut work => r,
-                    () = watch_leadership(&mut lock) => {
+                    () = crate::leadership::watch(&mut lock) => {
                         // Lost: stop as on shutdown (the batch in hand is committed or fails its
                         // compare-and-set), then stand by.
                         term.cancel();
@@ -216,12 +216,7 @@ impl Projector {
                     }
                 };
                 term.cancel();
-                {
-                    use sqlx::Connection as _;
-                    // Closing the session releases the lock at once for a standby.
-                    let _ = lock.close().await;
-                }
-                metrics::gauge!("conveyor_projector_leader").set(0.0);
+                ROLE.resign(lock).await;
                 self.live_checkpoint.store(-1, Ordering::Relaxed);
                 result?;
                 if shutdown.is_cancelled() {
@@ -234,37 +229,6 @@ impl Projector {
         };
         let (result, ()) = tokio::join!(lead, self.report_lag(&shutdown));
         result
-    }
-
-    /// Waits until this process holds the leadership lock (`None`: `shutdown` came first).
-    /// The lock lives in a session of its own, outside the pool, so it is held exactly as long as
-    /// that connection.
-    async fn lead(&self, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
-        metrics::gauge!("conveyor_projector_leader").set(0.0);
-        let mut told = false;
-        loop {
-            match try_lock(&self.db).await {
-                Ok(Some(conn)) => {
-                    tracing::info!("projector is the active one (holds the leadership lock)");
-                    metrics::gauge!("conveyor_projector_leader").set(1.0);
-                    return Some(conn);
-                }
-                Ok(None) if !told => {
-                    tracing::info!(
-                        "another projector is active; standing by to take over when it stops"
-                    );
-                    told = true;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?STANDBY_POLL, "cannot take the leadership lock")
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(STANDBY_POLL) => {}
-                _ = shutdown.cancelled() => return None,
-            }
-        }
     }
 
     /// What the active projector does until `shutdown`: follow the log, build requested versions.
@@ -653,35 +617,6 @@ impl Projector {
             }
         }
         Ok(())
-    }
-}
-
-/// A connection of its own holding the leadership lock, or `None` if another session holds it.
-async fn try_lock(db: &PgPool) -> sqlx::Result<Option<sqlx::PgConnection>> {
-    let mut conn = db.acquire().await?.detach();
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(&mut conn)
-        .await?;
-    if locked {
-        Ok(Some(conn))
-    } else {
-        use sqlx::Connection as _;
-        let _ = conn.close().await;
-        Ok(None)
-    }
-}
-
-/// Returns once the session holding the leadership lock fails: then this process is no longer
-/// the active projector (another may have taken the lock already).
-async fn watch_leadership(lock: &mut sqlx::PgConnection) {
-    use sqlx::Connection as _;
-    loop {
-        tokio::time::sleep(LEADER_CHECK).await;
-        let alive = tokio::time::timeout(Duration::from_secs(5), lock.ping()).await;
-        if !matches!(alive, Ok(Ok(()))) {
-            return;
-        }
     }
 }
 

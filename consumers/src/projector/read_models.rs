@@ -391,6 +391,7 @@ mod tests {
                 timeout_ms: 1000,
                 run_at: None,
                 webhook: None,
+                scheduling: Default::default(),
             }),
         )
     }

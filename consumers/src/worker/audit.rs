@@ -142,11 +142,17 @@ async fn settled_in_read_model<'a>(
 /// Publishes the run command that follows `ev` (stored at `seq`) again if the log shows none.
 async fn repair(shared: &Shared, seq: u64, ev: &Envelope<JobEvent>) -> Result<(), bus::Error> {
     let ns = shared.bus.ns();
-    if bus::last_message(&shared.commands, ns.run_command_of(&ev.kind, ev.job))
-        .await?
-        .is_some()
-    {
-        return Ok(());
+    // Waiting for the scheduler, or released to the workers.
+    for subject in [
+        ns.wait_command_of(&ev.kind, ev.job),
+        ns.run_command_of(&ev.kind, ev.job),
+    ] {
+        if bus::last_message(&shared.commands, subject)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
     }
     for name in ["started", "cancelled"] {
         let last =

@@ -80,6 +80,8 @@ pub struct WorkerSettings {
     pub worker_id: String,
     /// Deliver the push kinds of the kind registry too (`None`: only the registry's handlers).
     pub push: Option<PushSettings>,
+    /// Stand by to be the deployment's scheduler (`None`: never; it needs the database too).
+    pub scheduler: Option<crate::scheduler::SchedulerSettings>,
 }
 
 impl Default for WorkerSettings {
@@ -92,6 +94,7 @@ impl Default for WorkerSettings {
             shutdown_grace: Duration::from_secs(25),
             worker_id: format!("worker-{}", std::process::id()),
             push: None,
+            scheduler: Some(crate::scheduler::SchedulerSettings::default()),
         }
     }
 }
@@ -216,6 +219,12 @@ impl Worker {
             "cancel listener",
             canceller::cancel_listener(shared.clone(), shutdown.clone()),
         );
+        if let (Some(settings), Some(db)) = (shared.settings.scheduler.clone(), shared.db.clone()) {
+            loops.spawn(
+                "scheduler",
+                crate::scheduler::run(shared.bus.clone(), db, settings, shutdown.clone()),
+            );
+        }
         tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
 
         // The grace period runs from the shutdown signal, while the pull loops wind down.

@@ -24,6 +24,7 @@ fn submitted(max_attempts: u32) -> Submitted {
         webhook: Some(Webhook {
             url: "https://example.com/h".into(),
         }),
+        scheduling: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kinds;
+pub(crate) mod pauses;
 pub(crate) mod webhooks;
 pub(crate) mod workers;
 
@@ -39,6 +40,7 @@ fn documented(max_body: usize) -> OpenApiRouter<AppState> {
     let routes = OpenApiRouter::new()
         .merge(jobs::router())
         .merge(kinds::router())
+        .merge(pauses::router())
         .merge(events::router())
         .merge(webhooks::router())
         .merge(admin::router())

@@ -59,9 +59,10 @@ impl Lease {
         self.started + chrono::Duration::milliseconds(self.timeout_ms as i64)
     }
 
-    /// The attempt as its run command described it, with `payload` (which the token does not
-    /// carry: a retry's command reads it from the command itself).
-    pub(crate) fn run(&self, payload: serde_json::Value) -> RunJob {
+    /// The attempt as its run command described it, with the payload and scheduling of `held`
+    /// (the command itself, which a retry needs: the token does not carry them).
+    pub(crate) fn run(&self, held: Option<RunJob>) -> RunJob {
+        let (payload, scheduling) = held.map(|r| (r.payload, r.scheduling)).unwrap_or_default();
         RunJob {
             attempt: self.attempt,
             max_attempts: self.max_attempts,
@@ -70,6 +71,7 @@ impl Lease {
             payload,
             generation: self.generation,
             webhook: self.webhook,
+            scheduling,
         }
     }
 

@@ -503,16 +503,16 @@ impl Workers {
             }
             Some(Report::Failed(error)) => AttemptOutcome::Failed(error),
         };
-        // A retry's command carries the payload, which the lease does not: read it from the
-        // command, still stored until it is acknowledged.
-        let payload = match outcome {
-            AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => Value::Null,
-            _ => self.held_command(bus, &lease).await?.payload,
+        // A retry's command carries the payload and the scheduling, which the lease does not:
+        // read them from the command, still stored until it is acknowledged.
+        let held = match outcome {
+            AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => None,
+            _ => Some(self.held_command(bus, &lease).await?),
         };
         let duration_ms = u64::try_from((now - lease.started).num_milliseconds()).unwrap_or(0);
         let jitter = rand::rng().random_range(0.0..1.0);
         let kind = lease.kind.to_string();
-        let transition = Attempt::new(lease.job, lease.run(payload)).conclude(
+        let transition = Attempt::new(lease.job, lease.run(held)).conclude(
             outcome,
             duration_ms,
             &self.settings.retry,

@@ -1,0 +1,83 @@
+//! What the scheduler needs of JetStream: a fresh hold on every waiting run command, how many
+//! released commands of a kind no worker has taken yet, the released commands still in the
+//! stream (the attempts under way, when a scheduler takes over), and releasing a command.
+
+use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::ErrorCode;
+use events::{streams, Command, Envelope, JobId, JobKind};
+use futures::TryStreamExt;
+
+use crate::publish::PendingAck;
+use crate::{Bus, Error, Result};
+
+impl Bus {
+    /// The scheduler's consumer of waiting run commands, made anew: every command still waiting
+    /// is delivered to this caller at once, whatever an earlier active scheduler held.
+    pub async fn fresh_scheduler_consumer(&self) -> Result<Consumer<pull::Config>> {
+        let spec = streams::scheduler_consumer(&self.ns);
+        let stream = self.commands_stream().await?;
+        if let Err(e) = stream.delete_consumer(&spec.durable).await {
+            let failure = crate::error::Failure::from(e);
+            if failure.api_code() != Some(ErrorCode::CONSUMER_NOT_FOUND.0) {
+                return Err(Error::Consumer(failure));
+            }
+        }
+        self.ensure_consumer(&spec).await?;
+        self.pull_consumer(&spec).await
+    }
+
+    /// How many released run commands of `kind` wait for a worker to take them; `None` while no
+    /// worker has made the kind's consumer (nothing would take them).
+    pub async fn released_backlog(&self, kind: &JobKind) -> Result<Option<u64>> {
+        let durable = format!("worker-{}", kind.token());
+        let stream = self.commands_stream().await?;
+        match stream.consumer_info(&durable).await {
+            Ok(info) => Ok(Some(info.num_pending)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                let failure = crate::error::Failure::from(e);
+                if failure.api_code() == Some(ErrorCode::CONSUMER_NOT_FOUND.0) {
+                    Ok(None)
+                } else {
+                    Err(Error::Consumer(failure))
+                }
+            }
+        }
+    }
+
+    /// The released run commands still in the stream: the attempts waiting for a worker or under
+    /// way (a command is removed when its attempt's outcome is stored).
+    pub async fn released_commands(&self) -> Result<Vec<Envelope<Command>>> {
+        let stream = self.commands_stream().await?;
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(self.ns.released_commands())
+            .await
+            .map_err(Error::stream)?
+            .try_collect()
+            .await
+            .map_err(Error::stream)?;
+        let mut commands = Vec::with_capacity(subjects.len());
+        for (subject, _) in subjects {
+            if let Some(msg) = crate::last_message(&stream, subject).await? {
+                if let Ok(cmd) = crate::decode_command(Some(&msg.headers), &msg.payload) {
+                    commands.push(cmd);
+                }
+            }
+        }
+        Ok(commands)
+    }
+
+    /// Releases a waiting run command to the workers of its kind (`msg_id`: the release's own,
+    /// so a repeated release is stored once). Returns the ack's future, to pipeline releases.
+    pub async fn release(
+        &self,
+        kind: &JobKind,
+        job: JobId,
+        body: Vec<u8>,
+        msg_id: &str,
+    ) -> Result<PendingAck> {
+        self.send(self.ns.run_command_of(kind, job), body, msg_id)
+            .await
+    }
+}

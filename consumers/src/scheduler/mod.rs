@@ -1,0 +1,328 @@
+//! The scheduler: decides which waiting job of each kind starts next, and releases it to the
+//! workers.
+//!
+//! Every `run` command (a submission's, a retry's, a re-drive's) is published on the kind's
+//! *wait* subject. The active scheduler holds all of them unacknowledged through one durable
+//! consumer, weighs them ([`queue`]: due time, pauses, concurrency keys, priority, the tenants'
+//! fair share), and releases the chosen ones to the kind's *run* subject, where the workers (Rust
+//! workers, the API's lease service for workers in other languages, push kinds) take them as
+//! before. A command is acknowledged on the wait subject only after its release is stored, and
+//! the release carries a deterministic id, so a crash between the two releases nothing twice.
+//!
+//! It keeps the workers busy but never far ahead: per kind it releases only while fewer than
+//! [`SchedulerSettings::window`] released commands wait for a worker to take them, so a job
+//! submitted later with a higher priority, or by a tenant with a smaller backlog, overtakes all
+//! but that window.
+//!
+//! It learns that an attempt ended (freeing its concurrency-key slot) from the attempt-end events
+//! (`failed`, `succeeded`, `cancelled`, `dead_lettered`), and checks every
+//! [`RECONCILE_EVERY`] that the released commands it counts as under way are still in the
+//! stream (a command is removed only once its attempt's outcome is stored).
+//!
+//! One scheduler is active per deployment, the others stand by ([`crate::leadership`]); it runs
+//! inside every worker process. Its state is the stream's: a scheduler taking over recreates the
+//! consumer (so every waiting command is delivered to it at once), counts the released commands
+//! still in the stream as attempts under way, and reads the pauses from their bucket.
+
+pub mod queue;
+
+use std::time::Duration;
+
+use bus::jetstream::{AckKind, DeliverPolicy};
+use bus::Bus;
+use chrono::Utc;
+use events::{subjects::msg_id, Command, JobId};
+use futures::StreamExt;
+use queue::{Added, Queues, Running, Waiting};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::leadership::{self, Role};
+
+/// The scheduler's leadership lock (`"convschd"`).
+pub const LEADER_LOCK: i64 = 0x636f_6e76_7363_6864;
+
+const ROLE: Role = Role {
+    lock: LEADER_LOCK,
+    name: "scheduler",
+};
+
+/// How often the active scheduler releases what became possible (arrivals, ended attempts, due
+/// jobs).
+const ROUND: Duration = Duration::from_millis(10);
+
+/// How often released attempts are checked against the stream.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// The most waiting commands one pull asks for.
+const BATCH: usize = 1024;
+
+/// Tuning of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Per kind, how many released commands may wait for a worker to take them.
+    pub window: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self { window: 256 }
+    }
+}
+
+/// Runs the scheduler until `shutdown`: stands by until this process holds the leadership lock,
+/// then schedules until it loses it or fails (then stands by again).
+pub async fn run(
+    bus: Bus,
+    db: PgPool,
+    settings: SchedulerSettings,
+    shutdown: CancellationToken,
+) -> crate::Result<()> {
+    let mut failures = 0;
+    loop {
+        let Some(mut lock) = ROLE.lead(&db, &shutdown).await else {
+            return Ok(());
+        };
+        let term = shutdown.child_token();
+        let result = tokio::select! {
+            r = schedule(&bus, &settings, &term) => r,
+            () = leadership::watch(&mut lock) => Ok(()),
+        };
+        term.cancel();
+        ROLE.resign(lock).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        failures += 1;
+        let wait = events::retry::SERVICE_RETRY.delay(failures);
+        match result {
+            Ok(()) => tracing::warn!("scheduler lost its leadership lock; standing by"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "scheduler failed; standing by")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// What the active scheduler does until `term`.
+async fn schedule(
+    bus: &Bus,
+    settings: &SchedulerSettings,
+    term: &CancellationToken,
+) -> crate::Result<()> {
+    let mut queues = Queues::default();
+    // Attempt ends from now on first, then the attempts under way: an attempt that ends in
+    // between is both counted and seen ending.
+    let (mut ends, _) = bus::ordered::ordered(
+        bus.events_stream().await?,
+        bus.ns().attempt_end_events(),
+        DeliverPolicy::New,
+    )
+    .await?;
+    let now = Utc::now();
+    for cmd in bus.released_commands().await? {
+        if let Command::Run(run) = &cmd.payload {
+            queues.adopt(
+                cmd.job,
+                Running {
+                    kind: cmd.kind.clone(),
+                    tenant: cmd.tenant.clone(),
+                    attempt: run.attempt,
+                    key: Queues::key_of(&cmd.tenant, run.scheduling.concurrency.as_ref()),
+                    released_at: now,
+                },
+            );
+        }
+    }
+    let mut pauses = bus
+        .pauses()
+        .await?
+        .watch_with_history(">")
+        .await
+        .map_err(bus::Error::bucket)?;
+    let consumer = bus.fresh_scheduler_consumer().await?;
+    let mut arrivals = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(bus::Error::consumer)?;
+    tracing::info!(
+        under_way = queues.running(),
+        "scheduler is active: receiving the waiting jobs"
+    );
+    let mut round = tokio::time::interval(ROUND);
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let commands = bus.commands_stream().await?;
+    loop {
+        tokio::select! {
+            biased;
+            () = term.cancelled() => return Ok(()),
+            msg = arrivals.next() => {
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => return Err(bus::Error::consumer(e).into()),
+                    None => return Err(bus::Error::Ended("the scheduler's consumer").into()),
+                };
+                arrive(bus, &mut queues, msg).await?;
+            }
+            end = ends.next() => match end {
+                Some(Ok(msg)) => attempt_ended(bus, &mut queues, &msg),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(bus::Error::Ended("the attempt-end events").into()),
+            },
+            change = pauses.next() => match change {
+                Some(Ok(entry)) => paused(&mut queues, &entry),
+                Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
+                None => return Err(bus::Error::Ended("the pauses' watch").into()),
+            },
+            _ = round.tick() => release(bus, settings, &mut queues).await?,
+            _ = reconcile.tick() => {
+                let before = Utc::now() - chrono::Duration::from_std(RECONCILE_EVERY).expect("short");
+                for (job, kind) in queues.running_before(before).into_iter().take(1000) {
+                    if bus::last_message(&commands, bus.ns().run_command_of(&kind, job)).await?.is_none() {
+                        queues.ended(job, None);
+                    }
+                }
+                metrics::gauge!("conveyor_scheduler_waiting").set(queues.waiting() as f64);
+                metrics::gauge!("conveyor_scheduler_under_way").set(queues.running() as f64);
+            }
+        }
+    }
+}
+
+/// Takes a waiting command into the queues (or acknowledges one released already).
+async fn arrive(bus: &Bus, queues: &mut Queues, msg: bus::jetstream::Message) -> crate::Result<()> {
+    let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+        return Ok(());
+    };
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let cmd = match bus::decode_command(msg.headers.as_ref(), &msg.payload) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            tracing::error!(subject = %msg.subject, error = %e, "scheduler: undecodable run command dropped");
+            bus.acknowledge(&reply, AckKind::Term).await?;
+            return Ok(());
+        }
+    };
+    let Command::Run(run) = &cmd.payload else {
+        tracing::error!(subject = %msg.subject, "scheduler: a command other than run on a wait subject dropped");
+        bus.acknowledge(&reply, AckKind::Term).await?;
+        return Ok(());
+    };
+    // Released as stored, unless it came in binary mode (its attributes in headers, which a
+    // release does not copy): then as structured JSON.
+    let body = if bus::decode::is_binary(msg.headers.as_ref()) {
+        bytes::Bytes::from(cmd.to_json())
+    } else {
+        msg.payload.clone()
+    };
+    let waiting = Waiting {
+        job: cmd.job,
+        tenant: cmd.tenant.clone(),
+        kind: cmd.kind.clone(),
+        attempt: run.attempt,
+        generation: run.generation,
+        priority: run.scheduling.priority,
+        concurrency: run.scheduling.concurrency.clone(),
+        due: run.run_at,
+        seq,
+        body,
+        reply: reply.clone(),
+    };
+    if queues.add(waiting, Utc::now()) == Added::AlreadyReleased {
+        bus.acknowledge(&reply, AckKind::Ack).await?;
+    }
+    Ok(())
+}
+
+/// Frees the slot of the attempt an attempt-end event ended.
+fn attempt_ended(bus: &Bus, queues: &mut Queues, msg: &bus::jetstream::Message) {
+    let Some((_, job, _)) = events::subjects::parse_event_subject(bus.ns(), &msg.subject) else {
+        return;
+    };
+    let Ok(job) = job.parse::<uuid::Uuid>().map(JobId) else {
+        return;
+    };
+    let attempt = match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
+        Ok(ev) => match ev.payload {
+            events::JobEvent::Failed(f) => Some(f.attempt),
+            events::JobEvent::Succeeded(s) => Some(s.attempt),
+            events::JobEvent::DeadLettered(d) => Some(d.attempt),
+            events::JobEvent::Cancelled(c) => c.attempt,
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    queues.ended(job, attempt);
+}
+
+/// Applies a change of the pauses bucket.
+fn paused(queues: &mut Queues, entry: &bus::jetstream::KvEntry) {
+    let Some((kind, tenant)) = events::pause::parse(&entry.key) else {
+        return;
+    };
+    let on = entry.operation == bus::jetstream::KvOperation::Put;
+    queues.set_paused(kind, tenant, on);
+}
+
+/// One round: releases, per kind, what may start, up to the window.
+async fn release(
+    bus: &Bus,
+    settings: &SchedulerSettings,
+    queues: &mut Queues,
+) -> crate::Result<()> {
+    let now = Utc::now();
+    queues.promote_due(now);
+    for kind in queues.ready_kinds() {
+        // No worker has made the kind's consumer yet: nothing would take a release.
+        let Some(backlog) = bus.released_backlog(&kind).await? else {
+            continue;
+        };
+        let budget = settings.window.saturating_sub(backlog);
+        let mut picked = Vec::new();
+        while (picked.len() as u64) < budget {
+            match queues.pick(&kind, now) {
+                Some(job) => picked.push(job),
+                None => break,
+            }
+        }
+        if picked.is_empty() {
+            continue;
+        }
+        let mut acks = Vec::with_capacity(picked.len());
+        for job in &picked {
+            let id = msg_id::released(job.job, job.attempt, job.generation);
+            acks.push(
+                bus.release(&job.kind, job.job, job.body.to_vec(), &id)
+                    .await,
+            );
+        }
+        for (job, ack) in picked.into_iter().zip(acks) {
+            let stored = match ack {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(_) => {
+                    bus.acknowledge(&job.reply, AckKind::Ack).await?;
+                    metrics::counter!("conveyor_scheduler_released_total", "kind" => kind.to_string())
+                        .increment(1);
+                }
+                Err(e) => {
+                    queues.unpick(job);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,504 @@
+//! The scheduler's picture of the waiting jobs and the attempts under way, and its one decision:
+//! which waiting job of a kind starts next. No I/O: the active scheduler feeds it what JetStream
+//! tells (a command waiting, an attempt ended, a kind paused) and releases what it picks.
+//!
+//! The order, for each kind:
+//! 1. a job not yet due (`run_at`, a retry's backoff), or whose concurrency key is full, or whose
+//!    kind is paused (for all tenants or for its own), is not a candidate;
+//! 2. among the candidates, the highest priority goes first;
+//! 3. among tenants with a candidate of that priority, turns go round (fair share): a tenant with
+//!    50,000 waiting jobs takes one turn like a tenant with one;
+//! 4. within a tenant, the highest priority, then the earliest arrival (stream order).
+//!
+//! A concurrency key's slots are held from release to the end of the attempt (its `failed`,
+//! `succeeded`, `cancelled` or `dead_lettered` event, or its released command gone from the
+//! stream): a crashed worker's job keeps its slot until it is redelivered and ends, never freed
+//! by a timer.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use events::job::ConcurrencyKey;
+use events::{JobId, JobKind, Tenant};
+
+/// A waiting job's place in its tenant's line: higher priority first, then earlier arrival.
+type Place = (Reverse<i32>, u64);
+
+/// A tenant's concurrency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId {
+    tenant: Tenant,
+    key: String,
+}
+
+/// A waiting run command, as the scheduler holds it.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub job: JobId,
+    pub tenant: Tenant,
+    pub kind: JobKind,
+    pub attempt: u32,
+    pub generation: u32,
+    pub priority: i32,
+    pub concurrency: Option<ConcurrencyKey>,
+    pub due: Option<DateTime<Utc>>,
+    /// Its stream sequence: the order of arrival.
+    pub seq: u64,
+    /// The command as stored, released as it is.
+    pub body: Bytes,
+    /// Acknowledges the held message once the command is released.
+    pub reply: String,
+}
+
+impl Waiting {
+    fn place(&self) -> Place {
+        (Reverse(self.priority), self.seq)
+    }
+
+    fn key(&self) -> Option<KeyId> {
+        self.concurrency.as_ref().map(|c| KeyId {
+            tenant: self.tenant.clone(),
+            key: c.key.clone(),
+        })
+    }
+}
+
+/// An attempt released and not yet known to have ended.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub kind: JobKind,
+    pub tenant: Tenant,
+    pub attempt: u32,
+    pub key: Option<KeyId>,
+    /// When it was released (reconciliation leaves young attempts alone).
+    pub released_at: DateTime<Utc>,
+}
+
+/// What [`Queues::add`] did with a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// It waits (or replaced an earlier delivery of itself).
+    Waiting,
+    /// Its attempt was released already (a redelivery after a lost ack): acknowledge it again.
+    AlreadyReleased,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    limit: u32,
+    /// Released and admitted jobs: each holds a slot.
+    held: u32,
+    /// Jobs waiting for a slot, in order.
+    line: BTreeMap<Place, JobId>,
+}
+
+#[derive(Debug, Default)]
+struct KindQueue {
+    /// Each tenant's candidates, in order.
+    tenants: HashMap<Tenant, BTreeMap<Place, JobId>>,
+    /// Tenants with candidates, in turn order.
+    turns: VecDeque<Tenant>,
+}
+
+/// The waiting jobs of every kind and the attempts under way.
+#[derive(Debug, Default)]
+pub struct Queues {
+    waiting: HashMap<JobId, Waiting>,
+    kinds: HashMap<JobKind, KindQueue>,
+    /// Jobs not yet due, by due time.
+    delayed: BTreeSet<(DateTime<Utc>, u64, JobId)>,
+    keys: HashMap<KeyId, KeyState>,
+    running: HashMap<JobId, Running>,
+    /// Paused kinds: `(kind, None)` for every tenant, `(kind, Some(tenant))` for one.
+    paused: HashSet<(JobKind, Option<Tenant>)>,
+}
+
+impl Queues {
+    /// How many jobs wait.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// How many released attempts have not ended.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Kinds with a candidate to release.
+    pub fn ready_kinds(&self) -> Vec<JobKind> {
+        self.kinds
+            .iter()
+            .filter(|(kind, q)| {
+                !q.turns.is_empty() && !self.paused.contains(&((*kind).clone(), None))
+            })
+            .map(|(kind, _)| kind.clone())
+            .collect()
+    }
+
+    /// The earliest due time of a delayed job.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.delayed.first().map(|(due, _, _)| *due)
+    }
+
+    /// Counts an attempt found under way (a released command still in the stream) when this
+    /// scheduler took over.
+    pub fn adopt(&mut self, job: JobId, running: Running) {
+        if self.running.contains_key(&job) {
+            return;
+        }
+        if let Some(key) = &running.key {
+            self.keys.entry(key.clone()).or_default().held += 1;
+        }
+        self.running.insert(job, running);
+    }
+
+    /// A key for `tenant`'s `concurrency` (for [`Queues::adopt`]).
+    pub fn key_of(tenant: &Tenant, concurrency: Option<&ConcurrencyKey>) -> Option<KeyId> {
+        concurrency.map(|c| KeyId {
+            tenant: tenant.clone(),
+            key: c.key.clone(),
+        })
+    }
+
+    /// Takes a waiting command (delivered once more if it is already held).
+    pub fn add(&mut self, job: Waiting, now: DateTime<Utc>) -> Added {
+        if self
+            .running
+            .get(&job.job)
+            .is_some_and(|r| r.attempt >= job.attempt)
+        {
+            return Added::AlreadyReleased;
+        }
+        if let Some(held) = self.waiting.get_mut(&job.job) {
+            if held.attempt == job.attempt && held.generation == job.generation {
+                // A redelivery: only its acknowledgement subject changed.
+                held.reply = job.reply;
+                return Added::Waiting;
+            }
+            // A newer attempt replaces an older one still held (never expected: attempts of a
+            // job follow one another).
+            let old = held.job;
+            self.forget(old);
+        }
+        let id = job.job;
+        let due = job.due.filter(|d| *d > now);
+        let seq = job.seq;
+        self.waiting.insert(id, job);
+        match due {
+            Some(due) => {
+                self.delayed.insert((due, seq, id));
+            }
+            None => self.admit(id),
+        }
+        Added::Waiting
+    }
+
+    /// Moves the jobs due by `now` into the line.
+    pub fn promote_due(&mut self, now: DateTime<Utc>) {
+        while let Some(&(due, seq, id)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.remove(&(due, seq, id));
+            self.admit(id);
+        }
+    }
+
+    /// A due job joins its key's line, or its tenant's candidates.
+    fn admit(&mut self, id: JobId) {
+        let Some(job) = self.waiting.get(&id) else {
+            return;
+        };
+        match job.key() {
+            Some(key) => {
+                let limit = job.concurrency.as_ref().map_or(1, |c| c.limit);
+                let state = self.keys.entry(key.clone()).or_default();
+                state.limit = limit;
+                state.line.insert(job.place(), id);
+                self.fill(&key);
+            }
+            None => self.candidate(id),
+        }
+    }
+
+    /// Moves jobs from `key`'s line to the candidates while the key has free slots.
+    fn fill(&mut self, key: &KeyId) {
+        loop {
+            let Some(state) = self.keys.get_mut(key) else {
+                return;
+            };
+            let Some((&place, &id)) = state.line.first_key_value() else {
+                if state.held == 0 {
+                    self.keys.remove(key);
+                }
+                return;
+            };
+            let limit = self
+                .waiting
+                .get(&id)
+                .and_then(|j| j.concurrency.as_ref())
+                .map_or(state.limit, |c| c.limit);
+            if state.held >= limit {
+                return;
+            }
+            state.line.remove(&place);
+            state.held += 1;
+            self.candidate(id);
+        }
+    }
+
+    fn candidate(&mut self, id: JobId) {
+        let Some(job) = self.waiting.get(&id) else {
+            return;
+        };
+        let queue = self.kinds.entry(job.kind.clone()).or_default();
+        let line = queue.tenants.entry(job.tenant.clone()).or_default();
+        if line.is_empty() {
+            queue.turns.push_back(job.tenant.clone());
+        }
+        line.insert(job.place(), id);
+    }
+
+    /// The next job of `kind` to release, taken out of the waiting jobs and counted as running
+    /// (`None`: nothing of `kind` may start now).
+    pub fn pick(&mut self, kind: &JobKind, now: DateTime<Utc>) -> Option<Waiting> {
+        if self.paused.contains(&(kind.clone(), None)) {
+            return None;
+        }
+        let queue = self.kinds.get_mut(kind)?;
+        let paused = &self.paused;
+        let open = |tenant: &Tenant| !paused.contains(&(kind.clone(), Some(tenant.clone())));
+        // The highest priority any open tenant has waiting, then the first such tenant in turn.
+        let best = queue
+            .turns
+            .iter()
+            .filter(|t| open(t))
+            .filter_map(|t| queue.tenants.get(t)?.first_key_value())
+            .map(|((Reverse(p), _), _)| *p)
+            .max()?;
+        let turn = queue.turns.iter().position(|t| {
+            open(t)
+                && queue
+                    .tenants
+                    .get(t)
+                    .and_then(|l| l.first_key_value())
+                    .is_some_and(|((Reverse(p), _), _)| *p == best)
+        })?;
+        let tenant = queue.turns.remove(turn).expect("a tenant in turn");
+        let line = queue
+            .tenants
+            .get_mut(&tenant)
+            .expect("a tenant with a line");
+        let (_, id) = line.pop_first().expect("a candidate");
+        if line.is_empty() {
+            queue.tenants.remove(&tenant);
+        } else {
+            // Its turn is over: to the back.
+            queue.turns.push_back(tenant);
+        }
+        if queue.turns.is_empty() {
+            self.kinds.remove(kind);
+        }
+        let job = self.waiting.remove(&id)?;
+        self.running.insert(
+            id,
+            Running {
+                kind: job.kind.clone(),
+                tenant: job.tenant.clone(),
+                attempt: job.attempt,
+                key: job.key(),
+                released_at: now,
+            },
+        );
+        Some(job)
+    }
+
+    /// Hands a picked job back (its release failed): it waits again, first in its line.
+    pub fn unpick(&mut self, job: Waiting) {
+        let id = job.job;
+        if let Some(running) = self.running.remove(&id) {
+            if let Some(key) = running.key {
+                if let Some(state) = self.keys.get_mut(&key) {
+                    state.held = state.held.saturating_sub(1);
+                }
+            }
+        }
+        self.waiting.insert(id, job);
+        self.admit(id);
+    }
+
+    /// An attempt of `job` ended (`attempt`: which, if the event says): its slot is free.
+    pub fn ended(&mut self, job: JobId, attempt: Option<u32>) {
+        let Some(running) = self.running.get(&job) else {
+            return;
+        };
+        if attempt.is_some_and(|a| a < running.attempt) {
+            // An earlier attempt's late news: the one under way goes on.
+            return;
+        }
+        let running = self.running.remove(&job).expect("present");
+        if let Some(key) = running.key {
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.held = state.held.saturating_sub(1);
+            }
+            self.fill(&key);
+        }
+    }
+
+    /// Released attempts older than `before`, for reconciliation against the stream.
+    pub fn running_before(&self, before: DateTime<Utc>) -> Vec<(JobId, JobKind)> {
+        self.running
+            .iter()
+            .filter(|(_, r)| r.released_at < before)
+            .map(|(id, r)| (*id, r.kind.clone()))
+            .collect()
+    }
+
+    /// Pauses or resumes `kind` for `tenant` (`None`: for every tenant).
+    pub fn set_paused(&mut self, kind: JobKind, tenant: Option<Tenant>, paused: bool) {
+        if paused {
+            self.paused.insert((kind, tenant));
+        } else {
+            self.paused.remove(&(kind, tenant));
+        }
+    }
+
+    /// Drops a waiting job entirely.
+    fn forget(&mut self, id: JobId) {
+        let Some(job) = self.waiting.remove(&id) else {
+            return;
+        };
+        let place = job.place();
+        if let Some(due) = job.due {
+            self.delayed.remove(&(due, job.seq, id));
+        }
+        if let Some(key) = job.key() {
+            if let Some(state) = self.keys.get_mut(&key) {
+                if state.line.remove(&place).is_none() {
+                    // It was a candidate, holding a slot.
+                    state.held = state.held.saturating_sub(1);
+                }
+            }
+        }
+        if let Some(queue) = self.kinds.get_mut(&job.kind) {
+            if let Some(line) = queue.tenants.get_mut(&job.tenant) {
+                line.remove(&place);
+                if line.is_empty() {
+                    queue.tenants.remove(&job.tenant);
+                    queue.turns.retain(|t| *t != job.tenant);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(tenant: &str, seq: u64, priority: i32, key: Option<(&str, u32)>) -> Waiting {
+        Waiting {
+            job: JobId::new(),
+            tenant: Tenant::parse(tenant).unwrap(),
+            kind: JobKind::parse("work").unwrap(),
+            attempt: 1,
+            generation: 0,
+            priority,
+            concurrency: key.map(|(k, limit)| ConcurrencyKey {
+                key: k.into(),
+                limit,
+            }),
+            due: None,
+            seq,
+            body: Bytes::new(),
+            reply: String::new(),
+        }
+    }
+
+    fn drain(q: &mut Queues, now: DateTime<Utc>) -> Vec<Waiting> {
+        let kind = JobKind::parse("work").unwrap();
+        std::iter::from_fn(|| q.pick(&kind, now)).collect()
+    }
+
+    #[test]
+    fn tenants_take_turns_whatever_their_backlog() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        for seq in 0..100 {
+            q.add(job("a", seq, 0, None), now);
+        }
+        for seq in 100..103 {
+            q.add(job("b", seq, 0, None), now);
+        }
+        let order: Vec<String> = drain(&mut q, now)
+            .iter()
+            .map(|j| j.tenant.to_string())
+            .collect();
+        assert_eq!(&order[..6], ["a", "b", "a", "b", "a", "b"]);
+        assert!(order[6..].iter().all(|t| t == "a"));
+    }
+
+    #[test]
+    fn higher_priority_overtakes_across_tenants() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        for seq in 0..10 {
+            q.add(job("a", seq, 0, None), now);
+        }
+        let urgent = job("b", 10, 5, None);
+        let id = urgent.job;
+        q.add(urgent, now);
+        assert_eq!(drain(&mut q, now)[0].job, id);
+    }
+
+    #[test]
+    fn a_full_key_holds_its_jobs_until_an_attempt_ends() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        for seq in 0..3 {
+            q.add(job("a", seq, 0, Some(("acct", 1))), now);
+        }
+        q.add(job("a", 3, 0, None), now);
+        let first = drain(&mut q, now);
+        assert_eq!(first.len(), 2, "one keyed job and the unkeyed one");
+        let keyed = first.iter().find(|j| j.concurrency.is_some()).unwrap();
+        assert!(drain(&mut q, now).is_empty());
+        q.ended(keyed.job, Some(1));
+        assert_eq!(drain(&mut q, now).len(), 1);
+    }
+
+    #[test]
+    fn a_pause_holds_a_kind_for_one_tenant_or_all() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let kind = JobKind::parse("work").unwrap();
+        q.add(job("a", 0, 0, None), now);
+        q.add(job("b", 1, 0, None), now);
+        q.set_paused(kind.clone(), Some(Tenant::parse("a").unwrap()), true);
+        let got = drain(&mut q, now);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tenant.as_str(), "b");
+        q.set_paused(kind.clone(), None, true);
+        q.set_paused(kind.clone(), Some(Tenant::parse("a").unwrap()), false);
+        assert!(drain(&mut q, now).is_empty());
+        q.set_paused(kind, None, false);
+        assert_eq!(drain(&mut q, now).len(), 1);
+    }
+
+    #[test]
+    fn delayed_jobs_wait_for_their_time_and_redeliveries_are_one_job() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let mut later = job("a", 0, 0, None);
+        later.due = Some(now + chrono::Duration::seconds(5));
+        q.add(later.clone(), now);
+        q.add(later.clone(), now);
+        assert_eq!(q.waiting(), 1);
+        assert!(drain(&mut q, now).is_empty());
+        q.promote_due(now + chrono::Duration::seconds(6));
+        assert_eq!(drain(&mut q, now).len(), 1);
+        assert_eq!(q.add(later, now), Added::AlreadyReleased);
+    }
+}
