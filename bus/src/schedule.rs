@@ -11,6 +11,15 @@ use futures::TryStreamExt;
 use crate::publish::PendingAck;
 use crate::{Bus, Error, Result};
 
+/// Where the released run commands of a kind stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Released and not yet taken by a worker.
+    pub waiting: u64,
+    /// Deliveries to workers so far (a counter: its growth is the rate workers take them).
+    pub taken: u64,
+}
+
 impl Bus {
     /// The scheduler's consumer of waiting run commands, made anew: every command still waiting
     /// is delivered to this caller at once, whatever an earlier active scheduler held.
@@ -27,13 +36,16 @@ impl Bus {
         self.pull_consumer(&spec).await
     }
 
-    /// How many released run commands of `kind` wait for a worker to take them; `None` while no
-    /// worker has made the kind's consumer (nothing would take them).
-    pub async fn released_backlog(&self, kind: &JobKind) -> Result<Option<u64>> {
+    /// How the workers of `kind` take its released run commands; `None` while no worker has made
+    /// the kind's consumer (nothing would take them).
+    pub async fn released_flow(&self, kind: &JobKind) -> Result<Option<Flow>> {
         let durable = format!("worker-{}", kind.token());
         let stream = self.commands_stream().await?;
         match stream.consumer_info(&durable).await {
-            Ok(info) => Ok(Some(info.num_pending)),
+            Ok(info) => Ok(Some(Flow {
+                waiting: info.num_pending,
+                taken: info.delivered.consumer_sequence,
+            })),
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
             Err(e) => {
                 let failure = crate::error::Failure::from(e);

@@ -398,7 +398,11 @@ pub(super) async fn kinds(target: Target, command: KindsCommand) -> anyhow::Resu
                 .await?
         }
         KindsCommand::Pauses { all_tenants } => {
-            let path = if all_tenants { "/v1/admin/pauses" } else { "/v1/pauses" };
+            let path = if all_tenants {
+                "/v1/admin/pauses"
+            } else {
+                "/v1/pauses"
+            };
             c.call(Method::GET, path, None, &[]).await?
         }
     };

@@ -21,6 +21,7 @@ mod push_kinds;
 mod readme;
 mod rebuild_reads;
 mod replay;
+mod scheduling;
 mod secrets;
 mod shutdown;
 mod slots;

@@ -57,11 +57,44 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// The most waiting commands one pull asks for.
 const BATCH: usize = 1024;
 
+/// The smallest window: what keeps workers fed between two rounds when they take few.
+const MIN_WINDOW: u64 = 16;
+
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
-    /// Per kind, how many released commands may wait for a worker to take them.
+    /// Per kind, the most released commands that may wait for a worker to take them. Within it,
+    /// the window follows the rate workers take the kind's jobs (what they take in a tenth of a
+    /// second, at least [`MIN_WINDOW`]), so a slow kind has few jobs already handed out.
     pub window: u64,
+}
+
+/// How fast the workers of a kind take its released commands, to size its window.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    at: std::time::Instant,
+    taken: u64,
+    /// Deliveries per second, smoothed.
+    rate: f64,
+}
+
+impl Pace {
+    /// Updates the rate with a new reading and returns the window it calls for.
+    fn window(&mut self, taken: u64, max: u64) -> u64 {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64();
+        if secs >= 0.05 {
+            let rate = taken.saturating_sub(self.taken) as f64 / secs;
+            self.rate = if rate > self.rate {
+                rate
+            } else {
+                0.8 * self.rate + 0.2 * rate
+            };
+            self.at = now;
+            self.taken = taken;
+        }
+        ((self.rate * 0.1) as u64).clamp(MIN_WINDOW.min(max), max)
+    }
 }
 
 impl Default for SchedulerSettings {
@@ -162,6 +195,7 @@ async fn schedule(
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let commands = bus.commands_stream().await?;
+    let mut paces = std::collections::HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -184,7 +218,7 @@ async fn schedule(
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the pauses' watch").into()),
             },
-            _ = round.tick() => release(bus, settings, &mut queues).await?,
+            _ = round.tick() => release(bus, settings, &mut queues, &mut paces).await?,
             _ = reconcile.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(RECONCILE_EVERY).expect("short");
                 for (job, kind) in queues.running_before(before).into_iter().take(1000) {
@@ -279,15 +313,23 @@ async fn release(
     bus: &Bus,
     settings: &SchedulerSettings,
     queues: &mut Queues,
+    paces: &mut std::collections::HashMap<events::JobKind, Pace>,
 ) -> crate::Result<()> {
     let now = Utc::now();
     queues.promote_due(now);
     for kind in queues.ready_kinds() {
         // No worker has made the kind's consumer yet: nothing would take a release.
-        let Some(backlog) = bus.released_backlog(&kind).await? else {
+        let Some(flow) = bus.released_flow(&kind).await? else {
             continue;
         };
-        let budget = settings.window.saturating_sub(backlog);
+        let pace = paces.entry(kind.clone()).or_insert(Pace {
+            at: std::time::Instant::now(),
+            taken: flow.taken,
+            rate: 0.0,
+        });
+        let budget = pace
+            .window(flow.taken, settings.window)
+            .saturating_sub(flow.waiting);
         let mut picked = Vec::new();
         while (picked.len() as u64) < budget {
             match queues.pick(&kind, now) {

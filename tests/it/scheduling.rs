@@ -1,0 +1,346 @@
+//! What runs next: tenants' fair share, priorities, concurrency keys (across worker processes,
+//! through a SIGKILL and a scheduler takeover), and pausing. Each asserts order or overlap from
+//! the event log (stream order), never a wall-clock time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bus::jetstream::DeliverPolicy;
+use events::JobEvent;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use testkit::{id_of, Env};
+
+use crate::BUILD;
+
+/// One job's life as the log tells it.
+#[derive(Debug, Default, Clone)]
+struct Life {
+    tenant: String,
+    /// Stream sequence of its first `job.started`, and which worker ran it.
+    started: Option<(u64, String)>,
+    /// Stream sequence of its terminal event.
+    ended: Option<u64>,
+}
+
+/// The namespace's event log, read as it grows.
+struct Log {
+    lives: HashMap<String, Life>,
+    messages:
+        std::pin::Pin<Box<dyn futures::Stream<Item = bus::Result<bus::jetstream::Message>> + Send>>,
+}
+
+impl Log {
+    async fn open(env: &Env) -> Self {
+        let js = env.js().await;
+        let stream = js
+            .get_stream(format!("{}_EVENTS", env.ns.to_uppercase()))
+            .await
+            .expect("EVENTS stream");
+        let (messages, _) =
+            bus::ordered::ordered(stream, format!("{}.events.>", env.ns), DeliverPolicy::All)
+                .await
+                .expect("read EVENTS");
+        Self {
+            lives: HashMap::new(),
+            messages: Box::pin(messages),
+        }
+    }
+
+    /// Reads on until `done` holds (two minutes at most).
+    async fn until(&mut self, what: &str, done: impl Fn(&HashMap<String, Life>) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !done(&self.lives) {
+            let next = tokio::time::timeout_at(deadline, self.messages.next()).await;
+            let msg = match next {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(other) => panic!("reading the log failed: {other:?}"),
+                Err(_) => panic!("the log never showed {what} within two minutes"),
+            };
+            let seq = msg.info().expect("a JetStream message").stream_sequence;
+            let ev = bus::decode_event(msg.headers.as_ref(), &msg.payload).expect("an event");
+            let life = self.lives.entry(ev.job.to_string()).or_default();
+            life.tenant = ev.tenant.to_string();
+            match ev.payload {
+                JobEvent::Started(s) if life.started.is_none() => {
+                    life.started = Some((seq, s.worker))
+                }
+                e if e.is_terminal() => life.ended = Some(seq),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn started_of(lives: &HashMap<String, Life>, tenant: &str) -> usize {
+    lives
+        .values()
+        .filter(|l| l.tenant == tenant && l.started.is_some())
+        .count()
+}
+
+fn sleep_job(ms: u64) -> Value {
+    json!({"kind": "sleep", "payload": {"ms": ms, "steps": 1}})
+}
+
+/// A deployment whose one worker runs 8 jobs at once: a backlog of thousands takes seconds.
+async fn small_worker() -> (Env, testkit::Proc, testkit::Api) {
+    let mut env = Env::new(BUILD).await;
+    env.set("CONVEYOR_WORKER_CONCURRENCY", "8")
+        .set("CONVEYOR_RATE_LIMIT", "100000")
+        .set("CONVEYOR_RATE_BURST", "100000");
+    let (dev, api) = env.spawn_http("dev").await;
+    (env, dev, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_tenant_is_not_stuck_behind_a_large_backlog() {
+    let (env, _dev, acme) = small_worker().await;
+    let beta = acme.with_token(&env.token("beta", "jobs:write jobs:read"));
+    let mut log = Log::open(&env).await;
+    for _ in 0..5 {
+        acme.submit_batch(vec![sleep_job(20); 1000]).await;
+    }
+    beta.submit_batch(vec![sleep_job(20); 20]).await;
+    log.until("beta's 20 jobs started", |l| started_of(l, "beta") == 20)
+        .await;
+    let last_beta = log
+        .lives
+        .values()
+        .filter(|l| l.tenant == "beta")
+        .filter_map(|l| l.started.as_ref().map(|(seq, _)| *seq))
+        .max()
+        .unwrap();
+    let acme_before = log
+        .lives
+        .values()
+        .filter(|l| l.tenant == "acme")
+        .filter(|l| l.started.as_ref().is_some_and(|(seq, _)| *seq < last_beta))
+        .count();
+    eprintln!("acme jobs started before beta's last: {acme_before} of 5000");
+    assert!(
+        acme_before <= 1000,
+        "{acme_before} of acme's 5000 jobs started before beta's last one: beta waited behind acme's backlog"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_high_priority_job_overtakes_a_waiting_backlog() {
+    let (env, _dev, api) = small_worker().await;
+    let mut log = Log::open(&env).await;
+    for _ in 0..5 {
+        api.submit_batch(vec![sleep_job(20); 1000]).await;
+    }
+    let mut urgent = sleep_job(20);
+    urgent["priority"] = json!(10);
+    let urgent = id_of(&api.submit(urgent).await);
+    log.until("the urgent job started", |l| {
+        l.get(&urgent).is_some_and(|u| u.started.is_some())
+    })
+    .await;
+    let at = log.lives[&urgent].started.as_ref().unwrap().0;
+    let before = log
+        .lives
+        .iter()
+        .filter(|(id, l)| **id != urgent && l.started.as_ref().is_some_and(|(seq, _)| *seq < at))
+        .count();
+    eprintln!("backlog jobs started before the urgent one: {before} of 5000");
+    assert!(
+        before <= 1000,
+        "{before} of the 5000 waiting jobs started before the priority-10 job"
+    );
+    // Bad priorities are refused, not clamped.
+    let mut bad = sleep_job(1);
+    bad["priority"] = json!(1000);
+    let (status, problem) = api.post("/v1/jobs", &bad).await;
+    assert_eq!(status, 422, "{problem}");
+}
+
+/// The worker process (by pid) that ran `job`, from its `job.started`'s worker name
+/// (`<host>-<pid>`).
+fn pid_of(life: &Life) -> u32 {
+    let worker = &life.started.as_ref().expect("started").1;
+    worker
+        .rsplit('-')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in worker name {worker}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrency_key_never_runs_two_at_once_across_workers_and_crashes() {
+    let mut env = Env::new(BUILD).await;
+    // A killed worker's job comes back after 3 s, not 30.
+    env.set("CONVEYOR_ACK_WAIT_MS", "3000")
+        .set("CONVEYOR_RATE_LIMIT", "100000");
+    let (_api, api) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let mut workers: Vec<(testkit::Proc, String)> = Vec::new();
+    for _ in 0..3 {
+        workers.push(env.spawn_ops("worker").await);
+    }
+    let mut log = Log::open(&env).await;
+    let keyed = |ms: u64| {
+        let mut job = sleep_job(ms);
+        job["concurrency"] = json!({"key": "account-42", "limit": 1});
+        job
+    };
+    // A long job first, killed mid-run with its worker.
+    let long = id_of(&api.submit(keyed(2_000)).await);
+    api.submit_batch(vec![keyed(20); 199]).await;
+    log.until("the long job started", |l| {
+        l.get(&long).is_some_and(|j| j.started.is_some())
+    })
+    .await;
+    let victim = pid_of(&log.lives[&long]);
+    let at = workers
+        .iter()
+        .position(|(p, _)| p.pid() == victim)
+        .expect("the long job ran in one of the workers");
+    workers[at].0.kill().await;
+    workers[at] = env.spawn_ops("worker").await;
+
+    // Then the active scheduler too, mid-backlog, wherever it runs.
+    log.until("a quarter of the jobs ended", |l| {
+        l.values().filter(|j| j.ended.is_some()).count() >= 50
+    })
+    .await;
+    let mut killed_scheduler = false;
+    for (proc, ops) in workers.iter_mut() {
+        let metrics = reqwest::get(format!("{ops}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("conveyor_scheduler_leader") && l.ends_with(" 1"))
+        {
+            proc.kill().await;
+            killed_scheduler = true;
+            break;
+        }
+    }
+    assert!(
+        killed_scheduler,
+        "no worker process said it was the active scheduler"
+    );
+
+    log.until("all 200 jobs ended", |l| {
+        l.values().filter(|j| j.ended.is_some()).count() == 200
+    })
+    .await;
+    let done = api.wait_terminal(&long).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // In log order, never two of the key's jobs between `started` and their end.
+    let mut edges: Vec<(u64, i32)> = log
+        .lives
+        .values()
+        .flat_map(|l| [(l.started.as_ref().unwrap().0, 1), (l.ended.unwrap(), -1)])
+        .collect();
+    edges.sort();
+    let mut running = 0;
+    for (seq, d) in edges {
+        running += d;
+        assert!(
+            running <= 1,
+            "two jobs of concurrency key account-42 ran at once (seq {seq})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_kind_keeps_its_jobs_queued_until_resumed() {
+    let env = Env::new(BUILD).await;
+    let (_dev, acme) = env.spawn_http("dev").await;
+    let beta = acme.with_token(&env.token("beta", "jobs:write jobs:read"));
+    let operator = acme.with_token(&env.token("ops", "operator"));
+
+    // A tenant pauses its own jobs of a kind; another tenant's run on.
+    let (status, paused) = acme.post("/v1/kinds/noop/pause", &json!({})).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], true);
+    let mut acme_jobs = Vec::new();
+    for _ in 0..3 {
+        acme_jobs.push(id_of(&acme.submit(json!({"kind": "noop"})).await));
+    }
+    let other = id_of(&beta.submit(json!({"kind": "noop"})).await);
+    assert_eq!(beta.wait_terminal(&other).await["status"], "succeeded");
+    // A job of another kind, submitted after, has run: the paused ones were passed over.
+    let after = id_of(
+        &acme
+            .submit(json!({"kind": "sleep", "payload": {"ms": 1}}))
+            .await,
+    );
+    assert_eq!(acme.wait_terminal(&after).await["status"], "succeeded");
+    for id in &acme_jobs {
+        assert_eq!(
+            acme.timeline(id).await,
+            ["submitted"],
+            "job {id} started while paused"
+        );
+    }
+    let (_, listed) = acme.get("/v1/pauses").await;
+    assert_eq!(listed["items"][0]["kind"], "noop", "{listed}");
+    assert_eq!(listed["items"][0]["tenant"], "acme", "{listed}");
+
+    // An operator pauses the kind for every tenant; the tenant's own resume does not lift it.
+    assert_eq!(
+        acme.post("/v1/admin/kinds/noop/pause", &json!({})).await.0,
+        403
+    );
+    let (status, all) = operator
+        .post("/v1/admin/kinds/noop/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["tenant"], Value::Null);
+    assert_eq!(acme.post("/v1/kinds/noop/resume", &json!({})).await.0, 200);
+    let beta_held = id_of(&beta.submit(json!({"kind": "noop"})).await);
+    let after = id_of(
+        &beta
+            .submit(json!({"kind": "sleep", "payload": {"ms": 1}}))
+            .await,
+    );
+    assert_eq!(beta.wait_terminal(&after).await["status"], "succeeded");
+    for id in acme_jobs.iter().chain([&beta_held]) {
+        assert_eq!(
+            acme_or(&acme, &beta, id).await,
+            "queued",
+            "job {id} started while paused for all"
+        );
+    }
+    let (_, every) = operator.get("/v1/admin/pauses").await;
+    assert_eq!(every["items"].as_array().map(Vec::len), Some(1), "{every}");
+
+    // Resumed: everything held runs.
+    assert_eq!(
+        operator
+            .post("/v1/admin/kinds/noop/resume", &json!({}))
+            .await
+            .0,
+        200
+    );
+    for id in &acme_jobs {
+        assert_eq!(acme.wait_terminal(id).await["status"], "succeeded");
+    }
+    assert_eq!(beta.wait_terminal(&beta_held).await["status"], "succeeded");
+    let (status, bad) = operator
+        .post(
+            "/v1/admin/kinds/noop/pause?tenant=Not%20A%20Tenant",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+}
+
+/// A job's status, asked as whichever tenant owns it.
+async fn acme_or(acme: &testkit::Api, beta: &testkit::Api, id: &str) -> String {
+    for api in [acme, beta] {
+        let (status, job) = api.get(&format!("/v1/jobs/{id}")).await;
+        if status == 200 {
+            return job["status"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+    panic!("job {id} not found for either tenant")
+}
