@@ -36,6 +36,17 @@ impl Bus {
         self.pull_consumer(&spec).await
     }
 
+    /// Whether the scheduler's consumer is still `mine` (a scheduler that took over since has
+    /// made its own): what fences off a scheduler that lost its leadership without noticing yet.
+    pub async fn holds_scheduler_consumer(&self, mine: &Consumer<pull::Config>) -> Result<bool> {
+        let stream = self.commands_stream().await?;
+        match stream.consumer_info(streams::SCHEDULER_CONSUMER).await {
+            Ok(info) => Ok(info.created == mine.cached_info().created),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::consumer(e)),
+        }
+    }
+
     /// How the workers of `kind` take its released run commands; `None` while no worker has made
     /// the kind's consumer (nothing would take them).
     pub async fn released_flow(&self, kind: &JobKind) -> Result<Option<Flow>> {

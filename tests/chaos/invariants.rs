@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
+use events::{Envelope, JobEvent};
 use serde_json::Value;
 
 use crate::faults::Roles;
@@ -93,11 +94,11 @@ pub(crate) async fn check(
 
     // The log, read whole.
     let log = read_log(env).await;
-    let readable: BTreeSet<i64> = log.iter().map(|(seq, _, _)| *seq).collect();
+    let readable: BTreeSet<i64> = log.iter().map(|(seq, _)| *seq).collect();
     let mut terminals: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, job, ty) in &log {
-        if matches!(ty.as_str(), "succeeded" | "dead_lettered" | "cancelled") {
-            *terminals.entry(job.clone()).or_default() += 1;
+    for (_, ev) in &log {
+        if ev.payload.is_terminal() {
+            *terminals.entry(ev.job.to_string()).or_default() += 1;
         }
     }
     let all_jobs: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs")
@@ -112,6 +113,10 @@ pub(crate) async fn check(
         }
     }
     report.push(("each job has exactly one terminal event in the log", v));
+    report.push((
+        "no concurrency key ever ran more jobs at once than its limit",
+        key_overlaps(&log),
+    ));
 
     let rows: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
         .fetch_all(&db)
@@ -173,8 +178,48 @@ pub(crate) async fn check(
     report
 }
 
-/// `(seq, job, event name)` of every event of the log conveyor can read (poison left out).
-async fn read_log(env: &testkit::Env) -> Vec<(i64, String, String)> {
+/// Every attempt of a job with a concurrency key runs from its `job.started` to its `job.failed`
+/// or the job's terminal event; in log order, never more of a key's attempts open at once than
+/// its limit.
+fn key_overlaps(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
+    let mut keys: HashMap<String, (String, u32)> = HashMap::new();
+    let mut open: HashMap<String, u32> = HashMap::new();
+    let mut running: HashMap<String, u32> = HashMap::new();
+    let mut v = Vec::new();
+    for (seq, ev) in log {
+        let job = ev.job.to_string();
+        match &ev.payload {
+            JobEvent::Submitted(s) => {
+                if let Some(c) = &s.scheduling.concurrency {
+                    keys.insert(job, (c.key.clone(), c.limit));
+                }
+            }
+            JobEvent::Started(_) => {
+                let Some((key, limit)) = keys.get(&job) else {
+                    continue;
+                };
+                // A repeated `started` (published again without its id) opens nothing new.
+                if open.insert(job.clone(), 1).is_none() {
+                    let n = running.entry(key.clone()).or_default();
+                    *n += 1;
+                    if *n > *limit {
+                        v.push(format!("{n} jobs of key {key} (limit {limit}) ran at once at seq {seq}"));
+                    }
+                }
+            }
+            e if matches!(e, JobEvent::Failed(_)) || e.is_terminal() => {
+                if let (Some((key, _)), Some(_)) = (keys.get(&job), open.remove(&job)) {
+                    *running.entry(key.clone()).or_default() -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// `(seq, event)` of every event of the log conveyor can read (poison left out).
+async fn read_log(env: &testkit::Env) -> Vec<(i64, Envelope<JobEvent>)> {
     let js = env.js().await;
     let name = format!("{}_EVENTS", env.ns.to_uppercase());
     let mut stream = js.get_stream(&name).await.expect("EVENTS");
@@ -197,7 +242,7 @@ async fn read_log(env: &testkit::Env) -> Vec<(i64, String, String)> {
         let msg: jetstream::Message = msg.expect("a message");
         let seq = msg.info().expect("JetStream message").stream_sequence;
         if let Ok(ev) = bus::decode_event(msg.headers.as_ref(), &msg.payload) {
-            out.push((seq as i64, ev.job.to_string(), ev.payload.name().to_owned()));
+            out.push((seq as i64, ev));
         }
         if seq >= last {
             break;

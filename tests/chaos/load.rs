@@ -151,13 +151,28 @@ impl Load {
 /// A job of the mix: its body, its expected outcome, whether to cancel it.
 fn pick_job(rng: &mut StdRng) -> (Value, Expect, bool) {
     match rng.random_range(0..100) {
-        0..=39 => (json!({ "kind": "noop" }), Expect::Succeeded, false),
-        40..=59 => (
+        0..=39 => (
+            json!({ "kind": "noop", "priority": rng.random_range(-3..=3) }),
+            Expect::Succeeded,
+            false,
+        ),
+        40..=49 => (
             json!({ "kind": "sleep", "payload": {
                 "ms": rng.random_range(100..1500), "steps": rng.random_range(2..5) } }),
             Expect::Succeeded,
             false,
         ),
+        50..=59 => {
+            // A concurrency key: three keys, limits 1, 2 and 1.
+            let k = rng.random_range(0..3);
+            (
+                json!({ "kind": "sleep",
+                        "payload": { "ms": rng.random_range(50..400), "steps": 2 },
+                        "concurrency": { "key": format!("chaos-{k}"), "limit": 1 + k % 2 } }),
+                Expect::Succeeded,
+                false,
+            )
+        }
         60..=74 => (
             json!({ "kind": "flaky", "max_attempts": 4,
                     "payload": { "fail_times": rng.random_range(1..3) } }),

@@ -11,6 +11,10 @@
 //! a kind of their own through either API, vanishing with a job now and then and reporting twice
 //! now and then; and a push kind is delivered by the workers to the test's endpoint.
 //!
+//! The load mixes priorities and concurrency keys in, so the scheduler (active in one of the two
+//! workers, standing by in the other) is killed and frozen with them, and raced by its standby
+//! when Postgres ends its lock session.
+//!
 //! Faults: SIGKILL and restart of each role (several at once too), SIGSTOP of a worker for
 //! longer than the ack wait, a NATS server kill and restart (store kept), a Postgres crash and
 //! restart (immediate shutdown: asynchronous commits not yet flushed are lost), Postgres
@@ -20,7 +24,8 @@
 //!
 //! Invariants, checked once everything is back and quiet: every accepted job is in the read
 //! model, terminal, with the outcome its kind implies; no job is left unfinished; each job has
-//! exactly one terminal event in the log; `job_events` holds one row per readable event of the
+//! exactly one terminal event in the log; no concurrency key ever had more attempts between
+//! `job.started` and their end than its limit; `job_events` holds one row per readable event of the
 //! log, none missing, none extra; `job_stats` equals a recount of `jobs`; every ended job with a
 //! webhook got a correctly signed delivery of its terminal event, and no delivery came for a job
 //! that did not end; a report of an HTTP worker after its attempt's outcome is refused; a

@@ -54,6 +54,11 @@ const ROUND: Duration = Duration::from_millis(10);
 /// How often released attempts are checked against the stream.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
+/// How long a scheduler taking over waits between taking the consumer and counting the attempts
+/// under way: longer than a round of a scheduler that lost its lock and has not noticed, which
+/// checks the consumer is still its own before it releases anything.
+const FENCE: Duration = Duration::from_secs(1);
+
 /// The most waiting commands one pull asks for.
 const BATCH: usize = 1024;
 
@@ -148,14 +153,20 @@ async fn schedule(
     term: &CancellationToken,
 ) -> crate::Result<()> {
     let mut queues = Queues::default();
-    // Attempt ends from now on first, then the attempts under way: an attempt that ends in
-    // between is both counted and seen ending.
+    // Attempt ends from now on first, then the consumer (which fences off an earlier scheduler,
+    // see `release`), then, once a round of that one would be over, the attempts under way: an
+    // attempt that ends in between is both counted and seen ending.
     let (mut ends, _) = bus::ordered::ordered(
         bus.events_stream().await?,
         bus.ns().attempt_end_events(),
         DeliverPolicy::New,
     )
     .await?;
+    let consumer = bus.fresh_scheduler_consumer().await?;
+    tokio::select! {
+        () = tokio::time::sleep(FENCE) => {}
+        () = term.cancelled() => return Ok(()),
+    }
     let now = Utc::now();
     for cmd in bus.released_commands().await? {
         if let Command::Run(run) = &cmd.payload {
@@ -177,7 +188,6 @@ async fn schedule(
         .watch_with_history(">")
         .await
         .map_err(bus::Error::bucket)?;
-    let consumer = bus.fresh_scheduler_consumer().await?;
     let mut arrivals = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -218,7 +228,15 @@ async fn schedule(
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the pauses' watch").into()),
             },
-            _ = round.tick() => release(bus, settings, &mut queues, &mut paces).await?,
+            _ = round.tick() => {
+                if !queues.ready_kinds().is_empty() || queues.next_due().is_some_and(|d| d <= Utc::now()) {
+                    if !bus.holds_scheduler_consumer(&consumer).await? {
+                        tracing::warn!("another scheduler took over; this one stops");
+                        return Ok(());
+                    }
+                    release(bus, settings, &mut queues, &mut paces).await?;
+                }
+            }
             _ = reconcile.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(RECONCILE_EVERY).expect("short");
                 for (job, kind) in queues.running_before(before).into_iter().take(1000) {
