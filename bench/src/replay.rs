@@ -37,6 +37,7 @@ pub(crate) async fn fill(bus: &Bus, events: u64) -> anyhow::Result<f64> {
                 run_at: None,
                 webhook: None,
                 scheduling: Default::default(),
+                schedule: None,
             }),
             JobEvent::Started(Started {
                 attempt: 1,

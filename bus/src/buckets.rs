@@ -72,6 +72,11 @@ impl Bus {
         self.bucket(self.ns.pauses_bucket()).await
     }
 
+    /// The schedules.
+    pub async fn schedules(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.schedules_bucket()).await
+    }
+
     /// The failed-webhook-deliveries bucket.
     pub async fn webhook_failures(&self) -> Result<kv::Store> {
         self.bucket(self.ns.webhook_failures_bucket()).await

@@ -71,6 +71,8 @@ impl Bus {
             .await?;
         self.ensure_kv(&self.ns.pauses_bucket(), Duration::ZERO)
             .await?;
+        self.ensure_kv(&self.ns.schedules_bucket(), Duration::ZERO)
+            .await?;
         self.results().await?;
         self.ensure_consumer(&streams::webhook_fanin_consumer(&self.ns))
             .await?;

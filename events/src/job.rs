@@ -87,6 +87,18 @@ pub struct Submitted {
     /// What decides when it starts among the other waiting jobs of its kind.
     #[serde(flatten)]
     pub scheduling: Scheduling,
+    /// The schedule tick that submitted it, if a schedule did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<FromSchedule>,
+}
+
+/// The schedule and tick a job was submitted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FromSchedule {
+    /// The schedule's id.
+    pub id: String,
+    /// The tick.
+    pub tick: DateTime<Utc>,
 }
 
 /// What the scheduler weighs, besides the order of arrival and the tenants' fair share, to decide
@@ -434,6 +446,10 @@ mod tests {
                         limit: 2,
                     }),
                 },
+                schedule: Some(FromSchedule {
+                    id: "nightly".into(),
+                    tick: now,
+                }),
             }),
             JobEvent::Started(Started {
                 attempt: 1,

@@ -25,6 +25,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod pause;
 pub mod retry;
+pub mod schedule;
 pub mod streams;
 pub mod subjects;
 pub mod webhooks;

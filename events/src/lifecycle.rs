@@ -17,7 +17,7 @@
 //!
 //! let job = JobId::new();
 //! let submitted = Submitted { payload: serde_json::json!({}), max_attempts: 2, timeout_ms: 1000,
-//!     run_at: None, webhook: None, scheduling: Default::default() };
+//!     run_at: None, webhook: None, scheduling: Default::default(), schedule: None };
 //! let queued = lifecycle::submit(job, submitted, Utc::now());
 //! let Some(Command::Run(run)) = queued.command.map(|c| c.payload) else { unreachable!() };
 //! let policy = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(60));

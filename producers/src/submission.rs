@@ -168,9 +168,26 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
                 priority,
                 concurrency,
             },
+            schedule: None,
         },
         host,
     ))
+}
+
+/// Refuses what a schedule's job cannot have: a `run_at` (its ticks say when) or an idempotency
+/// key (its ticks give its ids).
+pub(crate) fn check_for_schedule(req: &SubmitJob) -> ApiResult<()> {
+    if req.run_at.is_some() {
+        return Err(unprocessable(
+            "a schedule's jobs take no `run_at`: its ticks say when they run",
+        ));
+    }
+    if req.idempotency_key.is_some() {
+        return Err(unprocessable(
+            "a schedule's jobs take no `idempotency_key`: each tick's job has an id of its own",
+        ));
+    }
+    Ok(())
 }
 
 /// The idempotency key of a submission: `given` apart (the `Idempotency-Key` header's bytes),

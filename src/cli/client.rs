@@ -106,6 +106,58 @@ pub(super) enum KindsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(super) enum SchedulesCommand {
+    /// Create (or replace) a schedule: `conveyor schedules create nightly report.job_stats
+    /// --cron '0 0 2 * * *' --timezone Europe/Paris`, or `--every 30s`.
+    Create {
+        /// Its name (letters, digits, `-`, `_`).
+        id: String,
+        /// The kind of the job each tick submits.
+        kind: String,
+        /// A cron expression: 5 fields, or 6 with seconds first.
+        #[arg(long, required_unless_present = "every", conflicts_with = "every")]
+        cron: Option<String>,
+        /// The IANA time zone the cron expression is read in (default UTC).
+        #[arg(long, requires = "cron")]
+        timezone: Option<String>,
+        /// An interval instead of a cron expression (`30s`, `1h 30m`).
+        #[arg(long)]
+        every: Option<String>,
+        /// The job's payload as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Ticks missed by more than a minute: `skip` (default) or `once`.
+        #[arg(long)]
+        catch_up: Option<String>,
+        /// Higher starts first (-100 to 100).
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+    },
+    /// List your schedules.
+    List,
+    /// Show a schedule, with its next tick.
+    Get {
+        /// The schedule's id.
+        id: String,
+    },
+    /// Delete a schedule.
+    Delete {
+        /// The schedule's id.
+        id: String,
+    },
+    /// Pause a schedule: no tick fires until it is resumed.
+    Pause {
+        /// The schedule's id.
+        id: String,
+    },
+    /// Resume a paused schedule from its next tick.
+    Resume {
+        /// The schedule's id.
+        id: String,
+    },
+}
+
 /// Whose jobs a pause holds.
 #[derive(Debug, clap::Args)]
 pub(super) struct PauseScope {
@@ -404,6 +456,74 @@ pub(super) async fn kinds(target: Target, command: KindsCommand) -> anyhow::Resu
                 "/v1/pauses"
             };
             c.call(Method::GET, path, None, &[]).await?
+        }
+    };
+    print(&out);
+    Ok(())
+}
+
+pub(super) async fn schedules(target: Target, command: SchedulesCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let out = match command {
+        SchedulesCommand::Create {
+            id,
+            kind,
+            cron,
+            timezone,
+            every,
+            payload,
+            catch_up,
+            priority,
+        } => {
+            let mut body = json!({ "id": id, "kind": kind });
+            if let Some(p) = payload {
+                body["payload"] = serde_json::from_str(&p)
+                    .context("--payload is not valid JSON (e.g. '{\"ms\": 500}')")?;
+            }
+            for (name, value) in [
+                ("cron", cron),
+                ("timezone", timezone),
+                ("every", every),
+                ("catch_up", catch_up),
+            ] {
+                if let Some(v) = value {
+                    body[name] = json!(v);
+                }
+            }
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            c.call(Method::POST, "/v1/schedules", Some(&body), &[])
+                .await?
+        }
+        SchedulesCommand::List => c.call(Method::GET, "/v1/schedules", None, &[]).await?,
+        SchedulesCommand::Get { id } => {
+            c.call(Method::GET, &format!("/v1/schedules/{id}"), None, &[])
+                .await?
+        }
+        SchedulesCommand::Delete { id } => {
+            c.call(Method::DELETE, &format!("/v1/schedules/{id}"), None, &[])
+                .await?;
+            println!("schedule {id} deleted");
+            return Ok(());
+        }
+        SchedulesCommand::Pause { id } => {
+            c.call(
+                Method::POST,
+                &format!("/v1/schedules/{id}/pause"),
+                None,
+                &[],
+            )
+            .await?
+        }
+        SchedulesCommand::Resume { id } => {
+            c.call(
+                Method::POST,
+                &format!("/v1/schedules/{id}/resume"),
+                None,
+                &[],
+            )
+            .await?
         }
     };
     print(&out);

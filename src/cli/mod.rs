@@ -206,6 +206,13 @@ enum Command {
         #[command(subcommand)]
         command: client::KindsCommand,
     },
+    /// Cron and interval schedules: each tick submits a job, once (through the API).
+    Schedules {
+        #[command(flatten)]
+        target: client::Target,
+        #[command(subcommand)]
+        command: client::SchedulesCommand,
+    },
     /// Webhook signing secret and failed deliveries, through the API.
     Webhooks {
         #[command(flatten)]
@@ -290,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { target, command } => client::jobs(target, command).await,
         Command::Events { command } => log::events(command).await,
         Command::Kinds { target, command } => client::kinds(target, command).await,
+        Command::Schedules { target, command } => client::schedules(target, command).await,
         Command::Webhooks { target, command } => client::webhooks(target, command).await,
         Command::Dlq { target, command } => client::dlq(target, command).await,
     }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
-use futures::StreamExt;
 use events::{Envelope, JobEvent};
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::faults::Roles;
@@ -203,7 +203,9 @@ fn key_overlaps(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
                     let n = running.entry(key.clone()).or_default();
                     *n += 1;
                     if *n > *limit {
-                        v.push(format!("{n} jobs of key {key} (limit {limit}) ran at once at seq {seq}"));
+                        v.push(format!(
+                            "{n} jobs of key {key} (limit {limit}) ran at once at seq {seq}"
+                        ));
                     }
                 }
             }

@@ -175,6 +175,7 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
             run_at: None,
             webhook: None,
             scheduling: Default::default(),
+            schedule: None,
         }),
     );
     env.publish_event(&ev).await;

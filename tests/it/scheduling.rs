@@ -23,9 +23,19 @@ struct Life {
     ended: Option<u64>,
 }
 
+/// A `job.submitted` of a schedule's tick.
+#[derive(Debug, Clone)]
+struct Tick {
+    schedule: String,
+    at: chrono::DateTime<chrono::Utc>,
+    job: String,
+}
+
 /// The namespace's event log, read as it grows.
 struct Log {
     lives: HashMap<String, Life>,
+    /// Every `job.submitted` of a schedule, in log order (a repeat would show twice).
+    ticks: Vec<Tick>,
     messages:
         std::pin::Pin<Box<dyn futures::Stream<Item = bus::Result<bus::jetstream::Message>> + Send>>,
 }
@@ -43,25 +53,44 @@ impl Log {
                 .expect("read EVENTS");
         Self {
             lives: HashMap::new(),
+            ticks: Vec::new(),
             messages: Box::pin(messages),
         }
     }
 
     /// Reads on until `done` holds (two minutes at most).
     async fn until(&mut self, what: &str, done: impl Fn(&HashMap<String, Life>) -> bool) {
+        self.until_log(what, |log| done(&log.lives)).await
+    }
+
+    /// Reads on until `done` holds of the whole log (two minutes at most).
+    async fn until_log(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while !done(&self.lives) {
+        while !done(self) {
             let next = tokio::time::timeout_at(deadline, self.messages.next()).await;
             let msg = match next {
                 Ok(Some(Ok(msg))) => msg,
                 Ok(other) => panic!("reading the log failed: {other:?}"),
-                Err(_) => panic!("the log never showed {what} within two minutes"),
+                Err(_) => panic!(
+                    "the log never showed {what} within two minutes ({} jobs, {} schedule ticks seen)",
+                    self.lives.len(),
+                    self.ticks.len()
+                ),
             };
             let seq = msg.info().expect("a JetStream message").stream_sequence;
             let ev = bus::decode_event(msg.headers.as_ref(), &msg.payload).expect("an event");
             let life = self.lives.entry(ev.job.to_string()).or_default();
             life.tenant = ev.tenant.to_string();
             match ev.payload {
+                JobEvent::Submitted(s) => {
+                    if let Some(from) = s.schedule {
+                        self.ticks.push(Tick {
+                            schedule: from.id,
+                            at: from.tick,
+                            job: ev.job.to_string(),
+                        });
+                    }
+                }
                 JobEvent::Started(s) if life.started.is_none() => {
                     life.started = Some((seq, s.worker))
                 }
@@ -343,4 +372,166 @@ async fn acme_or(acme: &testkit::Api, beta: &testkit::Api, id: &str) -> String {
         }
     }
     panic!("job {id} not found for either tenant")
+}
+
+/// The pid of the worker process that is the active scheduler, among `workers` (by their
+/// metrics).
+async fn active_scheduler(workers: &[(testkit::Proc, String)]) -> Option<usize> {
+    for (i, (_, ops)) in workers.iter().enumerate() {
+        let Ok(res) = reqwest::get(format!("{ops}/metrics")).await else {
+            continue;
+        };
+        let metrics = res.text().await.unwrap_or_default();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("conveyor_scheduler_leader") && l.ends_with(" 1"))
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_submits_one_job_per_tick_across_apis_and_a_scheduler_takeover() {
+    let env = Env::new(BUILD).await;
+    let (_api1, api1) = env.spawn_http("api").await;
+    let (_api2, api2) = env.spawn_http("api").await;
+    let _projector = env.spawn("projector").await;
+    let mut workers = vec![env.spawn_ops("worker").await, env.spawn_ops("worker").await];
+    let mut log = Log::open(&env).await;
+
+    // Bad definitions are refused, each with its reason: an unknown field as malformed JSON is.
+    let (status, problem) = api1
+        .post(
+            "/v1/schedules",
+            &json!({"id": "x", "kind": "noop", "every": "1s", "bogus": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bogus"),
+        "{problem}"
+    );
+    for (bad, why) in [
+        (json!({"id": "x", "kind": "noop"}), "cron` or `every"),
+        (
+            json!({"id": "x", "kind": "noop", "cron": "every day"}),
+            "cron expression",
+        ),
+        (
+            json!({"id": "x", "kind": "noop", "cron": "* * * * *", "timezone": "Mars/Base"}),
+            "time zone",
+        ),
+        (
+            json!({"id": "x", "kind": "noop", "every": "10ms"}),
+            "from 1s",
+        ),
+        (
+            json!({"id": "no spaces", "kind": "noop", "every": "1s"}),
+            "`id`",
+        ),
+    ] {
+        let (status, problem) = api1.post("/v1/schedules", &bad).await;
+        assert_eq!(status, 422, "{bad}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap_or_default().contains(why),
+            "{bad}: {problem}"
+        );
+    }
+
+    let (status, created) = api1
+        .post(
+            "/v1/schedules",
+            &json!({"id": "every-second", "every": "1s", "kind": "noop"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, seen) = api2.get("/v1/schedules/every-second").await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen["next_run_at"].is_string(), "{seen}");
+    let scheduled = |log: &Log| {
+        log.ticks
+            .iter()
+            .filter(|t| t.schedule == "every-second")
+            .count()
+    };
+
+    log.until_log("8 ticks", |l| scheduled(l) >= 8).await;
+    // The active scheduler killed mid-schedule; a new worker joins.
+    let active = active_scheduler(&workers)
+        .await
+        .expect("an active scheduler");
+    workers[active].0.kill().await;
+    workers[active] = env.spawn_ops("worker").await;
+    log.until_log("20 ticks", |l| scheduled(l) >= 20).await;
+
+    let (status, paused) = api2
+        .post("/v1/schedules/every-second/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], true);
+    let paused_at = chrono::Utc::now();
+    // Past a few ticks, then a marker job: nothing was scheduled after the pause's answer.
+    let (_, listed) = api1.get("/v1/schedules").await;
+    assert_eq!(listed["items"][0]["id"], "every-second", "{listed}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let marker = id_of(&api1.submit(json!({"kind": "noop"})).await);
+    log.until("the marker job ended", |l| {
+        l.get(&marker).is_some_and(|j| j.ended.is_some())
+    })
+    .await;
+    let ticks: Vec<Tick> = log
+        .ticks
+        .iter()
+        .filter(|t| t.schedule == "every-second")
+        .cloned()
+        .collect();
+    // A tick already being fired as the pause landed may follow it, none later.
+    let last = ticks.iter().map(|t| t.at).max().expect("ticks");
+    assert!(
+        last <= paused_at + chrono::Duration::seconds(1),
+        "a tick at {last} fired after the schedule was paused at {paused_at}"
+    );
+    let (status, _) = api1.get("/v1/schedules/every-second").await;
+    assert_eq!(status, 200);
+    let res = api1
+        .request(reqwest::Method::DELETE, "/v1/schedules/every-second")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(api2.get("/v1/schedules/every-second").await.0, 404);
+
+    // Exactly one job per tick, none missing: consecutive ticks a second apart, each once.
+    let mut at: Vec<_> = ticks.iter().map(|t| t.at).collect();
+    at.sort();
+    let distinct: std::collections::BTreeSet<_> = at.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        ticks.len(),
+        "a tick was submitted twice: {at:?}"
+    );
+    for pair in at.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_milliseconds(),
+            1000,
+            "a tick is missing between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let jobs: std::collections::HashSet<_> = ticks.iter().map(|t| t.job.clone()).collect();
+    assert_eq!(jobs.len(), ticks.len(), "two ticks share a job");
+    for t in &ticks {
+        let done = api1.wait_terminal(&t.job).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    eprintln!(
+        "{} ticks, one job each, across a scheduler takeover",
+        ticks.len()
+    );
 }

@@ -392,6 +392,7 @@ mod tests {
                 run_at: None,
                 webhook: None,
                 scheduling: Default::default(),
+                schedule: None,
             }),
         )
     }

@@ -19,12 +19,16 @@
 //! [`RECONCILE_EVERY`] that the released commands it counts as under way are still in the
 //! stream (a command is removed only once its attempt's outcome is stored).
 //!
+//! It also fires the schedules' ticks ([`ticks`]): each due tick's job is submitted like the
+//! API submits one, with an id derived from the schedule and the tick.
+//!
 //! One scheduler is active per deployment, the others stand by ([`crate::leadership`]); it runs
 //! inside every worker process. Its state is the stream's: a scheduler taking over recreates the
 //! consumer (so every waiting command is delivered to it at once), counts the released commands
 //! still in the stream as attempts under way, and reads the pauses from their bucket.
 
 pub mod queue;
+mod ticks;
 
 use std::time::Duration;
 
@@ -53,6 +57,9 @@ const ROUND: Duration = Duration::from_millis(10);
 
 /// How often released attempts are checked against the stream.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the schedules are checked for due ticks.
+const TICKS: Duration = Duration::from_millis(200);
 
 /// How long a scheduler taking over waits between taking the consumer and counting the attempts
 /// under way: longer than a round of a scheduler that lost its lock and has not noticed, which
@@ -188,6 +195,15 @@ async fn schedule(
         .watch_with_history(">")
         .await
         .map_err(bus::Error::bucket)?;
+    let mut schedule_changes = bus
+        .schedules()
+        .await?
+        .watch_with_history(">")
+        .await
+        .map_err(bus::Error::bucket)?;
+    let mut schedules = ticks::Schedules::default();
+    let mut tick = tokio::time::interval(TICKS);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut arrivals = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -228,6 +244,18 @@ async fn schedule(
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the pauses' watch").into()),
             },
+            change = schedule_changes.next() => match change {
+                Some(Ok(entry)) => schedules.apply(&entry),
+                Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
+                None => return Err(bus::Error::Ended("the schedules' watch").into()),
+            },
+            _ = tick.tick(), if !schedules.is_empty() => {
+                if !bus.holds_scheduler_consumer(&consumer).await? {
+                    tracing::warn!("another scheduler took over; this one stops");
+                    return Ok(());
+                }
+                schedules.fire(bus).await?;
+            }
             _ = round.tick() => {
                 if !queues.ready_kinds().is_empty() || queues.next_due().is_some_and(|d| d <= Utc::now()) {
                     if !bus.holds_scheduler_consumer(&consumer).await? {

@@ -25,6 +25,7 @@ fn submitted(max_attempts: u32) -> Submitted {
             url: "https://example.com/h".into(),
         }),
         scheduling: Default::default(),
+        schedule: None,
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod kinds;
 pub(crate) mod pauses;
+pub(crate) mod schedules;
 pub(crate) mod webhooks;
 pub(crate) mod workers;
 
@@ -41,6 +42,7 @@ fn documented(max_body: usize) -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(kinds::router())
         .merge(pauses::router())
+        .merge(schedules::router())
         .merge(events::router())
         .merge(webhooks::router())
         .merge(admin::router())
