@@ -120,3 +120,59 @@ impl Bus {
 pub async fn cancel_marked(cancels: &kv::Store, job: JobId) -> bool {
     cancels.get(job.to_string()).await.ok().flatten().is_some()
 }
+
+/// Starts recorded under a rate limit's key: `(ms, "job.attempt")`, oldest first.
+type Starts = Vec<(i64, String)>;
+
+impl Bus {
+    /// Takes a start under `rate` for attempt `attempt` of `job` at `at`: `None` if it may start
+    /// (or already took one), else how long until a start frees up. Exact across processes: the
+    /// key's recent starts are one entry, updated by compare-and-set, and a start is taken only
+    /// while fewer than `limit` starts are recorded later than `at - period`, so no window of
+    /// `period` holds more than `limit` starts.
+    pub async fn take_start(
+        &self,
+        tenant: &Tenant,
+        rate: &events::job::RateLimit,
+        job: JobId,
+        attempt: u32,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Duration>> {
+        use sha2::Digest as _;
+        let store = self.rates().await?;
+        let key = format!(
+            "{tenant}.{}",
+            &hex::encode(sha2::Sha256::digest(rate.key.as_bytes()))[..32]
+        );
+        let me = format!("{job}.{attempt}");
+        let (now, period) = (at.timestamp_millis(), rate.period_ms as i64);
+        loop {
+            let entry = crate::entry(&store, &key).await?;
+            let revision = entry.as_ref().map(|(_, r)| *r);
+            let mut starts: Starts = entry
+                .and_then(|(b, _)| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if starts.iter().any(|(_, who)| *who == me) {
+                return Ok(None);
+            }
+            // Kept two periods: a start taken a moment earlier elsewhere still counts.
+            starts.retain(|(ms, _)| *ms > now - 2 * period);
+            let recent: Vec<i64> = starts
+                .iter()
+                .map(|(ms, _)| *ms)
+                .filter(|ms| *ms > now - period)
+                .collect();
+            if recent.len() >= rate.limit as usize {
+                let oldest = recent.iter().min().copied().unwrap_or(now);
+                let wait = (oldest + period - now).max(1) as u64;
+                return Ok(Some(Duration::from_millis(wait)));
+            }
+            starts.push((now, me.clone()));
+            starts.sort();
+            let value = serde_json::to_vec(&starts).expect("starts serialise");
+            if crate::put_if(&store, &key, value.into(), revision).await? {
+                return Ok(None);
+            }
+        }
+    }
+}

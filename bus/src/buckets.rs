@@ -72,6 +72,11 @@ impl Bus {
         self.bucket(self.ns.pauses_bucket()).await
     }
 
+    /// Rate limits' recent starts.
+    pub async fn rates(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.rates_bucket()).await
+    }
+
     /// The schedules.
     pub async fn schedules(&self) -> Result<kv::Store> {
         self.bucket(self.ns.schedules_bucket()).await

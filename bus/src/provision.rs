@@ -73,6 +73,12 @@ impl Bus {
             .await?;
         self.ensure_kv(&self.ns.schedules_bucket(), Duration::ZERO)
             .await?;
+        // Outlives the longest rate period twice over (starts are kept that long).
+        self.ensure_kv(
+            &self.ns.rates_bucket(),
+            Duration::from_secs(2 * 86_400 + 60),
+        )
+        .await?;
         self.results().await?;
         self.ensure_consumer(&streams::webhook_fanin_consumer(&self.ns))
             .await?;

@@ -111,6 +111,9 @@ pub struct Scheduling {
     /// At most `limit` jobs of the tenant holding `key` run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencyKey>,
+    /// At most `limit` jobs of the tenant holding `key` start per `period_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Scheduling {
@@ -136,6 +139,26 @@ pub struct ConcurrencyKey {
 impl ConcurrencyKey {
     /// The limits a key may have.
     pub const LIMITS: std::ops::RangeInclusive<u32> = 1..=10_000;
+}
+
+/// A rate limit: a tenant's jobs sharing `key` (of any kind) start at most `limit` times in any
+/// `period_ms`; the others wait.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Any name, 1 to 255 bytes (`stripe:account-42`).
+    pub key: String,
+    /// Starts allowed per period (1 to 1000).
+    pub limit: u32,
+    /// The period, in ms (1 to 86400000).
+    pub period_ms: u64,
+}
+
+impl RateLimit {
+    /// The limits a rate may have.
+    pub const LIMITS: std::ops::RangeInclusive<u32> = 1..=1000;
+    /// The periods a rate may have.
+    pub const PERIODS: std::ops::RangeInclusive<u64> = 1..=86_400_000;
 }
 
 /// `job.started`: a worker began an attempt.
@@ -444,6 +467,11 @@ mod tests {
                     concurrency: Some(ConcurrencyKey {
                         key: "account-42".into(),
                         limit: 2,
+                    }),
+                    rate_limit: Some(RateLimit {
+                        key: "stripe".into(),
+                        limit: 10,
+                        period_ms: 1000,
                     }),
                 },
                 schedule: Some(FromSchedule {

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use bus::transition::JobEnvelope;
 use chrono::{DateTime, Utc};
-use events::job::{ConcurrencyKey, Redriven, Scheduling, Submitted, Webhook};
+use events::job::{ConcurrencyKey, RateLimit, Redriven, Scheduling, Submitted, Webhook};
 use events::lifecycle;
 use events::{JobEvent, JobId, JobKind, JobStatus, Tenant, TraceParent};
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,10 @@ pub(crate) struct SubmitJob {
     /// At most `limit` of the tenant's jobs with this `key` (of any kind) run at once.
     #[serde(default)]
     concurrency: Option<ConcurrencyRequest>,
+    /// At most `limit` of the tenant's jobs with this `key` (of any kind) start per `period_ms`;
+    /// the others wait their turn.
+    #[serde(default)]
+    rate_limit: Option<RateLimitRequest>,
     /// Deduplicates retries, like the `Idempotency-Key` header (which wins when both are given);
     /// in a batch, each job's own.
     #[serde(default, skip_serializing)]
@@ -69,6 +73,18 @@ pub(crate) struct ConcurrencyRequest {
     key: String,
     /// How many of the tenant's jobs with this key may run at once (1 to 10000).
     limit: u32,
+}
+
+/// A rate limit on a job.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitRequest {
+    /// Any name, 1 to 255 bytes (`stripe:account-42`); the tenant's own.
+    key: String,
+    /// Starts allowed per period (1 to 1000).
+    limit: u32,
+    /// The period in ms (1 to 86400000).
+    period_ms: u64,
 }
 
 /// The answer to an accepted submission.
@@ -156,6 +172,27 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
             })
         }
     };
+    let rate_limit = match &req.rate_limit {
+        None => None,
+        Some(r) => {
+            if r.key.is_empty() || r.key.len() > 255 {
+                return Err(unprocessable("rate_limit.key must be 1 to 255 bytes"));
+            }
+            if !RateLimit::LIMITS.contains(&r.limit) {
+                return Err(unprocessable("rate_limit.limit must be between 1 and 1000"));
+            }
+            if !RateLimit::PERIODS.contains(&r.period_ms) {
+                return Err(unprocessable(
+                    "rate_limit.period_ms must be between 1 and 86400000",
+                ));
+            }
+            Some(RateLimit {
+                key: r.key.clone(),
+                limit: r.limit,
+                period_ms: r.period_ms,
+            })
+        }
+    };
     Ok((
         kind,
         Submitted {
@@ -167,6 +204,7 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
             scheduling: Scheduling {
                 priority,
                 concurrency,
+                rate_limit,
             },
             schedule: None,
         },

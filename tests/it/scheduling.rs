@@ -19,6 +19,8 @@ struct Life {
     tenant: String,
     /// Stream sequence of its first `job.started`, and which worker ran it.
     started: Option<(u64, String)>,
+    /// The time of its first `job.started`.
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Stream sequence of its terminal event.
     ended: Option<u64>,
 }
@@ -92,7 +94,8 @@ impl Log {
                     }
                 }
                 JobEvent::Started(s) if life.started.is_none() => {
-                    life.started = Some((seq, s.worker))
+                    life.started = Some((seq, s.worker));
+                    life.started_at = Some(ev.time);
                 }
                 e if e.is_terminal() => life.ended = Some(seq),
                 _ => {}
@@ -534,4 +537,88 @@ async fn a_schedule_submits_one_job_per_tick_across_apis_and_a_scheduler_takeove
         "{} ticks, one job each, across a scheduler takeover",
         ticks.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_key_never_starts_more_than_its_rate_in_any_window() {
+    let mut env = Env::new(BUILD).await;
+    env.set("CONVEYOR_RATE_LIMIT", "100000");
+    let (_dev, api) = env.spawn_http("dev").await;
+    let _second = env.spawn("worker").await;
+    let mut log = Log::open(&env).await;
+    // A worker in another language shares the key: its leases obey the same limit.
+    let http = api.with_token(&env.token("acme", "worker"));
+    let res = http
+        .request(reqwest::Method::PUT, "/v1/workers/kinds/it.rated")
+        .json(&json!({ "schema": null }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let rate = json!({"key": "partner-api", "limit": 5, "period_ms": 1000});
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let mut job = if i % 3 == 0 {
+            json!({"kind": "it.rated"})
+        } else {
+            sleep_job(5)
+        };
+        job["rate_limit"] = rate.clone();
+        jobs.push(job);
+    }
+    let ids: Vec<String> = api.submit_batch(jobs).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["job"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 30);
+    // The HTTP worker leases and completes what it gets until everything has started.
+    let worker = {
+        let http = http.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                let (status, body) = http
+                    .post(
+                        "/v1/workers/lease",
+                        &json!({"kinds": ["it.rated"], "max_jobs": 4, "wait_ms": 500, "worker": "it-http"}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                for job in body["jobs"].as_array().unwrap() {
+                    let mut done = json!({"result": {"ok": true}});
+                    done["lease"] = job["lease"].clone();
+                    let path = format!("/v1/workers/jobs/{}/complete", job["id"].as_str().unwrap());
+                    assert_eq!(http.post(&path, &done).await.0, 200);
+                }
+            }
+        })
+    };
+    log.until("all 30 jobs ended", |l| {
+        ids.iter()
+            .all(|id| l.get(id).is_some_and(|j| j.ended.is_some()))
+    })
+    .await;
+    worker.abort();
+    let mut starts: Vec<_> = ids
+        .iter()
+        .map(|id| log.lives[id].started_at.expect("started"))
+        .collect();
+    starts.sort();
+    for w in starts.windows(6) {
+        let span = w[5] - w[0];
+        assert!(
+            span >= chrono::Duration::milliseconds(1000),
+            "6 starts of a key limited to 5 a second within {} ms: {:?}",
+            span.num_milliseconds(),
+            w
+        );
+    }
+    let (status, bad) = api
+        .post(
+            "/v1/jobs",
+            &json!({"kind": "noop", "rate_limit": {"key": "k", "limit": 0, "period_ms": 1000}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
 }

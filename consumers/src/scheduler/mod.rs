@@ -257,7 +257,7 @@ async fn schedule(
                 schedules.fire(bus).await?;
             }
             _ = round.tick() => {
-                if !queues.ready_kinds().is_empty() || queues.next_due().is_some_and(|d| d <= Utc::now()) {
+                if queues.wants_round(Utc::now()) {
                     if !bus.holds_scheduler_consumer(&consumer).await? {
                         tracing::warn!("another scheduler took over; this one stops");
                         return Ok(());
@@ -313,6 +313,7 @@ async fn arrive(bus: &Bus, queues: &mut Queues, msg: bus::jetstream::Message) ->
         generation: run.generation,
         priority: run.scheduling.priority,
         concurrency: run.scheduling.concurrency.clone(),
+        rate_limit: run.scheduling.rate_limit.clone(),
         due: run.run_at,
         seq,
         body,

@@ -4,7 +4,8 @@
 //!
 //! The order, for each kind:
 //! 1. a job not yet due (`run_at`, a retry's backoff), or whose concurrency key is full, or whose
-//!    kind is paused (for all tenants or for its own), is not a candidate;
+//!    rate limit's key has released its limit within the period, or whose kind is paused (for
+//!    all tenants or for its own), is not a candidate;
 //! 2. among the candidates, the highest priority goes first;
 //! 3. among tenants with a candidate of that priority, turns go round (fair share): a tenant with
 //!    50,000 waiting jobs takes one turn like a tenant with one;
@@ -13,14 +14,15 @@
 //! A concurrency key's slots are held from release to the end of the attempt (its `failed`,
 //! `succeeded`, `cancelled` or `dead_lettered` event, or its released command gone from the
 //! stream): a crashed worker's job keeps its slot until it is redelivered and ends, never freed
-//! by a timer.
+//! by a timer. A rate limit paces releases here; the worker taking a job checks it exactly
+//! (`bus::Bus::take_start`), since a start can come later than its release.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use events::job::ConcurrencyKey;
+use events::job::{ConcurrencyKey, RateLimit};
 use events::{JobId, JobKind, Tenant};
 
 /// A waiting job's place in its tenant's line: higher priority first, then earlier arrival.
@@ -43,6 +45,7 @@ pub struct Waiting {
     pub generation: u32,
     pub priority: i32,
     pub concurrency: Option<ConcurrencyKey>,
+    pub rate_limit: Option<RateLimit>,
     pub due: Option<DateTime<Utc>>,
     /// Its stream sequence: the order of arrival.
     pub seq: u64,
@@ -61,6 +64,13 @@ impl Waiting {
         self.concurrency.as_ref().map(|c| KeyId {
             tenant: self.tenant.clone(),
             key: c.key.clone(),
+        })
+    }
+
+    fn rate_key(&self) -> Option<KeyId> {
+        self.rate_limit.as_ref().map(|r| KeyId {
+            tenant: self.tenant.clone(),
+            key: r.key.clone(),
         })
     }
 }
@@ -95,6 +105,14 @@ struct KeyState {
 }
 
 #[derive(Debug, Default)]
+struct RateState {
+    /// Releases within the last period.
+    recent: VecDeque<DateTime<Utc>>,
+    /// Jobs waiting for a release to fall out of the period, in order.
+    line: BTreeMap<Place, JobId>,
+}
+
+#[derive(Debug, Default)]
 struct KindQueue {
     /// Each tenant's candidates, in order.
     tenants: HashMap<Tenant, BTreeMap<Place, JobId>>,
@@ -110,6 +128,7 @@ pub struct Queues {
     /// Jobs not yet due, by due time.
     delayed: BTreeSet<(DateTime<Utc>, u64, JobId)>,
     keys: HashMap<KeyId, KeyState>,
+    rates: HashMap<KeyId, RateState>,
     running: HashMap<JobId, Running>,
     /// Paused kinds: `(kind, None)` for every tenant, `(kind, Some(tenant))` for one.
     paused: HashSet<(JobKind, Option<Tenant>)>,
@@ -137,9 +156,12 @@ impl Queues {
             .collect()
     }
 
-    /// The earliest due time of a delayed job.
-    pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.delayed.first().map(|(due, _, _)| *due)
+    /// Whether a round may release something at `now`: a candidate, a job come due, or a job
+    /// waiting on a rate limit.
+    pub fn wants_round(&self, now: DateTime<Utc>) -> bool {
+        !self.ready_kinds().is_empty()
+            || self.delayed.first().is_some_and(|(due, _, _)| *due <= now)
+            || self.rates.values().any(|r| !r.line.is_empty())
     }
 
     /// Counts an attempt found under way (a released command still in the stream) when this
@@ -190,24 +212,33 @@ impl Queues {
             Some(due) => {
                 self.delayed.insert((due, seq, id));
             }
-            None => self.admit(id),
+            None => self.admit(id, now),
         }
         Added::Waiting
     }
 
-    /// Moves the jobs due by `now` into the line.
+    /// Moves the jobs due by `now` into the line, and those whose rate limit has room.
     pub fn promote_due(&mut self, now: DateTime<Utc>) {
         while let Some(&(due, seq, id)) = self.delayed.first() {
             if due > now {
                 break;
             }
             self.delayed.remove(&(due, seq, id));
-            self.admit(id);
+            self.admit(id, now);
+        }
+        let waiting: Vec<KeyId> = self
+            .rates
+            .iter()
+            .filter(|(_, r)| !r.line.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in waiting {
+            self.pace(&key, now);
         }
     }
 
-    /// A due job joins its key's line, or its tenant's candidates.
-    fn admit(&mut self, id: JobId) {
+    /// A due job joins its key's line, or goes on to its rate limit.
+    fn admit(&mut self, id: JobId, now: DateTime<Utc>) {
         let Some(job) = self.waiting.get(&id) else {
             return;
         };
@@ -217,14 +248,64 @@ impl Queues {
                 let state = self.keys.entry(key.clone()).or_default();
                 state.limit = limit;
                 state.line.insert(job.place(), id);
-                self.fill(&key);
+                self.fill(&key, now);
+            }
+            None => self.gate(id, now),
+        }
+    }
+
+    /// A job with room in its concurrency key joins its rate limit's line (then the
+    /// candidates as the rate allows), or the candidates.
+    fn gate(&mut self, id: JobId, now: DateTime<Utc>) {
+        let Some(job) = self.waiting.get(&id) else {
+            return;
+        };
+        match job.rate_key() {
+            Some(key) => {
+                let place = job.place();
+                self.rates
+                    .entry(key.clone())
+                    .or_default()
+                    .line
+                    .insert(place, id);
+                self.pace(&key, now);
             }
             None => self.candidate(id),
         }
     }
 
-    /// Moves jobs from `key`'s line to the candidates while the key has free slots.
-    fn fill(&mut self, key: &KeyId) {
+    /// Moves jobs from a rate limit's line to the candidates while its period has room.
+    fn pace(&mut self, key: &KeyId, now: DateTime<Utc>) {
+        loop {
+            let Some(state) = self.rates.get_mut(key) else {
+                return;
+            };
+            let Some((&place, &id)) = state.line.first_key_value() else {
+                if state.recent.is_empty() {
+                    self.rates.remove(key);
+                }
+                return;
+            };
+            let Some(rate) = self.waiting.get(&id).and_then(|j| j.rate_limit.clone()) else {
+                state.line.remove(&place);
+                continue;
+            };
+            let period = chrono::Duration::milliseconds(rate.period_ms as i64);
+            while state.recent.front().is_some_and(|t| *t <= now - period) {
+                state.recent.pop_front();
+            }
+            if state.recent.len() >= rate.limit as usize {
+                return;
+            }
+            state.line.remove(&place);
+            state.recent.push_back(now);
+            self.candidate(id);
+        }
+    }
+
+    /// Moves jobs from `key`'s line on (to their rate limit, or the candidates) while the key has
+    /// free slots.
+    fn fill(&mut self, key: &KeyId, now: DateTime<Utc>) {
         loop {
             let Some(state) = self.keys.get_mut(key) else {
                 return;
@@ -245,7 +326,7 @@ impl Queues {
             }
             state.line.remove(&place);
             state.held += 1;
-            self.candidate(id);
+            self.gate(id, now);
         }
     }
 
@@ -315,18 +396,13 @@ impl Queues {
         Some(job)
     }
 
-    /// Hands a picked job back (its release failed): it waits again, first in its line.
+    /// Hands a picked job back (its release failed): a candidate again, first in its line, still
+    /// holding its concurrency slot and its rate limit's release.
     pub fn unpick(&mut self, job: Waiting) {
         let id = job.job;
-        if let Some(running) = self.running.remove(&id) {
-            if let Some(key) = running.key {
-                if let Some(state) = self.keys.get_mut(&key) {
-                    state.held = state.held.saturating_sub(1);
-                }
-            }
-        }
+        self.running.remove(&id);
         self.waiting.insert(id, job);
-        self.admit(id);
+        self.candidate(id);
     }
 
     /// An attempt of `job` ended (`attempt`: which, if the event says): its slot is free.
@@ -343,7 +419,7 @@ impl Queues {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.held = state.held.saturating_sub(1);
             }
-            self.fill(&key);
+            self.fill(&key, Utc::now());
         }
     }
 
@@ -382,6 +458,11 @@ impl Queues {
                 }
             }
         }
+        if let Some(key) = job.rate_key() {
+            if let Some(state) = self.rates.get_mut(&key) {
+                state.line.remove(&place);
+            }
+        }
         if let Some(queue) = self.kinds.get_mut(&job.kind) {
             if let Some(line) = queue.tenants.get_mut(&job.tenant) {
                 line.remove(&place);
@@ -410,6 +491,7 @@ mod tests {
                 key: k.into(),
                 limit,
             }),
+            rate_limit: None,
             due: None,
             seq,
             body: Bytes::new(),
@@ -467,6 +549,27 @@ mod tests {
         assert!(drain(&mut q, now).is_empty());
         q.ended(keyed.job, Some(1));
         assert_eq!(drain(&mut q, now).len(), 1);
+    }
+
+    #[test]
+    fn a_rate_limit_paces_releases_over_its_period() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        for seq in 0..5 {
+            let mut j = job("a", seq, 0, None);
+            j.rate_limit = Some(RateLimit {
+                key: "api".into(),
+                limit: 2,
+                period_ms: 1000,
+            });
+            q.add(j, now);
+        }
+        assert_eq!(drain(&mut q, now).len(), 2);
+        assert!(q.wants_round(now));
+        q.promote_due(now + chrono::Duration::milliseconds(999));
+        assert!(drain(&mut q, now).is_empty());
+        q.promote_due(now + chrono::Duration::milliseconds(1000));
+        assert_eq!(drain(&mut q, now).len(), 2);
     }
 
     #[test]

@@ -481,7 +481,8 @@ async fn execute(
     };
     let cancelled = cancel_requested(shared, cmd.job).await;
     let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
-    let started = match attempt.start(Utc::now(), cancelled, &shared.settings.worker_id) {
+    let now = Utc::now();
+    let started = match attempt.start(now, cancelled, &shared.settings.worker_id) {
         Start::NotDue(wait) => {
             let _ = msg
                 .ack_with(AckKind::Nak(Some(wait.min(bus::consume::MAX_HAND_BACK))))
@@ -505,6 +506,20 @@ async fn execute(
         }
         Start::Started(transition) => transition,
     };
+    if let Some(rate) = &attempt.run().scheduling.rate_limit {
+        let taken = shared
+            .bus
+            .take_start(&cmd.tenant, rate, cmd.job, attempt.run().attempt, now)
+            .await?;
+        if let Some(wait) = taken {
+            // Its key started its limit within the period: back until a start frees up, with
+            // jitter so the jobs that wait for it do not all come back at once.
+            let jitter = Duration::from_millis(rand::rng().random_range(0..50));
+            let back = (wait + jitter).min(bus::consume::MAX_HAND_BACK);
+            let _ = msg.ack_with(AckKind::Nak(Some(back))).await;
+            return Ok(());
+        }
+    }
     shared.bus.publish_transition(&to, started).await?;
 
     let began = Instant::now();

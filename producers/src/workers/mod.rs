@@ -350,6 +350,28 @@ impl Workers {
             }
             Start::Started(transition) => transition,
         };
+        if let Some(rate) = &run.scheduling.rate_limit {
+            match bus
+                .take_start(&cmd.tenant, rate, cmd.job, run.attempt, now)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    // Its key started its limit within the period: back until a start frees up.
+                    let jitter = Duration::from_millis(rand::rng().random_range(0..50));
+                    let back = (wait + jitter).min(bus::consume::MAX_HAND_BACK);
+                    let _ = msg.ack_with(AckKind::Nak(Some(back))).await;
+                    return Found::Nothing;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %cmd.job, error = %e, "rate limit not read; command handed back");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    return Found::Nothing;
+                }
+            }
+        }
         if let Err(e) = bus.publish_transition(&to, started).await {
             tracing::warn!(job = %cmd.job, error = %e, "job.started not stored; command handed back");
             let _ = msg
