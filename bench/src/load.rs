@@ -472,3 +472,85 @@ pub(crate) async fn bounded<T>(
         .await
         .with_context(|| format!("{what} did not finish within {within:?}"))?
 }
+
+/// Submits `jobs` in batches of 1,000; returns how many were accepted.
+pub(crate) async fn submit_each(url: &str, token: &str, jobs: Vec<Value>) -> anyhow::Result<u64> {
+    let http = http();
+    let mut accepted = 0;
+    for chunk in jobs.chunks(1_000) {
+        let res = http
+            .post(format!("{url}/v1/jobs/batch"))
+            .bearer_auth(token)
+            .json(&json!({ "jobs": chunk }))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 200, "batch answered {}", res.status());
+        let body: Value = res.json().await?;
+        accepted += body["accepted"].as_u64().unwrap_or(0);
+    }
+    Ok(accepted)
+}
+
+/// Submits `n` jobs like `job` one at a time, 20 a second, then waits for all of them to
+/// start; returns their start latency (`started_at - created_at` in the read model) at p50 and
+/// p99, in ms, and how many other jobs were still waiting when the last one started.
+pub(crate) async fn probe_starts(
+    url: &str,
+    token: &str,
+    db: &sqlx::PgPool,
+    job: &Value,
+    n: usize,
+) -> anyhow::Result<(f64, f64, i64)> {
+    let http = http();
+    let mut ids = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..n {
+        tick.tick().await;
+        let res = http
+            .post(format!("{url}/v1/jobs"))
+            .bearer_auth(token)
+            .json(job)
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 202, "submit answered {}", res.status());
+        let body: Value = res.json().await?;
+        ids.push(
+            body["id"]
+                .as_str()
+                .unwrap_or_default()
+                .parse::<uuid::Uuid>()?,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let started: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND started_at IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_one(db)
+        .await?;
+        if started as usize == n {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the probes did not all start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ms: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = 'queued' AND NOT (id = ANY($1))",
+    )
+    .bind(&ids)
+    .fetch_one(db)
+    .await?;
+    Ok((at(0.5), at(0.99), waiting))
+}

@@ -133,10 +133,14 @@ impl Suite {
     }
 
     fn token() -> String {
+        Self::token_of("bench")
+    }
+
+    fn token_of(tenant: &str) -> String {
         producers::auth::mint(
             &producers::JwtSettings::hs256(SECRET),
             "bench",
-            &events::Tenant::parse("bench").expect("valid"),
+            &events::Tenant::parse(tenant).expect("valid"),
             "jobs:write jobs:read events:read admin",
             86_400,
         )
@@ -434,6 +438,80 @@ impl Suite {
         Ok(())
     }
 
+    /// Figure 8: what scheduling costs and what it buys. (a) One worker (64 slots) drains the
+    /// same number of no-op jobs twice in one run: all of one tenant with no options (what
+    /// every job took before scheduling), then spread over 10 tenants, each job with a priority
+    /// and a concurrency key (200 keys, limit 4); from the first start to the last end.
+    /// (b) Tenant B submits jobs one at a time while tenant A holds a backlog, and B's start
+    /// latency (`started_at - created_at`) is read from the read model, beside B's latency with
+    /// no backlog in the same run.
+    async fn scheduling(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let n: u64 = if self.cli.quick { 5_000 } else { 20_000 };
+        for mode in ["plain", "keys"] {
+            let setup = self.setup(nats, "sched").await?;
+            let mut roles = Roles::start_front(&setup).await?;
+            let db = sqlx::PgPool::connect(&setup.database_url).await?;
+            let queued = if mode == "plain" {
+                load::submit_jobs(
+                    &roles.url,
+                    &Self::token(),
+                    &serde_json::json!({"kind": "noop"}),
+                    n,
+                )
+                .await?
+            } else {
+                let mut queued = 0;
+                for t in 0..10u64 {
+                    let jobs: Vec<serde_json::Value> = (0..n / 10)
+                        .map(|i| {
+                            serde_json::json!({"kind": "noop", "priority": i % 4,
+                                "concurrency": {"key": format!("k{}", (i + t) % 200), "limit": 4}})
+                        })
+                        .collect();
+                    queued +=
+                        load::submit_each(&roles.url, &Self::token_of(&format!("tenant{t}")), jobs)
+                            .await?;
+                }
+                queued
+            };
+            roles.start_worker(&setup, 64).await?;
+            load::drain(&db, queued, Duration::from_secs(600)).await?;
+            let span: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
+            )
+            .fetch_one(&db)
+            .await?;
+            let rate = queued as f64 / span.max(0.001);
+            self.results.add(&format!("sched.{mode}"), rate);
+            eprintln!("  {mode}: {queued} no-op jobs at {rate:.0}/s");
+            drop(roles);
+            db.close().await;
+        }
+        let backlog: u64 = if self.cli.quick { 20_000 } else { 50_000 };
+        let probes = if self.cli.quick { 50 } else { 200 };
+        for mode in ["alone", "behind"] {
+            let setup = self.setup(nats, "fair").await?;
+            let mut roles = Roles::start_front(&setup).await?;
+            roles.start_worker(&setup, 64).await?;
+            let db = sqlx::PgPool::connect(&setup.database_url).await?;
+            let job = serde_json::json!({"kind": "sleep", "payload": {"ms": 2, "steps": 1}});
+            if mode == "behind" {
+                load::submit_jobs(&roles.url, &Self::token_of("tenant_a"), &job, backlog).await?;
+            }
+            let (p50, p99, still) =
+                load::probe_starts(&roles.url, &Self::token_of("tenant_b"), &db, &job, probes)
+                    .await?;
+            self.results.add(&format!("fair.{mode}.p50"), p50);
+            self.results.add(&format!("fair.{mode}.p99"), p99);
+            eprintln!(
+                "  tenant B {mode}: start latency p50 {p50:.1} ms, p99 {p99:.1} ms ({still} of tenant A's jobs still waiting at the end)"
+            );
+            drop(roles);
+            db.close().await;
+        }
+        Ok(())
+    }
+
     async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let setup = self.setup(nats, "memory").await?;
         let roles = Roles::start(&setup).await?;
@@ -701,6 +779,35 @@ impl Suite {
                 );
             }
         }
+        if !r.get("sched.plain").0.is_empty() {
+            t.row(
+                "8. drain, 10 tenants, priorities, 200 concurrency keys (limit 4)",
+                format!("{} jobs", rate("sched.keys")),
+                format!("{} one tenant, no options", rate("sched.plain")),
+                pct(r.median("sched.keys"), r.median("sched.plain")),
+                "≥ 80%",
+            );
+        }
+        if !r.get("fair.alone.p50").0.is_empty() {
+            t.row(
+                &format!(
+                    "8. tenant B's start latency, behind tenant A's backlog of {}",
+                    if self.cli.quick { "20,000" } else { "50,000" }
+                ),
+                format!(
+                    "p50 {}, p99 {}",
+                    ms("fair.behind.p50"),
+                    ms("fair.behind.p99")
+                ),
+                format!(
+                    "p50 {}, p99 {} with no backlog",
+                    ms("fair.alone.p50"),
+                    ms("fair.alone.p99")
+                ),
+                String::new(),
+                "",
+            );
+        }
         if !r.get("peer.enqueue").0.is_empty() {
             t.row(
                 "   graphile-worker: bulk add_jobs",
@@ -806,6 +913,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if suite.wants("workers") {
                 suite.workers(&nats).await?;
+            }
+            if suite.wants("scheduling") {
+                suite.scheduling(&nats).await?;
             }
         }
     }

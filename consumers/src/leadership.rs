@@ -1,7 +1,7 @@
 //! One active process among several: a Postgres advisory lock held by a session of its own. The
 //! holder is active for as long as that session lives; when the process dies, Postgres ends the
 //! session, releases the lock, and a standby polling for it takes over. A holder whose session
-//! fails (Postgres restarted, the network cut) notices within [`CHECK`] and stops.
+//! fails (Postgres restarted, the network cut) notices within a second or so and stops.
 
 use std::time::Duration;
 

@@ -19,7 +19,7 @@
 //! [`RECONCILE_EVERY`] that the released commands it counts as under way are still in the
 //! stream (a command is removed only once its attempt's outcome is stored).
 //!
-//! It also fires the schedules' ticks ([`ticks`]): each due tick's job is submitted like the
+//! It also fires the schedules' ticks (`ticks.rs`): each due tick's job is submitted like the
 //! API submits one, with an id derived from the schedule and the tick.
 //!
 //! One scheduler is active per deployment, the others stand by ([`crate::leadership`]); it runs
@@ -77,7 +77,7 @@ const MIN_WINDOW: u64 = 16;
 pub struct SchedulerSettings {
     /// Per kind, the most released commands that may wait for a worker to take them. Within it,
     /// the window follows the rate workers take the kind's jobs (what they take in a tenth of a
-    /// second, at least [`MIN_WINDOW`]), so a slow kind has few jobs already handed out.
+    /// second, at least 16), so a slow kind has few jobs already handed out.
     pub window: u64,
 }
 
