@@ -52,11 +52,47 @@ export function duration(ms) {
 
 export const ms = (iso) => (iso ? Date.parse(iso) : null);
 
+/** An interval exactly, largest unit first: "30 s", "1 h 30 m", "2 d", "1 s 500 ms". */
+export function interval(ms) {
+  const units = [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000], ['ms', 1]];
+  let left = Math.round(ms);
+  const parts = [];
+  for (const [unit, size] of units) {
+    const n = Math.floor(left / size);
+    if (n) parts.push(`${n} ${unit}`);
+    left -= n * size;
+  }
+  return parts.join(' ') || '0 ms';
+}
+
+/** When a schedule ticks: "0 30 2 * * * (Europe/Paris)" or "every 1 h 30 m". */
+export function timing(schedule) {
+  if (schedule.cron) return `${schedule.cron} (${schedule.timezone ?? 'UTC'})`;
+  if (schedule.every_ms !== undefined && schedule.every_ms !== null) return `every ${interval(schedule.every_ms)}`;
+  return '';
+}
+
+/** A time relative to `now` (ms since the epoch): "in 5 h 12 m", "3.0 s ago", "now". */
+export function relative(iso, now = Date.now()) {
+  if (!iso) return '';
+  const d = Date.parse(iso) - now;
+  if (Math.abs(d) < 1000) return 'now';
+  return d > 0 ? `in ${duration(d)}` : `${duration(-d)} ago`;
+}
+
 /** A <time> element showing a local time, the full timestamp in its title. */
 export function time(iso) {
   if (!iso) return h('span', {}, '');
   const d = new Date(iso);
   return h('time', { dateTime: iso, title: d.toISOString() }, d.toLocaleTimeString());
+}
+
+/** A <time> with the local date and time (the time alone when it is today). */
+export function when(iso) {
+  if (!iso) return h('span', {}, '');
+  const d = new Date(iso);
+  const today = d.toDateString() === new Date().toDateString();
+  return h('time', { dateTime: iso, title: d.toISOString() }, today ? d.toLocaleTimeString() : d.toLocaleString());
 }
 
 // UUIDv7s begin with their timestamp: the random tail tells jobs apart.

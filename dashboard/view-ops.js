@@ -1,10 +1,12 @@
-// Operations, each part shown as the token's scopes allow: the tenant's dead letters with bulk
-// re-drive (scope admin); projections with checkpoint, lag and rebuild progress, consumers' pending
-// counts, throughput and latency charts from /metrics (scope operator: they concern every tenant).
+// Operations, each part shown as the token's scopes allow: the kinds paused for the tenant and its
+// schedules, with pause, resume and delete (scope jobs:read to see, jobs:write to change); the
+// tenant's dead letters with bulk re-drive (scope admin); every tenant's pauses, projections with
+// checkpoint, lag and rebuild progress, consumers' pending counts, throughput and latency charts
+// from /metrics (scope operator: they concern every tenant).
 
 import { api, hasScope } from './api.js';
 import { draw } from './chart.js';
-import { h, shortId, time, toast } from './dom.js';
+import { field, h, relative, shortId, time, timing, toast, when } from './dom.js';
 import { Window, parse } from './metrics.js';
 import { follow } from './sse.js';
 
@@ -13,23 +15,27 @@ const POINTS = 60; // three minutes of scrapes
 
 export function render(main) {
   main.append(h('div', { class: 'title' }, h('h1', { tabIndex: -1 }, 'Operations')));
+  const read = hasScope('jobs:read') || hasScope('jobs:write');
+  const write = hasScope('jobs:write');
   const admin = hasScope('admin');
   const operator = hasScope('operator');
-  if (!admin && !operator) {
-    main.append(h('p', { class: 'card' }, 'Operations need a token with the admin scope (this tenant\'s dead letters) or the operator scope (projections, consumers and metrics of the whole deployment).'));
+  if (!read && !admin && !operator) {
+    main.append(h('p', { class: 'card' }, 'Operations need a token with the jobs:read scope (this tenant\'s schedules and paused kinds), the admin scope (its dead letters) or the operator scope (pauses, projections, consumers and metrics of the whole deployment).'));
     return () => {};
   }
   const parts = [
     ...(operator ? [projections()] : []),
     ...(admin ? [deadLetters()] : []),
+    ...(read || operator ? [pauses({ read, write, operator })] : []),
+    ...(read ? [schedules(write)] : []),
     ...(operator ? [consumers(), charts()] : []),
   ];
-  const missing = !operator
-    ? 'Projections, consumers and metrics concern every tenant: they need the operator scope.'
-    : !admin
-      ? 'Dead letters need the admin scope of a tenant.'
-      : null;
-  if (missing) main.append(h('p', { class: 'hint', 'data-scope-note': '' }, missing));
+  const missing = [
+    !operator && 'Projections, consumers and metrics concern every tenant: they need the operator scope.',
+    !admin && 'Dead letters need the admin scope of a tenant.',
+    !read && 'Schedules need the jobs:read scope of a tenant.',
+  ].filter(Boolean);
+  if (missing.length) main.append(h('p', { class: 'hint', 'data-scope-note': '' }, missing.join(' ')));
   main.append(...parts.map((p) => p.el));
   return () => parts.forEach((p) => p.dispose());
 }
@@ -225,6 +231,326 @@ function deadLetters() {
     if (failed.length) toast(`${failed.length} not re-driven: ${failed[0].reason.message}`, 'error');
     else toast(`Re-drove ${ids.length} job${ids.length === 1 ? '' : 's'}`);
     selection();
+  }
+}
+
+/**
+ * Table rows kept by key and updated in place, so a periodic refresh never replaces a button
+ * under the pointer or the keyboard focus. `create(item)` returns {tr, update(item)}.
+ */
+function keyedRows(tbody, empty, key, create) {
+  const rows = new Map();
+  return {
+    /** Shows exactly `items`, in their order. */
+    set(items) {
+      const keys = new Set(items.map(key));
+      for (const [k, row] of rows) {
+        if (!keys.has(k)) {
+          row.tr.remove();
+          rows.delete(k);
+        }
+      }
+      items.forEach((item) => this.put(item));
+      const order = items.map((item) => rows.get(key(item)).tr);
+      if (order.some((tr, i) => tbody.rows[i] !== tr)) tbody.append(...order);
+      empty.hidden = rows.size > 0;
+    },
+    /** Adds or updates one item (a new one goes last until the next `set`). */
+    put(item) {
+      let row = rows.get(key(item));
+      if (!row) {
+        row = create(item);
+        rows.set(key(item), row);
+        tbody.append(row.tr);
+      }
+      row.update(item);
+      empty.hidden = false;
+    },
+    remove(k) {
+      rows.get(k)?.tr.remove();
+      rows.delete(k);
+      empty.hidden = rows.size > 0;
+    },
+  };
+}
+
+/**
+ * Listings that a change supersedes: `changed()` once a change is answered, and a listing read
+ * while it was under way is dropped (it could bring back a row just deleted, or undo a pause).
+ */
+function generations() {
+  let gen = 0;
+  return {
+    changed: () => ++gen,
+    /** Calls `apply(await read())` unless something changed while it read. */
+    async load(read, apply) {
+      const at = gen;
+      const value = await read();
+      if (at === gen) apply(value);
+    },
+  };
+}
+
+function pauses({ read, write, operator }) {
+  const tbody = h('tbody');
+  const empty = h('p', { class: 'empty', hidden: true }, 'No kind is paused.');
+  const status = h('p', { class: 'hint', role: 'status' });
+  const own = new Set(); // keys of the tenant's own pauses
+  const keyOf = (p) => `${p.kind}\u0000${p.tenant ?? ''}`;
+  const rows = keyedRows(tbody, empty, keyOf, row);
+  const gens = generations();
+  const form = write || operator ? pauseForm() : null;
+  const el = h(
+    'section',
+    { class: 'card', 'aria-labelledby': 'pauses-h' },
+    h('h2', { id: 'pauses-h' }, 'Paused kinds'),
+    h(
+      'p',
+      { class: 'hint' },
+      'A paused kind\'s waiting jobs stay queued and none starts; running ones finish.',
+      operator ? ' As an operator you see every tenant\'s pauses.' : ' An operator\'s pause for every tenant holds your jobs too; only an operator lifts it.',
+    ),
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        { class: 'ops' },
+        h('caption', { class: 'visually-hidden' }, 'Paused kinds'),
+        h('thead', {}, h('tr', {}, ['Kind', 'Paused for', 'Since', 'By', h('span', { class: 'visually-hidden' }, 'Actions')].map((c) => h('th', { scope: 'col' }, c)))),
+        tbody,
+      ),
+    ),
+    empty,
+    status,
+    form?.el,
+  );
+  const stop = every(5000, refresh);
+  return { el, dispose: stop };
+
+  async function refresh() {
+    try {
+      await gens.load(
+        async () => {
+          const mine = read ? (await api('/v1/pauses')).items : [];
+          const all = operator ? (await api('/v1/admin/pauses')).items : mine;
+          return { mine, all };
+        },
+        ({ mine, all }) => {
+          own.clear();
+          mine.filter((p) => p.tenant !== null).forEach((p) => own.add(keyOf(p)));
+          rows.set(all);
+          status.textContent = '';
+        },
+      );
+    } catch (e) {
+      status.textContent = e.status === 404 ? 'Not available on this server.' : `Unavailable: ${e.message}`;
+    }
+  }
+
+  /** Who a pause holds, as the reader sees it. */
+  function holds(p) {
+    if (p.tenant === null) return 'every tenant';
+    return own.has(keyOf(p)) ? `${p.tenant} (this tenant)` : `tenant ${p.tenant}`;
+  }
+
+  function row(first) {
+    const cells = { for: h('td', { 'data-label': 'Paused for' }), since: h('td', { 'data-label': 'Since' }), by: h('td', { 'data-label': 'By' }), actions: h('td', { class: 'actions' }) };
+    const tr = h('tr', { 'data-pause-kind': first.kind, 'data-pause-tenant': first.tenant ?? '*' }, h('td', {}, first.kind), cells.for, cells.since, cells.by, cells.actions);
+    return {
+      tr,
+      update(p) {
+        cells.for.textContent = holds(p);
+        cells.since.replaceChildren(when(p.since));
+        cells.by.textContent = p.by ?? '';
+        const mine = own.has(keyOf(p));
+        // The tenant lifts its own pauses; an operator any (the route of its own tenant's first).
+        const path = mine && write
+          ? `/v1/kinds/${encodeURIComponent(p.kind)}/resume`
+          : operator
+            ? `/v1/admin/kinds/${encodeURIComponent(p.kind)}/resume${p.tenant === null ? '' : `?tenant=${encodeURIComponent(p.tenant)}`}`
+            : null;
+        const label = `Resume ${p.kind}${mine ? '' : p.tenant === null ? ' for every tenant' : ` for tenant ${p.tenant}`}`;
+        if (!path) {
+          cells.actions.replaceChildren(p.tenant === null ? h('span', { class: 'hint' }, 'held by an operator') : '');
+        } else if (cells.actions.firstChild?.dataset?.path !== path) {
+          const button = h('button', { type: 'button', class: 'small', 'aria-label': label, 'data-path': path, onclick: () => resume(p, path, button) }, 'Resume');
+          cells.actions.replaceChildren(button);
+        }
+      },
+    };
+  }
+
+  async function resume(p, path, button) {
+    button.disabled = true;
+    try {
+      await api(path, { method: 'POST' });
+      gens.changed();
+      rows.remove(keyOf(p));
+      toast(`Resumed ${p.kind} for ${holds(p)}: its waiting jobs start again`);
+    } catch (e) {
+      toast(`Could not resume ${p.kind}: ${e.message}`, 'error');
+      button.disabled = false;
+    }
+  }
+
+  function pauseForm() {
+    // The kinds to pick from need jobs:read; an operator without it types the kind's name.
+    const kind = read ? h('select', { name: 'kind', required: true }) : h('input', { type: 'text', name: 'kind', required: true, autocomplete: 'off', size: 16 });
+    const scopes = [...(write ? [['own', 'this tenant\'s jobs']] : []), ...(operator ? [['all', 'every tenant']] : [])];
+    const scope = h('select', { name: 'scope' }, scopes.map(([value, text]) => h('option', { value }, text)));
+    const button = h('button', { type: 'submit' }, 'Pause kind');
+    const errors = h('p', { class: 'error', 'aria-live': 'polite' });
+    if (read) {
+      api('/v1/kinds').then(
+        ({ items }) => kind.replaceChildren(...items.map((k) => h('option', { value: k.kind }, k.kind))),
+        (e) => toast(`Could not load the job kinds: ${e.message}`, 'error'),
+      );
+    }
+    const el = h(
+      'form',
+      { class: 'inline', onsubmit: submit, 'aria-labelledby': 'pause-form-h', novalidate: true },
+      h('h3', { id: 'pause-form-h' }, 'Pause a kind'),
+      field('Kind to pause', kind),
+      scopes.length > 1 ? field('Pause for', scope) : h('p', { class: 'hint' }, `For ${scopes[0][1]}.`),
+      button,
+      errors,
+    );
+    return { el };
+
+    async function submit(e) {
+      e.preventDefault();
+      const name = kind.value.trim();
+      if (!name) {
+        errors.textContent = 'Choose a kind.';
+        kind.focus();
+        return;
+      }
+      const all = scope.value === 'all';
+      const path = `/v1${all ? '/admin' : ''}/kinds/${encodeURIComponent(name)}/pause`;
+      button.disabled = true;
+      errors.textContent = '';
+      try {
+        const p = await api(path, { method: 'POST' });
+        gens.changed();
+        if (p.tenant !== null) own.add(keyOf(p));
+        rows.put(p);
+        toast(`Paused ${p.kind} for ${holds(p)}: its waiting jobs stay queued`);
+      } catch (err) {
+        errors.textContent = err.message;
+      } finally {
+        button.disabled = false;
+      }
+    }
+  }
+}
+
+function schedules(write) {
+  const tbody = h('tbody');
+  const empty = h('p', { class: 'empty', hidden: true }, 'No schedules.');
+  const status = h('p', { class: 'hint', role: 'status' });
+  const rows = keyedRows(tbody, empty, (s) => s.id, row);
+  const gens = generations();
+  const el = h(
+    'section',
+    { class: 'card', 'aria-labelledby': 'sched-h' },
+    h('h2', { id: 'sched-h' }, 'Schedules'),
+    h('p', { class: 'hint' }, 'Each tick of a schedule submits one job. Create them with ', h('code', {}, 'conveyor schedules create'), ' or ', h('code', {}, 'POST /v1/schedules'), '.'),
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        { class: 'ops' },
+        h('caption', { class: 'visually-hidden' }, 'Schedules, by id'),
+        h('thead', {}, h('tr', {}, ['Schedule', 'Kind', 'Timing', 'Next run', 'Last run', 'State', ...(write ? [h('span', { class: 'visually-hidden' }, 'Actions')] : [])].map((c) => h('th', { scope: 'col' }, c)))),
+        tbody,
+      ),
+    ),
+    empty,
+    status,
+  );
+  const stop = every(5000, refresh);
+  return { el, dispose: stop };
+
+  async function refresh() {
+    try {
+      await gens.load(
+        () => api('/v1/schedules'),
+        ({ items }) => {
+          rows.set(items);
+          status.textContent = '';
+        },
+      );
+    } catch (e) {
+      status.textContent = e.status === 404 ? 'Not available on this server.' : `Unavailable: ${e.message}`;
+    }
+  }
+
+  function row(first) {
+    const id = first.id;
+    const cells = {
+      kind: h('td', { 'data-label': 'Kind' }),
+      timing: h('td', { class: 'code', 'data-label': 'Timing' }),
+      next: h('td', { 'data-label': 'Next run' }),
+      last: h('td', { 'data-label': 'Last run' }),
+      state: h('td', { 'data-label': 'State' }),
+    };
+    const toggle = h('button', { type: 'button', class: 'small', onclick: () => setPaused(toggle.dataset.paused !== 'true') });
+    const remove = h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete schedule ${id}`, onclick: del }, 'Delete');
+    const tr = h(
+      'tr',
+      { 'data-schedule': id },
+      h('td', { class: 'id' }, id),
+      cells.kind,
+      cells.timing,
+      cells.next,
+      cells.last,
+      cells.state,
+      write ? h('td', { class: 'actions' }, toggle, ' ', remove) : null,
+    );
+    return {
+      tr,
+      update(s) {
+        tr.dataset.paused = String(s.paused);
+        cells.kind.textContent = s.kind;
+        cells.timing.textContent = timing(s);
+        cells.next.replaceChildren(...(s.next_run_at ? [when(s.next_run_at), ' ', h('span', { class: 'hint' }, relative(s.next_run_at))] : [h('span', { class: 'hint' }, s.paused ? 'none while paused' : '')]));
+        cells.last.replaceChildren(...(s.last_run_at ? [when(s.last_run_at), ' ', h('span', { class: 'hint' }, relative(s.last_run_at))] : [h('span', { class: 'hint' }, 'not yet')]));
+        cells.state.replaceChildren(h('span', { class: `badge ${s.paused ? 'paused' : 'active'}` }, s.paused ? 'paused' : 'active'));
+        toggle.dataset.paused = String(s.paused);
+        toggle.textContent = s.paused ? 'Resume' : 'Pause';
+        toggle.setAttribute('aria-label', `${s.paused ? 'Resume' : 'Pause'} schedule ${id}`);
+      },
+    };
+
+    async function setPaused(paused) {
+      toggle.disabled = true;
+      try {
+        const s = await api(`/v1/schedules/${encodeURIComponent(id)}/${paused ? 'pause' : 'resume'}`, { method: 'POST' });
+        gens.changed();
+        rows.put(s);
+        toast(paused ? `Paused schedule ${id}: no tick fires until it is resumed` : `Resumed schedule ${id}: it goes on from its next tick`);
+      } catch (e) {
+        toast(`Could not ${paused ? 'pause' : 'resume'} schedule ${id}: ${e.message}`, 'error');
+      } finally {
+        toggle.disabled = false;
+      }
+    }
+
+    async function del() {
+      if (!window.confirm(`Delete schedule ${id}? No tick fires after this; jobs it already submitted run on.`)) return;
+      remove.disabled = true;
+      try {
+        await api(`/v1/schedules/${encodeURIComponent(id)}`, { method: 'DELETE' });
+        gens.changed();
+        rows.remove(id);
+        toast(`Deleted schedule ${id}`);
+      } catch (e) {
+        toast(`Could not delete schedule ${id}: ${e.message}`, 'error');
+        remove.disabled = false;
+      }
+    }
   }
 }
 

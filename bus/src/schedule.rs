@@ -104,3 +104,30 @@ impl Bus {
             .await
     }
 }
+
+/// How long ago `msg` was stored in its stream.
+pub fn age(msg: &async_nats::jetstream::Message) -> Option<std::time::Duration> {
+    let published = msg.info().ok()?.published;
+    let age = time::OffsetDateTime::now_utc() - published;
+    age.try_into().ok()
+}
+
+impl Bus {
+    /// Whether the log shows attempt `attempt` (or a later one) of `job` started.
+    pub async fn attempt_begun(
+        &self,
+        events: &async_nats::jetstream::stream::Stream,
+        tenant: &events::Tenant,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<bool> {
+        let subject = self.ns.job_event(tenant, job, "started");
+        let Some(msg) = crate::last_message(events, subject).await? else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            crate::decode_event(Some(&msg.headers), &msg.payload).map(|e| e.payload),
+            Ok(events::JobEvent::Started(s)) if s.attempt >= attempt
+        ))
+    }
+}

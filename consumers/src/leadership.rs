@@ -73,6 +73,15 @@ impl Role {
 /// A connection of its own holding the lock, or `None` if another session holds it.
 async fn try_lock(db: &PgPool, key: i64) -> sqlx::Result<Option<PgConnection>> {
     let mut conn = db.acquire().await?.detach();
+    // Postgres learns within about 30 s that a holder's network is gone (not after the system's
+    // two hours), and frees the lock for a standby.
+    for setting in [
+        "SET tcp_keepalives_idle = 10",
+        "SET tcp_keepalives_interval = 5",
+        "SET tcp_keepalives_count = 4",
+    ] {
+        sqlx::query(setting).execute(&mut conn).await?;
+    }
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(key)
         .fetch_one(&mut conn)

@@ -1,6 +1,7 @@
 //! Paused kinds, as the pauses bucket holds them: one key per pause, `all.<kind>` for every
-//! tenant or `tenant.<tenant>.<kind>` for one; a key present means paused. Waiting jobs of a
-//! paused kind stay queued and none starts; running ones finish.
+//! tenant (an operator's), `op.<tenant>.<kind>` for one tenant by an operator, and
+//! `tenant.<tenant>.<kind>` by the tenant itself (so neither lifts the other's); a key present
+//! means paused. Waiting jobs of a paused kind stay queued and none starts; running ones finish.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,23 +17,39 @@ pub struct Paused {
     pub by: String,
 }
 
-/// The key of a pause of `kind` for `tenant` (`None`: every tenant).
-pub fn key(kind: &JobKind, tenant: Option<&Tenant>) -> String {
-    match tenant {
-        None => format!("all.{kind}"),
-        Some(t) => format!("tenant.{t}.{kind}"),
+/// Who paused a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The tenant, for its own jobs.
+    Tenant,
+    /// An operator (for one tenant, or for every tenant).
+    Operator,
+}
+
+/// The key of a pause of `kind` for `tenant` (`None`: every tenant, an operator's).
+pub fn key(kind: &JobKind, tenant: Option<&Tenant>, by: By) -> String {
+    match (tenant, by) {
+        (None, _) => format!("all.{kind}"),
+        (Some(t), By::Operator) => format!("op.{t}.{kind}"),
+        (Some(t), By::Tenant) => format!("tenant.{t}.{kind}"),
     }
 }
 
-/// The kind and tenant of a pause key (`None`: not one).
-pub fn parse(key: &str) -> Option<(JobKind, Option<Tenant>)> {
+/// The kind, tenant and author of a pause key (`None`: not one).
+pub fn parse(key: &str) -> Option<(JobKind, Option<Tenant>, By)> {
     if let Some(kind) = key.strip_prefix("all.") {
-        return Some((JobKind::parse(kind).ok()?, None));
+        return Some((JobKind::parse(kind).ok()?, None, By::Operator));
     }
-    let (tenant, kind) = key.strip_prefix("tenant.")?.split_once('.')?;
+    let (by, rest) = if let Some(rest) = key.strip_prefix("tenant.") {
+        (By::Tenant, rest)
+    } else {
+        (By::Operator, key.strip_prefix("op.")?)
+    };
+    let (tenant, kind) = rest.split_once('.')?;
     Some((
         JobKind::parse(kind).ok()?,
         Some(Tenant::parse(tenant).ok()?),
+        by,
     ))
 }
 
@@ -44,8 +61,20 @@ mod tests {
     fn keys_round_trip_with_dotted_kinds() {
         let kind = JobKind::parse("report.job_stats").unwrap();
         let acme = Tenant::parse("acme").unwrap();
-        assert_eq!(parse(&key(&kind, None)), Some((kind.clone(), None)));
-        assert_eq!(parse(&key(&kind, Some(&acme))), Some((kind, Some(acme))));
+        assert_eq!(
+            parse(&key(&kind, None, By::Operator)),
+            Some((kind.clone(), None, By::Operator))
+        );
+        for by in [By::Tenant, By::Operator] {
+            assert_eq!(
+                parse(&key(&kind, Some(&acme), by)),
+                Some((kind.clone(), Some(acme.clone()), by))
+            );
+        }
+        assert_ne!(
+            key(&kind, Some(&acme), By::Tenant),
+            key(&kind, Some(&acme), By::Operator)
+        );
         assert_eq!(parse("other"), None);
     }
 }

@@ -94,6 +94,9 @@ pub enum TimingError {
     /// A bad interval.
     #[error("`every` must be a duration from 1s to 366d, e.g. `30s` or `1h 30m`")]
     Every,
+    /// A cron expression with no tick to come (`0 0 30 2 *`: February 30th).
+    #[error("`cron` {0:?} never ticks")]
+    Never(String),
 }
 
 impl Timing {
@@ -101,10 +104,14 @@ impl Timing {
     pub fn cron(cron: &str, timezone: &str) -> Result<Self, TimingError> {
         parse_cron(cron)?;
         parse_tz(timezone)?;
-        Ok(Self::Cron {
+        let timing = Self::Cron {
             cron: cron.trim().to_owned(),
             timezone: timezone.to_owned(),
-        })
+        };
+        timing
+            .next_after(Utc::now())
+            .ok_or_else(|| TimingError::Never(cron.to_owned()))?;
+        Ok(timing)
     }
 
     /// An interval timing (`every`: `30s`, `1h 30m`), anchored now.
@@ -317,6 +324,10 @@ mod tests {
         // 02:30 in Paris is 01:30 UTC in winter.
         assert_eq!(s.next_tick(), Some(at("2026-03-01T01:30:00Z")));
         assert!(Timing::cron("not cron", "UTC").is_err());
+        assert_eq!(
+            Timing::cron("0 0 30 2 *", "UTC"),
+            Err(TimingError::Never("0 0 30 2 *".into()))
+        );
         assert!(Timing::cron("* * * * *", "Mars/Olympus").is_err());
     }
 

@@ -93,6 +93,19 @@ async function submitFromForm(kind, payload, maxAttempts) {
   return (await res.json()).id;
 }
 
+/** A page of its own, signed in with a token of `scope` (tenant acme), on Operations. */
+async function opsPage(scope) {
+  const p = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  p.setDefaultTimeout(WAIT);
+  p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  await p.goto(conveyor.url);
+  await p.getByLabel('Bearer token').fill(conveyor.token(scope));
+  await p.getByRole('button', { name: 'Sign in' }).click();
+  await p.locator('#nav').getByRole('link', { name: 'Operations', exact: true }).click();
+  await p.getByRole('heading', { level: 1, name: 'Operations' }).waitFor();
+  return p;
+}
+
 test('the API process serves the dashboard with strict headers, beside the API', async () => {
   const index = await fetch(`${conveyor.url}/`);
   assert.equal(index.status, 200);
@@ -266,24 +279,148 @@ test('operations: projections rebuild with progress; consumers; charts from /met
   noProblems();
 });
 
+test('operations: schedules with their next run, refreshed; pause, resume and delete (confirmed) from the page', async () => {
+  await nav('Operations').click();
+  await heading('Operations').waitFor();
+  const id = 'browser-nightly';
+  const created = await conveyor.call(token, '/v1/schedules', { method: 'POST', body: { id, kind: 'noop', cron: '0 30 2 * * *', timezone: 'Europe/Paris' } });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  assert.ok(created.body.next_run_at, 'the API gives a next run');
+  const hourly = await conveyor.call(token, '/v1/schedules', { method: 'POST', body: { id: 'browser-every', kind: 'sleep', payload: { ms: 1 }, every: '1h 30m' } });
+  assert.equal(hourly.status, 201, JSON.stringify(hourly.body));
+  // Created behind the page's back: the periodic refresh lists them.
+  const nightly = page.locator(`tr[data-schedule="${id}"]`);
+  await nightly.waitFor();
+  assert.equal(await nightly.locator('td[data-label="Kind"]').textContent(), 'noop');
+  assert.equal(await nightly.locator('td[data-label="Timing"]').textContent(), '0 30 2 * * * (Europe/Paris)');
+  assert.equal(await nightly.locator('td[data-label="Next run"] time').getAttribute('datetime'), created.body.next_run_at);
+  await nightly.locator('td[data-label="Next run"]').getByText(/^in \d/).waitFor();
+  await nightly.locator('td[data-label="Last run"]').getByText('not yet').waitFor();
+  await nightly.locator('td[data-label="State"]').getByText('active', { exact: true }).waitFor();
+  const every = page.locator('tr[data-schedule="browser-every"]');
+  assert.equal(await every.locator('td[data-label="Timing"]').textContent(), 'every 1 h 30 m');
+  assert.equal(await every.locator('td[data-label="Next run"] time').getAttribute('datetime'), hourly.body.next_run_at);
+  await everyControlNamed();
+  await shot('6c-operations-schedules');
+
+  // Pause: the API says paused, and a paused schedule has no next run.
+  await nightly.getByRole('button', { name: `Pause schedule ${id}` }).click();
+  await page.locator(`tr[data-schedule="${id}"][data-paused="true"]`).waitFor();
+  const paused = await conveyor.call(token, `/v1/schedules/${id}`);
+  assert.equal(paused.body.paused, true);
+  assert.equal(paused.body.next_run_at, undefined);
+  await nightly.locator('td[data-label="Next run"]').getByText('none while paused').waitFor();
+  await nightly.locator('td[data-label="State"]').getByText('paused', { exact: true }).waitFor();
+  // Resume: active again, with a next run.
+  await nightly.getByRole('button', { name: `Resume schedule ${id}` }).click();
+  await page.locator(`tr[data-schedule="${id}"][data-paused="false"]`).waitFor();
+  const resumed = (await conveyor.call(token, `/v1/schedules/${id}`)).body;
+  assert.equal(resumed.paused, false);
+  assert.ok(resumed.next_run_at, 'a resumed schedule has a next run');
+  await nightly.locator('td[data-label="Next run"] time').waitFor();
+
+  // Delete asks first: dismissed, nothing happens; accepted, the schedule is gone.
+  const remove = nightly.getByRole('button', { name: `Delete schedule ${id}` });
+  let asked = page.waitForEvent('dialog');
+  let clicked = remove.click();
+  let dialog = await asked;
+  assert.equal(dialog.type(), 'confirm');
+  assert.match(dialog.message(), new RegExp(`^Delete schedule ${id}\\?`));
+  await dialog.dismiss();
+  await clicked;
+  assert.equal((await conveyor.call(token, `/v1/schedules/${id}`)).status, 200, 'kept when the confirmation is dismissed');
+  assert.equal(await nightly.count(), 1);
+  asked = page.waitForEvent('dialog');
+  clicked = remove.click();
+  dialog = await asked;
+  await dialog.accept();
+  await clicked;
+  await nightly.waitFor({ state: 'detached' });
+  assert.equal((await conveyor.call(token, `/v1/schedules/${id}`)).status, 404);
+  // Deleted behind the page's back: the refresh drops it.
+  assert.equal((await conveyor.call(token, '/v1/schedules/browser-every', { method: 'DELETE' })).status, 204);
+  await every.waitFor({ state: 'detached' });
+  await page.getByText('No schedules.').waitFor();
+  noProblems();
+});
+
+test('operations: a kind paused from the page holds its jobs, others run on; resumed, they run', async () => {
+  await nav('Operations').click();
+  await heading('Operations').waitFor();
+  const status = async (id) => (await conveyor.call(token, `/v1/jobs/${id}`)).body?.status;
+  await page.getByText('No kind is paused.').waitFor();
+  await page.getByLabel('Kind to pause').selectOption('noop');
+  await page.getByLabel('Pause for').selectOption({ label: 'this tenant\'s jobs' });
+  await page.getByRole('button', { name: 'Pause kind' }).click();
+  const paused = page.locator('tr[data-pause-kind="noop"][data-pause-tenant="acme"]');
+  await paused.waitFor();
+  const listed = (await conveyor.call(token, '/v1/pauses')).body.items;
+  assert.deepEqual(listed.map((p) => [p.kind, p.tenant, p.paused, p.by]), [['noop', 'acme', true, 'browser-test']]);
+
+  // A noop job waits; a sleep job submitted after it runs.
+  const held = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id;
+  const other = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'sleep', payload: { ms: 1 } } })).body.id;
+  await until(async () => (await status(other)) === 'succeeded', 'the sleep job to succeed');
+  assert.equal(await status(held), 'queued');
+  const types = (await conveyor.call(token, `/v1/jobs/${held}/events`)).body.map((ce) => ce.type);
+  assert.deepEqual(types, ['dev.conveyor.job.submitted'], 'the paused kind\'s job never started');
+  await paused.locator('td[data-label="Paused for"]').getByText('acme (this tenant)').waitFor();
+  await paused.locator('td[data-label="By"]').getByText('browser-test').waitFor();
+  await everyControlNamed();
+  await shot('6d-operations-paused-kind');
+
+  // Resumed from the page: the held job runs.
+  await paused.getByRole('button', { name: 'Resume noop', exact: true }).click();
+  await paused.waitFor({ state: 'detached' });
+  await page.getByText('No kind is paused.').waitFor();
+  assert.deepEqual((await conveyor.call(token, '/v1/pauses')).body.items, []);
+  await until(async () => (await status(held)) === 'succeeded', 'the held noop job to succeed');
+  noProblems();
+});
+
+test('operations: an operator pauses a kind for every tenant; a tenant sees it, cannot lift it, and changes nothing without jobs:write', async () => {
+  await page.getByLabel('Kind to pause').selectOption('fail');
+  await page.getByLabel('Pause for').selectOption({ label: 'every tenant' });
+  await page.getByRole('button', { name: 'Pause kind' }).click();
+  const everyone = page.locator('tr[data-pause-kind="fail"][data-pause-tenant="*"]');
+  await everyone.getByText('every tenant').waitFor();
+  const all = (await conveyor.call(token, '/v1/admin/pauses')).body.items;
+  assert.deepEqual(all.map((p) => [p.kind, p.tenant]), [['fail', null]]);
+  const schedule = await conveyor.call(token, '/v1/schedules', { method: 'POST', body: { id: 'browser-read-only', kind: 'noop', every: '6h' } });
+  assert.equal(schedule.status, 201, JSON.stringify(schedule.body));
+
+  noProblems();
+
+  // A reader of the tenant: the pause that holds its jobs and the schedule, and no button.
+  const reader = await opsPage('jobs:read');
+  const held = reader.locator('tr[data-pause-kind="fail"][data-pause-tenant="*"]');
+  await held.getByText('held by an operator').waitFor();
+  await reader.locator('tr[data-schedule="browser-read-only"]').getByText('every 6 h').waitFor();
+  await reader.locator('section[aria-labelledby="sched-h"]').waitFor();
+  assert.equal(await reader.locator('section[aria-labelledby="pauses-h"] button, section[aria-labelledby="sched-h"] button').count(), 0);
+  assert.equal(await reader.getByRole('button', { name: 'Pause kind' }).count(), 0);
+  await reader.screenshot({ path: join(SHOTS, '6e-operations-tenant-reader.png'), fullPage: true });
+  await reader.close();
+  problems.splice(0); // the reader's jobs page, first after sign-in, is refused the event stream
+
+  await everyone.getByRole('button', { name: 'Resume fail for every tenant' }).click();
+  await everyone.waitFor({ state: 'detached' });
+  assert.deepEqual((await conveyor.call(token, '/v1/admin/pauses')).body.items, []);
+  assert.equal((await conveyor.call(token, '/v1/schedules/browser-read-only', { method: 'DELETE' })).status, 204);
+  noProblems();
+});
+
 test('operations: the page shows what the token\'s scopes allow (admin per tenant, operator for the platform)', async () => {
-  const ops = async (scope) => {
-    const p = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    p.setDefaultTimeout(WAIT);
-    p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    await p.goto(conveyor.url);
-    await p.getByLabel('Bearer token').fill(conveyor.token(scope));
-    await p.getByRole('button', { name: 'Sign in' }).click();
-    await p.locator('#nav').getByRole('link', { name: 'Operations', exact: true }).click();
-    await p.getByRole('heading', { level: 1, name: 'Operations' }).waitFor();
-    return p;
-  };
+  const ops = opsPage;
   // A tenant's admin: its dead letters, and no projection, consumer or metric of the platform.
   const admin = await ops('jobs:read admin');
   await admin.locator('section[aria-labelledby="dl-h"]').waitFor();
   await admin.getByText('they need the operator scope').waitFor();
   assert.equal(await admin.locator('section[aria-labelledby="proj-h"]').count(), 0);
   assert.equal(await admin.locator('[data-consumer]').count(), 0);
+  // and the tenant's pauses and schedules (admin stands for jobs:write: it changes them).
+  await admin.locator('section[aria-labelledby="sched-h"]').waitFor();
+  await admin.locator('section[aria-labelledby="pauses-h"]').getByRole('button', { name: 'Pause kind' }).waitFor();
   await admin.screenshot({ path: join(SHOTS, '6b-operations-tenant-admin.png'), fullPage: true });
   await admin.close();
   // An operator: projections and consumers, and no tenant's dead letters.
@@ -292,6 +429,12 @@ test('operations: the page shows what the token\'s scopes allow (admin per tenan
   await operator.locator('[data-consumer]').first().waitFor();
   await operator.getByText('Dead letters need the admin scope').waitFor();
   assert.equal(await operator.locator('section[aria-labelledby="dl-h"]').count(), 0);
+  // Every tenant's pauses, and pausing for all (the kind typed: listing kinds needs jobs:read);
+  // no tenant's schedules.
+  await operator.getByText('Schedules need the jobs:read scope').waitFor();
+  assert.equal(await operator.locator('section[aria-labelledby="sched-h"]').count(), 0);
+  await operator.locator('section[aria-labelledby="pauses-h"]').getByText('For every tenant.').waitFor();
+  assert.equal(await operator.getByLabel('Kind to pause').evaluate((el) => el.tagName), 'INPUT');
   await operator.close();
   problems.splice(0); // an operator token's 403 on /v1/jobs at sign-in is logged as a failed load
 });

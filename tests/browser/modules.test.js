@@ -1,9 +1,10 @@
 // The dashboard's pure modules, in Node: the SSE parser, Prometheus arithmetic, payload
-// validation and the job fold.
+// validation, the job fold, and how schedules' timings read.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
+import { interval, relative, timing } from '../../dashboard/dom.js';
 import { apply, fromSubmitted } from '../../dashboard/jobfold.js';
 import { Window, parse } from '../../dashboard/metrics.js';
 import { describe, template, validate } from '../../dashboard/schema.js';
@@ -111,4 +112,20 @@ test('job fold: events change a job as the projector does, in stream order', () 
   assert.equal(apply(read, ce('redriven', { next_attempt: 3, max_attempts: 4 }, '2026-01-01T00:00:09Z'), 10), false, 'an event older than the snapshot');
   assert.equal(apply(read, ce('progressed', { attempt: 2, current: 1 }, '2026-01-01T00:00:11Z'), 11), true);
   assert.equal(read.last_seq, 11);
+});
+
+test('schedules: a timing reads as its cron and time zone, or its interval exactly', () => {
+  assert.equal(timing({ cron: '0 30 2 * * *', timezone: 'Europe/Paris' }), '0 30 2 * * * (Europe/Paris)');
+  assert.equal(timing({ cron: '*/5 * * * *' }), '*/5 * * * * (UTC)');
+  assert.equal(timing({ every_ms: 30_000 }), 'every 30 s');
+  assert.equal(timing({ every_ms: 5_400_000 }), 'every 1 h 30 m', 'no rounding: 90 minutes is not "2 h"');
+  assert.equal(timing({ every_ms: 86_400_000 + 1500 }), 'every 1 d 1 s 500 ms');
+  assert.equal(timing({ every_ms: 366 * 86_400_000 }), 'every 366 d');
+  assert.equal(timing({}), '');
+  assert.equal(interval(0), '0 ms');
+  const now = Date.parse('2026-01-01T00:00:00Z');
+  assert.equal(relative('2026-01-01T02:05:00Z', now), 'in 2 h 05 m');
+  assert.equal(relative('2025-12-31T23:59:57Z', now), '3.0 s ago');
+  assert.equal(relative('2026-01-01T00:00:00.400Z', now), 'now');
+  assert.equal(relative(undefined, now), '');
 });

@@ -235,7 +235,7 @@ async fn terminate_connections(env: &Env) {
 }
 
 /// Publishes a second copy of something of `job`'s: its first run command (as a publisher
-/// retrying without a message id would, so JetStream delivers it again), or its `job.submitted`
+/// retrying without a message id would, so JetStream delivers it again, to the scheduler), or its `job.submitted`
 /// or latest `job.started` event, with its message id (JetStream must drop it) or without (it is
 /// stored twice, and the read models must not change).
 async fn duplicate(js: &jetstream::Context, env: &Env, job: JobId, how: u32) -> &'static str {
@@ -266,7 +266,8 @@ async fn duplicate(js: &jetstream::Context, env: &Env, job: JobId, how: u32) -> 
                 ev.kind.clone(),
                 Command::Run(RunJob::first(s)),
             );
-            let _ = publish(js, ns.run_command_of(&ev.kind, job), cmd.to_json(), None).await;
+            // Where every publisher of a run command sends it: to the scheduler.
+            let _ = publish(js, ns.wait_command_of(&ev.kind, job), cmd.to_json(), None).await;
             "run command (no message id)"
         }
         1 => {
@@ -309,8 +310,9 @@ async fn poison(js: &jetstream::Context, env: &Env, which: u32) -> &'static str 
     let garbage = b"\x00\xffnot a cloudevent {".to_vec();
     match which {
         0 => {
+            // Where run commands are published: the scheduler must drop it.
             let kind = JobKind::parse("noop").expect("kind");
-            let _ = publish(js, ns.run_command_of(&kind, job), garbage, None).await;
+            let _ = publish(js, ns.wait_command_of(&kind, job), garbage, None).await;
             "garbage run command"
         }
         1 => {

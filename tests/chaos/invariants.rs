@@ -117,6 +117,10 @@ pub(crate) async fn check(
         "no concurrency key ever ran more jobs at once than its limit",
         key_overlaps(&log),
     ));
+    report.push((
+        "the schedule submitted one job per tick, none missing",
+        schedule_ticks(&log),
+    ));
 
     let rows: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
         .fetch_all(&db)
@@ -215,6 +219,42 @@ fn key_overlaps(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
                 }
             }
             _ => {}
+        }
+    }
+    v
+}
+
+/// The id of the run's schedule.
+pub(crate) const SCHEDULE: &str = "chaos-tick";
+
+/// The schedule's ticks, from the `job.submitted` events that name them: each tick once (a
+/// `job.submitted` repeated without its message id would be another job, with another id, so
+/// jobs are counted per tick), and consecutive ticks exactly a second apart.
+fn schedule_ticks(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
+    let mut ticks: BTreeMap<chrono::DateTime<chrono::Utc>, BTreeSet<String>> = BTreeMap::new();
+    for (_, ev) in log {
+        if let JobEvent::Submitted(s) = &ev.payload {
+            if let Some(from) = s.schedule.as_ref().filter(|f| f.id == SCHEDULE) {
+                ticks
+                    .entry(from.tick)
+                    .or_default()
+                    .insert(ev.job.to_string());
+            }
+        }
+    }
+    let mut v = Vec::new();
+    if ticks.len() < 10 {
+        v.push(format!("only {} ticks in the whole run", ticks.len()));
+    }
+    for (tick, jobs) in &ticks {
+        if jobs.len() != 1 {
+            v.push(format!("tick {tick} has {} jobs", jobs.len()));
+        }
+    }
+    let at: Vec<_> = ticks.keys().collect();
+    for pair in at.windows(2) {
+        if (*pair[1] - *pair[0]).num_milliseconds() != 1000 {
+            v.push(format!("ticks missing between {} and {}", pair[0], pair[1]));
         }
     }
     v

@@ -25,7 +25,8 @@
 //! Invariants, checked once everything is back and quiet: every accepted job is in the read
 //! model, terminal, with the outcome its kind implies; no job is left unfinished; each job has
 //! exactly one terminal event in the log; no concurrency key ever had more attempts between
-//! `job.started` and their end than its limit; `job_events` holds one row per readable event of the
+//! `job.started` and their end than its limit; the run's schedule (a job every second) submitted
+//! exactly one job per tick, none missing; `job_events` holds one row per readable event of the
 //! log, none missing, none extra; `job_stats` equals a recount of `jobs`; every ended job with a
 //! webhook got a correctly signed delivery of its terminal event, and no delivery came for a job
 //! that did not end; a report of an HTTP worker after its attempt's outcome is refused; a
@@ -89,6 +90,59 @@ impl Tally {
     }
 }
 
+/// The run's schedule, `chaos-tick`: a `noop` job every second.
+struct Schedule {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Schedule {
+    async fn create(roles: &faults::Roles) -> Self {
+        let schedule = Self {
+            http: reqwest::Client::new(),
+            url: roles.api_urls[0].clone(),
+            token: roles.env.token("acme", "jobs:write jobs:read"),
+        };
+        let res = schedule
+            .http
+            .post(format!("{}/v1/schedules", schedule.url))
+            .bearer_auth(&schedule.token)
+            .json(&serde_json::json!({"id": invariants::SCHEDULE, "every": "1s", "kind": "noop"}))
+            .send()
+            .await
+            .expect("create the schedule");
+        assert_eq!(
+            res.status(),
+            201,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+        schedule
+    }
+
+    /// Deletes it, retrying while the API comes back from the faults.
+    async fn delete(&self) {
+        for _ in 0..60 {
+            let res = self
+                .http
+                .delete(format!(
+                    "{}/v1/schedules/{}",
+                    self.url,
+                    invariants::SCHEDULE
+                ))
+                .bearer_auth(&self.token)
+                .send()
+                .await;
+            if res.is_ok_and(|r| r.status() == 204) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        panic!("the schedule could not be deleted");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let settings = settings();
@@ -109,6 +163,8 @@ async fn main() {
     let http_workers =
         http_workers::HttpWorkers::start(&roles, push_url, tally.clone(), settings.seed).await;
     let load = load::Load::start(roles.clone(), hooks, tally.clone(), settings.seed);
+    // A schedule ticking every second through all the faults: one job per tick, none missing.
+    let schedule = Schedule::create(&roles).await;
     faults::inject(
         &roles,
         &mut nats,
@@ -121,6 +177,7 @@ async fn main() {
     .await;
     let (accepted, contract) = load.stop().await;
     roles.restore_all().await;
+    schedule.delete().await;
     println!(
         "chaos: load and faults over; {} jobs accepted; settling",
         accepted.len()

@@ -364,6 +364,36 @@ async fn a_paused_kind_keeps_its_jobs_queued_until_resumed() {
         )
         .await;
     assert_eq!(status, 422, "{bad}");
+
+    // An operator's pause of one tenant outlasts that tenant's own resume.
+    let (status, one) = operator
+        .post("/v1/admin/kinds/noop/pause?tenant=acme", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["by_operator"], true, "{one}");
+    assert_eq!(acme.post("/v1/kinds/noop/resume", &json!({})).await.0, 200);
+    let held = id_of(&acme.submit(json!({"kind": "noop"})).await);
+    let after = id_of(
+        &acme
+            .submit(json!({"kind": "sleep", "payload": {"ms": 1}}))
+            .await,
+    );
+    assert_eq!(acme.wait_terminal(&after).await["status"], "succeeded");
+    assert_eq!(
+        acme.timeline(&held).await,
+        ["submitted"],
+        "the tenant lifted an operator's pause"
+    );
+    let (_, listed) = acme.get("/v1/pauses").await;
+    assert_eq!(listed["items"][0]["by_operator"], true, "{listed}");
+    assert_eq!(
+        operator
+            .post("/v1/admin/kinds/noop/resume?tenant=acme", &json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(acme.wait_terminal(&held).await["status"], "succeeded");
 }
 
 /// A job's status, asked as whichever tenant owns it.

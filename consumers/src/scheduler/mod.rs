@@ -36,8 +36,8 @@ use bus::jetstream::{AckKind, DeliverPolicy};
 use bus::Bus;
 use chrono::Utc;
 use events::{subjects::msg_id, Command, JobId};
-use futures::StreamExt;
-use queue::{Added, Queues, Running, Waiting};
+use futures::{StreamExt, TryStreamExt};
+use queue::{Queues, Running, Waiting};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,15 @@ const ROUND: Duration = Duration::from_millis(10);
 
 /// How often released attempts are checked against the stream.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// The most released attempts checked at once (the oldest first), so a check never holds up
+/// releases for long.
+const RECONCILE_MOST: usize = 200;
+
+/// A waiting command held this long may have been released before, its acknowledgement lost,
+/// by a scheduler that has since gone: before it is held again, the log is checked for its
+/// attempt's start (a release repeated past the duplicate window would be stored again).
+const LONG_HELD: Duration = Duration::from_secs(4 * 60);
 
 /// How often the schedules are checked for due ticks.
 const TICKS: Duration = Duration::from_millis(200);
@@ -129,6 +138,7 @@ pub async fn run(
             return Ok(());
         };
         let term = shutdown.child_token();
+        let began = std::time::Instant::now();
         let result = tokio::select! {
             r = schedule(&bus, &settings, &term) => r,
             () = leadership::watch(&mut lock) => Ok(()),
@@ -138,7 +148,12 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        failures += 1;
+        // A term that lasted is a fresh start: only failures in a row back off further.
+        failures = if began.elapsed() > Duration::from_secs(60) {
+            1
+        } else {
+            failures + 1
+        };
         let wait = events::retry::SERVICE_RETRY.delay(failures);
         match result {
             Ok(()) => tracing::warn!("scheduler lost its leadership lock; standing by"),
@@ -189,12 +204,21 @@ async fn schedule(
             );
         }
     }
-    let mut pauses = bus
-        .pauses()
-        .await?
+    let pause_store = bus.pauses().await?;
+    let mut pauses = pause_store
         .watch_with_history(">")
         .await
         .map_err(bus::Error::bucket)?;
+    // The pauses in force before the first round (the watch brings them too, but maybe later).
+    let mut pause_keys = Pauses::default();
+    let keys: Vec<String> = match pause_store.keys().await {
+        Ok(keys) => keys.try_collect().await.map_err(bus::Error::bucket)?,
+        Err(e) => return Err(bus::Error::bucket(e).into()),
+    };
+    for key in keys {
+        pause_keys.set(&key, true);
+    }
+    queues.set_pauses(pause_keys.in_force());
     let mut schedule_changes = bus
         .schedules()
         .await?
@@ -221,7 +245,12 @@ async fn schedule(
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let commands = bus.commands_stream().await?;
+    let events = bus.events_stream().await?;
     let mut paces = std::collections::HashMap::new();
+    // Whether anything came that a round may release (an arrival, an end, a pause lifted), and
+    // how many rounds released nothing since: with nothing new, a round goes every tenth tick
+    // (workers taking released jobs is the one change that comes unannounced).
+    let (mut changed, mut quiet) = (true, 0u32);
     loop {
         tokio::select! {
             biased;
@@ -232,15 +261,23 @@ async fn schedule(
                     Some(Err(e)) => return Err(bus::Error::consumer(e).into()),
                     None => return Err(bus::Error::Ended("the scheduler's consumer").into()),
                 };
-                arrive(bus, &mut queues, msg).await?;
+                arrive(bus, &events, &mut queues, msg).await?;
+                changed = true;
             }
             end = ends.next() => match end {
-                Some(Ok(msg)) => attempt_ended(bus, &mut queues, &msg),
+                Some(Ok(msg)) => {
+                    attempt_ended(bus, &mut queues, &msg);
+                    changed = true;
+                }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(bus::Error::Ended("the attempt-end events").into()),
             },
             change = pauses.next() => match change {
-                Some(Ok(entry)) => paused(&mut queues, &entry),
+                Some(Ok(entry)) => {
+                    pause_keys.set(&entry.key, entry.operation == bus::jetstream::KvOperation::Put);
+                    queues.set_pauses(pause_keys.in_force());
+                    changed = true;
+                }
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the pauses' watch").into()),
             },
@@ -257,19 +294,25 @@ async fn schedule(
                 schedules.fire(bus).await?;
             }
             _ = round.tick() => {
-                if queues.wants_round(Utc::now()) {
+                quiet = if changed { 0 } else { quiet + 1 };
+                if queues.wants_round(Utc::now()) && quiet % 10 == 0 {
+                    changed = false;
                     if !bus.holds_scheduler_consumer(&consumer).await? {
                         tracing::warn!("another scheduler took over; this one stops");
                         return Ok(());
                     }
-                    release(bus, settings, &mut queues, &mut paces).await?;
+                    if release(bus, settings, &mut queues, &mut paces).await? > 0 {
+                        changed = true;
+                    }
                 }
             }
             _ = reconcile.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(RECONCILE_EVERY).expect("short");
-                for (job, kind) in queues.running_before(before).into_iter().take(1000) {
+                for (job, kind) in queues.running_before(before, RECONCILE_MOST) {
                     if bus::last_message(&commands, bus.ns().run_command_of(&kind, job)).await?.is_none() {
                         queues.ended(job, None);
+                    } else {
+                        queues.still_running(job, Utc::now());
                     }
                 }
                 metrics::gauge!("conveyor_scheduler_waiting").set(queues.waiting() as f64);
@@ -280,7 +323,12 @@ async fn schedule(
 }
 
 /// Takes a waiting command into the queues (or acknowledges one released already).
-async fn arrive(bus: &Bus, queues: &mut Queues, msg: bus::jetstream::Message) -> crate::Result<()> {
+async fn arrive(
+    bus: &Bus,
+    events: &bus::jetstream::Stream,
+    queues: &mut Queues,
+    msg: bus::jetstream::Message,
+) -> crate::Result<()> {
     let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
         return Ok(());
     };
@@ -319,8 +367,17 @@ async fn arrive(bus: &Bus, queues: &mut Queues, msg: bus::jetstream::Message) ->
         body,
         reply: reply.clone(),
     };
-    if queues.add(waiting, Utc::now()) == Added::AlreadyReleased {
+    if bus::schedule::age(&msg).is_some_and(|age| age > LONG_HELD)
+        && bus
+            .attempt_begun(events, &cmd.tenant, cmd.job, run.attempt)
+            .await?
+    {
+        tracing::info!(job_id = %cmd.job, attempt = run.attempt, "scheduler: a waiting command whose attempt already started is dropped");
         bus.acknowledge(&reply, AckKind::Ack).await?;
+        return Ok(());
+    }
+    if let Some(done) = queues.add(waiting, Utc::now()) {
+        bus.acknowledge(&done, AckKind::Ack).await?;
     }
     Ok(())
 }
@@ -346,13 +403,28 @@ fn attempt_ended(bus: &Bus, queues: &mut Queues, msg: &bus::jetstream::Message) 
     queues.ended(job, attempt);
 }
 
-/// Applies a change of the pauses bucket.
-fn paused(queues: &mut Queues, entry: &bus::jetstream::KvEntry) {
-    let Some((kind, tenant)) = events::pause::parse(&entry.key) else {
-        return;
-    };
-    let on = entry.operation == bus::jetstream::KvOperation::Put;
-    queues.set_paused(kind, tenant, on);
+/// The pause keys in force, as the pauses bucket holds them.
+#[derive(Debug, Default)]
+struct Pauses(std::collections::HashSet<String>);
+
+impl Pauses {
+    fn set(&mut self, key: &str, on: bool) {
+        if on {
+            self.0.insert(key.to_owned());
+        } else {
+            self.0.remove(key);
+        }
+    }
+
+    /// What they hold: `(kind, None)` for every tenant, `(kind, Some(tenant))` for one (paused
+    /// by the tenant, by an operator, or both).
+    fn in_force(&self) -> std::collections::HashSet<(events::JobKind, Option<events::Tenant>)> {
+        self.0
+            .iter()
+            .filter_map(|k| events::pause::parse(k))
+            .map(|(kind, tenant, _)| (kind, tenant))
+            .collect()
+    }
 }
 
 /// One round: releases, per kind, what may start, up to the window.
@@ -361,10 +433,16 @@ async fn release(
     settings: &SchedulerSettings,
     queues: &mut Queues,
     paces: &mut std::collections::HashMap<events::JobKind, Pace>,
-) -> crate::Result<()> {
+) -> crate::Result<usize> {
     let now = Utc::now();
+    // A round ends well within the fence (see `FENCE`): the next one checks it again.
+    let deadline = std::time::Instant::now() + FENCE / 2;
+    let mut released = 0;
     queues.promote_due(now);
     for kind in queues.ready_kinds() {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
         // No worker has made the kind's consumer yet: nothing would take a release.
         let Some(flow) = bus.released_flow(&kind).await? else {
             continue;
@@ -402,6 +480,7 @@ async fn release(
             };
             match stored {
                 Ok(_) => {
+                    released += 1;
                     bus.acknowledge(&job.reply, AckKind::Ack).await?;
                     metrics::counter!("conveyor_scheduler_released_total", "kind" => kind.to_string())
                         .increment(1);
@@ -413,5 +492,5 @@ async fn release(
             }
         }
     }
-    Ok(())
+    Ok(released)
 }

@@ -82,17 +82,9 @@ pub struct Running {
     pub tenant: Tenant,
     pub attempt: u32,
     pub key: Option<KeyId>,
-    /// When it was released (reconciliation leaves young attempts alone).
+    /// When it was released, or last found under way by reconciliation (which checks the
+    /// longest unchecked first, and leaves young attempts alone).
     pub released_at: DateTime<Utc>,
-}
-
-/// What [`Queues::add`] did with a command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Added {
-    /// It waits (or replaced an earlier delivery of itself).
-    Waiting,
-    /// Its attempt was released already (a redelivery after a lost ack): acknowledge it again.
-    AlreadyReleased,
 }
 
 #[derive(Debug, Default)]
@@ -184,25 +176,34 @@ impl Queues {
         })
     }
 
-    /// Takes a waiting command (delivered once more if it is already held).
-    pub fn add(&mut self, job: Waiting, now: DateTime<Utc>) -> Added {
-        if self
-            .running
-            .get(&job.job)
-            .is_some_and(|r| r.attempt >= job.attempt)
-        {
-            return Added::AlreadyReleased;
-        }
-        if let Some(held) = self.waiting.get_mut(&job.job) {
-            if held.attempt == job.attempt && held.generation == job.generation {
-                // A redelivery: only its acknowledgement subject changed.
-                held.reply = job.reply;
-                return Added::Waiting;
+    /// Takes a waiting command. Returns the acknowledgement subject of a command to acknowledge
+    /// now: this one if its attempt was released already (a redelivery after a lost ack), is
+    /// another copy of one held, or is older than one held or under way; or the one it replaces
+    /// (a newer attempt of a job).
+    pub fn add(&mut self, job: Waiting, now: DateTime<Utc>) -> Option<String> {
+        if let Some(under_way) = self.running.get(&job.job).map(|r| r.attempt) {
+            if under_way >= job.attempt {
+                return Some(job.reply);
             }
-            // A newer attempt replaces an older one still held (never expected: attempts of a
-            // job follow one another).
+            // A later attempt's command exists only once the earlier one's outcome is stored,
+            // whether or not its end event has been read yet.
+            self.ended(job.job, Some(under_way));
+        }
+        let mut replaced = None;
+        if let Some(held) = self.waiting.get_mut(&job.job) {
+            if (held.attempt, held.generation) == (job.attempt, job.generation) {
+                if held.seq == job.seq {
+                    // The same message delivered again: only its acknowledgement subject changed.
+                    held.reply = job.reply;
+                    return None;
+                }
+                return Some(job.reply);
+            }
+            if held.attempt > job.attempt {
+                return Some(job.reply);
+            }
             let old = held.job;
-            self.forget(old);
+            replaced = self.forget(old).map(|w| w.reply);
         }
         let id = job.job;
         let due = job.due.filter(|d| *d > now);
@@ -214,7 +215,7 @@ impl Queues {
             }
             None => self.admit(id, now),
         }
-        Added::Waiting
+        replaced
     }
 
     /// Moves the jobs due by `now` into the line, and those whose rate limit has room.
@@ -383,7 +384,7 @@ impl Queues {
             self.kinds.remove(kind);
         }
         let job = self.waiting.remove(&id)?;
-        self.running.insert(
+        let earlier = self.running.insert(
             id,
             Running {
                 kind: job.kind.clone(),
@@ -393,6 +394,12 @@ impl Queues {
                 released_at: now,
             },
         );
+        // Never expected (`add` ends an earlier attempt first); its slot is not kept if so.
+        if let Some(key) = earlier.and_then(|e| e.key) {
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.held = state.held.saturating_sub(1);
+            }
+        }
         Some(job)
     }
 
@@ -424,36 +431,44 @@ impl Queues {
     }
 
     /// Released attempts older than `before`, for reconciliation against the stream.
-    pub fn running_before(&self, before: DateTime<Utc>) -> Vec<(JobId, JobKind)> {
-        self.running
+    pub fn running_before(&self, before: DateTime<Utc>, most: usize) -> Vec<(JobId, JobKind)> {
+        let mut old: Vec<_> = self
+            .running
             .iter()
             .filter(|(_, r)| r.released_at < before)
-            .map(|(id, r)| (*id, r.kind.clone()))
+            .map(|(id, r)| (r.released_at, *id, r.kind.clone()))
+            .collect();
+        old.sort_unstable_by_key(|(at, _, _)| *at);
+        old.into_iter()
+            .take(most)
+            .map(|(_, id, kind)| (id, kind))
             .collect()
     }
 
-    /// Pauses or resumes `kind` for `tenant` (`None`: for every tenant).
-    pub fn set_paused(&mut self, kind: JobKind, tenant: Option<Tenant>, paused: bool) {
-        if paused {
-            self.paused.insert((kind, tenant));
-        } else {
-            self.paused.remove(&(kind, tenant));
+    /// Reconciliation found `job`'s attempt still under way at `now`.
+    pub fn still_running(&mut self, job: JobId, now: DateTime<Utc>) {
+        if let Some(r) = self.running.get_mut(&job) {
+            r.released_at = now;
         }
     }
 
-    /// Drops a waiting job entirely.
-    fn forget(&mut self, id: JobId) {
-        let Some(job) = self.waiting.remove(&id) else {
-            return;
-        };
+    /// The pauses in force: `(kind, None)` for every tenant, `(kind, Some(tenant))` for one.
+    pub fn set_pauses(&mut self, paused: HashSet<(JobKind, Option<Tenant>)>) {
+        self.paused = paused;
+    }
+
+    /// Drops a waiting job entirely, giving back the slot it held, if it held one.
+    fn forget(&mut self, id: JobId) -> Option<Waiting> {
+        let job = self.waiting.remove(&id)?;
         let place = job.place();
-        if let Some(due) = job.due {
-            self.delayed.remove(&(due, job.seq, id));
-        }
+        let delayed = job
+            .due
+            .is_some_and(|due| self.delayed.remove(&(due, job.seq, id)));
         if let Some(key) = job.key() {
             if let Some(state) = self.keys.get_mut(&key) {
-                if state.line.remove(&place).is_none() {
-                    // It was a candidate, holding a slot.
+                let in_line = state.line.remove(&place).is_some();
+                // Past its key's line (a candidate, or in its rate limit's line): it held a slot.
+                if !delayed && !in_line {
                     state.held = state.held.saturating_sub(1);
                 }
             }
@@ -472,6 +487,7 @@ impl Queues {
                 }
             }
         }
+        Some(job)
     }
 }
 
@@ -552,6 +568,37 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_seen_before_its_attempts_end_frees_the_slot_once() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let first = job("a", 0, 0, Some(("acct", 2)));
+        let id = first.job;
+        q.add(first.clone(), now);
+        q.add(job("a", 1, 0, Some(("acct", 2))), now);
+        assert_eq!(drain(&mut q, now).len(), 2);
+        // Attempt 2 of the first job arrives before `job.failed` of attempt 1 is read.
+        let retry = Waiting {
+            attempt: 2,
+            seq: 2,
+            ..first
+        };
+        assert_eq!(q.add(retry, now), None);
+        assert_eq!(
+            drain(&mut q, now).len(),
+            1,
+            "attempt 1's slot went to attempt 2"
+        );
+        q.ended(id, Some(1));
+        q.add(job("a", 3, 0, Some(("acct", 2))), now);
+        assert!(
+            drain(&mut q, now).is_empty(),
+            "two attempts under way: the key is full"
+        );
+        q.ended(id, Some(2));
+        assert_eq!(drain(&mut q, now).len(), 1);
+    }
+
+    #[test]
     fn a_rate_limit_paces_releases_over_its_period() {
         let mut q = Queues::default();
         let now = Utc::now();
@@ -577,16 +624,16 @@ mod tests {
         let mut q = Queues::default();
         let now = Utc::now();
         let kind = JobKind::parse("work").unwrap();
+        let a = Some(Tenant::parse("a").unwrap());
         q.add(job("a", 0, 0, None), now);
         q.add(job("b", 1, 0, None), now);
-        q.set_paused(kind.clone(), Some(Tenant::parse("a").unwrap()), true);
+        q.set_pauses([(kind.clone(), a)].into());
         let got = drain(&mut q, now);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].tenant.as_str(), "b");
-        q.set_paused(kind.clone(), None, true);
-        q.set_paused(kind.clone(), Some(Tenant::parse("a").unwrap()), false);
+        q.set_pauses([(kind, None)].into());
         assert!(drain(&mut q, now).is_empty());
-        q.set_paused(kind, None, false);
+        q.set_pauses(HashSet::new());
         assert_eq!(drain(&mut q, now).len(), 1);
     }
 
@@ -596,12 +643,20 @@ mod tests {
         let now = Utc::now();
         let mut later = job("a", 0, 0, None);
         later.due = Some(now + chrono::Duration::seconds(5));
-        q.add(later.clone(), now);
-        q.add(later.clone(), now);
+        later.reply = "first".into();
+        assert_eq!(q.add(later.clone(), now), None);
+        let mut copy = later.clone();
+        copy.seq = 7;
+        copy.reply = "copy".into();
+        assert_eq!(
+            q.add(copy, now),
+            Some("copy".into()),
+            "another copy is acknowledged"
+        );
         assert_eq!(q.waiting(), 1);
         assert!(drain(&mut q, now).is_empty());
         q.promote_due(now + chrono::Duration::seconds(6));
         assert_eq!(drain(&mut q, now).len(), 1);
-        assert_eq!(q.add(later, now), Added::AlreadyReleased);
+        assert_eq!(q.add(later, now), Some("first".into()), "released already");
     }
 }

@@ -219,11 +219,15 @@ impl Worker {
             "cancel listener",
             canceller::cancel_listener(shared.clone(), shutdown.clone()),
         );
-        if let (Some(settings), Some(db)) = (shared.settings.scheduler.clone(), shared.db.clone()) {
-            loops.spawn(
+        match (shared.settings.scheduler.clone(), shared.db.clone()) {
+            (Some(settings), Some(db)) => loops.spawn(
                 "scheduler",
                 crate::scheduler::run(shared.bus.clone(), db, settings, shutdown.clone()),
-            );
+            ),
+            (Some(_), None) => tracing::warn!(
+                "this worker has no database, so it cannot stand for scheduler: jobs start only while a worker with one (`conveyor worker`) runs"
+            ),
+            (None, _) => {}
         }
         tracing::info!(kinds = ?kinds, concurrency = shared.settings.concurrency, "worker running");
 

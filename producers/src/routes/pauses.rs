@@ -5,7 +5,7 @@
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use events::pause::{self, Paused};
+use events::pause::{self, By, Paused};
 use events::{JobKind, Tenant};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,8 @@ pub(crate) struct Pause {
     /// Who paused it (the token's subject).
     #[serde(skip_serializing_if = "Option::is_none")]
     by: Option<String>,
+    /// Paused by an operator (a tenant's resume does not lift it).
+    by_operator: bool,
 }
 
 /// Pauses in force.
@@ -68,10 +70,11 @@ async fn set(
     auth: &Auth,
     kind: JobKind,
     tenant: Option<Tenant>,
+    author: By,
     on: bool,
 ) -> ApiResult<Json<Pause>> {
     let kv = state.bus.pauses().await.map_err(ApiError::bus)?;
-    let key = pause::key(&kind, tenant.as_ref());
+    let key = pause::key(&kind, tenant.as_ref(), author);
     let (since, by) = if on {
         let value = Paused {
             since: Utc::now(),
@@ -96,7 +99,12 @@ async fn set(
         paused: on,
         since,
         by,
+        by_operator: by_operator(&key),
     }))
+}
+
+fn by_operator(key: &str) -> bool {
+    pause::parse(key).is_some_and(|(_, _, by)| by == By::Operator)
 }
 
 /// Every pause in force, those `keep` accepts.
@@ -114,7 +122,7 @@ async fn pauses(
         .map_err(bucket_error)?;
     let mut items = Vec::new();
     for key in keys {
-        let Some((kind, tenant)) = pause::parse(&key) else {
+        let Some((kind, tenant, by)) = pause::parse(&key) else {
             continue;
         };
         if !keep(&tenant) {
@@ -130,9 +138,12 @@ async fn pauses(
             paused: true,
             since: value.as_ref().map(|v| v.since),
             by: value.map(|v| v.by),
+            by_operator: by == By::Operator,
         });
     }
-    items.sort_by(|a, b| (&a.kind, &a.tenant).cmp(&(&b.kind, &b.tenant)));
+    items.sort_by(|a, b| {
+        (&a.kind, &a.tenant, a.by_operator).cmp(&(&b.kind, &b.tenant, b.by_operator))
+    });
     Ok(Json(PauseList { items }))
 }
 
@@ -153,10 +164,18 @@ pub(crate) async fn pause_own(
 ) -> ApiResult<Json<Pause>> {
     auth.require(JOBS_WRITE)?;
     let tenant = auth.tenant.clone();
-    set(&state, &auth, kind_of(&kind)?, Some(tenant), true).await
+    set(
+        &state,
+        &auth,
+        kind_of(&kind)?,
+        Some(tenant),
+        By::Tenant,
+        true,
+    )
+    .await
 }
 
-/// Resume the caller's jobs of a kind.
+/// Resume the caller's jobs of a kind (paused by the tenant; an operator's pause stays).
 #[utoipa::path(post, path = "/v1/kinds/{kind}/resume", tag = "jobs",
     params(("kind" = String, Path, description = "The kind")),
     responses(
@@ -172,7 +191,15 @@ pub(crate) async fn resume_own(
 ) -> ApiResult<Json<Pause>> {
     auth.require(JOBS_WRITE)?;
     let tenant = auth.tenant.clone();
-    set(&state, &auth, kind_of(&kind)?, Some(tenant), false).await
+    set(
+        &state,
+        &auth,
+        kind_of(&kind)?,
+        Some(tenant),
+        By::Tenant,
+        false,
+    )
+    .await
 }
 
 /// The pauses that hold the caller's jobs: its own and those for every tenant.
@@ -222,7 +249,15 @@ pub(crate) async fn pause_any(
 ) -> ApiResult<Json<Pause>> {
     auth.require(OPERATOR)?;
     let Query(scope) = scope.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    set(&state, &auth, kind_of(&kind)?, scope_tenant(&scope)?, true).await
+    set(
+        &state,
+        &auth,
+        kind_of(&kind)?,
+        scope_tenant(&scope)?,
+        By::Operator,
+        true,
+    )
+    .await
 }
 
 /// Resume a kind paused for every tenant (or, with `tenant`, for one).
@@ -243,7 +278,15 @@ pub(crate) async fn resume_any(
 ) -> ApiResult<Json<Pause>> {
     auth.require(OPERATOR)?;
     let Query(scope) = scope.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    set(&state, &auth, kind_of(&kind)?, scope_tenant(&scope)?, false).await
+    set(
+        &state,
+        &auth,
+        kind_of(&kind)?,
+        scope_tenant(&scope)?,
+        By::Operator,
+        false,
+    )
+    .await
 }
 
 /// Every pause in force, of every tenant.

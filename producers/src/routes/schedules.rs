@@ -139,6 +139,25 @@ pub(crate) struct ScheduleList {
     items: Vec<ScheduleView>,
 }
 
+/// The most schedules a tenant may have.
+const MAX_SCHEDULES: usize = 1_000;
+
+/// The keys of the caller's schedules (a filtered listing of the bucket's keys).
+async fn tenant_keys(kv: &bus::jetstream::Store, auth: &Auth) -> ApiResult<Vec<String>> {
+    let prefix = format!("{}.", auth.tenant);
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(bucket_error)?
+        .try_collect()
+        .await
+        .map_err(bucket_error)?;
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.starts_with(&prefix))
+        .collect())
+}
+
 fn unprocessable(msg: impl ToString) -> ApiError {
     ApiError::Unprocessable(msg.to_string())
 }
@@ -183,7 +202,8 @@ async fn stored(state: &AppState, auth: &Auth, id: &str) -> ApiResult<(Schedule,
         (status = 400, description = "Malformed JSON", body = crate::error::Problem),
         (status = 403, description = "Token lacks jobs:write", body = crate::error::Problem),
         (status = 409, description = "Changed by another request at the same moment; try again", body = crate::error::Problem),
-        (status = 422, description = "A bad id, timing, time zone or job", body = crate::error::Problem),
+        (status = 422, description = "A bad id, timing, time zone or job, or the tenant's 1,000 schedules reached", body = crate::error::Problem),
+        (status = 429, description = "The tenant's webhook host lookups are all taken (see Retry-After)", body = crate::error::Problem),
         (status = 503, description = "Event bus unavailable", body = crate::error::Problem),
     ))]
 pub(crate) async fn create(
@@ -219,6 +239,11 @@ pub(crate) async fn create(
     let kv = state.bus.schedules().await.map_err(ApiError::bus)?;
     let key = Schedule::key(&auth.tenant, &req.id);
     let earlier = bus::entry(&kv, &key).await.map_err(ApiError::bus)?;
+    if earlier.is_none() && tenant_keys(&kv, &auth).await?.len() >= MAX_SCHEDULES {
+        return Err(unprocessable(format!(
+            "a tenant has at most {MAX_SCHEDULES} schedules: delete one first"
+        )));
+    }
     let revision = earlier.as_ref().map(|(_, r)| *r);
     let earlier: Option<Schedule> = earlier.and_then(|(b, _)| serde_json::from_slice(&b).ok());
     // Replaced: its ticks so far stand, and an interval keeps its anchor if it is unchanged.
@@ -274,17 +299,9 @@ pub(crate) async fn list(
 ) -> ApiResult<Json<ScheduleList>> {
     readable(&auth)?;
     let kv = state.bus.schedules().await.map_err(ApiError::bus)?;
-    let prefix = format!("{}.", auth.tenant);
-    let keys: Vec<String> = kv
-        .keys()
-        .await
-        .map_err(bucket_error)?
-        .try_collect()
-        .await
-        .map_err(bucket_error)?;
     let mut items = Vec::new();
-    for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
-        if let Some(bytes) = kv.get(key).await.map_err(bucket_error)? {
+    for key in tenant_keys(&kv, &auth).await? {
+        if let Some(bytes) = kv.get(&key).await.map_err(bucket_error)? {
             if let Ok(s) = serde_json::from_slice::<Schedule>(&bytes) {
                 items.push(ScheduleView::from(&s));
             }

@@ -22,6 +22,25 @@ try {
   }
 }
 
+// Scheduling: a priority, a concurrency key and a rate limit on a job; a schedule; a paused kind.
+await client.submit('report.monthly', { month: '2026-11' }, {
+  priority: 10,
+  concurrency: { key: 'account-42', limit: 1 },
+  rateLimit: { key: 'partner-api', limit: 10, periodMs: 1000 },
+});
+const nightly = await client.createSchedule({
+  id: 'nightly-report',
+  kind: 'report.monthly',
+  payload: { month: 'current' },
+  cron: '0 0 2 * * *',
+  timezone: 'Europe/Paris',
+  catchUp: 'once',
+});
+console.log(nightly.created ? 'created' : 'replaced', nightly.next_run_at);
+await client.pauseKind('report.monthly');
+console.log(await client.pauses());
+await client.resumeKind('report.monthly');
+
 // The tenant's events, live, resuming across dropped connections; stop with the signal.
 const stop = AbortSignal.timeout(60_000);
 for await (const ev of client.events({ type: ['job.succeeded', 'job.dead_lettered'], signal: stop })) {

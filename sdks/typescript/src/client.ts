@@ -1,6 +1,6 @@
 /**
- * The client of conveyor's jobs API: submit, read, list, cancel, results, and live event
- * streams over server-sent events with automatic reconnection.
+ * The client of conveyor's jobs API: submit, read, list, cancel, results, live event streams
+ * over server-sent events with automatic reconnection, schedules and pauses of kinds.
  */
 
 import { ConveyorError, isTransient } from './errors.js';
@@ -12,11 +12,16 @@ import {
   type AcceptedJob,
   type BatchResult,
   type CancelAnswer,
+  type CatchUp,
   type CloudEvent,
+  type CreatedSchedule,
   type Job,
   type JobPage,
   type JobStatus,
   type KindInfo,
+  type KindPause,
+  type Schedule,
+  type SchedulingOptions,
   type StreamEvent,
   type Submission,
 } from './types.js';
@@ -34,8 +39,11 @@ export interface ClientOptions extends TransportOptions {
   idleTimeoutMs?: number;
 }
 
-/** Options of one submission. */
-export interface SubmitOptions {
+/**
+ * Options of one submission. With {@link SchedulingOptions}: `priority`, `concurrency` and
+ * `rateLimit` (docs/scheduling.md).
+ */
+export interface SubmitOptions extends SchedulingOptions {
   /** Makes retries safe: the same key and body give the original job (`repeated: true`), another body `409`. */
   idempotencyKey?: string;
   /** Attempts before dead-lettering (1 to 100; the server's default is 3). */
@@ -55,6 +63,44 @@ export interface BatchJob extends Omit<SubmitOptions, 'signal'> {
   kind: string;
   payload?: unknown;
 }
+
+/** The job options a schedule's ticks submit with (no `runAt` or `idempotencyKey`: the ticks give both). */
+export type ScheduleJobOptions = Omit<SubmitOptions, 'signal' | 'runAt' | 'idempotencyKey'>;
+
+/** A schedule's own fields, with its job's. */
+interface ScheduleBase extends ScheduleJobOptions {
+  /** Its name: 1 to 128 letters, digits, `-` and `_`. Creating it again replaces it, keeping its ticks. */
+  id: string;
+  /** The kind of the job each tick submits. */
+  kind: string;
+  /** That job's payload. */
+  payload?: unknown;
+  /** What ticks missed by more than a minute get: `skip` (the server's default) or `once`. */
+  catchUp?: CatchUp;
+}
+
+/**
+ * A schedule for {@link Client.createSchedule}: `cron` (with its `timezone`) or `every`, and the
+ * job each tick submits, with any job option of {@link Client.submit} but `runAt` and
+ * `idempotencyKey`.
+ */
+export type ScheduleSpec =
+  | (ScheduleBase & {
+      /** A cron expression: 5 fields, or 6 with seconds first (`0 30 2 * * *`). */
+      cron: string;
+      /** The IANA time zone `cron` is read in (default `UTC`, daylight saving included). */
+      timezone?: string;
+      every?: never;
+    })
+  | (ScheduleBase & {
+      /**
+       * An interval from 1 s to 366 days, counted from the schedule's creation: a duration
+       * (`'30s'`, `'1h 30m'`) or a number of ms.
+       */
+      every: string | number;
+      cron?: never;
+      timezone?: never;
+    });
 
 /** Filters of {@link Client.list}. */
 export interface ListOptions {
@@ -93,22 +139,54 @@ export interface WaitOptions extends FollowOptions {
   timeoutMs?: number;
 }
 
-function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal'>): Record<string, unknown> {
-  const body: Record<string, unknown> = { kind };
-  if (payload !== undefined) body['payload'] = payload;
+/** Adds a job's options (but `run_at` and the idempotency key) to a request body, in the API's names. */
+function addJobOptions(body: Record<string, unknown>, options: ScheduleJobOptions): Record<string, unknown> {
   if (options.maxAttempts !== undefined) body['max_attempts'] = options.maxAttempts;
   if (options.timeoutMs !== undefined) body['timeout_ms'] = options.timeoutMs;
-  if (options.runAt !== undefined) {
-    body['run_at'] = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
-  }
   if (options.webhook !== undefined) {
     body['webhook'] = typeof options.webhook === 'string' ? { url: options.webhook } : { url: options.webhook.url };
+  }
+  if (options.priority !== undefined) body['priority'] = options.priority;
+  if (options.concurrency !== undefined) {
+    body['concurrency'] = { key: options.concurrency.key, limit: options.concurrency.limit };
+  }
+  if (options.rateLimit !== undefined) {
+    const { key, limit, periodMs } = options.rateLimit;
+    body['rate_limit'] = { key, limit, period_ms: periodMs };
   }
   return body;
 }
 
+function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal'>): Record<string, unknown> {
+  const body: Record<string, unknown> = { kind };
+  if (payload !== undefined) body['payload'] = payload;
+  addJobOptions(body, options);
+  if (options.runAt !== undefined) {
+    body['run_at'] = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
+  }
+  return body;
+}
+
+function scheduleBody(spec: ScheduleSpec): Record<string, unknown> {
+  const body: Record<string, unknown> = { id: spec.id, kind: spec.kind };
+  if (spec.payload !== undefined) body['payload'] = spec.payload;
+  if (spec.cron !== undefined) body['cron'] = spec.cron;
+  if (spec.timezone !== undefined) body['timezone'] = spec.timezone;
+  if (spec.every !== undefined) body['every'] = typeof spec.every === 'number' ? `${Math.round(spec.every)}ms` : spec.every;
+  if (spec.catchUp !== undefined) body['catch_up'] = spec.catchUp;
+  return addJobOptions(body, spec);
+}
+
 function jobPath(id: string): string {
   return `/v1/jobs/${encodeURIComponent(id)}`;
+}
+
+function schedulePath(id: string): string {
+  return `/v1/schedules/${encodeURIComponent(id)}`;
+}
+
+function kindPath(kind: string): string {
+  return `/v1/kinds/${encodeURIComponent(kind)}`;
 }
 
 /** Where a live stream connects, given the last sequence seen. */
@@ -223,6 +301,74 @@ export class Client {
   /** The job kinds the API accepts, with their payload schemas. */
   async kinds(options: { signal?: AbortSignal } = {}): Promise<KindInfo[]> {
     return (await this.transport.request<{ items: KindInfo[] }>('GET', '/v1/kinds', { signal: options.signal })).body
+      .items;
+  }
+
+  // Schedules and pauses (docs/scheduling.md).
+
+  /**
+   * Creates a schedule (`201`, `created: true`), or replaces the one with the same id (`200`,
+   * `created: false`; its ticks so far are kept, none runs twice). Each tick submits one job,
+   * whose `job.submitted` carries `schedule: {id, tick}`.
+   *
+   * ```ts
+   * await client.createSchedule({ id: 'nightly-report', kind: 'report.job_stats', cron: '0 0 2 * * *', timezone: 'Europe/Paris' });
+   * await client.createSchedule({ id: 'heartbeat', kind: 'noop', every: '30s', priority: 10 });
+   * ```
+   */
+  async createSchedule(schedule: ScheduleSpec, options: { signal?: AbortSignal } = {}): Promise<CreatedSchedule> {
+    const res = await this.transport.request<Schedule>('POST', '/v1/schedules', {
+      body: scheduleBody(schedule),
+      signal: options.signal,
+    });
+    return { ...res.body, created: res.status === 201 };
+  }
+
+  /** The tenant's schedules, by id. */
+  async schedules(options: { signal?: AbortSignal } = {}): Promise<Schedule[]> {
+    return (await this.transport.request<{ items: Schedule[] }>('GET', '/v1/schedules', { signal: options.signal })).body
+      .items;
+  }
+
+  /** One schedule; a {@link ConveyorError} with status `404` if the tenant has none with this id. */
+  async getSchedule(id: string, options: { signal?: AbortSignal } = {}): Promise<Schedule> {
+    return (await this.transport.request<Schedule>('GET', schedulePath(id), { signal: options.signal })).body;
+  }
+
+  /** Deletes a schedule (`204`): no tick fires after this; its jobs already submitted run on. */
+  async deleteSchedule(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.transport.request<null>('DELETE', schedulePath(id), { signal: options.signal });
+  }
+
+  /** Pauses a schedule: no tick fires until it is resumed (pausing again changes nothing). */
+  async pauseSchedule(id: string, options: { signal?: AbortSignal } = {}): Promise<Schedule> {
+    return (await this.transport.request<Schedule>('POST', `${schedulePath(id)}/pause`, { signal: options.signal })).body;
+  }
+
+  /** Resumes a paused schedule from its next tick; the ticks it missed while paused do not run. */
+  async resumeSchedule(id: string, options: { signal?: AbortSignal } = {}): Promise<Schedule> {
+    return (await this.transport.request<Schedule>('POST', `${schedulePath(id)}/resume`, { signal: options.signal }))
+      .body;
+  }
+
+  /**
+   * Pauses the tenant's own jobs of a kind (scope `jobs:write`): its waiting jobs stay queued and
+   * none is handed to a worker until it is resumed; running jobs finish, and the few already
+   * handed to workers still start.
+   */
+  async pauseKind(kind: string, options: { signal?: AbortSignal } = {}): Promise<KindPause> {
+    return (await this.transport.request<KindPause>('POST', `${kindPath(kind)}/pause`, { signal: options.signal })).body;
+  }
+
+  /** Resumes the tenant's own jobs of a kind (an operator's pause for every tenant stays). */
+  async resumeKind(kind: string, options: { signal?: AbortSignal } = {}): Promise<KindPause> {
+    return (await this.transport.request<KindPause>('POST', `${kindPath(kind)}/resume`, { signal: options.signal }))
+      .body;
+  }
+
+  /** The pauses that hold the tenant's jobs: its own, and operators' pauses for every tenant. */
+  async pauses(options: { signal?: AbortSignal } = {}): Promise<KindPause[]> {
+    return (await this.transport.request<{ items: KindPause[] }>('GET', '/v1/pauses', { signal: options.signal })).body
       .items;
   }
 

@@ -4,7 +4,17 @@
  */
 
 export { Client } from './client.js';
-export type { BatchJob, ClientOptions, EventsOptions, FollowOptions, ListOptions, SubmitOptions, WaitOptions } from './client.js';
+export type {
+  BatchJob,
+  ClientOptions,
+  EventsOptions,
+  FollowOptions,
+  ListOptions,
+  ScheduleJobOptions,
+  ScheduleSpec,
+  SubmitOptions,
+  WaitOptions,
+} from './client.js';
 export { Worker } from './worker.js';
 export type { Handler, HandleOptions, JobContext, WorkerLogger, WorkerOptions } from './worker.js';
 export { WorkerApi, isLeaseLost } from './protocol.js';

@@ -101,6 +101,143 @@ export interface BatchResult {
   items: BatchItem[];
 }
 
+// Scheduling (docs/scheduling.md): how a job waits its turn, schedules, pauses.
+
+/**
+ * A concurrency key: never more than `limit` of the tenant's jobs holding `key` run at once,
+ * whatever their kind, across all workers. A slot is taken when a job is handed to a worker and
+ * given back when its attempt ends (a retry waits for a slot again).
+ */
+export interface ConcurrencyKey {
+  /** Any name, 1 to 255 bytes (`account-42`); the tenant's own (two tenants' keys never meet). */
+  key: string;
+  /** How many of the tenant's jobs with this key may run at once, 1 to 10,000. */
+  limit: number;
+}
+
+/**
+ * A rate limit, as the SDK takes it: at most `limit` starts of the tenant's jobs holding `key`
+ * (of any kind) in any window of `periodMs`; the others wait their turn, they never fail for it.
+ * Sent as `rate_limit: {key, limit, period_ms}`.
+ */
+export interface RateLimit {
+  /** Any name, 1 to 255 bytes (`partner-api`); the tenant's own. */
+  key: string;
+  /** Starts allowed per period, 1 to 1,000. */
+  limit: number;
+  /** The period in ms, 1 to 86,400,000 (a day). */
+  periodMs: number;
+}
+
+/** A rate limit as the API shows it (`rate_limit` of a `job.submitted` or a schedule's job). */
+export interface RateLimitInfo {
+  key: string;
+  limit: number;
+  period_ms: number;
+}
+
+/**
+ * What decides when a job starts among the waiting jobs of its kind, besides the order of
+ * arrival and the tenants' fair share: options of {@link Client.submit}, each job of
+ * {@link Client.submitBatch}, and {@link Client.createSchedule}. A job keeps them for every
+ * attempt (retries and re-drives too).
+ */
+export interface SchedulingOptions {
+  /**
+   * -100 to 100 (the server's default is 0): higher starts first among the waiting jobs of its
+   * kind, across tenants and processes.
+   */
+  priority?: number;
+  /** Never more than `limit` of the tenant's jobs with this `key` running at once (any kind). */
+  concurrency?: ConcurrencyKey;
+  /** At most `limit` starts of the tenant's jobs with this `key` per `periodMs`; the others wait. */
+  rateLimit?: RateLimit;
+}
+
+/** The schedule tick that submitted a job (`schedule` of its `job.submitted`). */
+export interface FromSchedule {
+  /** The schedule's id. */
+  id: string;
+  /** The tick (RFC 3339). */
+  tick: string;
+}
+
+/**
+ * The `data` of a job's `job.submitted` CloudEvent (see {@link Client.timeline}): everything it
+ * runs with. `priority` is absent when 0.
+ */
+export interface JobSubmittedData {
+  payload: unknown;
+  max_attempts: number;
+  timeout_ms: number;
+  run_at?: string;
+  webhook?: { url: string };
+  priority?: number;
+  concurrency?: ConcurrencyKey;
+  rate_limit?: RateLimitInfo;
+  /** Set when a schedule submitted the job. */
+  schedule?: FromSchedule;
+  [extra: string]: unknown;
+}
+
+/** The job each tick of a schedule submits. `priority` is absent when 0. */
+export interface ScheduleJob {
+  payload: unknown;
+  max_attempts: number;
+  timeout_ms: number;
+  webhook?: { url: string };
+  priority?: number;
+  concurrency?: ConcurrencyKey;
+  rate_limit?: RateLimitInfo;
+  [extra: string]: unknown;
+}
+
+/**
+ * What ticks missed by more than a minute (everything was down) get: `skip` (the default) runs
+ * none of them, `once` runs one job for the latest of them. Ticks up to a minute late all run.
+ */
+export type CatchUp = 'skip' | 'once';
+
+/** A schedule as `GET /v1/schedules/{id}` shows it: `cron` and `timezone`, or `every_ms`. */
+export interface Schedule {
+  id: string;
+  kind: string;
+  /** The cron expression (5 fields, or 6 with seconds first). */
+  cron?: string;
+  /** The IANA time zone `cron` is read in. */
+  timezone?: string;
+  /** The interval, in ms (a schedule made with `every`). */
+  every_ms?: number;
+  catch_up: CatchUp;
+  /** A paused schedule fires nothing; resumed, it goes on from its next tick. */
+  paused: boolean;
+  /** Its next tick (RFC 3339; absent while paused). */
+  next_run_at?: string;
+  /** The last tick it acted on. */
+  last_run_at?: string;
+  created_at: string;
+  /** The job each tick submits. */
+  job: ScheduleJob;
+}
+
+/** The answer to {@link Client.createSchedule}. */
+export interface CreatedSchedule extends Schedule {
+  /** `true` when the API answered `201` (a new schedule), `false` on `200` (replaced, its ticks so far kept). */
+  created: boolean;
+}
+
+/** A pause of a kind: its waiting jobs stay queued and none starts; running ones finish. */
+export interface KindPause {
+  kind: string;
+  /** The tenant it holds; `null`: every tenant (an operator's pause). */
+  tenant: string | null;
+  paused: boolean;
+  /** When it was paused (absent once resumed). */
+  since?: string;
+  /** Who paused it (the token's subject). */
+  by?: string;
+}
+
 /** A CloudEvent (1.0) of the log. `subject` is the job id; `type` is `dev.conveyor.job.<name>`. */
 export interface CloudEvent<D = unknown> {
   specversion: string;

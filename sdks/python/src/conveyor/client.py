@@ -1,11 +1,12 @@
-"""The client of conveyor's HTTP API: submit, read, list, cancel, follow jobs, tail events."""
+"""The client of conveyor's HTTP API: submit, read, list, cancel, follow jobs, tail events,
+schedules and pauses of kinds."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Iterable, Mapping
 from urllib.parse import quote
 
@@ -18,12 +19,18 @@ from .types import (
     Accepted,
     BatchResult,
     CancelAccepted,
+    CatchUp,
     CloudEvent,
+    Concurrency,
+    CreatedSchedule,
     Job,
     JobPage,
     JobSpec,
     JobStatus,
     Kind,
+    KindPause,
+    RateLimit,
+    Schedule,
 )
 
 __all__ = ["Client", "EventStream"]
@@ -43,6 +50,49 @@ def _webhook(value: str | Mapping[str, str]) -> dict[str, str]:
 
 def _job_path(job_id: str) -> str:
     return f"/v1/jobs/{quote(str(job_id), safe='')}"
+
+
+def _schedule_path(schedule_id: str) -> str:
+    return f"/v1/schedules/{quote(str(schedule_id), safe='')}"
+
+
+def _kind_path(kind: str) -> str:
+    return f"/v1/kinds/{quote(str(kind), safe='')}"
+
+
+def _every(value: str | timedelta | int) -> str:
+    """An interval as the API reads it: a duration (``30s``, ``1h 30m``), a timedelta or ms."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, timedelta):
+        value = round(value / timedelta(milliseconds=1))
+    return f"{int(value)}ms"
+
+
+def _job_options(
+    body: dict[str, Any],
+    *,
+    max_attempts: int | None,
+    timeout_ms: int | None,
+    webhook: str | Mapping[str, str] | None,
+    priority: int | None,
+    concurrency: Concurrency | None,
+    rate_limit: RateLimit | None,
+) -> dict[str, Any]:
+    """Adds a job's options (but ``run_at`` and the idempotency key) to a request body."""
+    if max_attempts is not None:
+        body["max_attempts"] = max_attempts
+    if timeout_ms is not None:
+        body["timeout_ms"] = timeout_ms
+    if webhook is not None:
+        body["webhook"] = _webhook(webhook)
+    if priority is not None:
+        body["priority"] = priority
+    if concurrency is not None:
+        body["concurrency"] = dict(concurrency)
+    if rate_limit is not None:
+        body["rate_limit"] = dict(rate_limit)
+    return body
 
 
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,24 +160,37 @@ class Client:
         timeout_ms: int | None = None,
         run_at: datetime | str | None = None,
         webhook: str | Mapping[str, str] | None = None,
+        priority: int | None = None,
+        concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Accepted:
         """Submits a job (``POST /v1/jobs``) and answers what the API accepted.
 
         With an ``idempotency_key``, submitting the same job again answers the original one,
         and the same key with a different job raises ``ApiError`` 409. ``webhook`` is the URL
         (or ``{"url": …}``) the job's terminal event is POSTed to, signed.
+
+        When it starts among the waiting jobs of its kind (docs/scheduling.md): ``priority``,
+        -100 to 100 (default 0), higher first, across tenants and processes; ``concurrency``,
+        ``{"key", "limit"}``: never more than ``limit`` of the tenant's jobs with this key
+        running at once, whatever their kind; ``rate_limit``, ``{"key", "limit",
+        "period_ms"}``: at most ``limit`` starts of the tenant's jobs with this key per
+        ``period_ms``, the others wait. Out of range: ``ApiError`` 422.
         """
         body: dict[str, Any] = {"kind": kind}
         if payload is not None:
             body["payload"] = payload
-        if max_attempts is not None:
-            body["max_attempts"] = max_attempts
-        if timeout_ms is not None:
-            body["timeout_ms"] = timeout_ms
+        _job_options(
+            body,
+            max_attempts=max_attempts,
+            timeout_ms=timeout_ms,
+            webhook=webhook,
+            priority=priority,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+        )
         if run_at is not None:
             body["run_at"] = _iso(run_at)
-        if webhook is not None:
-            body["webhook"] = _webhook(webhook)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         result: Accepted = await self._call("POST", "/v1/jobs", json_body=body, headers=headers)
         return result
@@ -135,7 +198,9 @@ class Client:
     async def submit_batch(self, jobs: Iterable[JobSpec | Mapping[str, Any]]) -> BatchResult:
         """Submits up to 1,000 jobs in one request (``POST /v1/jobs/batch``).
 
-        Each job is answered on its own, in order, in ``items``: ``status`` 202 (accepted, with
+        Each job is a dict of ``submit``'s arguments (``kind``, ``payload``, ``max_attempts``,
+        ``timeout_ms``, ``run_at``, ``webhook``, ``priority``, ``concurrency``, ``rate_limit``,
+        ``idempotency_key``). Each is answered on its own, in order, in ``items``: ``status`` 202 (accepted, with
         ``job``), 200 (a repeat of an earlier submission with the same ``idempotency_key``) or
         an error status with its ``problem``. A batch over the tenant's rate or quota raises
         ``ApiError`` 429 as a whole.
@@ -201,6 +266,111 @@ class Client:
         """The job kinds the API accepts, with their payload schemas (``GET /v1/kinds``)."""
         body = await self._call("GET", "/v1/kinds")
         items: builtins.list[Kind] = body["items"]
+        return items
+
+    # --- schedules and pauses (docs/scheduling.md) -------------------------------------------
+
+    async def create_schedule(
+        self,
+        id: str,
+        kind: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        timezone: str | None = None,
+        every: str | timedelta | int | None = None,
+        catch_up: CatchUp | None = None,
+        max_attempts: int | None = None,
+        timeout_ms: int | None = None,
+        webhook: str | Mapping[str, str] | None = None,
+        priority: int | None = None,
+        concurrency: Concurrency | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> CreatedSchedule:
+        """Creates a schedule (``POST /v1/schedules``), or replaces the one with the same ``id``
+        (its ticks so far are kept, none runs twice); ``created`` in the answer says which (201
+        or 200).
+
+        ``id``: 1 to 128 letters, digits, ``-`` and ``_``. Give ``cron`` (5 fields, or 6 with
+        seconds first, read in the IANA ``timezone``, default ``UTC``) or ``every`` (1 s to 366
+        days, counted from the creation: ``"30s"``, ``"1h 30m"``, a ``timedelta`` or ms).
+        ``catch_up`` is what ticks missed by more than a minute get: ``"skip"`` (the default) or
+        ``"once"``. Each tick submits one job of ``kind`` with ``payload`` and the job options of
+        :meth:`submit` (no ``run_at`` or ``idempotency_key``: the ticks give both); its
+        ``job.submitted`` carries ``schedule: {"id", "tick"}``. A bad definition raises
+        ``ApiError`` 422.
+        """
+        body: dict[str, Any] = {"id": id, "kind": kind}
+        if payload is not None:
+            body["payload"] = payload
+        if cron is not None:
+            body["cron"] = cron
+        if timezone is not None:
+            body["timezone"] = timezone
+        if every is not None:
+            body["every"] = _every(every)
+        if catch_up is not None:
+            body["catch_up"] = catch_up
+        _job_options(
+            body,
+            max_attempts=max_attempts,
+            timeout_ms=timeout_ms,
+            webhook=webhook,
+            priority=priority,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+        )
+        response, answer = await _http.request(self._http, "POST", "/v1/schedules", json_body=body)
+        result: CreatedSchedule = answer
+        result["created"] = response.status_code == 201
+        return result
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """The tenant's schedules, by id (``GET /v1/schedules``)."""
+        body = await self._call("GET", "/v1/schedules")
+        items: builtins.list[Schedule] = body["items"]
+        return items
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """One schedule (``GET /v1/schedules/{id}``); ``ApiError`` 404 if there is none."""
+        result: Schedule = await self._call("GET", _schedule_path(schedule_id))
+        return result
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Deletes a schedule (``DELETE /v1/schedules/{id}``, 204): no tick fires after this; its
+        jobs already submitted run on. ``ApiError`` 404 if there is none."""
+        await self._call("DELETE", _schedule_path(schedule_id))
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Pauses a schedule (``POST /v1/schedules/{id}/pause``): no tick fires until it is
+        resumed. Pausing again changes nothing."""
+        result: Schedule = await self._call("POST", _schedule_path(schedule_id) + "/pause")
+        return result
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Resumes a schedule (``POST /v1/schedules/{id}/resume``) from its next tick; the ticks
+        it missed while paused do not run."""
+        result: Schedule = await self._call("POST", _schedule_path(schedule_id) + "/resume")
+        return result
+
+    async def pause_kind(self, kind: str) -> KindPause:
+        """Pauses the tenant's own jobs of ``kind`` (``POST /v1/kinds/{kind}/pause``, scope
+        ``jobs:write``): its waiting jobs stay queued and none is handed to a worker until it is
+        resumed; running jobs finish, and the few already handed to workers still start."""
+        result: KindPause = await self._call("POST", _kind_path(kind) + "/pause")
+        return result
+
+    async def resume_kind(self, kind: str) -> KindPause:
+        """Resumes the tenant's own jobs of ``kind`` (``POST /v1/kinds/{kind}/resume``); an
+        operator's pause for every tenant stays."""
+        result: KindPause = await self._call("POST", _kind_path(kind) + "/resume")
+        return result
+
+    async def pauses(self) -> builtins.list[KindPause]:
+        """The pauses that hold the tenant's jobs (``GET /v1/pauses``): its own, and operators'
+        pauses for every tenant."""
+        body = await self._call("GET", "/v1/pauses")
+        items: builtins.list[KindPause] = body["items"]
         return items
 
     async def webhook_secret(self) -> str:

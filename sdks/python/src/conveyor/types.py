@@ -14,6 +14,15 @@ __all__ = [
     "Job",
     "JobPage",
     "JobSpec",
+    "Concurrency",
+    "RateLimit",
+    "FromSchedule",
+    "JobSubmittedData",
+    "CatchUp",
+    "ScheduleJob",
+    "Schedule",
+    "CreatedSchedule",
+    "KindPause",
     "Problem",
     "BatchItem",
     "BatchResult",
@@ -84,6 +93,33 @@ class JobPage(TypedDict):
     next_cursor: str | None
 
 
+# Scheduling (docs/scheduling.md): how a job waits its turn, schedules, pauses.
+
+
+class Concurrency(TypedDict):
+    """A concurrency key (``concurrency`` of a job): never more than ``limit`` of the tenant's jobs
+    holding ``key`` run at once, whatever their kind, across all workers. A slot is taken when a
+    job is handed to a worker and given back when its attempt ends (a retry waits again)."""
+
+    key: str
+    """Any name, 1 to 255 bytes (``account-42``); the tenant's own."""
+    limit: int
+    """How many may run at once, 1 to 10,000."""
+
+
+class RateLimit(TypedDict):
+    """A rate limit (``rate_limit`` of a job): at most ``limit`` starts of the tenant's jobs
+    holding ``key`` (of any kind) in any window of ``period_ms``; the others wait their turn,
+    they never fail for it."""
+
+    key: str
+    """Any name, 1 to 255 bytes (``partner-api``); the tenant's own."""
+    limit: int
+    """Starts allowed per period, 1 to 1,000."""
+    period_ms: int
+    """The period in ms, 1 to 86,400,000 (a day)."""
+
+
 class JobSpec(TypedDict, total=False):
     """One job of ``Client.submit_batch``; only ``kind`` is required."""
 
@@ -94,6 +130,92 @@ class JobSpec(TypedDict, total=False):
     run_at: str
     webhook: dict[str, str]
     idempotency_key: str
+    priority: int
+    """-100 to 100 (default 0): higher starts first among the waiting jobs of its kind."""
+    concurrency: Concurrency
+    rate_limit: RateLimit
+
+
+class FromSchedule(TypedDict):
+    """The schedule tick that submitted a job."""
+
+    id: str
+    tick: str
+
+
+class JobSubmittedData(TypedDict):
+    """The ``data`` of a job's ``job.submitted`` CloudEvent: everything it runs with
+    (``priority`` is absent when 0)."""
+
+    payload: Any
+    max_attempts: int
+    timeout_ms: int
+    run_at: NotRequired[str]
+    webhook: NotRequired[dict[str, str]]
+    priority: NotRequired[int]
+    concurrency: NotRequired[Concurrency]
+    rate_limit: NotRequired[RateLimit]
+    schedule: NotRequired[FromSchedule]
+    """Set when a schedule submitted the job."""
+
+
+CatchUp = Literal["skip", "once"]
+"""What a schedule's ticks missed by more than a minute (everything was down) get: ``skip`` runs
+none of them, ``once`` one job for the latest of them. Ticks up to a minute late all run."""
+
+
+class ScheduleJob(TypedDict):
+    """The job each tick of a schedule submits (``priority`` is absent when 0)."""
+
+    payload: Any
+    max_attempts: int
+    timeout_ms: int
+    webhook: NotRequired[dict[str, str]]
+    priority: NotRequired[int]
+    concurrency: NotRequired[Concurrency]
+    rate_limit: NotRequired[RateLimit]
+
+
+class Schedule(TypedDict):
+    """A schedule as ``GET /v1/schedules/{id}`` shows it: ``cron`` and ``timezone``, or
+    ``every_ms``."""
+
+    id: str
+    kind: str
+    cron: NotRequired[str]
+    timezone: NotRequired[str]
+    every_ms: NotRequired[int]
+    """The interval in ms (a schedule made with ``every``)."""
+    catch_up: CatchUp
+    paused: bool
+    """A paused schedule fires nothing; resumed, it goes on from its next tick."""
+    next_run_at: NotRequired[str]
+    """Its next tick (absent while paused)."""
+    last_run_at: NotRequired[str]
+    """The last tick it acted on."""
+    created_at: str
+    job: ScheduleJob
+
+
+class CreatedSchedule(Schedule):
+    """The answer to ``Client.create_schedule``."""
+
+    created: bool
+    """True when the API answered 201 (a new schedule), False on 200 (replaced, its ticks so far
+    kept)."""
+
+
+class KindPause(TypedDict):
+    """A pause of a kind: its waiting jobs stay queued and none starts; running ones finish."""
+
+    kind: str
+    tenant: str | None
+    """The tenant it holds; None: every tenant (an operator's pause)."""
+    paused: bool
+    since: NotRequired[str]
+    """When it was paused (absent once resumed)."""
+    by: NotRequired[str]
+    """Who paused it (the token's subject)."""
 
 
 class Problem(TypedDict):
