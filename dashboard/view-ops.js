@@ -264,7 +264,7 @@ function keyedRows(tbody, empty, key, create) {
         tbody.append(row.tr);
       }
       row.update(item);
-      empty.hidden = false;
+      empty.hidden = true;
     },
     remove(k) {
       rows.get(k)?.tr.remove();
@@ -323,7 +323,7 @@ function pauses({ read, write, operator }) {
     ),
     empty,
     status,
-    form?.el,
+    form?.el ?? h('p', { class: 'hint' }, 'Pausing and resuming kinds need the jobs:write scope.'),
   );
   const stop = every(5000, refresh);
   return { el, dispose: stop };
@@ -455,7 +455,15 @@ function schedules(write) {
     'section',
     { class: 'card', 'aria-labelledby': 'sched-h' },
     h('h2', { id: 'sched-h' }, 'Schedules'),
-    h('p', { class: 'hint' }, 'Each tick of a schedule submits one job. Create them with ', h('code', {}, 'conveyor schedules create'), ' or ', h('code', {}, 'POST /v1/schedules'), '.'),
+    h(
+      'p',
+      { class: 'hint' },
+      'Each tick of a schedule submits one job. Create them with ',
+      h('code', {}, 'conveyor schedules create'),
+      ' or ',
+      h('code', {}, 'POST /v1/schedules'),
+      write ? '.' : '; pausing, resuming and deleting them need the jobs:write scope.',
+    ),
     h(
       'div',
       { class: 'table-wrap' },

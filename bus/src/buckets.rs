@@ -77,6 +77,11 @@ impl Bus {
         self.bucket(self.ns.rates_bucket()).await
     }
 
+    /// The tenants' shares of the workers.
+    pub async fn shares(&self) -> Result<kv::Store> {
+        self.bucket(self.ns.shares_bucket()).await
+    }
+
     /// The schedules.
     pub async fn schedules(&self) -> Result<kv::Store> {
         self.bucket(self.ns.schedules_bucket()).await

@@ -73,6 +73,8 @@ impl Bus {
             .await?;
         self.ensure_kv(&self.ns.schedules_bucket(), Duration::ZERO)
             .await?;
+        self.ensure_kv(&self.ns.shares_bucket(), Duration::ZERO)
+            .await?;
         // Outlives the longest rate period twice over (starts are kept that long).
         self.ensure_kv(
             &self.ns.rates_bucket(),

@@ -2,6 +2,7 @@
 //! tenant (an operator's), `op.<tenant>.<kind>` for one tenant by an operator, and
 //! `tenant.<tenant>.<kind>` by the tenant itself (so neither lifts the other's); a key present
 //! means paused. Waiting jobs of a paused kind stay queued and none starts; running ones finish.
+//! Beside them, each tenant's share of the workers ([`TenantShare`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,22 @@ pub struct Paused {
     pub since: DateTime<Utc>,
     /// Who paused it (the token's subject).
     pub by: String,
+}
+
+/// A tenant's share of every kind's workers, as the shares bucket holds it (key: the tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantShare {
+    /// Releases per turn among the tenants with waiting jobs of a kind (1 to 100; 1 by default).
+    pub weight: u32,
+    /// The most of its jobs of one kind running at once (`None`: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+}
+
+impl TenantShare {
+    /// The weights a tenant may have.
+    pub const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=100;
 }
 
 /// Who paused a kind.

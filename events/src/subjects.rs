@@ -9,7 +9,7 @@
 //! | other commands | `<ns>.cmd.<action>.<kind>` (`cancel`, `webhook`) |
 //! | cancel broadcast (core NATS) | `<ns>.ctl.cancel` |
 //! | streams | `<NS>_EVENTS` (Limits), `<NS>_COMMANDS` (WorkQueue) |
-//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS`, `<NS>_OUTCOMES`, `<NS>_PAUSES`, `<NS>_SCHEDULES`, `<NS>_RATES` (KV), `<NS>_RESULTS` (object store) |
+//! | buckets | `<NS>_IDEMPOTENCY`, `<NS>_CANCELS`, `<NS>_KINDS`, `<NS>_OUTCOMES`, `<NS>_PAUSES`, `<NS>_SHARES`, `<NS>_SCHEDULES`, `<NS>_RATES` (KV), `<NS>_RESULTS` (object store) |
 //!
 //! Kinds may contain dots (`report.job_stats`): a cancel or webhook command ends with its kind,
 //! where a `>` filter takes it whole, and a run command has exactly one token (the job) after it.
@@ -60,6 +60,11 @@ impl Namespace {
     /// Paused kinds (KV): `all.<kind>` for every tenant, `tenant.<tenant>.<kind>` for one.
     pub fn pauses_bucket(&self) -> String {
         format!("{}_PAUSES", self.upper())
+    }
+
+    /// Tenants' shares of the workers (KV): `<tenant>`.
+    pub fn shares_bucket(&self) -> String {
+        format!("{}_SHARES", self.upper())
     }
 
     /// Rate limits' recent starts (KV): `<tenant>.<key digest>`.

@@ -158,6 +158,27 @@ pub(super) enum SchedulesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(super) enum TenantsCommand {
+    /// Set a tenant's share of every kind's workers: its weight in the turns, a cap on its running
+    /// jobs per kind.
+    Share {
+        /// The tenant.
+        tenant: String,
+        /// Releases per turn (1 to 100).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// The most of its jobs of one kind running at once.
+        #[arg(long)]
+        max_running: Option<u32>,
+    },
+    /// Show a tenant's share.
+    Show {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
 /// Whose jobs a pause holds.
 #[derive(Debug, clap::Args)]
 pub(super) struct PauseScope {
@@ -520,6 +541,40 @@ pub(super) async fn schedules(target: Target, command: SchedulesCommand) -> anyh
             c.call(
                 Method::POST,
                 &format!("/v1/schedules/{id}/resume"),
+                None,
+                &[],
+            )
+            .await?
+        }
+    };
+    print(&out);
+    Ok(())
+}
+
+pub(super) async fn tenants(target: Target, command: TenantsCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let out = match command {
+        TenantsCommand::Share {
+            tenant,
+            weight,
+            max_running,
+        } => {
+            let mut body = json!({ "weight": weight });
+            if let Some(m) = max_running {
+                body["max_running"] = json!(m);
+            }
+            c.call(
+                Method::PUT,
+                &format!("/v1/admin/tenants/{tenant}/share"),
+                Some(&body),
+                &[],
+            )
+            .await?
+        }
+        TenantsCommand::Show { tenant } => {
+            c.call(
+                Method::GET,
+                &format!("/v1/admin/tenants/{tenant}/share"),
                 None,
                 &[],
             )

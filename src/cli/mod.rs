@@ -213,6 +213,13 @@ enum Command {
         #[command(subcommand)]
         command: client::SchedulesCommand,
     },
+    /// Tenants' shares of the workers (operator, through the API).
+    Tenants {
+        #[command(flatten)]
+        target: client::Target,
+        #[command(subcommand)]
+        command: client::TenantsCommand,
+    },
     /// Webhook signing secret and failed deliveries, through the API.
     Webhooks {
         #[command(flatten)]
@@ -298,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { command } => log::events(command).await,
         Command::Kinds { target, command } => client::kinds(target, command).await,
         Command::Schedules { target, command } => client::schedules(target, command).await,
+        Command::Tenants { target, command } => client::tenants(target, command).await,
         Command::Webhooks { target, command } => client::webhooks(target, command).await,
         Command::Dlq { target, command } => client::dlq(target, command).await,
     }

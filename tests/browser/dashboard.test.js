@@ -300,6 +300,7 @@ test('operations: schedules with their next run, refreshed; pause, resume and de
   const every = page.locator('tr[data-schedule="browser-every"]');
   assert.equal(await every.locator('td[data-label="Timing"]').textContent(), 'every 1 h 30 m');
   assert.equal(await every.locator('td[data-label="Next run"] time').getAttribute('datetime'), hourly.body.next_run_at);
+  assert.equal(await page.getByText('No schedules.').isVisible(), false);
   await everyControlNamed();
   await shot('6c-operations-schedules');
 
@@ -354,6 +355,7 @@ test('operations: a kind paused from the page holds its jobs, others run on; res
   await page.getByRole('button', { name: 'Pause kind' }).click();
   const paused = page.locator('tr[data-pause-kind="noop"][data-pause-tenant="acme"]');
   await paused.waitFor();
+  assert.equal(await page.getByText('No kind is paused.').isVisible(), false);
   const listed = (await conveyor.call(token, '/v1/pauses')).body.items;
   assert.deepEqual(listed.map((p) => [p.kind, p.tenant, p.paused, p.by]), [['noop', 'acme', true, 'browser-test']]);
 
@@ -399,6 +401,7 @@ test('operations: an operator pauses a kind for every tenant; a tenant sees it, 
   await reader.locator('section[aria-labelledby="sched-h"]').waitFor();
   assert.equal(await reader.locator('section[aria-labelledby="pauses-h"] button, section[aria-labelledby="sched-h"] button').count(), 0);
   assert.equal(await reader.getByRole('button', { name: 'Pause kind' }).count(), 0);
+  await reader.getByText('Pausing and resuming kinds need the jobs:write scope.').waitFor();
   await reader.screenshot({ path: join(SHOTS, '6e-operations-tenant-reader.png'), fullPage: true });
   await reader.close();
   problems.splice(0); // the reader's jobs page, first after sign-in, is refused the event stream

@@ -406,6 +406,9 @@ async fn health_readiness_and_openapi() {
             "GET /v1/admin/pauses",
             "GET /v1/admin/projections",
             "POST /v1/admin/projections/{name}/rebuild",
+            "DELETE /v1/admin/tenants/{tenant}/share",
+            "GET /v1/admin/tenants/{tenant}/share",
+            "PUT /v1/admin/tenants/{tenant}/share",
             "GET /v1/admin/webhooks/failed",
             "POST /v1/admin/webhooks/failed/{job}/redrive",
             "GET /v1/events",
@@ -420,6 +423,12 @@ async fn health_readiness_and_openapi() {
             "POST /v1/kinds/{kind}/pause",
             "POST /v1/kinds/{kind}/resume",
             "GET /v1/pauses",
+            "GET /v1/schedules",
+            "POST /v1/schedules",
+            "DELETE /v1/schedules/{id}",
+            "GET /v1/schedules/{id}",
+            "POST /v1/schedules/{id}/pause",
+            "POST /v1/schedules/{id}/resume",
             "GET /v1/webhooks/secret",
             "POST /v1/workers/complete",
             "POST /v1/workers/fail",
@@ -439,6 +448,7 @@ async fn health_readiness_and_openapi() {
             .replace("{id}", &unknown)
             .replace("{job}", &unknown)
             .replace("{name}", "jobs")
+            .replace("{tenant}", "acme")
             .replace("{kind}", "it.unknown");
         let res = api
             .request(method.parse().unwrap(), &concrete)

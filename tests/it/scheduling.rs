@@ -652,3 +652,113 @@ async fn a_rate_limited_key_never_starts_more_than_its_rate_in_any_window() {
         .await;
     assert_eq!(status, 422, "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_weight_takes_more_turns_and_a_cap_bounds_its_running_jobs() {
+    let mut env = Env::new(BUILD).await;
+    env.set("CONVEYOR_WORKER_CONCURRENCY", "6")
+        .set("CONVEYOR_RATE_LIMIT", "100000");
+    let (_dev, api) = env.spawn_http("dev").await;
+    let operator = api.with_token(&env.token("ops", "operator"));
+    let heavy = api.with_token(&env.token("heavy", "jobs:write jobs:read"));
+    let light = api.with_token(&env.token("light", "jobs:write jobs:read"));
+    let capped = api.with_token(&env.token("capped", "jobs:write jobs:read"));
+    let refused = api
+        .request(reqwest::Method::PUT, "/v1/admin/tenants/heavy/share")
+        .json(&json!({"weight": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403, "shares are an operator's");
+    let put = |tenant: &str, share: Value| {
+        let operator = operator.clone();
+        let path = format!("/v1/admin/tenants/{tenant}/share");
+        async move {
+            let res = operator
+                .request(reqwest::Method::PUT, &path)
+                .json(&share)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, share) = put("heavy", json!({"weight": 3})).await;
+    assert_eq!(status, 200, "{share}");
+    let (status, share) = put("capped", json!({"max_running": 2})).await;
+    assert_eq!(status, 200, "{share}");
+    assert_eq!(put("heavy", json!({"weight": 0})).await.0, 422);
+    let (_, shown) = operator.get("/v1/admin/tenants/heavy/share").await;
+    assert_eq!(shown["weight"], 3, "{shown}");
+
+    // Everything queued while the kind is paused for all, so the turns start together.
+    assert_eq!(
+        operator
+            .post("/v1/admin/kinds/sleep/pause", &json!({}))
+            .await
+            .0,
+        200
+    );
+    let mut log = Log::open(&env).await;
+    for tenant in [&heavy, &light, &capped] {
+        tenant.submit_batch(vec![sleep_job(30); 120]).await;
+    }
+    // The pause is seen by the scheduler before the resume: a job of another kind, submitted
+    // after the batches, has run.
+    let marker = id_of(&api.submit(json!({"kind": "noop"})).await);
+    assert_eq!(api.wait_terminal(&marker).await["status"], "succeeded");
+    assert_eq!(
+        operator
+            .post("/v1/admin/kinds/sleep/resume", &json!({}))
+            .await
+            .0,
+        200
+    );
+    log.until("60 jobs of each of the three tenants started", |l| {
+        ["heavy", "light", "capped"]
+            .iter()
+            .all(|t| started_of(l, t) >= 60)
+    })
+    .await;
+    let mut starts: Vec<(u64, String)> = log
+        .lives
+        .values()
+        .filter(|l| ["heavy", "light"].contains(&l.tenant.as_str()))
+        .filter_map(|l| l.started.as_ref().map(|(seq, _)| (*seq, l.tenant.clone())))
+        .collect();
+    starts.sort();
+    let first: Vec<&String> = starts.iter().take(80).map(|(_, t)| t).collect();
+    let heavy_n = first.iter().filter(|t| t.as_str() == "heavy").count();
+    let light_n = first.len() - heavy_n;
+    eprintln!("first 80 starts of heavy (weight 3) and light (weight 1): {heavy_n} and {light_n}");
+    assert!(
+        heavy_n >= 2 * light_n && heavy_n <= 4 * light_n,
+        "weight 3 against 1 gave {heavy_n} against {light_n} starts"
+    );
+    // In log order, never more than 2 of the capped tenant's jobs between start and end.
+    let mut edges: Vec<(u64, i32)> = log
+        .lives
+        .values()
+        .filter(|l| l.tenant == "capped" && l.started.is_some())
+        .flat_map(|l| {
+            let mut e = vec![(l.started.as_ref().unwrap().0, 1)];
+            e.extend(l.ended.map(|seq| (seq, -1)));
+            e
+        })
+        .collect();
+    edges.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, d) in edges {
+        running += d;
+        most = most.max(running);
+    }
+    assert!(
+        most <= 2,
+        "{most} of the capped tenant's jobs ran at once (cap 2)"
+    );
+    assert_eq!(
+        most, 2,
+        "the cap of 2 was never reached: the test shows nothing"
+    );
+}

@@ -219,6 +219,12 @@ async fn schedule(
         pause_keys.set(&key, true);
     }
     queues.set_pauses(pause_keys.in_force());
+    let mut share_changes = bus
+        .shares()
+        .await?
+        .watch_with_history(">")
+        .await
+        .map_err(bus::Error::bucket)?;
     let mut schedule_changes = bus
         .schedules()
         .await?
@@ -280,6 +286,21 @@ async fn schedule(
                 }
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the pauses' watch").into()),
+            },
+            change = share_changes.next() => match change {
+                Some(Ok(entry)) => {
+                    if let Ok(tenant) = events::Tenant::parse(&entry.key) {
+                        let share = (entry.operation == bus::jetstream::KvOperation::Put)
+                            .then(|| serde_json::from_slice::<events::pause::TenantShare>(&entry.value).ok())
+                            .flatten()
+                            .map(|s| queue::Share { weight: s.weight, max_running: s.max_running })
+                            .unwrap_or_default();
+                        queues.set_share(tenant, share);
+                        changed = true;
+                    }
+                }
+                Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
+                None => return Err(bus::Error::Ended("the shares' watch").into()),
             },
             change = schedule_changes.next() => match change {
                 Some(Ok(entry)) => schedules.apply(&entry),

@@ -8,7 +8,8 @@
 //!    all tenants or for its own), is not a candidate;
 //! 2. among the candidates, the highest priority goes first;
 //! 3. among tenants with a candidate of that priority, turns go round (fair share): a tenant with
-//!    50,000 waiting jobs takes one turn like a tenant with one;
+//!    50,000 waiting jobs takes one turn like a tenant with one (a tenant given a weight takes
+//!    that many releases per turn; one at its cap of running jobs of the kind sits turns out);
 //! 4. within a tenant, the highest priority, then the earliest arrival (stream order).
 //!
 //! A concurrency key's slots are held from release to the end of the attempt (its `failed`,
@@ -112,6 +113,24 @@ struct KindQueue {
     turns: VecDeque<Tenant>,
 }
 
+/// A tenant's share of each kind's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Releases per turn (1 by default).
+    pub weight: u32,
+    /// The most of its jobs of one kind under way at once (`None`: no cap).
+    pub max_running: Option<u32>,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_running: None,
+        }
+    }
+}
+
 /// The waiting jobs of every kind and the attempts under way.
 #[derive(Debug, Default)]
 pub struct Queues {
@@ -124,6 +143,12 @@ pub struct Queues {
     running: HashMap<JobId, Running>,
     /// Paused kinds: `(kind, None)` for every tenant, `(kind, Some(tenant))` for one.
     paused: HashSet<(JobKind, Option<Tenant>)>,
+    /// Tenants' shares other than the default.
+    shares: HashMap<Tenant, Share>,
+    /// Attempts under way per kind and tenant (for the caps).
+    under_way: HashMap<(JobKind, Tenant), u32>,
+    /// Releases in the current turn, per kind and tenant (for the weights).
+    credit: HashMap<(JobKind, Tenant), u32>,
 }
 
 impl Queues {
@@ -165,7 +190,20 @@ impl Queues {
         if let Some(key) = &running.key {
             self.keys.entry(key.clone()).or_default().held += 1;
         }
+        *self
+            .under_way
+            .entry((running.kind.clone(), running.tenant.clone()))
+            .or_default() += 1;
         self.running.insert(job, running);
+    }
+
+    /// Sets a tenant's share (the default one: `Share::default()`).
+    pub fn set_share(&mut self, tenant: Tenant, share: Share) {
+        if share == Share::default() {
+            self.shares.remove(&tenant);
+        } else {
+            self.shares.insert(tenant, share);
+        }
     }
 
     /// A key for `tenant`'s `concurrency` (for [`Queues::adopt`]).
@@ -350,8 +388,15 @@ impl Queues {
             return None;
         }
         let queue = self.kinds.get_mut(kind)?;
-        let paused = &self.paused;
-        let open = |tenant: &Tenant| !paused.contains(&(kind.clone(), Some(tenant.clone())));
+        let (paused, shares, under_way) = (&self.paused, &self.shares, &self.under_way);
+        let open = |tenant: &Tenant| {
+            let key = (kind.clone(), tenant.clone());
+            !paused.contains(&(kind.clone(), Some(tenant.clone())))
+                && shares
+                    .get(tenant)
+                    .and_then(|s| s.max_running)
+                    .is_none_or(|cap| under_way.get(&key).copied().unwrap_or(0) < cap)
+        };
         // The highest priority any open tenant has waiting, then the first such tenant in turn.
         let best = queue
             .turns
@@ -374,16 +419,31 @@ impl Queues {
             .get_mut(&tenant)
             .expect("a tenant with a line");
         let (_, id) = line.pop_first().expect("a candidate");
+        let weight = self.shares.get(&tenant).map_or(1, |s| s.weight.max(1));
+        let credit = self
+            .credit
+            .entry((kind.clone(), tenant.clone()))
+            .or_default();
+        *credit += 1;
         if line.is_empty() {
             queue.tenants.remove(&tenant);
+            *credit = 0;
+        } else if *credit < weight {
+            // Its turn goes on: a weight of n is n releases per turn.
+            queue.turns.insert(turn, tenant);
         } else {
             // Its turn is over: to the back.
+            *credit = 0;
             queue.turns.push_back(tenant);
         }
         if queue.turns.is_empty() {
             self.kinds.remove(kind);
         }
         let job = self.waiting.remove(&id)?;
+        *self
+            .under_way
+            .entry((job.kind.clone(), job.tenant.clone()))
+            .or_default() += 1;
         let earlier = self.running.insert(
             id,
             Running {
@@ -395,6 +455,9 @@ impl Queues {
             },
         );
         // Never expected (`add` ends an earlier attempt first); its slot is not kept if so.
+        if let Some(e) = &earlier {
+            self.count_down(e);
+        }
         if let Some(key) = earlier.and_then(|e| e.key) {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.held = state.held.saturating_sub(1);
@@ -407,7 +470,9 @@ impl Queues {
     /// holding its concurrency slot and its rate limit's release.
     pub fn unpick(&mut self, job: Waiting) {
         let id = job.job;
-        self.running.remove(&id);
+        if let Some(r) = self.running.remove(&id) {
+            self.count_down(&r);
+        }
         self.waiting.insert(id, job);
         self.candidate(id);
     }
@@ -422,11 +487,22 @@ impl Queues {
             return;
         }
         let running = self.running.remove(&job).expect("present");
+        self.count_down(&running);
         if let Some(key) = running.key {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.held = state.held.saturating_sub(1);
             }
             self.fill(&key, Utc::now());
+        }
+    }
+
+    fn count_down(&mut self, running: &Running) {
+        let key = (running.kind.clone(), running.tenant.clone());
+        if let Some(n) = self.under_way.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.under_way.remove(&key);
+            }
         }
     }
 
@@ -595,6 +671,48 @@ mod tests {
             "two attempts under way: the key is full"
         );
         q.ended(id, Some(2));
+        assert_eq!(drain(&mut q, now).len(), 1);
+    }
+
+    #[test]
+    fn a_weight_is_releases_per_turn_and_a_cap_sits_turns_out() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let heavy = Tenant::parse("heavy").unwrap();
+        q.set_share(
+            heavy.clone(),
+            Share {
+                weight: 3,
+                max_running: None,
+            },
+        );
+        for seq in 0..20 {
+            q.add(job("heavy", seq, 0, None), now);
+            q.add(job("light", 100 + seq, 0, None), now);
+        }
+        let kind = JobKind::parse("work").unwrap();
+        let order: Vec<String> = (0..8)
+            .map(|_| q.pick(&kind, now).unwrap().tenant.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            ["heavy", "heavy", "heavy", "light", "heavy", "heavy", "heavy", "light"]
+        );
+
+        let mut q = Queues::default();
+        q.set_share(
+            heavy,
+            Share {
+                weight: 1,
+                max_running: Some(2),
+            },
+        );
+        for seq in 0..5 {
+            q.add(job("heavy", seq, 0, None), now);
+        }
+        let got = drain(&mut q, now);
+        assert_eq!(got.len(), 2, "capped at 2 under way");
+        q.ended(got[0].job, Some(1));
         assert_eq!(drain(&mut q, now).len(), 1);
     }
 

@@ -12,6 +12,7 @@ pub(crate) mod jobs;
 pub(crate) mod kinds;
 pub(crate) mod pauses;
 pub(crate) mod schedules;
+pub(crate) mod shares;
 pub(crate) mod webhooks;
 pub(crate) mod workers;
 
@@ -43,6 +44,7 @@ fn documented(max_body: usize) -> OpenApiRouter<AppState> {
         .merge(kinds::router())
         .merge(pauses::router())
         .merge(schedules::router())
+        .merge(shares::router())
         .merge(events::router())
         .merge(webhooks::router())
         .merge(admin::router())

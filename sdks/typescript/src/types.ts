@@ -236,6 +236,8 @@ export interface KindPause {
   since?: string;
   /** Who paused it (the token's subject). */
   by?: string;
+  /** Paused by an operator: the tenant's own resume does not lift it. */
+  by_operator: boolean;
 }
 
 /** A CloudEvent (1.0) of the log. `subject` is the job id; `type` is `dev.conveyor.job.<name>`. */

@@ -216,6 +216,8 @@ class KindPause(TypedDict):
     """When it was paused (absent once resumed)."""
     by: NotRequired[str]
     """Who paused it (the token's subject)."""
+    by_operator: bool
+    """Paused by an operator: the tenant's own resume does not lift it."""
 
 
 class Problem(TypedDict):
