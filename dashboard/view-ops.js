@@ -295,8 +295,12 @@ function pauses({ read, write, operator }) {
   const tbody = h('tbody');
   const empty = h('p', { class: 'empty', hidden: true }, 'No kind is paused.');
   const status = h('p', { class: 'hint', role: 'status' });
-  const own = new Set(); // keys of the tenant's own pauses
-  const keyOf = (p) => `${p.kind}\u0000${p.tenant ?? ''}`;
+  let mine = null; // the caller's tenant, once a pause names it
+  // An operator's pause (for every tenant, or for one) and a tenant's own are apart: neither
+  // lifts the other. Servers before `by_operator` only had operators' pauses for every tenant.
+  const byOperator = (p) => p.tenant === null || Boolean(p.by_operator);
+  const own = (p) => p.tenant !== null && p.tenant === mine && !byOperator(p);
+  const keyOf = (p) => `${p.kind}\u0000${p.tenant ?? ''}\u0000${byOperator(p) ? 'operator' : 'tenant'}`;
   const rows = keyedRows(tbody, empty, keyOf, row);
   const gens = generations();
   const form = write || operator ? pauseForm() : null;
@@ -308,7 +312,9 @@ function pauses({ read, write, operator }) {
       'p',
       { class: 'hint' },
       'A paused kind\'s waiting jobs stay queued and none starts; running ones finish.',
-      operator ? ' As an operator you see every tenant\'s pauses.' : ' An operator\'s pause for every tenant holds your jobs too; only an operator lifts it.',
+      operator
+        ? ' As an operator you see every tenant\'s pauses, and lift the operators\' ones; a tenant\'s own pause is its to resume.'
+        : ' An operator\'s pause, for every tenant or for yours, holds your jobs too; only an operator lifts it.',
     ),
     h(
       'div',
@@ -332,13 +338,13 @@ function pauses({ read, write, operator }) {
     try {
       await gens.load(
         async () => {
-          const mine = read ? (await api('/v1/pauses')).items : [];
-          const all = operator ? (await api('/v1/admin/pauses')).items : mine;
-          return { mine, all };
+          const holding = read ? (await api('/v1/pauses')).items : [];
+          const all = operator ? (await api('/v1/admin/pauses')).items : holding;
+          return { holding, all };
         },
-        ({ mine, all }) => {
-          own.clear();
-          mine.filter((p) => p.tenant !== null).forEach((p) => own.add(keyOf(p)));
+        ({ holding, all }) => {
+          // What holds the caller's jobs names no tenant but its own.
+          mine = holding.find((p) => p.tenant !== null)?.tenant ?? mine;
           rows.set(all);
           status.textContent = '';
         },
@@ -351,28 +357,37 @@ function pauses({ read, write, operator }) {
   /** Who a pause holds, as the reader sees it. */
   function holds(p) {
     if (p.tenant === null) return 'every tenant';
-    return own.has(keyOf(p)) ? `${p.tenant} (this tenant)` : `tenant ${p.tenant}`;
+    return p.tenant === mine ? `${p.tenant} (this tenant)` : `tenant ${p.tenant}`;
   }
 
   function row(first) {
     const cells = { for: h('td', { 'data-label': 'Paused for' }), since: h('td', { 'data-label': 'Since' }), by: h('td', { 'data-label': 'By' }), actions: h('td', { class: 'actions' }) };
-    const tr = h('tr', { 'data-pause-kind': first.kind, 'data-pause-tenant': first.tenant ?? '*' }, h('td', {}, first.kind), cells.for, cells.since, cells.by, cells.actions);
+    const tr = h(
+      'tr',
+      { 'data-pause-kind': first.kind, 'data-pause-tenant': first.tenant ?? '*', 'data-pause-by': byOperator(first) ? 'operator' : 'tenant' },
+      h('td', {}, first.kind),
+      cells.for,
+      cells.since,
+      cells.by,
+      cells.actions,
+    );
     return {
       tr,
       update(p) {
         cells.for.textContent = holds(p);
         cells.since.replaceChildren(when(p.since));
-        cells.by.textContent = p.by ?? '';
-        const mine = own.has(keyOf(p));
-        // The tenant lifts its own pauses; an operator any (the route of its own tenant's first).
-        const path = mine && write
-          ? `/v1/kinds/${encodeURIComponent(p.kind)}/resume`
-          : operator
-            ? `/v1/admin/kinds/${encodeURIComponent(p.kind)}/resume${p.tenant === null ? '' : `?tenant=${encodeURIComponent(p.tenant)}`}`
+        cells.by.textContent = `${p.by ?? ''}${byOperator(p) ? ' (operator)' : ''}`;
+        // The tenant lifts its own pauses, an operator the operators' ones.
+        const kind = encodeURIComponent(p.kind);
+        const path = own(p) && write
+          ? `/v1/kinds/${kind}/resume`
+          : byOperator(p) && operator
+            ? `/v1/admin/kinds/${kind}/resume${p.tenant === null ? '' : `?tenant=${encodeURIComponent(p.tenant)}`}`
             : null;
-        const label = `Resume ${p.kind}${mine ? '' : p.tenant === null ? ' for every tenant' : ` for tenant ${p.tenant}`}`;
+        const label = `Resume ${p.kind}${own(p) ? '' : p.tenant === null ? ' for every tenant' : ` for tenant ${p.tenant}`}`;
         if (!path) {
-          cells.actions.replaceChildren(p.tenant === null ? h('span', { class: 'hint' }, 'held by an operator') : '');
+          const why = byOperator(p) ? 'held by an operator' : own(p) ? '' : 'the tenant\'s own';
+          cells.actions.replaceChildren(why ? h('span', { class: 'hint' }, why) : '');
         } else if (cells.actions.firstChild?.dataset?.path !== path) {
           const button = h('button', { type: 'button', class: 'small', 'aria-label': label, 'data-path': path, onclick: () => resume(p, path, button) }, 'Resume');
           cells.actions.replaceChildren(button);
@@ -433,7 +448,7 @@ function pauses({ read, write, operator }) {
       try {
         const p = await api(path, { method: 'POST' });
         gens.changed();
-        if (p.tenant !== null) own.add(keyOf(p));
+        if (!all) mine = p.tenant;
         rows.put(p);
         toast(`Paused ${p.kind} for ${holds(p)}: its waiting jobs stay queued`);
       } catch (err) {

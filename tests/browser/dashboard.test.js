@@ -353,11 +353,11 @@ test('operations: a kind paused from the page holds its jobs, others run on; res
   await page.getByLabel('Kind to pause').selectOption('noop');
   await page.getByLabel('Pause for').selectOption({ label: 'this tenant\'s jobs' });
   await page.getByRole('button', { name: 'Pause kind' }).click();
-  const paused = page.locator('tr[data-pause-kind="noop"][data-pause-tenant="acme"]');
+  const paused = page.locator('tr[data-pause-kind="noop"][data-pause-tenant="acme"][data-pause-by="tenant"]');
   await paused.waitFor();
   assert.equal(await page.getByText('No kind is paused.').isVisible(), false);
   const listed = (await conveyor.call(token, '/v1/pauses')).body.items;
-  assert.deepEqual(listed.map((p) => [p.kind, p.tenant, p.paused, p.by]), [['noop', 'acme', true, 'browser-test']]);
+  assert.deepEqual(listed.map((p) => [p.kind, p.tenant, p.paused, p.by, p.by_operator]), [['noop', 'acme', true, 'browser-test', false]]);
 
   // A noop job waits; a sleep job submitted after it runs.
   const held = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'noop' } })).body.id;
@@ -380,34 +380,55 @@ test('operations: a kind paused from the page holds its jobs, others run on; res
   noProblems();
 });
 
-test('operations: an operator pauses a kind for every tenant; a tenant sees it, cannot lift it, and changes nothing without jobs:write', async () => {
+test('operations: an operator pauses a kind for every tenant; the operators\' pauses and the tenant\'s own stay apart; a reader changes nothing', async () => {
   await page.getByLabel('Kind to pause').selectOption('fail');
   await page.getByLabel('Pause for').selectOption({ label: 'every tenant' });
   await page.getByRole('button', { name: 'Pause kind' }).click();
-  const everyone = page.locator('tr[data-pause-kind="fail"][data-pause-tenant="*"]');
+  const pauseRow = (tenant, by) => page.locator(`tr[data-pause-kind="fail"][data-pause-tenant="${tenant}"][data-pause-by="${by}"]`);
+  const everyone = pauseRow('*', 'operator');
   await everyone.getByText('every tenant').waitFor();
-  const all = (await conveyor.call(token, '/v1/admin/pauses')).body.items;
-  assert.deepEqual(all.map((p) => [p.kind, p.tenant]), [['fail', null]]);
+  assert.deepEqual((await conveyor.call(token, '/v1/admin/pauses')).body.items.map((p) => [p.kind, p.tenant, p.by_operator]), [['fail', null, true]]);
+  // Beside it, an operator's pause of the kind for this tenant, and the tenant's own.
+  assert.equal((await conveyor.call(token, '/v1/admin/kinds/fail/pause?tenant=acme', { method: 'POST' })).status, 200);
+  assert.equal((await conveyor.call(token, '/v1/kinds/fail/pause', { method: 'POST' })).status, 200);
+  const holding = (await conveyor.call(token, '/v1/pauses')).body.items;
+  assert.deepEqual(holding.map((p) => [p.tenant, p.by_operator]), [[null, true], ['acme', false], ['acme', true]]);
+  const forAcme = pauseRow('acme', 'operator');
+  const own = pauseRow('acme', 'tenant');
+  await forAcme.getByRole('button', { name: 'Resume fail for tenant acme', exact: true }).waitFor();
+  await own.getByRole('button', { name: 'Resume fail', exact: true }).waitFor();
+  await everyone.getByRole('button', { name: 'Resume fail for every tenant', exact: true }).waitFor();
+  await forAcme.locator('td[data-label="Paused for"]').getByText('acme (this tenant)').waitFor();
+  await forAcme.locator('td[data-label="By"]').getByText('browser-test (operator)').waitFor();
   const schedule = await conveyor.call(token, '/v1/schedules', { method: 'POST', body: { id: 'browser-read-only', kind: 'noop', every: '6h' } });
   assert.equal(schedule.status, 201, JSON.stringify(schedule.body));
-
+  await shot('6e-operations-operator-pauses');
   noProblems();
 
-  // A reader of the tenant: the pause that holds its jobs and the schedule, and no button.
+  // A reader of the tenant: the pauses that hold its jobs and the schedule, and no button.
   const reader = await opsPage('jobs:read');
-  const held = reader.locator('tr[data-pause-kind="fail"][data-pause-tenant="*"]');
-  await held.getByText('held by an operator').waitFor();
+  const readerRow = (tenant, by) => reader.locator(`tr[data-pause-kind="fail"][data-pause-tenant="${tenant}"][data-pause-by="${by}"]`);
+  await readerRow('*', 'operator').getByText('held by an operator').waitFor();
+  await readerRow('acme', 'operator').getByText('held by an operator').waitFor();
+  await readerRow('acme', 'tenant').getByText('acme (this tenant)').waitFor();
   await reader.locator('tr[data-schedule="browser-read-only"]').getByText('every 6 h').waitFor();
-  await reader.locator('section[aria-labelledby="sched-h"]').waitFor();
   assert.equal(await reader.locator('section[aria-labelledby="pauses-h"] button, section[aria-labelledby="sched-h"] button').count(), 0);
   assert.equal(await reader.getByRole('button', { name: 'Pause kind' }).count(), 0);
   await reader.getByText('Pausing and resuming kinds need the jobs:write scope.').waitFor();
-  await reader.screenshot({ path: join(SHOTS, '6e-operations-tenant-reader.png'), fullPage: true });
+  await reader.getByText('pausing, resuming and deleting them need the jobs:write scope').waitFor();
+  await reader.screenshot({ path: join(SHOTS, '6f-operations-tenant-reader.png'), fullPage: true });
   await reader.close();
   problems.splice(0); // the reader's jobs page, first after sign-in, is refused the event stream
 
+  // The tenant's resume lifts its own pause only; the operators' ones are lifted one by one.
+  await own.getByRole('button', { name: 'Resume fail', exact: true }).click();
+  await own.waitFor({ state: 'detached' });
+  assert.deepEqual((await conveyor.call(token, '/v1/pauses')).body.items.map((p) => [p.tenant, p.by_operator]), [[null, true], ['acme', true]]);
+  await forAcme.getByRole('button', { name: 'Resume fail for tenant acme' }).click();
+  await forAcme.waitFor({ state: 'detached' });
   await everyone.getByRole('button', { name: 'Resume fail for every tenant' }).click();
   await everyone.waitFor({ state: 'detached' });
+  await page.getByText('No kind is paused.').waitFor();
   assert.deepEqual((await conveyor.call(token, '/v1/admin/pauses')).body.items, []);
   assert.equal((await conveyor.call(token, '/v1/schedules/browser-read-only', { method: 'DELETE' })).status, 204);
   noProblems();
