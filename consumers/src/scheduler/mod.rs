@@ -336,7 +336,9 @@ async fn schedule(
                         queues.still_running(job, Utc::now());
                     }
                 }
-                metrics::gauge!("conveyor_scheduler_waiting").set(queues.waiting() as f64);
+                for (reason, n) in queues.waiting_by_reason() {
+                    metrics::gauge!("conveyor_scheduler_waiting", "reason" => reason).set(n as f64);
+                }
                 metrics::gauge!("conveyor_scheduler_under_way").set(queues.running() as f64);
             }
         }

@@ -162,6 +162,50 @@ impl Queues {
         self.running.len()
     }
 
+    /// How many jobs wait, by what holds them: `due_later` (`run_at`, a retry's backoff),
+    /// `concurrency_key`, `rate_limit`, `paused`, `tenant_cap`, and `ready` (only their turn).
+    pub fn waiting_by_reason(&self) -> [(&'static str, usize); 6] {
+        let (mut paused, mut capped, mut ready) = (0, 0, 0);
+        for (kind, queue) in &self.kinds {
+            for (tenant, line) in &queue.tenants {
+                if self.paused.contains(&(kind.clone(), None))
+                    || self.paused.contains(&(kind.clone(), Some(tenant.clone())))
+                {
+                    paused += line.len();
+                } else if self
+                    .shares
+                    .get(tenant)
+                    .and_then(|s| s.max_running)
+                    .is_some_and(|cap| {
+                        self.under_way
+                            .get(&(kind.clone(), tenant.clone()))
+                            .copied()
+                            .unwrap_or(0)
+                            >= cap
+                    })
+                {
+                    capped += line.len();
+                } else {
+                    ready += line.len();
+                }
+            }
+        }
+        [
+            ("due_later", self.delayed.len()),
+            (
+                "concurrency_key",
+                self.keys.values().map(|k| k.line.len()).sum(),
+            ),
+            (
+                "rate_limit",
+                self.rates.values().map(|r| r.line.len()).sum(),
+            ),
+            ("paused", paused),
+            ("tenant_cap", capped),
+            ("ready", ready),
+        ]
+    }
+
     /// Kinds with a candidate to release.
     pub fn ready_kinds(&self) -> Vec<JobKind> {
         self.kinds
@@ -751,6 +795,7 @@ mod tests {
         assert_eq!(got[0].tenant.as_str(), "b");
         q.set_pauses([(kind, None)].into());
         assert!(drain(&mut q, now).is_empty());
+        assert!(q.waiting_by_reason().contains(&("paused", 1)));
         q.set_pauses(HashSet::new());
         assert_eq!(drain(&mut q, now).len(), 1);
     }
