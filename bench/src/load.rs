@@ -581,3 +581,14 @@ pub(crate) async fn probe_starts(
     .await?;
     Ok((at(0.5), at(0.99), waiting))
 }
+
+/// The rate `jobs` jobs ran at, from the first start to the last end as the workers recorded
+/// them in the read model: the workers' own pace, not their start-up.
+pub(crate) async fn drain_rate(db: &sqlx::PgPool, jobs: u64) -> anyhow::Result<f64> {
+    let span: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(jobs as f64 / span.max(0.001))
+}

@@ -336,14 +336,7 @@ impl Suite {
                 let queued = load::submit_jobs(&roles.url, &token, &job, n).await?;
                 roles.start_worker(&setup, concurrency).await?;
                 load::drain(&db, queued, Duration::from_secs(300)).await?;
-                // From the first start to the last end, as the worker recorded them: the
-                // worker's own pace, not its start-up.
-                let span: f64 = sqlx::query_scalar(
-                    "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
-                )
-                .fetch_one(&db)
-                .await?;
-                let rate = queued as f64 / span.max(0.001);
+                let rate = load::drain_rate(&db, queued).await?;
                 self.results
                     .add(&format!("slots.{name}.{concurrency}"), rate);
                 eprintln!("  {concurrency} slots, {name}: {queued} jobs at {rate:.0}/s");
@@ -423,12 +416,7 @@ impl Suite {
                 )?),
             };
             load::drain(&db, queued, Duration::from_secs(600)).await?;
-            let span: f64 = sqlx::query_scalar(
-                "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
-            )
-            .fetch_one(&db)
-            .await?;
-            let rate = queued as f64 / span.max(0.001);
+            let rate = load::drain_rate(&db, queued).await?;
             self.results.add(&format!("workers.{language}"), rate);
             eprintln!("  {language} worker: {queued} no-op jobs at {rate:.0}/s");
             drop(sdk_worker);
@@ -476,12 +464,7 @@ impl Suite {
             };
             roles.start_worker(&setup, 64).await?;
             load::drain(&db, queued, Duration::from_secs(600)).await?;
-            let span: f64 = sqlx::query_scalar(
-                "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM jobs",
-            )
-            .fetch_one(&db)
-            .await?;
-            let rate = queued as f64 / span.max(0.001);
+            let rate = load::drain_rate(&db, queued).await?;
             self.results.add(&format!("sched.{mode}"), rate);
             eprintln!("  {mode}: {queued} no-op jobs at {rate:.0}/s");
             drop(roles);

@@ -126,7 +126,7 @@ type Starts = Vec<(i64, String)>;
 
 impl Bus {
     /// Takes a start under `rate` for attempt `attempt` of `job` at `at`: `None` if it may start
-    /// (or already took one), else how long until a start frees up. Exact across processes: the
+    /// (or already took one), else how long to hand the job back for. Exact across processes: the
     /// key's recent starts are one entry, updated by compare-and-set, and a start is taken only
     /// while fewer than `limit` starts are recorded later than `at - period`, so no window of
     /// `period` holds more than `limit` starts.
@@ -163,9 +163,12 @@ impl Bus {
                 .filter(|ms| *ms > now - period)
                 .collect();
             if recent.len() >= rate.limit as usize {
+                // Until the oldest start falls out of the period, with jitter so the jobs that
+                // wait for it do not all come back at once, and never longer than a hand-back.
                 let oldest = recent.iter().min().copied().unwrap_or(now);
-                let wait = (oldest + period - now).max(1) as u64;
-                return Ok(Some(Duration::from_millis(wait)));
+                let wait = (oldest + period - now).max(1) as u64 + jitter_ms(&me);
+                let wait = Duration::from_millis(wait).min(crate::consume::MAX_HAND_BACK);
+                return Ok(Some(wait));
             }
             starts.push((now, me.clone()));
             starts.sort();
@@ -175,4 +178,12 @@ impl Bus {
             }
         }
     }
+}
+
+/// 0 to 49 ms, from `who`: spreads the jobs waiting on one rate limit.
+fn jitter_ms(who: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (who, std::time::SystemTime::now()).hash(&mut h);
+    h.finish() % 50
 }

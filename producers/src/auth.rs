@@ -189,6 +189,17 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Fails with 403 unless the token may read the tenant's jobs (`jobs:read` or `jobs:write`).
+    pub fn require_reader(&self) -> Result<(), ApiError> {
+        if self.has(JOBS_READ) || self.has(JOBS_WRITE) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this token lacks the `jobs:read` or `jobs:write` scope".into(),
+            ))
+        }
+    }
+
     /// Fails with 403 unless the token has `scope` (or `admin`).
     pub fn require(&self, scope: &str) -> Result<(), ApiError> {
         if self.has(scope) {

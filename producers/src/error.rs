@@ -151,6 +151,11 @@ impl ApiError {
         Self::Unavailable("the read models are unavailable; retry shortly".into())
     }
 
+    /// A key-value bucket's failure, as [`ApiError::bus`] answers it.
+    pub fn bucket(e: impl Into<bus::error::Failure>) -> Self {
+        Self::bus(bus::Error::bucket(e))
+    }
+
     /// A 503 for a JetStream failure.
     pub fn bus(e: bus::Error) -> Self {
         match e {

@@ -413,6 +413,10 @@ fn attempt_ended(bus: &Bus, queues: &mut Queues, msg: &bus::jetstream::Message) 
     let Ok(job) = job.parse::<uuid::Uuid>().map(JobId) else {
         return;
     };
+    // Most ends are of jobs it tracks; the others are not worth decoding.
+    if !queues.is_running(job) {
+        return;
+    }
     let attempt = match bus::decode_event(msg.headers.as_ref(), &msg.payload) {
         Ok(ev) => match ev.payload {
             events::JobEvent::Failed(f) => Some(f.attempt),

@@ -521,6 +521,11 @@ impl Queues {
         self.candidate(id);
     }
 
+    /// Whether an attempt of `job` is under way.
+    pub fn is_running(&self, job: JobId) -> bool {
+        self.running.contains_key(&job)
+    }
+
     /// An attempt of `job` ended (`attempt`: which, if the event says): its slot is free.
     pub fn ended(&mut self, job: JobId, attempt: Option<u32>) {
         let Some(running) = self.running.get(&job) else {

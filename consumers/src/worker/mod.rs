@@ -515,11 +515,8 @@ async fn execute(
             .bus
             .take_start(&cmd.tenant, rate, cmd.job, attempt.run().attempt, now)
             .await?;
-        if let Some(wait) = taken {
-            // Its key started its limit within the period: back until a start frees up, with
-            // jitter so the jobs that wait for it do not all come back at once.
-            let jitter = Duration::from_millis(rand::rng().random_range(0..50));
-            let back = (wait + jitter).min(bus::consume::MAX_HAND_BACK);
+        if let Some(back) = taken {
+            // Its key started its limit within the period: back until a start frees up.
             let _ = msg.ack_with(AckKind::Nak(Some(back))).await;
             return Ok(());
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, JOBS_READ, JOBS_WRITE, OPERATOR};
+use crate::auth::{Auth, OPERATOR};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::AppJson;
 use crate::kinds::{Catalog, KindInfo};
@@ -34,11 +34,7 @@ pub(crate) struct KindList {
 #[utoipa::path(get, path = "/v1/kinds", tag = "jobs",
     responses((status = 200, description = "The accepted kinds", body = KindList)))]
 pub(crate) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<KindList>> {
-    if !auth.has(JOBS_READ) && !auth.has(JOBS_WRITE) {
-        return Err(ApiError::Forbidden(
-            "this token lacks the `jobs:read` or `jobs:write` scope".into(),
-        ));
-    }
+    auth.require_reader()?;
     Ok(Json(KindList {
         items: state.kinds.list(),
     }))

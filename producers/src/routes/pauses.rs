@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, JOBS_READ, JOBS_WRITE, OPERATOR};
+use crate::auth::{Auth, JOBS_WRITE, OPERATOR};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -57,10 +57,6 @@ pub(crate) struct PauseScope {
     tenant: Option<String>,
 }
 
-fn bucket_error(e: impl Into<bus::error::Failure>) -> ApiError {
-    ApiError::bus(bus::Error::bucket(e))
-}
-
 fn kind_of(raw: &str) -> ApiResult<JobKind> {
     JobKind::parse(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
@@ -87,10 +83,10 @@ async fn set(
                 .into(),
         )
         .await
-        .map_err(bucket_error)?;
+        .map_err(ApiError::bucket)?;
         (Some(value.since), Some(value.by))
     } else {
-        kv.delete(&key).await.map_err(bucket_error)?;
+        kv.delete(&key).await.map_err(ApiError::bucket)?;
         (None, None)
     };
     Ok(Json(Pause {
@@ -116,10 +112,10 @@ async fn pauses(
     let keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(bucket_error)?
+        .map_err(ApiError::bucket)?
         .try_collect()
         .await
-        .map_err(bucket_error)?;
+        .map_err(ApiError::bucket)?;
     let mut items = Vec::new();
     for key in keys {
         let Some((kind, tenant, by)) = pause::parse(&key) else {
@@ -128,7 +124,7 @@ async fn pauses(
         if !keep(&tenant) {
             continue;
         }
-        let Some(value) = kv.get(&key).await.map_err(bucket_error)? else {
+        let Some(value) = kv.get(&key).await.map_err(ApiError::bucket)? else {
             continue;
         };
         let value: Option<Paused> = serde_json::from_slice(&value).ok();
@@ -213,11 +209,7 @@ pub(crate) async fn list_own(
     State(state): State<AppState>,
     auth: Auth,
 ) -> ApiResult<Json<PauseList>> {
-    if !auth.has(JOBS_READ) && !auth.has(JOBS_WRITE) {
-        return Err(ApiError::Forbidden(
-            "this token lacks the `jobs:read` or `jobs:write` scope".into(),
-        ));
-    }
+    auth.require_reader()?;
     let own = auth.tenant.clone();
     pauses(&state, |t| t.as_ref().is_none_or(|t| *t == own)).await
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, JOBS_READ, JOBS_WRITE};
+use crate::auth::{Auth, JOBS_WRITE};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::AppJson;
 use crate::submission::{self, SubmitJob};
@@ -148,10 +148,10 @@ async fn tenant_keys(kv: &bus::jetstream::Store, auth: &Auth) -> ApiResult<Vec<S
     let keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(bucket_error)?
+        .map_err(ApiError::bucket)?
         .try_collect()
         .await
-        .map_err(bucket_error)?;
+        .map_err(ApiError::bucket)?;
     Ok(keys
         .into_iter()
         .filter(|k| k.starts_with(&prefix))
@@ -160,20 +160,6 @@ async fn tenant_keys(kv: &bus::jetstream::Store, auth: &Auth) -> ApiResult<Vec<S
 
 fn unprocessable(msg: impl ToString) -> ApiError {
     ApiError::Unprocessable(msg.to_string())
-}
-
-fn bucket_error(e: impl Into<bus::error::Failure>) -> ApiError {
-    ApiError::bus(bus::Error::bucket(e))
-}
-
-fn readable(caller: &Auth) -> ApiResult<()> {
-    if caller.has(JOBS_READ) || caller.has(JOBS_WRITE) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "this token lacks the `jobs:read` or `jobs:write` scope".into(),
-        ))
-    }
 }
 
 /// The caller's schedule `id` and its revision.
@@ -297,11 +283,11 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     auth: Auth,
 ) -> ApiResult<Json<ScheduleList>> {
-    readable(&auth)?;
+    auth.require_reader()?;
     let kv = state.bus.schedules().await.map_err(ApiError::bus)?;
     let mut items = Vec::new();
     for key in tenant_keys(&kv, &auth).await? {
-        if let Some(bytes) = kv.get(&key).await.map_err(bucket_error)? {
+        if let Some(bytes) = kv.get(&key).await.map_err(ApiError::bucket)? {
             if let Ok(s) = serde_json::from_slice::<Schedule>(&bytes) {
                 items.push(ScheduleView::from(&s));
             }
@@ -325,7 +311,7 @@ pub(crate) async fn get_one(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ScheduleView>> {
-    readable(&auth)?;
+    auth.require_reader()?;
     let (schedule, _) = stored(&state, &auth, &id).await?;
     Ok(Json(ScheduleView::from(&schedule)))
 }
@@ -349,7 +335,7 @@ pub(crate) async fn delete(
     let kv = state.bus.schedules().await.map_err(ApiError::bus)?;
     kv.delete(Schedule::key(&auth.tenant, &id))
         .await
-        .map_err(bucket_error)?;
+        .map_err(ApiError::bucket)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

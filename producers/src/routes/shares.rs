@@ -45,10 +45,6 @@ fn tenant_of(raw: &str) -> ApiResult<Tenant> {
     Tenant::parse(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
 
-fn bucket_error(e: impl Into<bus::error::Failure>) -> ApiError {
-    ApiError::bus(bus::Error::bucket(e))
-}
-
 /// Set a tenant's share of the workers: its weight in the turns, and a cap on its running jobs
 /// per kind.
 #[utoipa::path(put, path = "/v1/admin/tenants/{tenant}/share", tag = "admin", request_body = ShareRequest,
@@ -87,7 +83,7 @@ pub(crate) async fn put_share(
     let value = serde_json::to_vec(&share).expect("a share serialises");
     kv.put(tenant.as_str(), value.into())
         .await
-        .map_err(bucket_error)?;
+        .map_err(ApiError::bucket)?;
     Ok(Json(Share {
         tenant: tenant.to_string(),
         weight: share.weight,
@@ -115,7 +111,7 @@ pub(crate) async fn get_share(
     let share = kv
         .get(tenant.as_str())
         .await
-        .map_err(bucket_error)?
+        .map_err(ApiError::bucket)?
         .and_then(|b| serde_json::from_slice::<TenantShare>(&b).ok())
         .unwrap_or(TenantShare {
             weight: 1,
@@ -145,6 +141,6 @@ pub(crate) async fn reset_share(
     auth.require(OPERATOR)?;
     let tenant = tenant_of(&tenant)?;
     let kv = state.bus.shares().await.map_err(ApiError::bus)?;
-    kv.delete(tenant.as_str()).await.map_err(bucket_error)?;
+    kv.delete(tenant.as_str()).await.map_err(ApiError::bucket)?;
     Ok(StatusCode::NO_CONTENT)
 }

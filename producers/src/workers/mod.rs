@@ -356,10 +356,8 @@ impl Workers {
                 .await
             {
                 Ok(None) => {}
-                Ok(Some(wait)) => {
+                Ok(Some(back)) => {
                     // Its key started its limit within the period: back until a start frees up.
-                    let jitter = Duration::from_millis(rand::rng().random_range(0..50));
-                    let back = (wait + jitter).min(bus::consume::MAX_HAND_BACK);
                     let _ = msg.ack_with(AckKind::Nak(Some(back))).await;
                     return Found::Nothing;
                 }
