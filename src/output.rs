@@ -353,6 +353,7 @@ fn event_summary(name: &str, d: &Value) -> String {
         ),
         "cancel_requested" => d["reason"].as_str().unwrap_or_default().to_owned(),
         "cancelled" => attempt(&d["attempt"]),
+        "waiting" => format!("{}: {}", attempt(&d["attempt"]), waiting(d)),
         "redriven" => format!(
             "generation {}, next attempt {} of {}",
             text(&d["generation"]),
@@ -360,6 +361,20 @@ fn event_summary(name: &str, d: &Value) -> String {
             text(&d["max_attempts"])
         ),
         _ => summary(d),
+    }
+}
+
+/// Why a job waits, as its `waiting` (or a `job.waiting` event's data) says.
+fn waiting(w: &Value) -> String {
+    let key = w["key"].as_str().unwrap_or_default();
+    match w["reason"].as_str().unwrap_or_default() {
+        "concurrency_key" => format!("concurrency key {key} is full"),
+        "rate_limit" => format!("rate limit of {key} reached"),
+        "paused" => "kind paused".to_owned(),
+        "tenant_cap" => "tenant at its cap of running jobs".to_owned(),
+        "priority" => "higher-priority jobs go first".to_owned(),
+        "tenant_share" => "other tenants' turns (fair share)".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -379,6 +394,17 @@ fn job_block(j: &Value, now: DateTime<Utc>, fit: &mut Fit) -> String {
         ("id", Some(text(&j["id"]))),
         ("kind", Some(text(&j["kind"]))),
         ("status", Some(text(&j["status"]))),
+        (
+            "waiting",
+            (!j["waiting"].is_null()).then(|| waiting(&j["waiting"])),
+        ),
+        (
+            "priority",
+            j["priority"]
+                .as_i64()
+                .filter(|p| *p != 0)
+                .map(|p| p.to_string()),
+        ),
         ("attempt", Some(attempts(j))),
         (
             "progress",
@@ -714,13 +740,17 @@ mod tests {
                 json!({"next_attempt": 2, "delay_ms": 50, "run_at": "2025-03-01T11:59:59Z"})
             ),
             ev(
+                "waiting",
+                json!({"attempt": 2, "reason": "concurrency_key", "key": "acct-42"})
+            ),
+            ev(
                 "succeeded",
                 json!({"attempt": 2, "result": {"ok": true}, "duration_ms": 1500})
             ),
         ]);
         let out = render(&events, View::Events, now(), 120);
         let l = lines(&out.body);
-        assert_eq!(l.len(), 7, "{}", out.body);
+        assert_eq!(l.len(), 8, "{}", out.body);
         assert!(
             l[1].starts_with("2025-03-01 11:59:58.123  job.submitted"),
             "{}",
@@ -735,7 +765,8 @@ mod tests {
         assert!(l[3].ends_with("attempt 1: 2/4 halfway"));
         assert!(l[4].ends_with("attempt 1 in 12ms: retryable: boom again (will retry)"));
         assert!(l[5].ends_with("attempt 2 after 50ms"));
-        assert!(l[6].ends_with("attempt 2 in 1.5s: result ok: true"));
+        assert!(l[6].ends_with("attempt 2: concurrency key acct-42 is full"));
+        assert!(l[7].ends_with("attempt 2 in 1.5s: result ok: true"));
     }
 
     #[test]

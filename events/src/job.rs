@@ -185,6 +185,69 @@ pub struct Progressed {
     pub message: Option<String>,
 }
 
+/// `job.waiting`: the scheduler holds a due attempt back, and says why. Announced once per attempt
+/// and reason, for a job that waits behind a gate (its concurrency key, its rate limit, a pause,
+/// its tenant's cap) or has waited a while behind a higher priority or other tenants' turns; a
+/// job that only waits for a free worker gets none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The attempt held back.
+    pub attempt: u32,
+    /// What holds it.
+    pub reason: WaitReason,
+    /// The concurrency key or rate limit key, for those reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Why the scheduler holds a job back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// Its concurrency key has `limit` jobs running.
+    ConcurrencyKey,
+    /// Its rate limit's key started `limit` jobs within the period.
+    RateLimit,
+    /// Its kind is paused, for its tenant or for all.
+    Paused,
+    /// Its tenant has as many jobs of the kind running as its share allows.
+    TenantCap,
+    /// Jobs of a higher priority go first.
+    Priority,
+    /// Other tenants' jobs take their turns first.
+    TenantShare,
+}
+
+impl WaitReason {
+    /// Gates first, then the order of the line.
+    pub const ALL: [WaitReason; 6] = [
+        Self::ConcurrencyKey,
+        Self::RateLimit,
+        Self::Paused,
+        Self::TenantCap,
+        Self::Priority,
+        Self::TenantShare,
+    ];
+
+    /// Whether it is a gate (the job may not start, whatever else waits) rather than its place
+    /// in the line.
+    pub fn is_gate(self) -> bool {
+        !matches!(self, Self::Priority | Self::TenantShare)
+    }
+
+    /// The name used in events, the read model and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConcurrencyKey => "concurrency_key",
+            Self::RateLimit => "rate_limit",
+            Self::Paused => "paused",
+            Self::TenantCap => "tenant_cap",
+            Self::Priority => "priority",
+            Self::TenantShare => "tenant_share",
+        }
+    }
+}
+
 /// A result too large to inline, kept in the JetStream object store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultRef {
@@ -320,11 +383,12 @@ pub enum JobEvent {
     CancelRequested(CancelRequested),
     Cancelled(Cancelled),
     Redriven(Redriven),
+    Waiting(Waiting),
 }
 
 impl JobEvent {
     /// All short names, as used in subjects and in `type` filters after `job.`.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "submitted",
         "started",
         "progressed",
@@ -335,6 +399,7 @@ impl JobEvent {
         "cancel_requested",
         "cancelled",
         "redriven",
+        "waiting",
     ];
 
     /// The short name: the last subject token (`succeeded`).
@@ -350,6 +415,7 @@ impl JobEvent {
             Self::CancelRequested(_) => "cancel_requested",
             Self::Cancelled(_) => "cancelled",
             Self::Redriven(_) => "redriven",
+            Self::Waiting(_) => "waiting",
         }
     }
 
@@ -372,7 +438,9 @@ impl JobEvent {
             Self::Cancelled(_) => JobStatus::Cancelled,
             Self::Redriven(_) => JobStatus::Queued,
             Self::Failed(f) if !f.will_retry => JobStatus::Failed,
-            Self::Progressed(_) | Self::Failed(_) | Self::CancelRequested(_) => return None,
+            Self::Progressed(_) | Self::Failed(_) | Self::CancelRequested(_) | Self::Waiting(_) => {
+                return None
+            }
         })
     }
 }
@@ -395,6 +463,7 @@ impl Payload for JobEvent {
             Self::CancelRequested(_) => "dev.conveyor.job.cancel_requested",
             Self::Cancelled(_) => "dev.conveyor.job.cancelled",
             Self::Redriven(_) => "dev.conveyor.job.redriven",
+            Self::Waiting(_) => "dev.conveyor.job.waiting",
         }
     }
 
@@ -410,6 +479,7 @@ impl Payload for JobEvent {
             Self::CancelRequested(d) => serde_json::to_value(d),
             Self::Cancelled(d) => serde_json::to_value(d),
             Self::Redriven(d) => serde_json::to_value(d),
+            Self::Waiting(d) => serde_json::to_value(d),
         };
         v.expect("event data always serialises")
     }
@@ -429,6 +499,7 @@ impl Payload for JobEvent {
             "cancel_requested" => Self::CancelRequested(serde_json::from_value(data)?),
             "cancelled" => Self::Cancelled(serde_json::from_value(data)?),
             "redriven" => Self::Redriven(serde_json::from_value(data)?),
+            "waiting" => Self::Waiting(serde_json::from_value(data)?),
             _ => return Err(DecodeError::UnknownType(event_type.to_owned())),
         })
     }

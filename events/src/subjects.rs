@@ -233,6 +233,11 @@ pub mod msg_id {
         format!("{job}.{attempt}.{generation}.released")
     }
 
+    /// The scheduler's `job.waiting` of an attempt, one per reason.
+    pub fn waiting(job: JobId, attempt: u32, reason: &str) -> String {
+        format!("{job}.{attempt}.waiting.{reason}")
+    }
+
     /// An event of an attempt (`started`, `failed`, `retry_scheduled`).
     pub fn attempt_event(job: JobId, attempt: u32, name: &str) -> String {
         format!("{job}.{attempt}.{name}")

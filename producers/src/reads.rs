@@ -69,6 +69,15 @@ pub(crate) struct JobView {
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
     pub(crate) updated_at: DateTime<Utc>,
+    /// Higher starts first (-100 to 100).
+    pub(crate) priority: i32,
+    /// While it waits to start: why the scheduler holds it back, as its latest `job.waiting`
+    /// said (`reason`: `concurrency_key`, `rate_limit`, `paused`, `tenant_cap`, `priority` or
+    /// `tenant_share`; `key` for the first two; `since`). Absent for a job that only waits for a
+    /// free worker, or no longer waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) waiting: Option<Value>,
 }
 
 impl From<JobRow> for JobView {
@@ -95,6 +104,8 @@ impl From<JobRow> for JobView {
             started_at: row.started_at,
             finished_at: row.finished_at,
             updated_at: row.updated_at,
+            priority: row.priority,
+            waiting: row.waiting,
         }
     }
 }
@@ -193,7 +204,8 @@ pub(crate) fn not_found(id: JobId) -> ApiError {
     ApiError::NotFound(format!("no job {id}"))
 }
 
-/// A page of jobs, newest first, from query parameters as clients send them: validates the
+/// A page of jobs, newest first (queued ones: in the order they will start, see
+/// [`readmodel::jobs::page_queued`]), from query parameters as clients send them: validates the
 /// filters, the `limit` (1 to 500, default 50) and the `cursor`, and returns the page with the
 /// cursor of the next one.
 pub(crate) async fn page_jobs(
@@ -218,16 +230,31 @@ pub(crate) async fn page_jobs(
             "limit must be between 1 and 500".into(),
         ));
     }
-    let before = cursor
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
-        .transpose()?;
-    let filter = JobFilter {
-        status,
-        kind,
-        before,
+    let invalid = || ApiError::BadRequest("invalid cursor".into());
+    let rows = if status == Some(JobStatus::Queued) {
+        // Queued jobs are listed in the order they will start (`<priority>:<id>` cursors).
+        let after = cursor
+            .map(|c| {
+                let (priority, id) = c.split_once(':').ok_or_else(invalid)?;
+                Ok::<_, ApiError>((
+                    priority.parse().map_err(|_| invalid())?,
+                    Uuid::parse_str(id).map_err(|_| invalid())?,
+                ))
+            })
+            .transpose()?;
+        readmodel::jobs::page_queued(&state.db, tenant, kind, after, limit + 1).await
+    } else {
+        let before = cursor
+            .map(|c| Uuid::parse_str(c).map_err(|_| invalid()))
+            .transpose()?;
+        let filter = JobFilter {
+            status,
+            kind,
+            before,
+        };
+        readmodel::jobs::page(&state.db, tenant, filter, limit + 1).await
     };
-    let mut items: Vec<JobView> = readmodel::jobs::page(&state.db, tenant, filter, limit + 1)
-        .await
+    let mut items: Vec<JobView> = rows
         .map_err(ApiError::db)?
         .into_iter()
         .map(JobView::from)
@@ -235,7 +262,10 @@ pub(crate) async fn page_jobs(
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let next_cursor = (items.len() > limit).then(|| {
         items.truncate(limit);
-        items.last().map(|j| j.id.to_string())
+        items.last().map(|j| match status {
+            Some(JobStatus::Queued) => format!("{}:{}", j.priority, j.id),
+            _ => j.id.to_string(),
+        })
     });
     Ok((items, next_cursor.flatten()))
 }

@@ -53,6 +53,11 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
     /// EVENTS sequence of the last event applied.
     pub last_seq: i64,
+    /// Higher starts first (-100 to 100).
+    pub priority: i32,
+    /// While it waits: why the scheduler holds it back (the data of its attempt's latest
+    /// `job.waiting`, with the event's `time` as `since`).
+    pub waiting: Option<Value>,
 }
 
 impl JobRow {
@@ -83,6 +88,8 @@ impl JobRow {
             finished_at: None,
             updated_at: ev.time,
             last_seq: seq,
+            priority: job.scheduling.priority,
+            waiting: None,
         }
     }
 }
@@ -109,7 +116,7 @@ impl TryFrom<StoredStatus> for JobStatus {
 /// The columns of [`JobRow`], in its order.
 pub const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
     progress, result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
-    finished_at, updated_at, last_seq";
+    finished_at, updated_at, last_seq, priority, waiting";
 
 /// The live row of job `id` of `tenant`.
 pub async fn find(
@@ -153,6 +160,32 @@ pub async fn page(
     .bind(filter.status.map(JobStatus::as_str))
     .bind(filter.kind)
     .bind(filter.before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Up to `limit` of `tenant`'s queued jobs (of `kind`, if given) in the order the scheduler
+/// weighs them within a tenant: highest priority first, then earliest submitted; `after` is the
+/// last `(priority, id)` of the previous page.
+pub async fn page_queued(
+    db: impl PgExecutor<'_>,
+    tenant: &Tenant,
+    kind: Option<&str>,
+    after: Option<(i32, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 AND status = $2
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::int4 IS NULL OR priority < $4 OR (priority = $4 AND id > $5))
+         ORDER BY priority DESC, id LIMIT $6"
+    ))
+    .bind(tenant.as_str())
+    .bind(JobStatus::Queued.as_str())
+    .bind(kind)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
     .bind(limit)
     .fetch_all(db)
     .await

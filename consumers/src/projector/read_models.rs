@@ -113,6 +113,17 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
                 row.status = JobStatus::Running;
                 row.started_at.get_or_insert(ev.time);
                 row.progress = None;
+                row.waiting = None;
+            }
+        }
+        JobEvent::Waiting(w) => {
+            // Only news of the attempt still to start: the next one, or the first.
+            let next = attempt(w.attempt) > row.attempt
+                || (attempt(w.attempt) == row.attempt && row.status == JobStatus::Queued);
+            if next && row.status != JobStatus::Running {
+                let mut why = serde_json::to_value(w).expect("serialises");
+                why["since"] = json!(ev.time);
+                row.waiting = Some(why);
             }
         }
         JobEvent::Progressed(p) => {
@@ -163,7 +174,11 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
             row.progress = None;
             row.finished_at = None;
             row.run_at = None;
+            row.waiting = None;
         }
+    }
+    if row.status.is_terminal() {
+        row.waiting = None;
     }
     row.updated_at = ev.time;
     row.last_seq = seq;
@@ -291,14 +306,15 @@ pub(crate) async fn write(
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
                $6::int4[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                $12::jsonb[], $13::text[], $14::timestamptz[], $15::text[], $16::timestamptz[],
-               $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::int8[])
+               $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::int8[], $21::int4[],
+               $22::jsonb[])
              ON CONFLICT (id) DO UPDATE SET
                status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
                progress = EXCLUDED.progress,
                result = EXCLUDED.result, result_ref = EXCLUDED.result_ref, error = EXCLUDED.error,
                run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
-               last_seq = EXCLUDED.last_seq"
+               last_seq = EXCLUDED.last_seq, waiting = EXCLUDED.waiting"
         ))
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -320,6 +336,8 @@ pub(crate) async fn write(
         .bind(jobs.iter().map(|j| j.finished_at).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.updated_at).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.last_seq).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(col(|j| j.waiting.clone()))
         .execute(&mut **tx)
         .await?;
     }
@@ -417,6 +435,53 @@ mod tests {
                 duration_ms: 1,
             }),
         )
+    }
+
+    fn waiting(job: JobId, attempt: u32, reason: WaitReason) -> Envelope<JobEvent> {
+        ev(
+            job,
+            JobEvent::Waiting(Waiting {
+                attempt,
+                reason,
+                key: Some("acct".into()),
+            }),
+        )
+    }
+
+    #[test]
+    fn why_a_job_waits_lasts_until_its_attempt_starts() {
+        let job = JobId::new();
+        let row = |events: &[Envelope<JobEvent>]| {
+            let mut row = None;
+            for (seq, ev) in events.iter().enumerate() {
+                row = apply(row, seq as i64 + 1, ev);
+            }
+            row.expect("a row")
+        };
+        let told = waiting(job, 1, WaitReason::ConcurrencyKey);
+        let held = row(&[submitted(job), told.clone()]);
+        assert_eq!(
+            held.status,
+            JobStatus::Queued,
+            "waiting never moves the status"
+        );
+        let why = held.waiting.expect("why it waits");
+        assert_eq!(
+            (why["reason"].as_str(), why["key"].as_str()),
+            (Some("concurrency_key"), Some("acct"))
+        );
+        assert_eq!(why["since"], json!(told.time));
+        assert_eq!(
+            row(&[submitted(job), told.clone(), started(job, 1)]).waiting,
+            None
+        );
+        // A late `waiting` of the attempt under way, or of an earlier one, is old news.
+        let late = row(&[submitted(job), started(job, 1), told.clone()]);
+        assert_eq!((late.status, late.waiting), (JobStatus::Running, None));
+        assert_eq!(
+            row(&[submitted(job), told, succeeded(job, 1)]).waiting,
+            None
+        );
     }
 
     #[test]

@@ -67,6 +67,18 @@ const RECONCILE_MOST: usize = 200;
 /// attempt's start (a release repeated past the duplicate window would be stored again).
 const LONG_HELD: Duration = Duration::from_secs(4 * 60);
 
+/// How often waiting jobs are told why they wait (`job.waiting`), and the most told at once: the
+/// cost of telling stays small beside the releases, however long the lines.
+const TELL_EVERY: Duration = Duration::from_secs(1);
+const TELL_MOST: usize = 500;
+
+/// How long a job waits behind a higher priority or other tenants' turns before it is told so
+/// (a gate is told at once).
+const TELL_AFTER: Duration = Duration::from_secs(1);
+
+/// How many concurrency keys the metrics show (the busiest).
+const KEY_METRICS: usize = 20;
+
 /// How often the schedules are checked for due ticks.
 const TICKS: Duration = Duration::from_millis(200);
 
@@ -231,6 +243,15 @@ async fn schedule(
         .watch_with_history(">")
         .await
         .map_err(bus::Error::bucket)?;
+    // Cancels requested from now on: a held job ends at once rather than when released. (One
+    // requested before it was held, or while no scheduler was active, ends when a worker takes
+    // it, as every cancel before a start does.)
+    let mut cancels = bus
+        .cancels()
+        .await?
+        .watch(">")
+        .await
+        .map_err(bus::Error::bucket)?;
     let mut schedules = ticks::Schedules::default();
     let mut tick = tokio::time::interval(TICKS);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,6 +271,9 @@ async fn schedule(
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut telling = tokio::time::interval(TELL_EVERY);
+    telling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown_keys = Vec::new();
     let commands = bus.commands_stream().await?;
     let events = bus.events_stream().await?;
     let mut paces = std::collections::HashMap::new();
@@ -302,6 +326,18 @@ async fn schedule(
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
                 None => return Err(bus::Error::Ended("the shares' watch").into()),
             },
+            cancel = cancels.next() => match cancel {
+                Some(Ok(entry)) if entry.operation == bus::jetstream::KvOperation::Put => {
+                    let held = entry.key.parse::<uuid::Uuid>().ok().and_then(|id| queues.withdraw(JobId(id)));
+                    if let Some(job) = held {
+                        cancel_held(bus, job).await?;
+                        changed = true;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
+                None => return Err(bus::Error::Ended("the cancels' watch").into()),
+            },
             change = schedule_changes.next() => match change {
                 Some(Ok(entry)) => schedules.apply(&entry),
                 Some(Err(e)) => return Err(bus::Error::bucket(e).into()),
@@ -340,6 +376,18 @@ async fn schedule(
                     metrics::gauge!("conveyor_scheduler_waiting", "reason" => reason).set(n as f64);
                 }
                 metrics::gauge!("conveyor_scheduler_under_way").set(queues.running() as f64);
+                shown_keys = show_keys(&queues, shown_keys);
+            }
+            _ = telling.tick() => {
+                let after = chrono::Duration::from_std(TELL_AFTER).expect("short");
+                let notices = queues.untold(Utc::now(), after, TELL_MOST);
+                if !notices.is_empty() {
+                    if !bus.holds_scheduler_consumer(&consumer).await? {
+                        tracing::warn!("another scheduler took over; this one stops");
+                        return Ok(());
+                    }
+                    tell(bus, notices).await?;
+                }
             }
         }
     }
@@ -389,6 +437,8 @@ async fn arrive(
         seq,
         body,
         reply: reply.clone(),
+        arrived: Utc::now(),
+        told: Vec::new(),
     };
     if bus::schedule::age(&msg).is_some_and(|age| age > LONG_HELD)
         && bus
@@ -403,6 +453,82 @@ async fn arrive(
         bus.acknowledge(&done, AckKind::Ack).await?;
     }
     Ok(())
+}
+
+/// Ends a held job whose cancel was requested, as a worker taking it would (`job.cancelled`,
+/// under the job's one terminal id), then acknowledges its command.
+async fn cancel_held(bus: &Bus, job: Waiting) -> crate::Result<()> {
+    let cmd = match bus::decode_command(None, &job.body) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            tracing::error!(job_id = %job.job, error = %e, "scheduler: a held command no longer decodes");
+            return Ok(());
+        }
+    };
+    let Command::Run(run) = &cmd.payload else {
+        return Ok(());
+    };
+    let attempt = events::lifecycle::Attempt::new(cmd.job, run.clone());
+    if let events::lifecycle::Start::Cancelled(transition) = attempt.start(Utc::now(), true, "") {
+        let to = bus::transition::JobEnvelope::of(ticks::SOURCE, &cmd);
+        bus.publish_transition(&to, transition).await?;
+    }
+    bus.acknowledge(&job.reply, AckKind::Ack).await?;
+    tracing::info!(job_id = %job.job, "scheduler: a held job was cancelled");
+    Ok(())
+}
+
+/// Publishes each notice as its job's `job.waiting` (one id per attempt and reason: told again by
+/// a scheduler taking over, it is stored once within the duplicate window).
+async fn tell(bus: &Bus, notices: Vec<queue::Notice>) -> crate::Result<()> {
+    let mut acks = Vec::with_capacity(notices.len());
+    for n in notices {
+        let ev = events::Envelope::new(
+            ticks::SOURCE,
+            n.job,
+            n.tenant,
+            n.kind,
+            events::JobEvent::Waiting(events::job::Waiting {
+                attempt: n.attempt,
+                reason: n.reason,
+                key: n.key,
+            }),
+        );
+        let id = msg_id::waiting(n.job, n.attempt, n.reason.as_str());
+        acks.push(
+            bus.send(bus.ns().event_subject(&ev), ev.to_json(), &id)
+                .await?,
+        );
+        metrics::counter!("conveyor_scheduler_told_total", "reason" => n.reason.as_str())
+            .increment(1);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Sets the gauges of the busiest concurrency keys (and zeroes those no longer among them).
+/// Returns the keys shown.
+fn show_keys(queues: &Queues, before: Vec<(String, String)>) -> Vec<(String, String)> {
+    let loads = queues.busiest_keys(KEY_METRICS);
+    let shown: Vec<(String, String)> = loads
+        .iter()
+        .map(|l| (l.tenant.to_string(), l.key.clone()))
+        .collect();
+    for (tenant, key) in before.into_iter().filter(|k| !shown.contains(k)) {
+        metrics::gauge!("conveyor_scheduler_key_running", "tenant" => tenant.clone(), "key" => key.clone()).set(0.0);
+        metrics::gauge!("conveyor_scheduler_key_waiting", "tenant" => tenant, "key" => key)
+            .set(0.0);
+    }
+    for l in loads {
+        let (tenant, key) = (l.tenant.to_string(), l.key);
+        metrics::gauge!("conveyor_scheduler_key_running", "tenant" => tenant.clone(), "key" => key.clone())
+            .set(f64::from(l.running));
+        metrics::gauge!("conveyor_scheduler_key_waiting", "tenant" => tenant, "key" => key)
+            .set(l.waiting as f64);
+    }
+    shown
 }
 
 /// Frees the slot of the attempt an attempt-end event ended.

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use events::job::{ConcurrencyKey, RateLimit};
+use events::job::{ConcurrencyKey, RateLimit, WaitReason};
 use events::{JobId, JobKind, Tenant};
 
 /// A waiting job's place in its tenant's line: higher priority first, then earlier arrival.
@@ -54,6 +54,10 @@ pub struct Waiting {
     pub body: Bytes,
     /// Acknowledges the held message once the command is released.
     pub reply: String,
+    /// When the scheduler took it.
+    pub arrived: DateTime<Utc>,
+    /// The reasons it was told to wait already (see [`Queues::untold`]).
+    pub told: Vec<WaitReason>,
 }
 
 impl Waiting {
@@ -74,6 +78,27 @@ impl Waiting {
             key: r.key.clone(),
         })
     }
+}
+
+/// A reason a waiting job has not been told yet: the news for its `job.waiting`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub job: JobId,
+    pub tenant: Tenant,
+    pub kind: JobKind,
+    pub attempt: u32,
+    pub reason: WaitReason,
+    /// The concurrency key or rate limit key.
+    pub key: Option<String>,
+}
+
+/// A concurrency key's load, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLoad {
+    pub tenant: Tenant,
+    pub key: String,
+    pub running: u32,
+    pub waiting: usize,
 }
 
 /// An attempt released and not yet known to have ended.
@@ -172,18 +197,7 @@ impl Queues {
                     || self.paused.contains(&(kind.clone(), Some(tenant.clone())))
                 {
                     paused += line.len();
-                } else if self
-                    .shares
-                    .get(tenant)
-                    .and_then(|s| s.max_running)
-                    .is_some_and(|cap| {
-                        self.under_way
-                            .get(&(kind.clone(), tenant.clone()))
-                            .copied()
-                            .unwrap_or(0)
-                            >= cap
-                    })
-                {
+                } else if !self.open(kind, tenant) {
                     capped += line.len();
                 } else {
                     ready += line.len();
@@ -204,6 +218,144 @@ impl Queues {
             ("tenant_cap", capped),
             ("ready", ready),
         ]
+    }
+
+    /// Why waiting jobs wait, for those not told so yet: at most `most`, gates first. A job
+    /// behind a gate (a full concurrency key, a rate limit, a pause, its tenant's cap) is told
+    /// each gate once; a job that has waited `after` behind a higher priority or other tenants'
+    /// turns is told that once, if it was told nothing before. A job that only waits for a free
+    /// worker is told nothing. Each notice is marked told.
+    pub fn untold(
+        &mut self,
+        now: DateTime<Utc>,
+        after: chrono::Duration,
+        most: usize,
+    ) -> Vec<Notice> {
+        let mut found: Vec<(JobId, WaitReason, Option<String>)> = Vec::new();
+        let untold = |w: &Waiting, reason: WaitReason| {
+            !w.told.contains(&reason) && (reason.is_gate() || w.told.is_empty())
+        };
+        let lines = self
+            .keys
+            .iter()
+            .map(|(k, s)| (k, &s.line, WaitReason::ConcurrencyKey))
+            .chain(
+                self.rates
+                    .iter()
+                    .map(|(k, s)| (k, &s.line, WaitReason::RateLimit)),
+            );
+        'gates: for (key, line, reason) in lines {
+            for id in line.values() {
+                if found.len() >= most {
+                    break 'gates;
+                }
+                if self.waiting.get(id).is_some_and(|w| untold(w, reason)) {
+                    found.push((*id, reason, Some(key.key.clone())));
+                }
+            }
+        }
+        'kinds: for (kind, queue) in &self.kinds {
+            let all_paused = self.paused.contains(&(kind.clone(), None));
+            let open = |t: &Tenant| self.open(kind, t);
+            let firsts: Vec<i32> = queue
+                .turns
+                .iter()
+                .filter(|t| open(t))
+                .filter_map(|t| queue.tenants.get(t)?.first_key_value())
+                .map(|((Reverse(p), _), _)| *p)
+                .collect();
+            let best = firsts.iter().copied().max();
+            // Tenants taking turns at the top priority.
+            let sharing = firsts.iter().filter(|p| Some(**p) == best).count() > 1;
+            for (tenant, line) in &queue.tenants {
+                let gate =
+                    if all_paused || self.paused.contains(&(kind.clone(), Some(tenant.clone()))) {
+                        Some(WaitReason::Paused)
+                    } else if !open(tenant) {
+                        Some(WaitReason::TenantCap)
+                    } else {
+                        None
+                    };
+                // Alone at one priority: nothing overtakes it but its own earlier jobs.
+                let level = |e: Option<(&Place, &JobId)>| e.map(|((Reverse(p), _), _)| *p);
+                if gate.is_none()
+                    && !sharing
+                    && level(line.first_key_value()) == best
+                    && level(line.last_key_value()) == best
+                {
+                    continue;
+                }
+                for id in line.values() {
+                    if found.len() >= most {
+                        break 'kinds;
+                    }
+                    let Some(w) = self.waiting.get(id) else {
+                        continue;
+                    };
+                    let reason = match gate {
+                        Some(gate) => gate,
+                        None if now - w.arrived.max(w.due.unwrap_or(w.arrived)) < after => continue,
+                        None if best.is_some_and(|b| b > w.priority) => WaitReason::Priority,
+                        None if sharing => WaitReason::TenantShare,
+                        None => continue,
+                    };
+                    if untold(w, reason) {
+                        found.push((*id, reason, None));
+                    }
+                }
+            }
+        }
+        found
+            .into_iter()
+            .filter_map(|(id, reason, key)| {
+                let w = self.waiting.get_mut(&id)?;
+                w.told.push(reason);
+                Some(Notice {
+                    job: id,
+                    tenant: w.tenant.clone(),
+                    kind: w.kind.clone(),
+                    attempt: w.attempt,
+                    reason,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `tenant`'s jobs of `kind` may start: not paused for it, not at its cap.
+    fn open(&self, kind: &JobKind, tenant: &Tenant) -> bool {
+        !self.paused.contains(&(kind.clone(), Some(tenant.clone())))
+            && self
+                .shares
+                .get(tenant)
+                .and_then(|s| s.max_running)
+                .is_none_or(|cap| {
+                    self.under_way
+                        .get(&(kind.clone(), tenant.clone()))
+                        .copied()
+                        .unwrap_or(0)
+                        < cap
+                })
+    }
+
+    /// The `most` concurrency keys with the most jobs waiting for a slot, then running.
+    pub fn busiest_keys(&self, most: usize) -> Vec<KeyLoad> {
+        let mut loads: Vec<KeyLoad> = self
+            .keys
+            .iter()
+            .map(|(k, s)| KeyLoad {
+                tenant: k.tenant.clone(),
+                key: k.key.clone(),
+                running: s.held,
+                waiting: s.line.len(),
+            })
+            .collect();
+        loads.sort_unstable_by(|a, b| {
+            (b.waiting, b.running, &a.tenant, &a.key)
+                .cmp(&(a.waiting, a.running, &b.tenant, &b.key))
+        });
+        loads.truncate(most);
+        loads
     }
 
     /// Kinds with a candidate to release.
@@ -582,6 +734,11 @@ impl Queues {
         self.paused = paused;
     }
 
+    /// Takes a held job out (its cancel was requested): `None` if it is not held.
+    pub fn withdraw(&mut self, job: JobId) -> Option<Waiting> {
+        self.forget(job)
+    }
+
     /// Drops a waiting job entirely, giving back the slot it held, if it held one.
     fn forget(&mut self, id: JobId) -> Option<Waiting> {
         let job = self.waiting.remove(&id)?;
@@ -637,6 +794,8 @@ mod tests {
             seq,
             body: Bytes::new(),
             reply: String::new(),
+            arrived: Utc::now() - chrono::Duration::seconds(10),
+            told: Vec::new(),
         }
     }
 
@@ -826,5 +985,73 @@ mod tests {
         q.promote_due(now + chrono::Duration::seconds(6));
         assert_eq!(drain(&mut q, now).len(), 1);
         assert_eq!(q.add(later, now), Some("first".into()), "released already");
+    }
+
+    #[test]
+    fn waiting_jobs_are_told_why_once_gates_first() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let after = chrono::Duration::seconds(1);
+        // A key of limit 1 with one job released and one in its line.
+        q.add(job("a", 1, 0, Some(("acct", 1))), now);
+        let first = q.pick(&JobKind::parse("work").unwrap(), now).unwrap();
+        let held = job("a", 2, 0, Some(("acct", 1)));
+        let held_id = held.job;
+        q.add(held, now);
+        // Tenant a's plain jobs behind tenant b's urgent one; tenant c alone at one priority.
+        let low = job("a", 3, 0, None);
+        let low_id = low.job;
+        q.add(low, now);
+        q.add(job("b", 4, 10, None), now);
+        let mut fresh = job("a", 5, 0, None);
+        fresh.arrived = now;
+        q.add(fresh, now);
+
+        let told = q.untold(now, after, 100);
+        let reasons: Vec<_> = told
+            .iter()
+            .map(|n| (n.job, n.reason, n.key.clone()))
+            .collect();
+        assert!(reasons.contains(&(held_id, WaitReason::ConcurrencyKey, Some("acct".into()))));
+        assert!(reasons.contains(&(low_id, WaitReason::Priority, None)));
+        assert_eq!(
+            told.len(),
+            2,
+            "the urgent job and the one just come are told nothing: {told:?}"
+        );
+        assert!(
+            q.untold(now, after, 100).is_empty(),
+            "each reason is told once"
+        );
+
+        // Paused: a gate, told even after an ordering reason.
+        q.set_pauses(HashSet::from([(JobKind::parse("work").unwrap(), None)]));
+        let paused: Vec<_> = q
+            .untold(now, after, 100)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert!(!paused.is_empty() && paused.iter().all(|r| *r == WaitReason::Paused));
+        q.ended(first.job, Some(1));
+        assert!(
+            q.untold(now, after, 1).len() <= 1,
+            "at most `most` at a time"
+        );
+    }
+
+    #[test]
+    fn the_busiest_keys_are_those_with_the_longest_lines() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        for seq in 0..3 {
+            q.add(job("a", seq, 0, Some(("busy", 1))), now);
+        }
+        q.add(job("a", 10, 0, Some(("calm", 5))), now);
+        let loads = q.busiest_keys(1);
+        assert_eq!(loads.len(), 1);
+        assert_eq!(
+            (loads[0].key.as_str(), loads[0].running, loads[0].waiting),
+            ("busy", 1, 2)
+        );
     }
 }

@@ -134,7 +134,8 @@ pub(crate) async fn get_job(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
-    /// Only jobs in this status.
+    /// Only jobs in this status. `queued` lists them in the order they will start: highest
+    /// priority first, then earliest submitted.
     status: Option<String>,
     /// Only jobs of this kind.
     kind: Option<String>,
@@ -144,7 +145,7 @@ pub(crate) struct ListQuery {
     cursor: Option<String>,
 }
 
-/// List jobs, newest first, with keyset pagination.
+/// List jobs, newest first (queued ones in the order they will start), with keyset pagination.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
