@@ -14,6 +14,7 @@ export function fromSubmitted(ce, seq) {
     status: 'queued',
     attempt: 0,
     max_attempts: d.max_attempts,
+    priority: d.priority ?? 0, // left out of job.submitted when 0
     payload: d.payload ?? {},
     progress: null,
     result: null,
@@ -52,6 +53,13 @@ export function apply(job, ce, seq) {
       if (d.attempt >= job.attempt) {
         Object.assign(job, { attempt: d.attempt, status: 'running', progress: null });
         job.started_at ??= ce.time;
+        delete job.waiting;
+      }
+      break;
+    case 'waiting':
+      // Only news of the attempt still to start (`attempt` is the latest started), as the projector.
+      if (job.status !== 'running' && d.attempt > job.attempt) {
+        job.waiting = { ...d, since: ce.time };
       }
       break;
     case 'progressed':
@@ -74,6 +82,7 @@ export function apply(job, ce, seq) {
       break;
     case 'redriven':
       Object.assign(job, { status: 'queued', max_attempts: d.max_attempts, error: null, progress: null, finished_at: null, run_at: null });
+      delete job.waiting;
       break;
     case 'submitted':
     case 'cancel_requested':
@@ -81,9 +90,33 @@ export function apply(job, ce, seq) {
     default:
       return false; // a type this dashboard does not know
   }
+  if (TERMINAL.has(job.status)) delete job.waiting; // an ended job waits for nothing
   job.updated_at = ce.time;
   job.last_seq = seq;
   return true;
+}
+
+/**
+ * Why a job waits, in plain words, from its `waiting` (or a `job.waiting` event's data): the
+ * wording of the CLI (src/output.rs).
+ */
+export function waitingReason(w) {
+  switch (w?.reason) {
+    case 'concurrency_key':
+      return `concurrency key ${w.key ?? ''} is full`;
+    case 'rate_limit':
+      return `rate limit of ${w.key ?? ''} reached`;
+    case 'paused':
+      return 'kind paused';
+    case 'tenant_cap':
+      return 'tenant at its cap of running jobs';
+    case 'priority':
+      return 'higher-priority jobs go first';
+    case 'tenant_share':
+      return "other tenants' turns (fair share)";
+    default:
+      return w?.reason ?? ''; // a reason newer than this dashboard
+  }
 }
 
 /** A one-line summary of an event's data, for timelines and the event tail. */
@@ -110,6 +143,8 @@ export function summary(ce) {
       return d.attempt ? `during attempt ${d.attempt}` : 'before it started';
     case 'job.redriven':
       return `attempt ${d.next_attempt} of ${d.max_attempts}`;
+    case 'job.waiting':
+      return `attempt ${d.attempt}: ${waitingReason(d)}`;
     default:
       return '';
   }

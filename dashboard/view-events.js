@@ -5,7 +5,7 @@ import { eventName, field, h, shortId, time } from './dom.js';
 import { summary } from './jobfold.js';
 import { follow } from './sse.js';
 
-const TYPES = ['submitted', 'started', 'progressed', 'succeeded', 'failed', 'retry_scheduled', 'dead_lettered', 'cancel_requested', 'cancelled', 'redriven'];
+const TYPES = ['submitted', 'started', 'progressed', 'succeeded', 'failed', 'retry_scheduled', 'dead_lettered', 'cancel_requested', 'cancelled', 'redriven', 'waiting'];
 /** Rows kept on the page; older ones drop off the bottom. */
 const MAX_ROWS = 200;
 

@@ -1,9 +1,10 @@
-// One job: its state, payload, result or error, trace id, and the timeline of its CloudEvents
-// with the time between them, live; cancel while it runs, re-drive once dead-lettered.
+// One job: its state (and, while it waits to start, why), priority, payload, result or error,
+// trace id, and the timeline of its CloudEvents with the time between them, live; cancel while it
+// runs, re-drive once dead-lettered.
 
 import { api, hasScope } from './api.js';
 import { TERMINAL, duration, eventName, h, ms, pre, progressBar, setProgress, shortId, statusBadge, time, toast } from './dom.js';
-import { apply, summary } from './jobfold.js';
+import { apply, summary, waitingReason } from './jobfold.js';
 import { follow } from './sse.js';
 
 /** Timeline entries kept in the page (a job that reports progress often can have many). */
@@ -106,6 +107,9 @@ export function render(main, { id }) {
       ['ID', h('code', {}, job.id)],
       ['Kind', job.kind],
       ['Status', job.status.replace('_', ' ')],
+      // Only while the scheduler holds it back (a job that just waits for a free worker is not told).
+      job.waiting && ['Waiting', h('span', { class: 'waiting', 'data-reason': job.waiting.reason }, waitingReason(job.waiting), ' (since ', time(job.waiting.since), ')')],
+      job.priority ? ['Priority', h('span', { title: 'higher starts first (-100 to 100)' }, String(job.priority))] : null,
       ['Attempt', `${job.attempt} of ${job.max_attempts}`],
       ['Progress', h('span', { class: 'progress' }, bar, barText)],
       ['Created', time(job.created_at)],
@@ -115,7 +119,7 @@ export function render(main, { id }) {
       ['Trace id', job.trace_id ? h('code', { class: 'trace' }, job.trace_id) : '–'],
     ];
     if (job.run_at && !TERMINAL.has(job.status)) rows.push(['Runs at', time(job.run_at)]);
-    facts.replaceChildren(...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+    facts.replaceChildren(...rows.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
   }
 
   function drawActions() {

@@ -1,16 +1,17 @@
 // Jobs: a live table (rows updated in place from the tenant's event stream, no polling),
-// filters, keyset paging, a submit form with inline validation, and cancel.
+// filters, keyset paging, a submit form with inline validation, and cancel. Newest first, except
+// queued jobs, which the API lists in the order they will start (highest priority, then oldest).
 
 import { ApiError, api, hasScope } from './api.js';
 import { STATUSES, TERMINAL, duration, eventName, field, h, ms, progressBar, setProgress, shortId, statusBadge, toast } from './dom.js';
-import { apply, fromSubmitted } from './jobfold.js';
+import { apply, fromSubmitted, waitingReason } from './jobfold.js';
 import { describe, template, validate } from './schema.js';
 import { follow } from './sse.js';
 
 const PAGE = 25;
 /** Live-added rows beyond a page are counted, not drawn: memory stays bounded. */
 const MAX_ROWS = 3 * PAGE;
-/** The status an event leaves a job in. */
+/** The status an event leaves a job in; the others (`job.progressed`, `job.waiting`, …) leave it be. */
 const LEADS_TO = { 'job.started': 'running', 'job.retry_scheduled': 'retry_scheduled', 'job.succeeded': 'succeeded', 'job.dead_lettered': 'failed', 'job.cancelled': 'cancelled', 'job.redriven': 'queued' };
 
 export function render(main) {
@@ -33,6 +34,8 @@ export function render(main) {
   const olderBtn = h('button', { type: 'button', onclick: () => page(+1) }, 'Older');
   const newerBtn = h('button', { type: 'button', onclick: () => page(-1) }, 'Newer');
   const pageInfo = h('span', { class: 'hint' });
+  const caption = h('caption', { class: 'visually-hidden' });
+  const order = h('p', { class: 'hint', hidden: true }, 'In the order they will start: highest priority first, then the oldest.');
 
   const form = submitForm();
   main.append(
@@ -43,6 +46,7 @@ export function render(main) {
       { class: 'card', 'aria-labelledby': 'jobs-list-h' },
       h('h2', { id: 'jobs-list-h', class: 'visually-hidden' }, 'Job list'),
       h('div', { class: 'filters' }, field('Status', statusFilter), field('Kind', kindFilter)),
+      order,
       newer,
       h(
         'div',
@@ -50,7 +54,7 @@ export function render(main) {
         h(
           'table',
           { class: 'jobs' },
-          h('caption', { class: 'visually-hidden' }, 'Jobs, newest first; updates live'),
+          caption,
           h('thead', {}, h('tr', {}, ['Job', 'Kind', 'Status', 'Attempt', 'Progress', 'Age', 'Duration', h('span', { class: 'visually-hidden' }, 'Actions')].map((c) => h('th', { scope: 'col' }, c)))),
           tbody,
         ),
@@ -73,6 +77,18 @@ export function render(main) {
     clearInterval(ticker);
     stream?.close();
   };
+
+  /** Queued jobs are listed in start order; any other listing newest first. */
+  function startOrder() {
+    return statusFilter.value === 'queued';
+  }
+
+  /** Whether job `a` is listed before job `b`. */
+  function listedBefore(a, b) {
+    if (!startOrder()) return a.id > b.id; // UUIDv7: newest first
+    const [pa, pb] = [a.priority ?? 0, b.priority ?? 0];
+    return pa !== pb ? pa > pb : a.id < b.id;
+  }
 
   function matches(job) {
     return (!statusFilter.value || job.status === statusFilter.value) && (!kindFilter.value || job.kind === kindFilter.value);
@@ -114,15 +130,15 @@ export function render(main) {
     }
   }
 
-  /** Adds a job to the newest page in id order (UUIDv7: newest first), if it belongs there. */
+  /** Adds a job to the first page in the list's order, if it belongs there. */
   function place(job) {
     if (rows.has(job.id) || cursors.length !== 1 || !matches(job)) return;
-    const before = [...tbody.rows].find((tr) => tr.dataset.jobId < job.id);
-    if (!before && next && rows.size >= PAGE) return; // older than this page: it is on a later one
+    const before = [...tbody.rows].find((tr) => listedBefore(job, rows.get(tr.dataset.jobId)?.job ?? { id: tr.dataset.jobId }));
+    if (!before && next && rows.size >= PAGE) return; // after this page's last: it is on a later one
     if (rows.size >= MAX_ROWS) {
       hidden += 1;
       newer.hidden = false;
-      newer.textContent = `${hidden} newer job${hidden === 1 ? '' : 's'}: show`;
+      newer.textContent = `${hidden} ${startOrder() ? 'more' : 'newer'} job${hidden === 1 ? '' : 's'}: show`;
       return;
     }
     tbody.insertBefore(makeRow(job).tr, before ?? null);
@@ -151,6 +167,8 @@ export function render(main) {
     if (kindFilter.value) q.set('kind', kindFilter.value);
     const cursor = cursors[cursors.length - 1];
     if (cursor) q.set('cursor', cursor);
+    order.hidden = !startOrder();
+    caption.textContent = startOrder() ? 'Queued jobs, in the order they will start; updates live' : 'Jobs, newest first; updates live';
     try {
       const res = await api(`/v1/jobs?${q}`);
       if (mine !== loadToken) return;
@@ -171,7 +189,9 @@ export function render(main) {
         pending.forEach(([ce, seq]) => onEvent(ce, seq));
         olderBtn.disabled = !next;
         newerBtn.disabled = cursors.length === 1;
-        pageInfo.textContent = cursors.length === 1 ? 'newest' : `page ${cursors.length}`;
+        olderBtn.textContent = startOrder() ? 'Later' : 'Older';
+        newerBtn.textContent = startOrder() ? 'Sooner' : 'Newer';
+        pageInfo.textContent = cursors.length > 1 ? `page ${cursors.length}` : startOrder() ? 'next to start' : 'newest';
       }
     }
   }
@@ -179,8 +199,10 @@ export function render(main) {
   function makeRow(job) {
     const link = h('a', { href: `#/jobs/${job.id}`, title: job.id }, shortId(job.id));
     const cells = {
+      priority: h('span', { class: 'badge priority', title: 'Priority: higher starts first' }),
       kind: h('td', { 'data-label': 'Kind' }),
       status: h('td', { 'data-label': 'Status', class: 'status' }),
+      waiting: h('div', { class: 'hint waiting' }),
       attempt: h('td', { 'data-label': 'Attempt', class: 'num' }),
       bar: progressBar(job, `Progress of job ${shortId(job.id)}`),
       pct: h('span', { class: 'pct' }),
@@ -191,7 +213,7 @@ export function render(main) {
     const tr = h(
       'tr',
       { 'data-job-id': job.id },
-      h('td', { 'data-label': 'Job', class: 'id' }, link),
+      h('td', { 'data-label': 'Job', class: 'id' }, link, ' ', cells.priority),
       cells.kind,
       cells.status,
       cells.attempt,
@@ -210,7 +232,13 @@ export function render(main) {
     const { job, cells, tr } = row;
     tr.dataset.status = job.status;
     cells.kind.textContent = job.kind;
-    cells.status.replaceChildren(statusBadge(job.status));
+    // 0, the default, goes without saying.
+    cells.priority.textContent = job.priority ? `priority ${job.priority}` : '';
+    cells.priority.hidden = !job.priority;
+    // Why it waits to start, while the scheduler holds it back.
+    cells.waiting.textContent = job.waiting ? waitingReason(job.waiting) : '';
+    cells.waiting.hidden = !job.waiting;
+    cells.status.replaceChildren(statusBadge(job.status), cells.waiting);
     cells.attempt.textContent = `${job.attempt} / ${job.max_attempts ?? '?'}`;
     setProgress(cells.bar, job);
     cells.pct.textContent = cells.bar.dataset.pct ? `${cells.bar.dataset.pct}%` : '';

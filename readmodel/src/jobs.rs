@@ -176,13 +176,14 @@ pub async fn page_queued(
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 AND status = $2
-           AND ($3::text IS NULL OR kind = $3)
-           AND ($4::int4 IS NULL OR priority < $4 OR (priority = $4 AND id > $5))
-         ORDER BY priority DESC, id LIMIT $6"
+        // `-priority` ascending is priority descending, so one row comparison is one range of
+        // the `jobs_queued_in_start_order` index (whose predicate the literal status matches).
+        "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 AND status = 'queued'
+           AND ($2::text IS NULL OR kind = $2)
+           AND ($3::int4 IS NULL OR (-priority, id) > (-$3::int4, $4::uuid))
+         ORDER BY -priority, id LIMIT $5"
     ))
     .bind(tenant.as_str())
-    .bind(JobStatus::Queued.as_str())
     .bind(kind)
     .bind(after.map(|a| a.0))
     .bind(after.map(|a| a.1))

@@ -260,6 +260,67 @@ test('job page: re-drive a dead-lettered job from its page', async () => {
   noProblems();
 });
 
+test('job page: a held job shows why it waits and its priority, live; once it runs, the reason goes', async () => {
+  const call = (path, opts) => conveyor.call(token, path, opts);
+  assert.equal((await call('/v1/kinds/noop/pause', { method: 'POST' })).status, 200);
+  let paused = true;
+  try {
+    const id = (await call('/v1/jobs', { method: 'POST', body: { kind: 'noop', priority: 5 } })).body.id;
+    // The scheduler tells a job held by a gate at once (it tells every second).
+    const held = await until(async () => {
+      const job = (await call(`/v1/jobs/${id}`)).body;
+      return job?.waiting?.reason === 'paused' && job;
+    }, 'the job to be told it waits for its paused kind', 10_000);
+    assert.deepEqual([held.status, held.priority, held.waiting.attempt, held.waiting.key], ['queued', 5, 1, undefined]);
+
+    // Queued jobs are listed in start order, each with its priority and why it waits.
+    await nav('Jobs').click();
+    await heading('Jobs').waitFor();
+    await page.getByLabel('Status').selectOption('queued');
+    await page.getByText('In the order they will start: highest priority first, then the oldest.', { exact: true }).waitFor();
+    await row(id).locator('.badge.priority').getByText('priority 5', { exact: true }).waitFor();
+    await row(id).locator('td[data-label="Status"] .waiting').getByText('kind paused', { exact: true }).waitFor();
+    await shot('4b-jobs-queued-in-start-order');
+    await page.getByLabel('Status').selectOption('');
+
+    await page.goto(`${conveyor.url}/#/jobs/${id}`);
+    await heading(/^Job /).waitFor();
+    const facts = () => page.locator('.facts').evaluate((dl) => Object.fromEntries([...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
+    const reason = page.locator('.facts .waiting[data-reason="paused"]');
+    await reason.waitFor();
+    const shown = await facts();
+    assert.match(shown.Waiting, /^kind paused \(since .+\)$/);
+    assert.equal(shown.Priority, '5');
+    assert.equal(shown.Status, 'queued');
+    const told = page.locator('.timeline li[data-type="job.waiting"]');
+    await told.waitFor();
+    assert.equal(await told.locator('.what').textContent(), 'attempt 1: kind paused');
+    await shot('4c-job-waiting');
+
+    // Resumed: it starts, succeeds, and no longer says it waits (live, no reload).
+    await page.evaluate(() => (window.notReloaded = true));
+    assert.equal((await call('/v1/kinds/noop/resume', { method: 'POST' })).status, 200);
+    paused = false;
+    await page.locator('.title .badge.s-succeeded').waitFor();
+    await reason.waitFor({ state: 'detached' });
+    const after = await facts();
+    assert.equal(after.Waiting, undefined, 'the waiting line is gone');
+    assert.equal(after.Priority, '5');
+    assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page was not reloaded');
+    const types = await page.locator('.timeline li').evaluateAll((lis) => lis.map((li) => li.dataset.type));
+    assert.deepEqual(types, ['job.submitted', 'job.waiting', 'job.started', 'job.succeeded']);
+    // The read model agrees.
+    const done = await until(async () => {
+      const job = (await call(`/v1/jobs/${id}`)).body;
+      return job.status === 'succeeded' && job;
+    }, 'the job to succeed');
+    assert.equal('waiting' in done, false);
+    noProblems();
+  } finally {
+    if (paused) await call('/v1/kinds/noop/resume', { method: 'POST' });
+  }
+});
+
 test('operations: projections rebuild with progress; consumers; charts from /metrics', async () => {
   await nav('Operations').click();
   await heading('Operations').waitFor();
@@ -364,7 +425,8 @@ test('operations: a kind paused from the page holds its jobs, others run on; res
   const other = (await conveyor.call(token, '/v1/jobs', { method: 'POST', body: { kind: 'sleep', payload: { ms: 1 } } })).body.id;
   await until(async () => (await status(other)) === 'succeeded', 'the sleep job to succeed');
   assert.equal(await status(held), 'queued');
-  const types = (await conveyor.call(token, `/v1/jobs/${held}/events`)).body.map((ce) => ce.type);
+  // Besides job.submitted, at most the scheduler's word on why it waits (job.waiting).
+  const types = (await conveyor.call(token, `/v1/jobs/${held}/events`)).body.map((ce) => ce.type).filter((t) => t !== 'dev.conveyor.job.waiting');
   assert.deepEqual(types, ['dev.conveyor.job.submitted'], 'the paused kind\'s job never started');
   await paused.locator('td[data-label="Paused for"]').getByText('acme (this tenant)').waitFor();
   await paused.locator('td[data-label="By"]').getByText('browser-test').waitFor();

@@ -1,11 +1,11 @@
 // The dashboard's pure modules, in Node: the SSE parser, Prometheus arithmetic, payload
-// validation, the job fold, and how schedules' timings read.
+// validation, the job fold (and why a job waits), and how schedules' timings read.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { interval, relative, timing } from '../../dashboard/dom.js';
-import { apply, fromSubmitted } from '../../dashboard/jobfold.js';
+import { apply, fromSubmitted, summary, waitingReason } from '../../dashboard/jobfold.js';
 import { Window, parse } from '../../dashboard/metrics.js';
 import { describe, template, validate } from '../../dashboard/schema.js';
 import { read } from '../../dashboard/sse.js';
@@ -112,6 +112,35 @@ test('job fold: events change a job as the projector does, in stream order', () 
   assert.equal(apply(read, ce('redriven', { next_attempt: 3, max_attempts: 4 }, '2026-01-01T00:00:09Z'), 10), false, 'an event older than the snapshot');
   assert.equal(apply(read, ce('progressed', { attempt: 2, current: 1 }, '2026-01-01T00:00:11Z'), 11), true);
   assert.equal(read.last_seq, 11);
+});
+
+test('job fold: job.waiting says why the attempt to start waits, until it starts or the job ends', () => {
+  const ce = (type, data, time) => ({ type: `dev.conveyor.job.${type}`, subject: 'j2', jobkind: 'noop', time, data });
+  const job = fromSubmitted(ce('submitted', { max_attempts: 2, priority: 5 }, '2026-01-01T00:00:00Z'), 1);
+  assert.equal(job.priority, 5);
+  assert.equal(fromSubmitted(ce('submitted', { max_attempts: 1 }, '2026-01-01T00:00:00Z'), 1).priority, 0, 'left out when 0');
+  assert.equal(apply(job, ce('waiting', { attempt: 1, reason: 'concurrency_key', key: 'acct-42' }, '2026-01-01T00:00:01Z'), 2), true);
+  assert.deepEqual(job.waiting, { attempt: 1, reason: 'concurrency_key', key: 'acct-42', since: '2026-01-01T00:00:01Z' });
+  assert.equal(job.status, 'queued', 'waiting never changes the status');
+  assert.equal(summary(ce('waiting', job.waiting)), 'attempt 1: concurrency key acct-42 is full');
+  apply(job, ce('waiting', { attempt: 1, reason: 'paused' }, '2026-01-01T00:00:02Z'), 3);
+  assert.deepEqual(job.waiting, { attempt: 1, reason: 'paused', since: '2026-01-01T00:00:02Z' }, 'the latest reason replaces the one before');
+  apply(job, ce('started', { attempt: 1 }, '2026-01-01T00:00:03Z'), 4);
+  assert.equal(job.status, 'running');
+  assert.equal('waiting' in job, false, 'cleared once the attempt starts');
+  // A late word about the running attempt is folded in but changes nothing.
+  assert.equal(apply(job, ce('waiting', { attempt: 1, reason: 'tenant_cap' }, '2026-01-01T00:00:04Z'), 5), true);
+  assert.equal('waiting' in job, false);
+  // The retry waits again, and no longer once the job ends.
+  apply(job, ce('retry_scheduled', { next_attempt: 2, delay_ms: 50 }, '2026-01-01T00:00:05Z'), 6);
+  apply(job, ce('waiting', { attempt: 2, reason: 'rate_limit', key: 'partner-api' }, '2026-01-01T00:00:06Z'), 7);
+  assert.equal(waitingReason(job.waiting), 'rate limit of partner-api reached');
+  apply(job, ce('cancelled', { attempt: 1 }, '2026-01-01T00:00:07Z'), 8);
+  assert.deepEqual([job.status, 'waiting' in job], ['cancelled', false]);
+  assert.deepEqual(
+    ['tenant_cap', 'priority', 'tenant_share'].map((reason) => waitingReason({ reason })),
+    ['tenant at its cap of running jobs', 'higher-priority jobs go first', "other tenants' turns (fair share)"],
+  );
 });
 
 test('schedules: a timing reads as its cron and time zone, or its interval exactly', () => {

@@ -117,10 +117,8 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
             }
         }
         JobEvent::Waiting(w) => {
-            // Only news of the attempt still to start: the next one, or the first.
-            let next = attempt(w.attempt) > row.attempt
-                || (attempt(w.attempt) == row.attempt && row.status == JobStatus::Queued);
-            if next && row.status != JobStatus::Running {
+            // Only news of the attempt still to start (`attempt` is the latest started).
+            if attempt(w.attempt) > row.attempt && row.status != JobStatus::Running {
                 let mut why = serde_json::to_value(w).expect("serialises");
                 why["since"] = json!(ev.time);
                 row.waiting = Some(why);

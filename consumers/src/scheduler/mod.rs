@@ -63,8 +63,9 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 const RECONCILE_MOST: usize = 200;
 
 /// A waiting command held this long may have been released before, its acknowledgement lost,
-/// by a scheduler that has since gone: before it is held again, the log is checked for its
-/// attempt's start (a release repeated past the duplicate window would be stored again).
+/// by a scheduler that has since gone, or its job cancelled while held: before it is held again,
+/// the log is checked for its attempt's start and its job's end (a release or a cancel repeated
+/// past the duplicate window would be stored again).
 const LONG_HELD: Duration = Duration::from_secs(4 * 60);
 
 /// How often waiting jobs are told why they wait (`job.waiting`), and the most told at once: the
@@ -330,6 +331,10 @@ async fn schedule(
                 Some(Ok(entry)) if entry.operation == bus::jetstream::KvOperation::Put => {
                     let held = entry.key.parse::<uuid::Uuid>().ok().and_then(|id| queues.withdraw(JobId(id)));
                     if let Some(job) = held {
+                        if !bus.holds_scheduler_consumer(&consumer).await? {
+                            tracing::warn!("another scheduler took over; this one stops");
+                            return Ok(());
+                        }
                         cancel_held(bus, job).await?;
                         changed = true;
                     }
@@ -386,7 +391,11 @@ async fn schedule(
                         tracing::warn!("another scheduler took over; this one stops");
                         return Ok(());
                     }
-                    tell(bus, notices).await?;
+                    // What a job is told is news, not state: a failure to tell costs a line in
+                    // its timeline, never the term.
+                    if let Err(e) = tell(bus, notices).await {
+                        tracing::warn!(error = %e, "scheduler: could not tell waiting jobs why they wait");
+                    }
                 }
             }
         }
@@ -441,11 +450,12 @@ async fn arrive(
         told: Vec::new(),
     };
     if bus::schedule::age(&msg).is_some_and(|age| age > LONG_HELD)
-        && bus
+        && (bus
             .attempt_begun(events, &cmd.tenant, cmd.job, run.attempt)
             .await?
+            || bus.job_ended(events, &cmd.tenant, cmd.job).await)
     {
-        tracing::info!(job_id = %cmd.job, attempt = run.attempt, "scheduler: a waiting command whose attempt already started is dropped");
+        tracing::info!(job_id = %cmd.job, attempt = run.attempt, "scheduler: a waiting command whose attempt already started, or whose job ended, is dropped");
         bus.acknowledge(&reply, AckKind::Ack).await?;
         return Ok(());
     }

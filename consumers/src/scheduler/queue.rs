@@ -136,6 +136,10 @@ struct KindQueue {
     tenants: HashMap<Tenant, BTreeMap<Place, JobId>>,
     /// Tenants with candidates, in turn order.
     turns: VecDeque<Tenant>,
+    /// When a job of the kind was last released: a job is told it waits behind a priority or
+    /// other tenants only if something was released after it came (not while the kind has no
+    /// worker at all).
+    last_pick: Option<DateTime<Utc>>,
 }
 
 /// A tenant's share of each kind's workers.
@@ -294,7 +298,11 @@ impl Queues {
                     };
                     let reason = match gate {
                         Some(gate) => gate,
-                        None if now - w.arrived.max(w.due.unwrap_or(w.arrived)) < after => continue,
+                        None if now - w.arrived.max(w.due.unwrap_or(w.arrived)) < after
+                            || queue.last_pick.is_none_or(|at| at <= w.arrived) =>
+                        {
+                            continue
+                        }
                         None if best.is_some_and(|b| b > w.priority) => WaitReason::Priority,
                         None if sharing => WaitReason::TenantShare,
                         None => continue,
@@ -610,6 +618,7 @@ impl Queues {
                     .is_some_and(|((Reverse(p), _), _)| *p == best)
         })?;
         let tenant = queue.turns.remove(turn).expect("a tenant in turn");
+        queue.last_pick = Some(now);
         let line = queue
             .tenants
             .get_mut(&tenant)
@@ -736,7 +745,12 @@ impl Queues {
 
     /// Takes a held job out (its cancel was requested): `None` if it is not held.
     pub fn withdraw(&mut self, job: JobId) -> Option<Waiting> {
-        self.forget(job)
+        let job = self.forget(job)?;
+        // The slot it may have held goes to the next in its key's line.
+        if let Some(key) = job.key() {
+            self.fill(&key, Utc::now());
+        }
+        Some(job)
     }
 
     /// Drops a waiting job entirely, giving back the slot it held, if it held one.
@@ -1003,9 +1017,13 @@ mod tests {
         let low_id = low.job;
         q.add(low, now);
         q.add(job("b", 4, 10, None), now);
+        q.add(job("b", 6, 10, None), now);
         let mut fresh = job("a", 5, 0, None);
         fresh.arrived = now;
         q.add(fresh, now);
+        // One urgent job released: the others have been overtaken since they came.
+        let urgent = q.pick(&JobKind::parse("work").unwrap(), now).unwrap();
+        assert_eq!(urgent.seq, 4);
 
         let told = q.untold(now, after, 100);
         let reasons: Vec<_> = told
@@ -1037,6 +1055,46 @@ mod tests {
             q.untold(now, after, 1).len() <= 1,
             "at most `most` at a time"
         );
+    }
+
+    #[test]
+    fn tenants_taking_turns_are_told_so_and_a_lone_tenant_nothing() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let after = chrono::Duration::seconds(1);
+        for seq in 0..4 {
+            q.add(job("a", seq, 0, None), now);
+        }
+        assert!(
+            q.untold(now, after, 100).is_empty(),
+            "nothing released yet: no worker"
+        );
+        q.pick(&JobKind::parse("work").unwrap(), now).unwrap();
+        assert!(
+            q.untold(now, after, 100).is_empty(),
+            "alone, it only waits for a worker"
+        );
+        q.add(job("b", 10, 0, None), now);
+        let told = q.untold(now, after, 100);
+        assert_eq!(told.len(), 4, "{told:?}");
+        assert!(told.iter().all(|n| n.reason == WaitReason::TenantShare));
+    }
+
+    #[test]
+    fn a_cancelled_job_gives_its_slot_to_the_next_in_its_key_line() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let work = JobKind::parse("work").unwrap();
+        // The first holds the key's one slot, waiting behind a pause; the second is in line.
+        q.set_pauses(HashSet::from([(work.clone(), None)]));
+        let first = job("a", 1, 0, Some(("acct", 1)));
+        let first_id = first.job;
+        q.add(first, now);
+        q.add(job("a", 2, 0, Some(("acct", 1))), now);
+        assert!(q.withdraw(first_id).is_some());
+        q.set_pauses(HashSet::new());
+        assert_eq!(q.pick(&work, now).map(|j| j.seq), Some(2));
+        assert!(q.withdraw(first_id).is_none(), "withdrawn once");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 """Scheduling through the client, against a real server: priority, concurrency keys and rate
 limits on submissions and batches (carried by ``job.submitted``, honoured by the scheduler),
-schedules (create, replace, list, get, their ticks' jobs, pause, resume, delete), and pausing the
-tenant's own jobs of a kind."""
+schedules (create, replace, list, get, their ticks' jobs, pause, resume, delete), pausing the
+tenant's own jobs of a kind, and what a held job says about why it waits."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
@@ -15,6 +16,7 @@ from conveyor import ApiError, Client
 from harness import Conveyor, eventually
 
 SUBMITTED = "dev.conveyor.job.submitted"
+WAITING = "dev.conveyor.job.waiting"
 
 
 @pytest.fixture
@@ -252,7 +254,9 @@ async def test_pausing_the_own_jobs_of_a_kind(client: Client) -> None:
     await wait_status(client, other["id"], "succeeded")
     # The sleep job, submitted after it, has run: the noop job was passed over.
     assert (await client.get(held["id"]))["status"] == "queued"
-    assert [e["type"] for e in await timeline_of(client, held["id"])] == [SUBMITTED]
+    # Never started: besides job.submitted, at most the scheduler's word on why it waits.
+    types = [e["type"] for e in await timeline_of(client, held["id"])]
+    assert [t for t in types if t != WAITING] == [SUBMITTED], types
 
     resumed = await client.resume_kind("noop")
     assert resumed["paused"] is False and "since" not in resumed
@@ -263,3 +267,58 @@ async def test_pausing_the_own_jobs_of_a_kind(client: Client) -> None:
     with pytest.raises(ApiError) as info:
         await client.pause_kind("Not A Kind")
     assert info.value.status == 422
+
+
+async def test_a_held_job_says_why_it_waits_and_queued_jobs_list_in_start_order(
+    client: Client,
+) -> None:
+    await client.pause_kind("noop")
+    paused = True
+    try:
+        # Submitted oldest first: start order is high, high2 (priority 3, oldest first), then low.
+        high = await client.submit("noop", {"echo": "high"}, priority=3)
+        low = await client.submit("noop", {"echo": "low"})
+        high2 = await client.submit("noop", {"echo": "high2"}, priority=3)
+
+        # The scheduler tells a job held by a gate why at once (it tells every second).
+        async def told():
+            job = await client.get(high["id"])
+            return job if job.get("waiting", {}).get("reason") == "paused" else None
+
+        held = await eventually(told, timeout=10, what=f"job {high['id']} told it waits")
+        assert held["status"] == "queued", "waiting never changes the status"
+        assert held["priority"] == 3
+        waiting = held["waiting"]
+        assert waiting["attempt"] == 1
+        assert "key" not in waiting, "a key only for concurrency_key and rate_limit"
+        since = datetime.fromisoformat(waiting["since"].replace("Z", "+00:00"))
+        created = datetime.fromisoformat(held["created_at"].replace("Z", "+00:00"))
+        assert since >= created, (waiting, held["created_at"])
+        assert (await client.get(low["id"]))["priority"] == 0, "the default"
+
+        # In the order they will start, one a page to follow the `<priority>:<id>` cursors.
+        mine = {high["id"], low["id"], high2["id"]}
+
+        async def listed():
+            ids = [j["id"] async for j in client.list_all(status="queued", kind="noop", limit=1)]
+            ours = [i for i in ids if i in mine]
+            return ours if len(ours) == len(mine) else None
+
+        assert await eventually(listed, what="the three queued jobs listed") == [
+            high["id"],
+            high2["id"],
+            low["id"],
+        ]
+        first = await client.list(status="queued", kind="noop", limit=1)
+        assert re.fullmatch(r"-?\d+:[0-9a-f-]{36}", first["next_cursor"] or ""), first
+
+        await client.resume_kind("noop")
+        paused = False
+        for job in (high, low, high2):
+            done = await wait_status(client, job["id"], "succeeded")
+            assert "waiting" not in done, done
+        assert (await client.get(high["id"]))["priority"] == 3, "kept after it ran"
+        assert WAITING in [e["type"] for e in await client.timeline(high["id"])]
+    finally:
+        if paused:
+            await client.resume_kind("noop")

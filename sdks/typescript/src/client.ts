@@ -104,6 +104,7 @@ export type ScheduleSpec =
 
 /** Filters of {@link Client.list}. */
 export interface ListOptions {
+  /** `queued` lists them in the order they will start: highest priority first, then oldest. */
   status?: JobStatus;
   kind?: string;
   /** Page size, 1 to 500 (the server's default is 50). */
@@ -254,7 +255,7 @@ export class Client {
     return (await this.transport.request<Job>('GET', jobPath(id), { signal: options.signal })).body;
   }
 
-  /** One page of the tenant's jobs, newest first. */
+  /** One page of the tenant's jobs, newest first (`status: 'queued'`: in the order they will start). */
   async list(options: ListOptions = {}): Promise<JobPage> {
     const res = await this.transport.request<JobPage>('GET', '/v1/jobs', {
       query: {
@@ -268,7 +269,7 @@ export class Client {
     return res.body;
   }
 
-  /** Every page of the tenant's jobs, newest first, from `cursor` (or the start) to the last. */
+  /** Every page of the tenant's jobs, in the order of {@link Client.list}, from `cursor` (or the start) to the last. */
   async *pages(options: ListOptions = {}): AsyncGenerator<JobPage, void, undefined> {
     let cursor = options.cursor ?? null;
     do {
@@ -278,7 +279,7 @@ export class Client {
     } while (cursor);
   }
 
-  /** Every job matching the filters, newest first, across all pages. */
+  /** Every job matching the filters, in the order of {@link Client.list}, across all pages. */
   async *listAll(options: ListOptions = {}): AsyncGenerator<Job, void, undefined> {
     for await (const page of this.pages(options)) yield* page.items;
   }

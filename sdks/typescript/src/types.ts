@@ -71,6 +71,35 @@ export interface Job {
   started_at: string | null;
   finished_at: string | null;
   updated_at: string;
+  /** -100 to 100 (0 by default): higher starts first among the waiting jobs of its kind. */
+  priority: number;
+  /**
+   * While the scheduler holds it back: why, as its attempt's latest `job.waiting` said. Absent
+   * for a job that only waits for a free worker, and once the attempt starts or the job ends.
+   */
+  waiting?: JobWaiting;
+}
+
+/**
+ * Why the scheduler holds a job back: its concurrency key is full, its rate limit's key reached
+ * its limit, its kind is paused (for its tenant or all), its tenant runs as many jobs of the kind
+ * as its share allows, jobs of a higher priority go first, or other tenants' jobs take their turns.
+ */
+export type WaitReason = 'concurrency_key' | 'rate_limit' | 'paused' | 'tenant_cap' | 'priority' | 'tenant_share';
+
+/** The `data` of a `job.waiting` CloudEvent: the scheduler holds the attempt back, and says why. */
+export interface JobWaitingData {
+  /** The attempt held back. */
+  attempt: number;
+  reason: WaitReason;
+  /** The concurrency key or rate limit key, for `concurrency_key` and `rate_limit`. */
+  key?: string;
+}
+
+/** {@link Job.waiting}: the latest `job.waiting` of the attempt to start, and when it came. */
+export interface JobWaiting extends JobWaitingData {
+  /** The time of that event (RFC 3339). */
+  since: string;
 }
 
 /** A page of `GET /v1/jobs`. */

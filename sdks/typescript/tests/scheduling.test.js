@@ -1,7 +1,7 @@
 // Scheduling through the client, against a real conveyor: priority, concurrency keys and rate
 // limits on submissions and batches (carried by job.submitted, honoured by the scheduler),
-// schedules (create, replace, list, get, their ticks' jobs, pause, resume, delete), and pausing
-// the tenant's own jobs of a kind.
+// schedules (create, replace, list, get, their ticks' jobs, pause, resume, delete), pausing
+// the tenant's own jobs of a kind, and what a held job says about why it waits.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
@@ -276,7 +276,8 @@ test('pausing the own jobs of a kind holds them queued while another kind runs; 
   assert.equal((await client.wait(other.id, { timeoutMs: 30_000 })).status, 'succeeded');
   // The sleep job, submitted after it, has run: the noop job was passed over.
   assert.equal((await client.get(held.id)).status, 'queued');
-  assert.deepEqual(types(await timelineOf(held.id)), ['job.submitted']);
+  // Never started: besides job.submitted, at most the scheduler's word on why it waits.
+  assert.deepEqual(types(await timelineOf(held.id)).filter((t) => t !== 'job.waiting'), ['job.submitted']);
 
   const resumed = await client.resumeKind('noop');
   assert.equal(resumed.paused, false);
@@ -286,4 +287,56 @@ test('pausing the own jobs of a kind holds them queued while another kind runs; 
   assert.deepEqual(await client.result(held.id), 'held');
 
   await assert.rejects(client.pauseKind('Not A Kind'), is422);
+});
+
+test('a held job shows its priority and why it waits; queued jobs list in start order; once it runs, waiting is gone', async () => {
+  await client.pauseKind('noop');
+  let paused = true;
+  try {
+    // Submitted oldest first: start order is high, high2 (priority 3, oldest first), then low.
+    const high = await client.submit('noop', { echo: 'high' }, { priority: 3 });
+    const low = await client.submit('noop', { echo: 'low' });
+    const high2 = await client.submit('noop', { echo: 'high2' }, { priority: 3 });
+
+    // The scheduler tells a job held by a gate why at once (it tells every second).
+    const held = await waitFor(
+      async () => {
+        const job = await client.get(high.id);
+        return job.waiting?.reason === 'paused' ? job : undefined;
+      },
+      { timeoutMs: 10_000, what: `job ${high.id} to be told it waits for its paused kind` },
+    );
+    assert.equal(held.status, 'queued', 'waiting never changes the status');
+    assert.equal(held.priority, 3);
+    assert.equal(held.waiting.attempt, 1);
+    assert.equal(held.waiting.key, undefined, 'a key only for concurrency_key and rate_limit');
+    assert.ok(Date.parse(held.waiting.since) >= Date.parse(held.created_at), held.waiting.since);
+    assert.equal((await client.get(low.id)).priority, 0, 'the default');
+
+    // In the order they will start, one a page to follow the `<priority>:<id>` cursors.
+    const mine = new Set([high.id, low.id, high2.id]);
+    const order = await waitFor(
+      async () => {
+        const ids = [];
+        for await (const job of client.listAll({ status: 'queued', kind: 'noop', limit: 1 })) if (mine.has(job.id)) ids.push(job.id);
+        return ids.length === mine.size ? ids : undefined;
+      },
+      { what: 'the three queued jobs listed' },
+    );
+    assert.deepEqual(order, [high.id, high2.id, low.id]);
+    const first = await client.list({ status: 'queued', kind: 'noop', limit: 1 });
+    assert.match(first.next_cursor, /^-?\d+:[0-9a-f-]{36}$/);
+
+    await client.resumeKind('noop');
+    paused = false;
+    for (const j of [high, low, high2]) {
+      const done = await client.wait(j.id, { timeoutMs: 30_000 });
+      assert.equal(done.status, 'succeeded');
+      assert.equal('waiting' in done, false, `job ${j.id} still says it waits: ${JSON.stringify(done.waiting)}`);
+    }
+    assert.equal((await client.get(high.id)).priority, 3, 'kept after it ran');
+    assert.ok(types(await client.timeline(high.id)).includes('job.waiting'), 'the timeline keeps the job.waiting');
+  } finally {
+    if (paused) await client.resumeKind('noop');
+  }
 });

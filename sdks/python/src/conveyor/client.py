@@ -223,7 +223,8 @@ class Client:
         cursor: str | None = None,
     ) -> JobPage:
         """One page of jobs, newest first (``GET /v1/jobs``): ``items`` and ``next_cursor``
-        (pass it as ``cursor`` for the next page; None on the last one)."""
+        (pass it as ``cursor`` for the next page; None on the last one). ``status="queued"``
+        lists them in the order they will start: highest priority first, then oldest."""
         params = {"status": status, "kind": kind, "limit": limit, "cursor": cursor}
         result: JobPage = await self._call("GET", "/v1/jobs", params=params)
         return result
@@ -235,8 +236,8 @@ class Client:
         kind: str | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[Job]:
-        """Every job matching the filters, newest first, page after page (``limit`` is the page
-        size)."""
+        """Every job matching the filters, in the order of ``list``, page after page (``limit`` is
+        the page size)."""
         cursor: str | None = None
         while True:
             page = await self.list(status=status, kind=kind, limit=limit, cursor=cursor)

@@ -11,6 +11,9 @@ __all__ = [
     "Accepted",
     "Progress",
     "JobError",
+    "WaitReason",
+    "JobWaitingData",
+    "JobWaiting",
     "Job",
     "JobPage",
     "JobSpec",
@@ -65,6 +68,32 @@ JobError = TypedDict("JobError", {"class": str, "message": str}, total=False)
 """A failed attempt's error: its ``class`` and ``message``."""
 
 
+WaitReason = Literal[
+    "concurrency_key", "rate_limit", "paused", "tenant_cap", "priority", "tenant_share"
+]
+"""Why the scheduler holds a job back: its concurrency key is full, its rate limit's key reached
+its limit, its kind is paused (for its tenant or all), its tenant runs as many jobs of the kind as
+its share allows, jobs of a higher priority go first, or other tenants' jobs take their turns."""
+
+
+class JobWaitingData(TypedDict):
+    """The ``data`` of a ``job.waiting`` CloudEvent: the scheduler holds the attempt back, and
+    says why."""
+
+    attempt: int
+    """The attempt held back."""
+    reason: WaitReason
+    key: NotRequired[str]
+    """The concurrency key or rate limit key, for ``concurrency_key`` and ``rate_limit``."""
+
+
+class JobWaiting(JobWaitingData):
+    """``Job["waiting"]``: the latest ``job.waiting`` of the attempt to start, and when it came."""
+
+    since: str
+    """The time of that event (RFC 3339)."""
+
+
 class Job(TypedDict):
     """A job as ``GET /v1/jobs/{id}`` shows it."""
 
@@ -86,6 +115,11 @@ class Job(TypedDict):
     started_at: str | None
     finished_at: str | None
     updated_at: str
+    priority: int
+    """-100 to 100 (0 by default): higher starts first among the waiting jobs of its kind."""
+    waiting: NotRequired[JobWaiting]
+    """While the scheduler holds it back: why. Absent for a job that only waits for a free
+    worker, and once the attempt starts or the job ends."""
 
 
 class JobPage(TypedDict):
