@@ -335,7 +335,7 @@ async fn schedule(
                             tracing::warn!("another scheduler took over; this one stops");
                             return Ok(());
                         }
-                        cancel_held(bus, job).await?;
+                        cancel_held(bus, &commands, &events, job).await?;
                         changed = true;
                     }
                 }
@@ -467,7 +467,26 @@ async fn arrive(
 
 /// Ends a held job whose cancel was requested, as a worker taking it would (`job.cancelled`,
 /// under the job's one terminal id), then acknowledges its command.
-async fn cancel_held(bus: &Bus, job: Waiting) -> crate::Result<()> {
+async fn cancel_held(
+    bus: &Bus,
+    commands: &bus::jetstream::Stream,
+    events: &bus::jetstream::Stream,
+    job: Waiting,
+) -> crate::Result<()> {
+    // A held command can be one already released (its acknowledgement lost with a scheduler
+    // that has since gone, the release repeated under its id): then a worker has the job, or had
+    // it, and the worker ends it; a `job.cancelled` from here would take the place of the
+    // outcome of an attempt under way.
+    let handed_out = bus::last_message(commands, bus.ns().run_command_of(&job.kind, job.job))
+        .await?
+        .is_some()
+        || bus
+            .attempt_begun(events, &job.tenant, job.job, job.attempt)
+            .await?;
+    if handed_out {
+        bus.acknowledge(&job.reply, AckKind::Ack).await?;
+        return Ok(());
+    }
     let cmd = match bus::decode_command(None, &job.body) {
         Ok(cmd) => cmd,
         Err(e) => {
