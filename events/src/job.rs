@@ -589,6 +589,11 @@ mod tests {
                 next_attempt: 4,
                 max_attempts: 6,
             }),
+            JobEvent::Waiting(Waiting {
+                attempt: 2,
+                reason: WaitReason::ConcurrencyKey,
+                key: Some("account-42".into()),
+            }),
         ];
         assert_eq!(all.len(), JobEvent::NAMES.len());
         for (ev, name) in all.into_iter().zip(JobEvent::NAMES) {
@@ -596,6 +601,13 @@ mod tests {
             assert_eq!(ev.event_type(), full_type(name));
             let back = JobEvent::from_data(ev.event_type(), ev.to_data()).unwrap();
             assert_eq!(back, ev);
+        }
+    }
+
+    #[test]
+    fn wait_reasons_are_named_as_serialised() {
+        for reason in WaitReason::ALL {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }
 
