@@ -197,14 +197,10 @@ impl Queues {
         let (mut paused, mut capped, mut ready) = (0, 0, 0);
         for (kind, queue) in &self.kinds {
             for (tenant, line) in &queue.tenants {
-                if self.paused.contains(&(kind.clone(), None))
-                    || self.paused.contains(&(kind.clone(), Some(tenant.clone())))
-                {
-                    paused += line.len();
-                } else if !self.open(kind, tenant) {
-                    capped += line.len();
-                } else {
-                    ready += line.len();
+                match self.line_gate(kind, tenant) {
+                    Some(WaitReason::Paused) => paused += line.len(),
+                    Some(_) => capped += line.len(),
+                    None => ready += line.len(),
                 }
             }
         }
@@ -259,7 +255,6 @@ impl Queues {
             }
         }
         'kinds: for (kind, queue) in &self.kinds {
-            let all_paused = self.paused.contains(&(kind.clone(), None));
             let open = |t: &Tenant| self.open(kind, t);
             let firsts: Vec<i32> = queue
                 .turns
@@ -272,14 +267,7 @@ impl Queues {
             // Tenants taking turns at the top priority.
             let sharing = firsts.iter().filter(|p| Some(**p) == best).count() > 1;
             for (tenant, line) in &queue.tenants {
-                let gate =
-                    if all_paused || self.paused.contains(&(kind.clone(), Some(tenant.clone()))) {
-                        Some(WaitReason::Paused)
-                    } else if !open(tenant) {
-                        Some(WaitReason::TenantCap)
-                    } else {
-                        None
-                    };
+                let gate = self.line_gate(kind, tenant);
                 // Alone at one priority: nothing overtakes it but its own earlier jobs.
                 let level = |e: Option<(&Place, &JobId)>| e.map(|((Reverse(p), _), _)| *p);
                 if gate.is_none()
@@ -328,6 +316,20 @@ impl Queues {
                 })
             })
             .collect()
+    }
+
+    /// What holds all of `tenant`'s candidates of `kind`: a pause (for all or for it), or its
+    /// cap of running jobs.
+    fn line_gate(&self, kind: &JobKind, tenant: &Tenant) -> Option<WaitReason> {
+        if self.paused.contains(&(kind.clone(), None))
+            || self.paused.contains(&(kind.clone(), Some(tenant.clone())))
+        {
+            Some(WaitReason::Paused)
+        } else if !self.open(kind, tenant) {
+            Some(WaitReason::TenantCap)
+        } else {
+            None
+        }
     }
 
     /// Whether `tenant`'s jobs of `kind` may start: not paused for it, not at its cap.

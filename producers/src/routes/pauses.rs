@@ -158,17 +158,7 @@ pub(crate) async fn pause_own(
     auth: Auth,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Pause>> {
-    auth.require(JOBS_WRITE)?;
-    let tenant = auth.tenant.clone();
-    set(
-        &state,
-        &auth,
-        kind_of(&kind)?,
-        Some(tenant),
-        By::Tenant,
-        true,
-    )
-    .await
+    set_own(&state, &auth, &kind, true).await
 }
 
 /// Resume the caller's jobs of a kind (paused by the tenant; an operator's pause stays).
@@ -185,17 +175,7 @@ pub(crate) async fn resume_own(
     auth: Auth,
     Path(kind): Path<String>,
 ) -> ApiResult<Json<Pause>> {
-    auth.require(JOBS_WRITE)?;
-    let tenant = auth.tenant.clone();
-    set(
-        &state,
-        &auth,
-        kind_of(&kind)?,
-        Some(tenant),
-        By::Tenant,
-        false,
-    )
-    .await
+    set_own(&state, &auth, &kind, false).await
 }
 
 /// The pauses that hold the caller's jobs: its own and those for every tenant.
@@ -214,12 +194,32 @@ pub(crate) async fn list_own(
     pauses(&state, |t| t.as_ref().is_none_or(|t| *t == own)).await
 }
 
-fn scope_tenant(scope: &PauseScope) -> ApiResult<Option<Tenant>> {
-    scope
+/// The query of an operator's pause or resume, as axum hands it over.
+type ScopeQuery = Result<Query<PauseScope>, axum::extract::rejection::QueryRejection>;
+
+/// A tenant pauses (`on`) or resumes its own jobs of `kind`.
+async fn set_own(state: &AppState, auth: &Auth, kind: &str, on: bool) -> ApiResult<Json<Pause>> {
+    auth.require(JOBS_WRITE)?;
+    let tenant = auth.tenant.clone();
+    set(state, auth, kind_of(kind)?, Some(tenant), By::Tenant, on).await
+}
+
+/// An operator pauses (`on`) or resumes `kind` for every tenant, or for the scope's one.
+async fn set_any(
+    state: &AppState,
+    auth: &Auth,
+    kind: &str,
+    scope: ScopeQuery,
+    on: bool,
+) -> ApiResult<Json<Pause>> {
+    auth.require(OPERATOR)?;
+    let Query(scope) = scope.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let tenant = scope
         .tenant
         .as_deref()
         .map(|t| Tenant::parse(t).map_err(|e| ApiError::Unprocessable(e.to_string())))
-        .transpose()
+        .transpose()?;
+    set(state, auth, kind_of(kind)?, tenant, By::Operator, on).await
 }
 
 /// Pause a kind for every tenant (or, with `tenant`, for one): waiting jobs stay queued and none
@@ -237,19 +237,9 @@ pub(crate) async fn pause_any(
     State(state): State<AppState>,
     auth: Auth,
     Path(kind): Path<String>,
-    scope: Result<Query<PauseScope>, axum::extract::rejection::QueryRejection>,
+    scope: ScopeQuery,
 ) -> ApiResult<Json<Pause>> {
-    auth.require(OPERATOR)?;
-    let Query(scope) = scope.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    set(
-        &state,
-        &auth,
-        kind_of(&kind)?,
-        scope_tenant(&scope)?,
-        By::Operator,
-        true,
-    )
-    .await
+    set_any(&state, &auth, &kind, scope, true).await
 }
 
 /// Resume a kind paused for every tenant (or, with `tenant`, for one).
@@ -266,19 +256,9 @@ pub(crate) async fn resume_any(
     State(state): State<AppState>,
     auth: Auth,
     Path(kind): Path<String>,
-    scope: Result<Query<PauseScope>, axum::extract::rejection::QueryRejection>,
+    scope: ScopeQuery,
 ) -> ApiResult<Json<Pause>> {
-    auth.require(OPERATOR)?;
-    let Query(scope) = scope.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    set(
-        &state,
-        &auth,
-        kind_of(&kind)?,
-        scope_tenant(&scope)?,
-        By::Operator,
-        false,
-    )
-    .await
+    set_any(&state, &auth, &kind, scope, false).await
 }
 
 /// Every pause in force, of every tenant.

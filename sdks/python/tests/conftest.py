@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conveyor import Client  # noqa: E402
 from harness import Conveyor  # noqa: E402
 
 
@@ -28,3 +29,10 @@ def server(request: pytest.FixtureRequest) -> Iterator[Conveyor]:
             f"last server logs:\n{''.join(srv.stderr)}",
             file=sys.stderr,
         )
+
+
+@pytest.fixture
+async def client(server: Conveyor) -> AsyncIterator[Client]:
+    """A client of the module's server, with a token of every tenant scope."""
+    async with Client(server.url, server.token()) as c:
+        yield c

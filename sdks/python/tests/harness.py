@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
+from conveyor import Client
+
 ROOT = Path(__file__).resolve().parents[3]
 SDK = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("CONVEYOR_BIN") or ROOT / "target" / "debug" / "conveyor")
@@ -228,6 +230,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+async def wait_status(client: Client, job_id: str, *statuses: str, timeout: float = 30) -> dict:
+    """Polls the job until it is in one of ``statuses``."""
+
+    async def check():
+        job = await client.get(job_id)
+        return job if job["status"] in statuses else None
+
+    return await eventually(check, timeout=timeout, what=f"job {job_id} in {statuses}")
 
 
 class Proxy:

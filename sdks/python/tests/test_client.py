@@ -11,21 +11,7 @@ from urllib.parse import urlparse
 import pytest
 
 from conveyor import ApiError, Client, Event
-from harness import Conveyor, Proxy, eventually
-
-
-@pytest.fixture
-async def client(server: Conveyor):
-    async with Client(server.url, server.token()) as c:
-        yield c
-
-
-async def wait_status(client: Client, job_id: str, *statuses: str, timeout: float = 30) -> dict:
-    async def check():
-        job = await client.get(job_id)
-        return job if job["status"] in statuses else None
-
-    return await eventually(check, timeout=timeout, what=f"job {job_id} in {statuses}")
+from harness import Conveyor, Proxy, wait_status
 
 
 async def test_submit_get_result_and_timeline(client: Client) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -117,12 +117,6 @@ def endpoint() -> Iterator[Endpoint]:
     e = Endpoint()
     yield e
     e.close()
-
-
-@pytest.fixture
-async def client(server: Conveyor) -> AsyncIterator[Client]:
-    async with Client(server.url, server.token()) as c:
-        yield c
 
 
 async def register(server: Conveyor, kind: str, body: dict[str, Any]) -> httpx.Response:

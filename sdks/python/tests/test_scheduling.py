@@ -8,29 +8,15 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
 from conveyor import ApiError, Client
-from harness import Conveyor, eventually
+from harness import Conveyor, eventually, wait_status
 
 SUBMITTED = "dev.conveyor.job.submitted"
 WAITING = "dev.conveyor.job.waiting"
-
-
-@pytest.fixture
-async def client(server: Conveyor) -> AsyncIterator[Client]:
-    async with Client(server.url, server.token()) as c:
-        yield c
-
-
-async def wait_status(client: Client, job_id: str, *statuses: str, timeout: float = 30) -> dict:
-    async def check():
-        job = await client.get(job_id)
-        return job if job["status"] in statuses else None
-
-    return await eventually(check, timeout=timeout, what=f"job {job_id} in {statuses}")
 
 
 async def timeline_of(client: Client, job_id: str) -> list[dict[str, Any]]:

@@ -18,16 +18,10 @@ import httpx
 import pytest
 
 from conveyor import ApiError, Client, FatalError, Job, Worker
-from harness import WORKER_SCOPES, Conveyor, eventually
+from harness import WORKER_SCOPES, Conveyor, eventually, wait_status
 
 TERMINAL = {"dev.conveyor.job.succeeded", "dev.conveyor.job.dead_lettered", "dev.conveyor.job.cancelled"}
 CHILD = Path(__file__).with_name("child_worker.py")
-
-
-@pytest.fixture
-async def client(server: Conveyor) -> AsyncIterator[Client]:
-    async with Client(server.url, server.token()) as c:
-        yield c
 
 
 def new_worker(server: Conveyor, **options: Any) -> Worker:
@@ -50,14 +44,6 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
     finally:
         await asyncio.wait_for(worker.close(), 30)
         await task
-
-
-async def wait_status(client: Client, job_id: str, *statuses: str, timeout: float = 30) -> dict:
-    async def check():
-        job = await client.get(job_id)
-        return job if job["status"] in statuses else None
-
-    return await eventually(check, timeout=timeout, what=f"job {job_id} in {statuses}")
 
 
 async def timeline_types(client: Client, job_id: str) -> list[str]:
