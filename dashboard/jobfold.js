@@ -15,6 +15,9 @@ export function fromSubmitted(ce, seq) {
     attempt: 0,
     max_attempts: d.max_attempts,
     priority: d.priority ?? 0, // left out of job.submitted when 0
+    depends_on: d.depends_on ?? null,
+    batch: d.batch ?? null,
+    is_batch: d.is_batch ?? false,
     payload: d.payload ?? {},
     progress: null,
     result: null,
@@ -84,6 +87,9 @@ export function apply(job, ce, seq) {
       Object.assign(job, { status: 'queued', max_attempts: d.max_attempts, error: null, progress: null, finished_at: null, run_at: null });
       delete job.waiting;
       break;
+    case 'sealed':
+      job.sealed_at ??= ce.time;
+      break;
     case 'submitted':
     case 'cancel_requested':
       break; // no change to the job's state
@@ -114,6 +120,10 @@ export function waitingReason(w) {
       return 'higher-priority jobs go first';
     case 'tenant_share':
       return "other tenants' turns (fair share)";
+    case 'dependencies':
+      return 'jobs it depends on have not all ended';
+    case 'batch':
+      return "its batch's members have not all ended";
     default:
       return w?.reason ?? ''; // a reason newer than this dashboard
   }
@@ -140,7 +150,9 @@ export function summary(ce) {
     case 'job.cancel_requested':
       return d.reason ?? '';
     case 'job.cancelled':
-      return d.attempt ? `during attempt ${d.attempt}` : 'before it started';
+      return d.reason ?? (d.attempt ? `during attempt ${d.attempt}` : 'before it started');
+    case 'job.sealed':
+      return 'batch sealed: no more members';
     case 'job.redriven':
       return `attempt ${d.next_attempt} of ${d.max_attempts}`;
     case 'job.waiting':

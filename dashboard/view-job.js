@@ -31,11 +31,35 @@ export function render(main, { id }) {
     h('section', { class: 'card', 'aria-labelledby': 'timeline-h' }, h('div', { class: 'title' }, h('h2', { id: 'timeline-h' }, 'Timeline'), conn), timeline),
   );
 
+  // A batch's members by status (its callback is this job), read while it has not ended.
+  const members = h('span', { class: 'members' }, '…');
+  let membersRead = 0;
+  let membersFinal = false; // read once the batch ended: its counts no longer change
+  const jobLink = (other) => h('a', { href: `#/jobs/${other}` }, h('code', {}, shortId(other)));
+  async function readMembers() {
+    try {
+      const b = await api(`/v1/batches/${id}`);
+      const m = b.members;
+      members.textContent = `${m.succeeded} succeeded, ${m.failed} failed, ${m.cancelled} cancelled of ${m.total}`
+        + (b.sealed ? '' : ' (open: more may come)');
+    } catch (e) {
+      members.textContent = `unavailable: ${e.message}`;
+    }
+  }
+
   const bar = progressBar({ status: 'queued' }, 'Progress');
   const barText = h('span', { class: 'pct' });
 
   load();
-  const ticker = setInterval(() => job && !job.finished_at && job.started_at && drawFacts(), 1000);
+  const ticker = setInterval(() => {
+    if (job && !job.finished_at && job.started_at) drawFacts();
+    // A batch's members progress on their own streams: read again every two seconds until it ends.
+    if (job?.is_batch && !membersFinal && Date.now() - membersRead > 2000) {
+      membersRead = Date.now();
+      membersFinal = TERMINAL.has(job.status);
+      readMembers();
+    }
+  }, 1000);
   return () => {
     clearInterval(ticker);
     stream?.close();
@@ -110,6 +134,9 @@ export function render(main, { id }) {
       // Only while the scheduler holds it back (a job that just waits for a free worker is not told).
       job.waiting && ['Waiting', h('span', { class: 'waiting', 'data-reason': job.waiting.reason }, waitingReason(job.waiting), ' (since ', time(job.waiting.since), ')')],
       job.priority ? ['Priority', h('span', { title: 'higher starts first (-100 to 100)' }, String(job.priority))] : null,
+      job.depends_on?.length ? ['Depends on', h('span', { class: 'depends-on' }, ...job.depends_on.flatMap((d, i) => [i ? ', ' : '', jobLink(d)]))] : null,
+      job.batch ? ['Batch', jobLink(job.batch)] : null,
+      job.is_batch ? ['Members', members] : null,
       ['Attempt', `${job.attempt} of ${job.max_attempts}`],
       ['Progress', h('span', { class: 'progress' }, bar, barText)],
       ['Created', time(job.created_at)],

@@ -352,7 +352,11 @@ fn event_summary(name: &str, d: &Value) -> String {
             error(&d["error"])
         ),
         "cancel_requested" => d["reason"].as_str().unwrap_or_default().to_owned(),
-        "cancelled" => attempt(&d["attempt"]),
+        "cancelled" => match d["reason"].as_str() {
+            Some(reason) => reason.to_owned(),
+            None => attempt(&d["attempt"]),
+        },
+        "sealed" => "batch sealed: no more members".to_owned(),
         "waiting" => format!("{}: {}", attempt(&d["attempt"]), waiting(d)),
         "redriven" => format!(
             "generation {}, next attempt {} of {}",
@@ -374,6 +378,8 @@ fn waiting(w: &Value) -> String {
         "tenant_cap" => "tenant at its cap of running jobs".to_owned(),
         "priority" => "higher-priority jobs go first".to_owned(),
         "tenant_share" => "other tenants' turns (fair share)".to_owned(),
+        "dependencies" => "jobs it depends on have not all ended".to_owned(),
+        "batch" => "its batch's members have not all ended".to_owned(),
         other => other.to_owned(),
     }
 }
@@ -404,6 +410,26 @@ fn job_block(j: &Value, now: DateTime<Utc>, fit: &mut Fit) -> String {
                 .as_i64()
                 .filter(|p| *p != 0)
                 .map(|p| p.to_string()),
+        ),
+        ("batch", j["batch"].as_str().map(str::to_owned)),
+        (
+            "depends on",
+            j["depends_on"].as_array().map(|ids| {
+                ids.iter()
+                    .map(|id| id.as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        ),
+        (
+            "batch of",
+            (j["is_batch"] == true).then(|| {
+                if j["sealed_at"].is_null() {
+                    "its members (open)".to_owned()
+                } else {
+                    "its members (sealed)".to_owned()
+                }
+            }),
         ),
         ("attempt", Some(attempts(j))),
         (

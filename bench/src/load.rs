@@ -125,6 +125,72 @@ async fn post_batch(
     Ok(body["accepted"].as_u64().unwrap_or(0))
 }
 
+/// Submits `n` jobs like `job` as one batch (`POST /v1/batches`, pages of 1,000, then sealed)
+/// with the built-in callback; returns the batch's id.
+pub(crate) async fn submit_as_batch(
+    url: &str,
+    token: &str,
+    job: &Value,
+    n: u64,
+) -> anyhow::Result<String> {
+    let http = http();
+    let page = |size: u64| (0..size).map(|_| job).collect::<Vec<_>>();
+    let res = http
+        .post(format!("{url}/v1/batches"))
+        .bearer_auth(token)
+        .json(&json!({ "jobs": page(n.min(1000)), "seal": false }))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 202, "a batch answered {}", res.status());
+    let id = res.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut left = n.saturating_sub(1000);
+    while left > 0 {
+        let size = left.min(1000);
+        let res = http
+            .post(format!("{url}/v1/batches/{id}/jobs"))
+            .bearer_auth(token)
+            .json(&json!({ "jobs": page(size) }))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 202, "a page answered {}", res.status());
+        left -= size;
+    }
+    let res = http
+        .post(format!("{url}/v1/batches/{id}/seal"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "the seal answered {}", res.status());
+    Ok(id)
+}
+
+/// Waits until job `id` has succeeded in the read model.
+pub(crate) async fn until_succeeded(
+    db: &sqlx::PgPool,
+    id: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_optional(db)
+                .await?;
+        if status.as_deref() == Some("succeeded") {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "job {id} is {status:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Submits `n` jobs like `job`, in batches of 1,000; returns how many were accepted.
 pub(crate) async fn submit_jobs(
     url: &str,

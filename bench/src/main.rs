@@ -53,7 +53,7 @@ struct Cli {
     #[arg(long)]
     sdk_node: bool,
     /// Only these parts, comma-separated: `raw`, `load`, `replay`, `memory`, `slots`, `workers`,
-    /// `peer`.
+    /// `scheduling`, `workflows`, `peer`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only this fsync policy: `default` or `always` (both otherwise).
@@ -495,6 +495,35 @@ impl Suite {
         Ok(())
     }
 
+    /// Figure 9: what a batch costs. One worker (64 slots) runs the same number of no-op jobs
+    /// twice in one run, submitted in pages of 1,000 while it runs: as plain jobs, from the first
+    /// submission to the last job's end; then as one batch with a callback, from the first
+    /// submission to the callback's end.
+    async fn workflows(&mut self, nats: &Nats) -> anyhow::Result<()> {
+        let n: u64 = if self.cli.quick { 20_000 } else { 100_000 };
+        let job = serde_json::json!({"kind": "noop"});
+        for mode in ["plain", "batch"] {
+            let setup = self.setup(nats, "flow").await?;
+            let mut roles = Roles::start_front(&setup).await?;
+            roles.start_worker(&setup, 64).await?;
+            let db = sqlx::PgPool::connect(&setup.database_url).await?;
+            let began = std::time::Instant::now();
+            if mode == "plain" {
+                let queued = load::submit_jobs(&roles.url, &Self::token(), &job, n).await?;
+                load::drain(&db, queued, Duration::from_secs(900)).await?;
+            } else {
+                let id = load::submit_as_batch(&roles.url, &Self::token(), &job, n).await?;
+                load::until_succeeded(&db, &id, Duration::from_secs(900)).await?;
+            }
+            let rate = n as f64 / began.elapsed().as_secs_f64();
+            self.results.add(&format!("flow.{mode}"), rate);
+            eprintln!("  {mode}: {n} no-op jobs, submitted to done, at {rate:.0}/s");
+            drop(roles);
+            db.close().await;
+        }
+        Ok(())
+    }
+
     async fn memory(&mut self, nats: &Nats) -> anyhow::Result<()> {
         let setup = self.setup(nats, "memory").await?;
         let roles = Roles::start(&setup).await?;
@@ -791,6 +820,18 @@ impl Suite {
                 "",
             );
         }
+        if !r.get("flow.plain").0.is_empty() {
+            t.row(
+                &format!(
+                    "9. {} no-op jobs as one batch with a callback, submitted to the callback's end",
+                    if self.cli.quick { "20,000" } else { "100,000" }
+                ),
+                format!("{} jobs", rate("flow.batch")),
+                format!("{} as plain jobs, to the last end", rate("flow.plain")),
+                pct(r.median("flow.batch"), r.median("flow.plain")),
+                "",
+            );
+        }
         if !r.get("peer.enqueue").0.is_empty() {
             t.row(
                 "   graphile-worker: bulk add_jobs",
@@ -899,6 +940,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if suite.wants("scheduling") {
                 suite.scheduling(&nats).await?;
+            }
+            if suite.wants("workflows") {
+                suite.workflows(&nats).await?;
             }
         }
     }

@@ -38,6 +38,7 @@ pub(crate) async fn fill(bus: &Bus, events: u64) -> anyhow::Result<f64> {
                 webhook: None,
                 scheduling: Default::default(),
                 schedule: None,
+                workflow: Default::default(),
             }),
             JobEvent::Started(Started {
                 attempt: 1,

@@ -33,6 +33,13 @@ pub struct RunJob {
     /// Its priority and concurrency key, for the scheduler.
     #[serde(flatten)]
     pub scheduling: crate::job::Scheduling,
+    /// What it waits for before it may start, for the scheduler.
+    #[serde(flatten)]
+    pub workflow: crate::job::Workflow,
+    /// How what it waited for ended: set by the scheduler when it lets the job start, and kept
+    /// by its later attempts (which wait for nothing more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Box<crate::job::Upstream>>,
 }
 
 impl RunJob {
@@ -47,7 +54,15 @@ impl RunJob {
             generation: 0,
             webhook: Some(job.webhook.is_some()),
             scheduling: job.scheduling.clone(),
+            workflow: job.workflow.clone(),
+            upstream: None,
         }
+    }
+
+    /// Whether the scheduler must hold it until what it waits for has ended: it waits for
+    /// something, and no earlier attempt was let go already.
+    pub fn waits(&self) -> bool {
+        self.workflow.waits() && self.upstream.is_none()
     }
 
     /// The next attempt of a re-driven job: `redrive` says which, `job` (its submission) what.
@@ -61,6 +76,8 @@ impl RunJob {
             generation: redrive.generation,
             webhook: Some(job.webhook.is_some()),
             scheduling: job.scheduling.clone(),
+            workflow: job.workflow.clone(),
+            upstream: None,
         }
     }
 }

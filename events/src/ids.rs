@@ -36,6 +36,30 @@ impl JobId {
     }
 }
 
+impl JobId {
+    /// An id derived from `name` (the same name, the same id), time-ordered like every job id:
+    /// its timestamp is `at_ms`, the rest a digest of `name`. For jobs whose submission may be
+    /// repeated and must keep their id (a schedule's tick, a batch's members).
+    pub fn derived(at_ms: u64, name: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(name.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        bytes[..6].copy_from_slice(&at_ms.to_be_bytes()[2..]);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f);
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The millisecond timestamp of a time-ordered id.
+    pub fn timestamp_ms(&self) -> u64 {
+        let b = self.0.as_bytes();
+        let mut ms = [0u8; 8];
+        ms[2..].copy_from_slice(&b[..6]);
+        u64::from_be_bytes(ms)
+    }
+}
+
 impl Default for JobId {
     fn default() -> Self {
         Self::new()

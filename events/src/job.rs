@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::envelope::{DecodeError, Payload, TYPE_PREFIX};
-use crate::ids::JobKind;
+use crate::ids::{JobId, JobKind};
 
 /// Where a job stands, as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +90,88 @@ pub struct Submitted {
     /// The schedule tick that submitted it, if a schedule did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<FromSchedule>,
+    /// What it waits for before it may start, and the batch it belongs to.
+    #[serde(flatten)]
+    pub workflow: Workflow,
+}
+
+/// A job's place in a workflow: the jobs whose ends it waits for before it may start, and the
+/// batch it is a member of. Carried by `job.submitted` and every `run` command, so the scheduler
+/// holds the job until its conditions hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workflow {
+    /// Jobs of the same tenant that must all have ended first. If one ends other than
+    /// `succeeded`, this job is cancelled instead of run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<JobId>,
+    /// The batch it is a member of (the id of the batch's own job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<JobId>,
+    /// It is a batch: it starts (as the batch's callback) once the batch is sealed and every
+    /// member has ended, whatever their outcomes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_batch: bool,
+}
+
+impl Workflow {
+    /// The most jobs one job may depend on.
+    pub const MAX_DEPENDENCIES: usize = 32;
+
+    /// Whether the job waits for other jobs' ends before it may start.
+    pub fn waits(&self) -> bool {
+        !self.depends_on.is_empty() || self.is_batch
+    }
+}
+
+/// How a job a workflow waited for ended, as the scheduler found it when it let the waiting job
+/// start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ended {
+    /// The job.
+    pub id: JobId,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: JobStatus,
+    /// Its result, if it succeeded with one inlined in the log and small enough to pass on
+    /// ([`Upstream::RESULT_LIMIT`]); else read it with `GET /v1/jobs/{id}/result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// A batch's members at its end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    /// Members in all.
+    pub total: u64,
+    /// Members that succeeded.
+    pub succeeded: u64,
+    /// Members that failed (dead-lettered).
+    pub failed: u64,
+    /// Members that were cancelled.
+    pub cancelled: u64,
+    /// Each member and its status, in submission order, for a batch of at most
+    /// [`Upstream::MEMBERS_LIMIT`] members (a larger one lists them at
+    /// `GET /v1/batches/{id}/jobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<Ended>>,
+}
+
+/// What a job waited for, as it ended: the released `run` command of a job with dependencies, or
+/// of a batch's callback, carries it to the handler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// Its dependencies, in the order of `depends_on`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Ended>,
+    /// Its batch's members (a batch's callback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Members>,
+}
+
+impl Upstream {
+    /// The largest result (JSON bytes) passed on inline.
+    pub const RESULT_LIMIT: usize = 16 * 1024;
+    /// The largest batch whose members are listed inline.
+    pub const MEMBERS_LIMIT: usize = 1000;
 }
 
 /// The schedule and tick a job was submitted for.
@@ -216,11 +298,17 @@ pub enum WaitReason {
     Priority,
     /// Other tenants' jobs take their turns first.
     TenantShare,
+    /// Jobs it depends on have not all ended.
+    Dependencies,
+    /// It is a batch's callback: the batch is not sealed, or members have not all ended.
+    Batch,
 }
 
 impl WaitReason {
     /// Gates first, then the order of the line.
-    pub const ALL: [WaitReason; 6] = [
+    pub const ALL: [WaitReason; 8] = [
+        Self::Dependencies,
+        Self::Batch,
         Self::ConcurrencyKey,
         Self::RateLimit,
         Self::Paused,
@@ -244,6 +332,8 @@ impl WaitReason {
             Self::TenantCap => "tenant_cap",
             Self::Priority => "priority",
             Self::TenantShare => "tenant_share",
+            Self::Dependencies => "dependencies",
+            Self::Batch => "batch",
         }
     }
 }
@@ -348,13 +438,22 @@ pub struct CancelRequested {
     pub reason: Option<String>,
 }
 
-/// `job.cancelled`: the job stopped on request. Terminal.
+/// `job.cancelled`: the job stopped on request, or because a job it depended on did not
+/// succeed. Terminal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelled {
     /// The attempt that was running, if one was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Why, when not on request (`dependency <id> failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
+
+/// `job.sealed`: a batch's members are all submitted; once every one has ended, the batch's
+/// callback starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {}
 
 /// `job.redriven`: an operator re-drove a dead-lettered job; it is queued again with a fresh
 /// budget of attempts, numbered on from the last one.
@@ -384,11 +483,12 @@ pub enum JobEvent {
     Cancelled(Cancelled),
     Redriven(Redriven),
     Waiting(Waiting),
+    Sealed(Sealed),
 }
 
 impl JobEvent {
     /// All short names, as used in subjects and in `type` filters after `job.`.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "submitted",
         "started",
         "progressed",
@@ -400,6 +500,7 @@ impl JobEvent {
         "cancelled",
         "redriven",
         "waiting",
+        "sealed",
     ];
 
     /// The short name: the last subject token (`succeeded`).
@@ -416,6 +517,7 @@ impl JobEvent {
             Self::Cancelled(_) => "cancelled",
             Self::Redriven(_) => "redriven",
             Self::Waiting(_) => "waiting",
+            Self::Sealed(_) => "sealed",
         }
     }
 
@@ -438,9 +540,11 @@ impl JobEvent {
             Self::Cancelled(_) => JobStatus::Cancelled,
             Self::Redriven(_) => JobStatus::Queued,
             Self::Failed(f) if !f.will_retry => JobStatus::Failed,
-            Self::Progressed(_) | Self::Failed(_) | Self::CancelRequested(_) | Self::Waiting(_) => {
-                return None
-            }
+            Self::Progressed(_)
+            | Self::Failed(_)
+            | Self::CancelRequested(_)
+            | Self::Waiting(_)
+            | Self::Sealed(_) => return None,
         })
     }
 }
@@ -464,6 +568,7 @@ impl Payload for JobEvent {
             Self::Cancelled(_) => "dev.conveyor.job.cancelled",
             Self::Redriven(_) => "dev.conveyor.job.redriven",
             Self::Waiting(_) => "dev.conveyor.job.waiting",
+            Self::Sealed(_) => "dev.conveyor.job.sealed",
         }
     }
 
@@ -480,6 +585,7 @@ impl Payload for JobEvent {
             Self::Cancelled(d) => serde_json::to_value(d),
             Self::Redriven(d) => serde_json::to_value(d),
             Self::Waiting(d) => serde_json::to_value(d),
+            Self::Sealed(d) => serde_json::to_value(d),
         };
         v.expect("event data always serialises")
     }
@@ -500,6 +606,7 @@ impl Payload for JobEvent {
             "cancelled" => Self::Cancelled(serde_json::from_value(data)?),
             "redriven" => Self::Redriven(serde_json::from_value(data)?),
             "waiting" => Self::Waiting(serde_json::from_value(data)?),
+            "sealed" => Self::Sealed(serde_json::from_value(data)?),
             _ => return Err(DecodeError::UnknownType(event_type.to_owned())),
         })
     }
@@ -507,10 +614,17 @@ impl Payload for JobEvent {
 
 /// The kinds every conveyor worker serves out of the box.
 pub fn builtin_kinds() -> Vec<JobKind> {
-    ["noop", "sleep", "flaky", "fail", "report.job_stats"]
-        .into_iter()
-        .map(|k| JobKind::parse(k).expect("built-in kinds are valid"))
-        .collect()
+    [
+        "noop",
+        "sleep",
+        "flaky",
+        "fail",
+        "batch",
+        "report.job_stats",
+    ]
+    .into_iter()
+    .map(|k| JobKind::parse(k).expect("built-in kinds are valid"))
+    .collect()
 }
 
 #[cfg(test)]
@@ -549,6 +663,11 @@ mod tests {
                     id: "nightly".into(),
                     tick: now,
                 }),
+                workflow: Workflow {
+                    depends_on: vec![JobId::new()],
+                    batch: Some(JobId::new()),
+                    is_batch: false,
+                },
             }),
             JobEvent::Started(Started {
                 attempt: 1,
@@ -583,7 +702,10 @@ mod tests {
                 error: err,
             }),
             JobEvent::CancelRequested(CancelRequested { reason: None }),
-            JobEvent::Cancelled(Cancelled { attempt: Some(1) }),
+            JobEvent::Cancelled(Cancelled {
+                attempt: Some(1),
+                reason: Some("dependency failed".into()),
+            }),
             JobEvent::Redriven(Redriven {
                 generation: 1,
                 next_attempt: 4,
@@ -594,6 +716,7 @@ mod tests {
                 reason: WaitReason::ConcurrencyKey,
                 key: Some("account-42".into()),
             }),
+            JobEvent::Sealed(Sealed {}),
         ];
         assert_eq!(all.len(), JobEvent::NAMES.len());
         for (ev, name) in all.into_iter().zip(JobEvent::NAMES) {
@@ -613,7 +736,10 @@ mod tests {
 
     #[test]
     fn terminal_events_set_terminal_statuses() {
-        let ev = JobEvent::Cancelled(Cancelled { attempt: None });
+        let ev = JobEvent::Cancelled(Cancelled {
+            attempt: None,
+            reason: None,
+        });
         assert!(ev.is_terminal());
         assert!(ev.status().unwrap().is_terminal());
         assert_eq!(

@@ -185,6 +185,11 @@ pub fn builtin_schema(kind: &str) -> Option<Value> {
             }),
             &[],
         ),
+        "batch" => serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "A batch's callback when none is named: its result is the members' counts.",
+            "type": ["object", "null"],
+        }),
         "report.job_stats" => object(
             serde_json::json!({
                 "window_secs": { "type": "integer", "minimum": 1, "maximum": 31_622_400,

@@ -17,7 +17,8 @@
 //!
 //! let job = JobId::new();
 //! let submitted = Submitted { payload: serde_json::json!({}), max_attempts: 2, timeout_ms: 1000,
-//!     run_at: None, webhook: None, scheduling: Default::default(), schedule: None };
+//!     run_at: None, webhook: None, scheduling: Default::default(), schedule: None,
+//!     workflow: Default::default() };
 //! let queued = lifecycle::submit(job, submitted, Utc::now());
 //! let Some(Command::Run(run)) = queued.command.map(|c| c.payload) else { unreachable!() };
 //! let policy = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(60));
@@ -145,6 +146,16 @@ pub fn redrive(
     (redriven, transition)
 }
 
+/// A batch's members are all submitted: `job.sealed` on the batch's own job, whose callback then
+/// starts once every member has ended. (Whether it is a batch still open is the caller's to
+/// check.)
+pub fn seal(batch: JobId, now: DateTime<Utc>) -> Transition {
+    Transition::new(now).event(
+        msg_id::sealed(batch),
+        JobEvent::Sealed(crate::job::Sealed {}),
+    )
+}
+
 /// How an attempt ended, as the worker saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
@@ -206,13 +217,29 @@ impl Attempt {
             .event(msg_id::terminal(self.job, self.run.generation), event)
     }
 
+    /// Ends the job unrun because a job it depended on ended other than `succeeded` (`why`
+    /// says which): `job.cancelled`, under the job's one terminal id.
+    pub fn abandon(&self, now: DateTime<Utc>, why: String) -> Transition {
+        self.terminal(
+            now,
+            JobEvent::Cancelled(Cancelled {
+                attempt: None,
+                reason: Some(why),
+            }),
+        )
+    }
+
     /// Decides what a worker does with the command: hand it back until its `run_at`, end the job
     /// if a cancel marker is `cancel_requested`, else start the attempt as `worker`.
     pub fn start(&self, now: DateTime<Utc>, cancel_requested: bool, worker: &str) -> Start {
         if cancel_requested {
-            return Start::Cancelled(
-                self.terminal(now, JobEvent::Cancelled(Cancelled { attempt: None })),
-            );
+            return Start::Cancelled(self.terminal(
+                now,
+                JobEvent::Cancelled(Cancelled {
+                    attempt: None,
+                    reason: None,
+                }),
+            ));
         }
         let wait = self.run.run_at.and_then(|at| (at - now).to_std().ok());
         if let Some(wait) = wait.filter(|wait| !wait.is_zero()) {
@@ -257,6 +284,7 @@ impl Attempt {
                     now,
                     JobEvent::Cancelled(Cancelled {
                         attempt: Some(attempt),
+                        reason: None,
                     }),
                 );
             }

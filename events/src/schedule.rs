@@ -9,8 +9,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::ids::{JobId, Tenant};
 use crate::job::Submitted;
@@ -234,14 +232,10 @@ impl Schedule {
     /// The id of the job of `tick`: time-ordered like every job id (its timestamp is the
     /// tick's), the rest from the tenant, the schedule and the tick.
     pub fn job_id(&self, tick: DateTime<Utc>) -> JobId {
-        let digest = Sha256::digest(format!("{}/{}/{}", self.tenant, self.id, tick.to_rfc3339()));
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
-        let ms = tick.timestamp_millis().max(0) as u64;
-        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-        bytes[6] = 0x70 | (bytes[6] & 0x0f);
-        bytes[8] = 0x80 | (bytes[8] & 0x3f);
-        JobId(Uuid::from_bytes(bytes))
+        JobId::derived(
+            tick.timestamp_millis().max(0) as u64,
+            &format!("{}/{}/{}", self.tenant, self.id, tick.to_rfc3339()),
+        )
     }
 
     /// Its key in the schedules bucket.
@@ -278,6 +272,7 @@ mod tests {
                 webhook: None,
                 scheduling: Default::default(),
                 schedule: None,
+                workflow: Default::default(),
             },
             paused: false,
             created_at: created,

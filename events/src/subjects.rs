@@ -233,6 +233,11 @@ pub mod msg_id {
         format!("{job}.{attempt}.{generation}.released")
     }
 
+    /// The one `job.sealed` of a batch.
+    pub fn sealed(batch: JobId) -> String {
+        format!("{batch}.sealed")
+    }
+
     /// The scheduler's `job.waiting` of an attempt, one per reason.
     pub fn waiting(job: JobId, attempt: u32, reason: &str) -> String {
         format!("{job}.{attempt}.waiting.{reason}")

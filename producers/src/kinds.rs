@@ -287,7 +287,7 @@ mod tests {
             .validate(&JobKind::parse("nope").unwrap(), &Value::Null)
             .unwrap_err();
         assert!(
-            unknown.contains("known kinds: fail, flaky, image.resize"),
+            unknown.contains("known kinds: batch, fail, flaky, image.resize"),
             "{unknown}"
         );
 

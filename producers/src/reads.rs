@@ -78,6 +78,19 @@ pub(crate) struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub(crate) waiting: Option<Value>,
+    /// The batch it is a member of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) batch: Option<Uuid>,
+    /// The jobs it waits for before it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Uuid>>)]
+    pub(crate) depends_on: Option<Value>,
+    /// Whether it is a batch (its callback; `/v1/batches/{id}` shows the batch).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) is_batch: bool,
+    /// When its batch was sealed (a batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sealed_at: Option<DateTime<Utc>>,
 }
 
 impl From<JobRow> for JobView {
@@ -106,6 +119,10 @@ impl From<JobRow> for JobView {
             updated_at: row.updated_at,
             priority: row.priority,
             waiting: row.waiting,
+            batch: row.batch,
+            depends_on: row.depends_on,
+            is_batch: row.is_batch,
+            sealed_at: row.sealed_at,
         }
     }
 }

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use bus::transition::JobEnvelope;
 use chrono::{DateTime, Utc};
-use events::job::{ConcurrencyKey, RateLimit, Redriven, Scheduling, Submitted, Webhook};
+use events::job::{ConcurrencyKey, RateLimit, Redriven, Scheduling, Submitted, Webhook, Workflow};
 use events::lifecycle;
 use events::{JobEvent, JobId, JobKind, JobStatus, Tenant, TraceParent};
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,11 @@ pub(crate) struct SubmitJob {
     /// the others wait their turn.
     #[serde(default)]
     rate_limit: Option<RateLimitRequest>,
+    /// Jobs of the caller's, already submitted, that must all end before this one starts (up to
+    /// 32). If one ends other than `succeeded`, this job is cancelled unrun; their results reach
+    /// its handler (`upstream`).
+    #[serde(default)]
+    depends_on: Option<Vec<Uuid>>,
     /// Deduplicates retries, like the `Idempotency-Key` header (which wins when both are given);
     /// in a batch, each job's own.
     #[serde(default, skip_serializing)]
@@ -90,7 +95,7 @@ pub(crate) struct RateLimitRequest {
 /// The answer to an accepted submission.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
-    id: Uuid,
+    pub(crate) id: Uuid,
     kind: String,
     #[schema(value_type = String)]
     status: JobStatus,
@@ -193,6 +198,18 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
             })
         }
     };
+    let mut depends_on: Vec<JobId> = Vec::new();
+    for id in req.depends_on.iter().flatten() {
+        if !depends_on.contains(&JobId(*id)) {
+            depends_on.push(JobId(*id));
+        }
+    }
+    if depends_on.len() > Workflow::MAX_DEPENDENCIES {
+        return Err(unprocessable(format!(
+            "depends_on names at most {} jobs",
+            Workflow::MAX_DEPENDENCIES
+        )));
+    }
     Ok((
         kind,
         Submitted {
@@ -207,6 +224,10 @@ pub(crate) fn validate(state: &AppState, req: &SubmitJob) -> ApiResult<Validated
                 rate_limit,
             },
             schedule: None,
+            workflow: Workflow {
+                depends_on,
+                ..Workflow::default()
+            },
         },
         host,
     ))
@@ -225,7 +246,102 @@ pub(crate) fn check_for_schedule(req: &SubmitJob) -> ApiResult<()> {
             "a schedule's jobs take no `idempotency_key`: each tick's job has an id of its own",
         ));
     }
+    if req.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unprocessable(
+            "a schedule's jobs take no `depends_on`: each tick's job starts on its own",
+        ));
+    }
     Ok(())
+}
+
+impl SubmitJob {
+    /// A job of `kind` with nothing else set.
+    pub(crate) fn of_kind(kind: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            payload: None,
+            max_attempts: None,
+            timeout_ms: None,
+            run_at: None,
+            webhook: None,
+            priority: None,
+            concurrency: None,
+            rate_limit: None,
+            depends_on: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Whether it carries an idempotency key of its own (in its body).
+    pub(crate) fn has_own_key(&self) -> bool {
+        self.idempotency_key.is_some()
+    }
+}
+
+/// Seals batch `batch` (a job of `kind`): `job.sealed`, stored once whatever the repeats.
+pub(crate) async fn seal(
+    state: &AppState,
+    tenant: &Tenant,
+    batch: JobId,
+    kind: &JobKind,
+    trace: TraceParent,
+) -> ApiResult<()> {
+    state
+        .bus
+        .publish_transition(
+            &envelope(batch, tenant, kind, Some(trace)),
+            lifecycle::seal(batch, Utc::now()),
+        )
+        .await
+        .map_err(ApiError::bus)?;
+    Ok(())
+}
+
+/// Refuses dependencies that name no job of `tenant`'s (422): each must be in the read model or,
+/// submitted a moment ago, in the log. A job can depend only on jobs submitted before it, so no
+/// cycle can form.
+pub(crate) async fn check_dependencies(
+    state: &AppState,
+    tenant: &Tenant,
+    depends_on: &[JobId],
+) -> ApiResult<()> {
+    if depends_on.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = depends_on.iter().map(|d| d.0).collect();
+    let known: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE tenant = $1 AND id = ANY($2)")
+            .bind(tenant.as_str())
+            .bind(&ids)
+            .fetch_all(&state.db)
+            .await
+            .map_err(ApiError::db)?;
+    for dep in depends_on.iter().filter(|d| !known.contains(&d.0)) {
+        if reads::submitted_event(state, tenant, *dep).await?.is_none() {
+            return Err(unprocessable(format!(
+                "depends_on: no job {dep} (a job can depend only on jobs of its tenant already submitted)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Which id a submission's job gets.
+#[derive(Debug, Clone)]
+pub(crate) enum Identity {
+    /// A new one.
+    New,
+    /// The one its idempotency key holds (a new one on the key's first use).
+    Key(String),
+    /// One the caller derived, the same on every repeat of the request (a batch's members):
+    /// a job already in the log under it is a repeat.
+    Given(JobId),
+}
+
+impl From<Option<String>> for Identity {
+    fn from(key: Option<String>) -> Self {
+        key.map_or(Self::New, Self::Key)
+    }
 }
 
 /// The idempotency key of a submission: `given` apart (the `Idempotency-Key` header's bytes),
@@ -257,11 +373,11 @@ struct Claimed {
 
 /// Claims an `Idempotency-Key` for a new job, or returns the job that already holds it.
 /// Returns `(job, created_at, fresh)`.
-async fn claim_key(
+pub(crate) async fn claim_key(
     state: &AppState,
     tenant: &Tenant,
     key: &str,
-    req: &SubmitJob,
+    req: &impl Serialize,
 ) -> ApiResult<(JobId, DateTime<Utc>, bool)> {
     let request = hex::encode(Sha256::digest(
         serde_json::to_vec(req).expect("a request serialises"),
@@ -317,14 +433,18 @@ pub(crate) async fn accept(
     state: &AppState,
     tenant: &Tenant,
     trace: &TraceParent,
-    key: Option<String>,
+    identity: Identity,
     req: &SubmitJob,
     kind: JobKind,
     job: Submitted,
 ) -> ApiResult<Receipt> {
-    let (id, created_at, fresh) = match key {
-        None => (JobId::new(), Utc::now(), true),
-        Some(key) => claim_key(state, tenant, &key, req).await?,
+    let (id, created_at, fresh) = match identity {
+        Identity::New => (JobId::new(), Utc::now(), true),
+        Identity::Key(key) => claim_key(state, tenant, &key, req).await?,
+        Identity::Given(id) => match reads::submitted_event(state, tenant, id).await? {
+            Some((_, ev)) => (id, ev.time, false),
+            None => (id, Utc::now(), true),
+        },
     };
     tracing::Span::current().record("job_id", tracing::field::display(id));
     let known = if fresh {

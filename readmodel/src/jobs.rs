@@ -58,6 +58,14 @@ pub struct JobRow {
     /// While it waits: why the scheduler holds it back (the data of its attempt's latest
     /// `job.waiting`, with the event's `time` as `since`).
     pub waiting: Option<Value>,
+    /// The batch it is a member of.
+    pub batch: Option<Uuid>,
+    /// The jobs it waits for (a JSON array of ids), if any.
+    pub depends_on: Option<Value>,
+    /// Whether it is a batch (its id is the batch's; it runs as the batch's callback).
+    pub is_batch: bool,
+    /// When its batch was sealed (a batch).
+    pub sealed_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
@@ -90,6 +98,11 @@ impl JobRow {
             last_seq: seq,
             priority: job.scheduling.priority,
             waiting: None,
+            batch: job.workflow.batch.map(|b| b.0),
+            depends_on: (!job.workflow.depends_on.is_empty())
+                .then(|| json!(job.workflow.depends_on)),
+            is_batch: job.workflow.is_batch,
+            sealed_at: None,
         }
     }
 }
@@ -116,7 +129,7 @@ impl TryFrom<StoredStatus> for JobStatus {
 /// The columns of [`JobRow`], in its order.
 pub const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
     progress, result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
-    finished_at, updated_at, last_seq, priority, waiting";
+    finished_at, updated_at, last_seq, priority, waiting, batch, depends_on, is_batch, sealed_at";
 
 /// The live row of job `id` of `tenant`.
 pub async fn find(

@@ -8,6 +8,7 @@
 //! - [`versions`]: each version of the projections lives in its own schema ([`schema`]); the
 //!   names the API reads are views onto the live one, `read_model_versions` says which is live
 //!   and which is being built.
+//! - [`workflows`]: a batch's members and progress, and how the jobs others wait for ended.
 //! - [`checkpoints`]: per projection and version, the last EVENTS sequence applied.
 //! - [`MIGRATOR`]: the migrations (`migrations/` at the repository root).
 //!
@@ -20,6 +21,7 @@ pub mod projection;
 pub mod stats;
 pub mod timeline;
 pub mod versions;
+pub mod workflows;
 
 pub use jobs::JobRow;
 pub use projection::Projection;

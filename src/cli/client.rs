@@ -227,7 +227,7 @@ pub(super) struct Target {
 pub(super) enum JobsCommand {
     /// Submit a job, or (with `--file`) many, in batches of 1,000.
     Submit {
-        /// Job kind (`noop`, `sleep`, `flaky`, `fail`, `report.job_stats`, …).
+        /// Job kind (`noop`, `sleep`, `flaky`, `fail`, `batch`, `report.job_stats`, …).
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         kind: Option<String>,
         /// Submit the jobs of a JSON Lines file (`-` for stdin): one `POST /v1/jobs` body per
@@ -261,6 +261,10 @@ pub(super) enum JobsCommand {
         /// How many jobs with `--concurrency-key` may run at once.
         #[arg(long, requires = "concurrency_key", default_value_t = 1)]
         concurrency_limit: u32,
+        /// A job that must end first (repeat for several); if one does not succeed, this one
+        /// is cancelled unrun.
+        #[arg(long = "depends-on", value_name = "JOB_ID")]
+        depends_on: Vec<String>,
     },
     /// Show a job.
     Get {
@@ -631,13 +635,57 @@ async fn watch(c: &Client, id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Submits a JSON Lines file of jobs in batches, as fast as the tenant's rate allows: a `429` or
-/// `503` is waited out (`Retry-After`, said on stderr) and the batch sent again, a batch larger
-/// than the tenant may send at once is split. A line without an `idempotency_key` gets one made
-/// from its number and content, so running the same file again (within the 24 h the keys are
-/// kept) adds only what did not get in. Refused lines are reported on stderr; a summary ends the
-/// run, also when it stops early.
-async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+pub(super) enum BatchesCommand {
+    /// Submit the jobs of a JSON Lines file (`-` for stdin) as one batch, in pages of 1,000,
+    /// then seal it; the callback runs once every member has ended.
+    Submit {
+        /// One `POST /v1/jobs` body per line (no `idempotency_key`).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The callback's kind (default: the built-in `batch`, whose result is the counts).
+        #[arg(long)]
+        callback: Option<String>,
+        /// The callback's payload as JSON.
+        #[arg(long, requires = "callback")]
+        callback_payload: Option<String>,
+    },
+    /// Show a batch and its members' progress.
+    Get {
+        /// Batch id.
+        id: String,
+    },
+    /// List a batch's members.
+    Jobs {
+        /// Batch id.
+        id: String,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Seal an open batch: no member can be added, its callback runs once all have ended.
+    Seal {
+        /// Batch id.
+        id: String,
+    },
+    /// Cancel a batch: its callback, and every member not ended yet.
+    Cancel {
+        /// Batch id.
+        id: String,
+    },
+}
+
+/// Reads a JSON Lines file of jobs (`-`: stdin), skipping blank lines: each job with its line's
+/// number and text.
+fn read_jobs(file: &std::path::Path) -> anyhow::Result<Vec<(usize, String, Value)>> {
     use std::io::BufRead as _;
     let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -652,19 +700,146 @@ async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut job: Value = serde_json::from_str(&line)
+        let job = serde_json::from_str(&line)
             .with_context(|| format!("line {}: not JSON (one job object per line)", n + 1))?;
+        jobs.push((n + 1, line, job));
+    }
+    Ok(jobs)
+}
+
+/// A call answered `429` or `503` is sent again after the `Retry-After` the server asks for (said
+/// on stderr), up to 60 times: how a page of many waits for the tenant's rate.
+async fn call_patiently(
+    c: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Value> {
+    let mut waits = 0;
+    loop {
+        match c.call(method.clone(), path, body, headers).await {
+            Ok(out) => return Ok(out),
+            Err(e) => {
+                let failure = e.downcast_ref::<crate::client::ApiFailure>().cloned();
+                match failure {
+                    Some(f) if matches!(f.status, 429 | 503) && waits < 60 => {
+                        let wait = f.retry_after.unwrap_or(Duration::from_secs(1));
+                        eprintln!(
+                            "{} {}: waiting {} s as the server asks (Retry-After)",
+                            f.status,
+                            f.detail,
+                            wait.as_secs()
+                        );
+                        tokio::time::sleep(wait).await;
+                        waits += 1;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn batches(target: Target, command: BatchesCommand) -> anyhow::Result<()> {
+    let c = client(&target)?;
+    let out = match command {
+        BatchesCommand::Submit {
+            file,
+            callback,
+            callback_payload,
+        } => {
+            let jobs: Vec<Value> = read_jobs(&file)?.into_iter().map(|(_, _, j)| j).collect();
+            let mut pages = jobs.chunks(producers::MAX_BATCH);
+            let mut body = json!({ "jobs": pages.next().unwrap_or_default(), "seal": false });
+            if let Some(kind) = callback {
+                body["callback"] = json!({ "kind": kind });
+                if let Some(p) = callback_payload {
+                    body["callback"]["payload"] = serde_json::from_str(&p).context(
+                        "--callback-payload is not valid JSON (e.g. '{\"to\": \"ops\"}')",
+                    )?;
+                }
+            }
+            // Each page under an idempotency key of its own: a page retried after a lost answer
+            // adds its members once.
+            let run = uuid::Uuid::now_v7();
+            let key = format!("batch-{run}");
+            let created = c
+                .call(
+                    Method::POST,
+                    "/v1/batches",
+                    Some(&body),
+                    &[("Idempotency-Key", &key)],
+                )
+                .await?;
+            let id = created["id"]
+                .as_str()
+                .context("the server answered no batch id")?
+                .to_owned();
+            for (n, page) in pages.enumerate() {
+                let key = format!("batch-{run}-page-{}", n + 1);
+                call_patiently(
+                    &c,
+                    Method::POST,
+                    &format!("/v1/batches/{id}/jobs"),
+                    Some(&json!({ "jobs": page })),
+                    &[("Idempotency-Key", &key)],
+                )
+                .await?;
+            }
+            c.call(Method::POST, &format!("/v1/batches/{id}/seal"), None, &[])
+                .await?
+        }
+        BatchesCommand::Get { id } => {
+            c.call(Method::GET, &format!("/v1/batches/{id}"), None, &[])
+                .await?
+        }
+        BatchesCommand::Jobs {
+            id,
+            status,
+            limit,
+            cursor,
+            output,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            q.extend(status.map(|s| format!("status={s}")));
+            q.extend(cursor.map(|c| format!("cursor={c}")));
+            let path = format!("/v1/batches/{id}/jobs?{}", q.join("&"));
+            let page = c.call(Method::GET, &path, None, &[]).await?;
+            return Ok(output.print(&page, View::Jobs)?);
+        }
+        BatchesCommand::Seal { id } => {
+            c.call(Method::POST, &format!("/v1/batches/{id}/seal"), None, &[])
+                .await?
+        }
+        BatchesCommand::Cancel { id } => {
+            c.call(Method::POST, &format!("/v1/batches/{id}/cancel"), None, &[])
+                .await?
+        }
+    };
+    print(&out);
+    Ok(())
+}
+
+/// Submits a JSON Lines file of jobs in batches, as fast as the tenant's rate allows: a `429` or
+/// `503` is waited out (`Retry-After`, said on stderr) and the batch sent again, a batch larger
+/// than the tenant may send at once is split. A line without an `idempotency_key` gets one made
+/// from its number and content, so running the same file again (within the 24 h the keys are
+/// kept) adds only what did not get in. Refused lines are reported on stderr; a summary ends the
+/// run, also when it stops early.
+async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    let mut jobs = Vec::new();
+    for (n, line, mut job) in read_jobs(file)? {
         if let Some(fields) = job.as_object_mut() {
             if !fields.contains_key("idempotency_key") {
-                let digest =
-                    <sha2::Sha256 as sha2::Digest>::digest(format!("{}:{line}", n + 1).as_bytes());
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{n}:{line}").as_bytes());
                 fields.insert(
                     "idempotency_key".into(),
-                    json!(format!("line-{}-{}", n + 1, &hex::encode(digest)[..32])),
+                    json!(format!("line-{n}-{}", &hex::encode(digest)[..32])),
                 );
             }
         }
-        jobs.push((n + 1, job));
+        jobs.push((n, job));
     }
     let total = jobs.len();
     let mut tally = Tally::default();
@@ -789,9 +964,13 @@ pub(super) async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result
             priority,
             concurrency_key,
             concurrency_limit,
+            depends_on,
             file: None,
         } => {
             let mut body = json!({ "kind": kind });
+            if !depends_on.is_empty() {
+                body["depends_on"] = json!(depends_on);
+            }
             if let Some(p) = priority {
                 body["priority"] = json!(p);
             }

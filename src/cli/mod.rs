@@ -206,6 +206,13 @@ enum Command {
         #[command(subcommand)]
         command: client::KindsCommand,
     },
+    /// Batches: jobs submitted together, with a callback once all have ended (through the API).
+    Batches {
+        #[command(flatten)]
+        target: client::Target,
+        #[command(subcommand)]
+        command: client::BatchesCommand,
+    },
     /// Cron and interval schedules: each tick submits a job, once (through the API).
     Schedules {
         #[command(flatten)]
@@ -304,6 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { target, command } => client::jobs(target, command).await,
         Command::Events { command } => log::events(command).await,
         Command::Kinds { target, command } => client::kinds(target, command).await,
+        Command::Batches { target, command } => client::batches(target, command).await,
         Command::Schedules { target, command } => client::schedules(target, command).await,
         Command::Tenants { target, command } => client::tenants(target, command).await,
         Command::Webhooks { target, command } => client::webhooks(target, command).await,

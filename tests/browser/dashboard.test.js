@@ -321,6 +321,35 @@ test('job page: a held job shows why it waits and its priority, live; once it ru
   }
 });
 
+test('job page: a batch shows its members' progress live, a member links to its batch, a dependent to its dependencies', async () => {
+  const call = (path, opts) => conveyor.call(token, path, opts);
+  // An open batch: its callback waits for the seal and for every member.
+  const made = await call('/v1/batches', { method: 'POST', body: { jobs: [{ kind: 'noop' }, { kind: 'noop' }], seal: false } });
+  assert.equal(made.status, 202, JSON.stringify(made.body));
+  const { id, jobs: [first] } = made.body;
+  const dependent = (await call('/v1/jobs', { method: 'POST', body: { kind: 'noop', depends_on: [first] } })).body.id;
+  await page.goto(`${conveyor.url}/#/jobs/${id}`);
+  await heading(/^Job /).waitFor();
+  const facts = () => page.locator('.facts').evaluate((dl) => Object.fromEntries([...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
+  await page.locator('.facts .members').getByText('2 succeeded, 0 failed, 0 cancelled of 2 (open: more may come)', { exact: true }).waitFor({ timeout: WAIT });
+  await page.locator('.facts .waiting[data-reason="batch"]').waitFor({ timeout: WAIT });
+  await shot('4d-batch-open');
+  assert.equal((await call(`/v1/batches/${id}/seal`, { method: 'POST' })).status, 200);
+  await page.locator('.title .badge.s-succeeded').waitFor({ timeout: WAIT });
+  await page.locator('.facts .members').getByText('2 succeeded, 0 failed, 0 cancelled of 2', { exact: true }).waitFor({ timeout: WAIT });
+  const types = await page.locator('.timeline li').evaluateAll((lis) => lis.map((li) => li.dataset.type));
+  assert.deepEqual(types.filter((t) => t !== 'job.waiting'), ['job.submitted', 'job.sealed', 'job.started', 'job.succeeded']);
+
+  await page.goto(`${conveyor.url}/#/jobs/${dependent}`);
+  await heading(/^Job /).waitFor();
+  await page.locator('.facts .depends-on a').waitFor();
+  assert.equal((await facts())['Depends on'], `…${first.slice(-12)}`);
+  await page.locator('.facts .depends-on a').click();
+  await page.locator('.facts dt', { hasText: 'Batch' }).waitFor();
+  assert.equal((await facts()).Batch, `…${id.slice(-12)}`);
+  noProblems();
+});
+
 test('operations: projections rebuild with progress; consumers; charts from /metrics', async () => {
   await nav('Operations').click();
   await heading('Operations').waitFor();

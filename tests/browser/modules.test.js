@@ -143,6 +143,28 @@ test('job fold: job.waiting says why the attempt to start waits, until it starts
   );
 });
 
+test('job fold: workflows: what a job waits for, a batch sealed, a dependent cancelled for its dependency', () => {
+  const ce = (type, data, time, subject = 'b1') => ({ type: `dev.conveyor.job.${type}`, subject, jobkind: 'batch', time, data });
+  const batch = fromSubmitted(ce('submitted', { max_attempts: 3, is_batch: true }, '2026-01-01T00:00:00Z'), 1);
+  assert.deepEqual([batch.is_batch, batch.batch, batch.depends_on], [true, null, null]);
+  apply(batch, ce('waiting', { attempt: 1, reason: 'batch' }, '2026-01-01T00:00:01Z'), 2);
+  assert.equal(waitingReason(batch.waiting), "its batch's members have not all ended");
+  assert.equal(apply(batch, ce('sealed', {}, '2026-01-01T00:00:02Z'), 3), true);
+  assert.equal(batch.sealed_at, '2026-01-01T00:00:02Z');
+  assert.equal(batch.status, 'queued', 'sealing changes no status');
+  assert.equal(summary(ce('sealed', {})), 'batch sealed: no more members');
+  const member = fromSubmitted(ce('submitted', { max_attempts: 1, batch: 'b1' }, '2026-01-01T00:00:00Z', 'm1'), 4);
+  assert.equal(member.batch, 'b1');
+  const dependent = fromSubmitted(ce('submitted', { max_attempts: 1, depends_on: ['a', 'b'] }, '2026-01-01T00:00:00Z', 'd1'), 5);
+  assert.deepEqual(dependent.depends_on, ['a', 'b']);
+  apply(dependent, ce('waiting', { attempt: 1, reason: 'dependencies' }, '2026-01-01T00:00:01Z', 'd1'), 6);
+  assert.equal(waitingReason(dependent.waiting), 'jobs it depends on have not all ended');
+  const why = { reason: 'dependency a failed' };
+  apply(dependent, ce('cancelled', why, '2026-01-01T00:00:02Z', 'd1'), 7);
+  assert.deepEqual([dependent.status, 'waiting' in dependent], ['cancelled', false]);
+  assert.equal(summary(ce('cancelled', why)), 'dependency a failed');
+});
+
 test('schedules: a timing reads as its cron and time zone, or its interval exactly', () => {
   assert.equal(timing({ cron: '0 30 2 * * *', timezone: 'Europe/Paris' }), '0 30 2 * * * (Europe/Paris)');
   assert.equal(timing({ cron: '*/5 * * * *' }), '*/5 * * * * (UTC)');

@@ -66,6 +66,7 @@ pub(crate) async fn check(
                     Expect::Succeeded => s == "succeeded",
                     Expect::Failed => s == "failed",
                     Expect::CancelledOrSucceeded => s == "cancelled" || s == "succeeded",
+                    Expect::Cancelled => s == "cancelled",
                 };
                 if !ok {
                     v.push(format!("job {} ended {s}, expected {:?}", a.id, a.expect));
@@ -120,6 +121,10 @@ pub(crate) async fn check(
     report.push((
         "the schedule submitted one job per tick, none missing",
         schedule_ticks(&log),
+    ));
+    report.push((
+        "each batch callback and dependent job started once, only after its conditions held",
+        workflows(&log),
     ));
 
     let rows: Vec<i64> = sqlx::query_scalar("SELECT seq FROM job_events ORDER BY seq")
@@ -255,6 +260,108 @@ fn schedule_ticks(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
     for pair in at.windows(2) {
         if (*pair[1] - *pair[0]).num_milliseconds() != 1000 {
             v.push(format!("ticks missing between {} and {}", pair[0], pair[1]));
+        }
+    }
+    v
+}
+
+/// Dependent jobs and batch callbacks, from the log: a dependent starts once (one `job.started`
+/// in all), after every dependency's terminal event, and only if each succeeded (else it is
+/// cancelled unrun); a callback starts once, after its batch's seal and every member's terminal
+/// event, and its result counts them as the log does.
+fn workflows(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
+    use events::job::Workflow;
+    let mut workflow: HashMap<String, Workflow> = HashMap::new();
+    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    let mut ends: HashMap<String, (i64, &'static str)> = HashMap::new();
+    // Each start's sequence and attempt (a fault may store a `job.started` twice).
+    let mut starts: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
+    let mut sealed: HashMap<String, i64> = HashMap::new();
+    let mut results: HashMap<String, Value> = HashMap::new();
+    for (seq, ev) in log {
+        let job = ev.job.to_string();
+        match &ev.payload {
+            JobEvent::Submitted(s) => {
+                if let Some(batch) = s.workflow.batch {
+                    members
+                        .entry(batch.to_string())
+                        .or_default()
+                        .push(job.clone());
+                }
+                if s.workflow.waits() {
+                    workflow.insert(job, s.workflow.clone());
+                }
+            }
+            JobEvent::Started(s) => starts.entry(job).or_default().push((*seq, s.attempt)),
+            JobEvent::Sealed(_) => {
+                sealed.entry(job).or_insert(*seq);
+            }
+            JobEvent::Succeeded(s) => {
+                ends.insert(job.clone(), (*seq, "succeeded"));
+                if let Some(r) = &s.result {
+                    results.insert(job, r.clone());
+                }
+            }
+            JobEvent::DeadLettered(_) => {
+                ends.insert(job, (*seq, "failed"));
+            }
+            JobEvent::Cancelled(_) => {
+                ends.insert(job, (*seq, "cancelled"));
+            }
+            _ => {}
+        }
+    }
+    let mut v = Vec::new();
+    for (job, w) in &workflow {
+        let started = starts.get(job).cloned().unwrap_or_default();
+        let attempts: BTreeSet<u32> = started.iter().map(|(_, a)| *a).collect();
+        let deps_ok = w.depends_on.iter().all(|d| {
+            ends.get(&d.to_string())
+                .is_some_and(|(_, s)| *s == "succeeded")
+        });
+        if attempts.len() > 1 {
+            v.push(format!("job {job} started {} attempts", attempts.len()));
+        }
+        let Some(&(first, _)) = started.first() else {
+            if deps_ok && !w.is_batch {
+                v.push(format!(
+                    "job {job} never started though its dependencies succeeded"
+                ));
+            }
+            continue;
+        };
+        for dep in &w.depends_on {
+            match ends.get(&dep.to_string()) {
+                Some((at, "succeeded")) if *at < first => {}
+                other => v.push(format!(
+                    "job {job} started at {first} though dependency {dep} ended {other:?}"
+                )),
+            }
+        }
+        if w.is_batch {
+            if sealed.get(job).is_none_or(|at| *at >= first) {
+                v.push(format!(
+                    "callback {job} started at {first} before its batch was sealed"
+                ));
+            }
+            let of = members.get(job).cloned().unwrap_or_default();
+            let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+            for m in &of {
+                match ends.get(m) {
+                    Some((at, status)) if *at < first => *counts.entry(status).or_default() += 1,
+                    other => v.push(format!(
+                        "callback {job} started at {first} though member {m} ended {other:?}"
+                    )),
+                }
+            }
+            if let Some(result) = results.get(job) {
+                let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+                let want = serde_json::json!({ "total": of.len(), "succeeded": n("succeeded"),
+                                               "failed": n("failed"), "cancelled": n("cancelled") });
+                if *result != want {
+                    v.push(format!("callback {job} saw {result}, the log has {want}"));
+                }
+            }
         }
     }
     v

@@ -31,6 +31,8 @@ pub(crate) enum Expect {
     Failed,
     /// A cancel was requested while it ran: cancelled, or succeeded if it finished first.
     CancelledOrSucceeded,
+    /// A job it depends on fails: cancelled unrun.
+    Cancelled,
 }
 
 /// A job the API accepted.
@@ -91,6 +93,10 @@ impl Load {
                 let mut accepted = Vec::new();
                 let mut cancels = JoinSet::new();
                 while !stop.load(Ordering::Relaxed) {
+                    if rng.random_bool(0.04) {
+                        accepted.extend(client.workflow(&mut rng).await);
+                        continue;
+                    }
                     let (body, expect, cancel) = pick_job(&mut rng);
                     let webhook = rng.random_bool(0.2);
                     let mut body = body;
@@ -227,15 +233,26 @@ enum Answer {
 
 impl Client {
     async fn post(&self, rng: &mut StdRng, path: &str, body: &Value) -> Answer {
+        self.post_with(rng, path, body, None).await
+    }
+
+    async fn post_with(
+        &self,
+        rng: &mut StdRng,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Answer {
         let url = &self.urls[rng.random_range(0..self.urls.len())];
-        match self
+        let mut req = self
             .http
             .post(format!("{url}{path}"))
             .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-        {
+            .json(body);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        match req.send().await {
             Ok(res) => {
                 let status = res.status().as_u16();
                 Answer::Status(status, res.json().await.unwrap_or(Value::Null))
@@ -277,6 +294,82 @@ impl Client {
         }
         self.tally.add("submissions given up");
         None
+    }
+
+    /// A small workflow: a batch of five (one member fails) with the built-in callback, a job
+    /// depending on a job that succeeds, and one depending on a job that fails.
+    async fn workflow(&self, rng: &mut StdRng) -> Vec<Accepted> {
+        let mut accepted = Vec::new();
+        let accept = |id: String, expect: Expect| Accepted {
+            id,
+            expect,
+            webhook: false,
+        };
+        let members = json!({ "jobs": [
+            { "kind": "noop" }, { "kind": "noop" },
+            { "kind": "sleep", "payload": { "ms": rng.random_range(50..500) } },
+            { "kind": "flaky", "max_attempts": 3, "payload": { "fail_times": 1 } },
+            { "kind": "fail", "max_attempts": 1 },
+        ] });
+        let key = uuid::Uuid::new_v4().to_string();
+        for _ in 0..60 {
+            match self
+                .post_with(rng, "/v1/batches", &members, Some(&key))
+                .await
+            {
+                Answer::Status(202 | 200, b) => {
+                    self.tally.add("batches accepted");
+                    let ids = b["jobs"].as_array().cloned().unwrap_or_default();
+                    for (i, id) in ids.iter().enumerate() {
+                        let expect = if i == 4 {
+                            Expect::Failed
+                        } else {
+                            Expect::Succeeded
+                        };
+                        accepted.push(accept(id.as_str().unwrap_or_default().into(), expect));
+                    }
+                    accepted.push(accept(
+                        b["id"].as_str().unwrap_or_default().into(),
+                        Expect::Succeeded,
+                    ));
+                    break;
+                }
+                Answer::Status(429 | 503, _) | Answer::Lost => {}
+                Answer::Status(s, b) => {
+                    self.violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("a batch answered {s}: {b}"));
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let keyed = |body: Value| {
+            let mut body = body;
+            body["idempotency_key"] = json!(uuid::Uuid::new_v4().to_string());
+            body
+        };
+        for (first, expect) in [
+            (json!({ "kind": "noop" }), Expect::Succeeded),
+            (json!({ "kind": "fail", "max_attempts": 1 }), Expect::Failed),
+        ] {
+            let Some(dep) = self.submit(&keyed(first), rng).await else {
+                continue;
+            };
+            accepted.push(accept(dep.clone(), expect));
+            let then = keyed(json!({ "kind": "noop", "depends_on": [dep] }));
+            if let Some(id) = self.submit(&then, rng).await {
+                let expect = if expect == Expect::Failed {
+                    Expect::Cancelled
+                } else {
+                    Expect::Succeeded
+                };
+                self.tally.add("dependent jobs accepted");
+                accepted.push(accept(id, expect));
+            }
+        }
+        accepted
     }
 
     /// Sends an accepted submission again on purpose: it must answer 200 with the same job.

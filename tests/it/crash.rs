@@ -176,6 +176,7 @@ async fn a_submission_whose_run_command_was_lost_is_run_by_the_audit() {
             webhook: None,
             scheduling: Default::default(),
             schedule: None,
+            workflow: Default::default(),
         }),
     );
     env.publish_event(&ev).await;

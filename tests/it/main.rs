@@ -29,6 +29,7 @@ mod tracing;
 mod webhook_targets;
 mod webhooks;
 mod workers;
+mod workflows;
 
 /// This build's `conveyor` binary and scratch folder, for the harness.
 pub(crate) const BUILD: testkit::Build = testkit::build!();

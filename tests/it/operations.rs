@@ -209,9 +209,16 @@ async fn kinds_registered_by_workers_are_accepted_and_validated() {
         .collect();
     assert_eq!(
         kinds,
-        ["fail", "flaky", "noop", "report.job_stats", "sleep"]
+        [
+            "batch",
+            "fail",
+            "flaky",
+            "noop",
+            "report.job_stats",
+            "sleep"
+        ]
     );
-    let sleep = &body["items"][4];
+    let sleep = &body["items"][5];
     assert_eq!(sleep["builtin"], true);
     assert_eq!(sleep["schema"]["required"], json!(["ms"]));
 

@@ -201,6 +201,7 @@ async fn the_readme_usage_runs_as_written() {
             );
         }
         let submits = command.contains("jobs submit ") && !command.contains("--file")
+            || command.contains("batches submit ")
             || command.contains("-X POST $CONVEYOR_URL/v1/jobs");
         if submits {
             last_id = Some(

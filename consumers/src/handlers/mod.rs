@@ -1,12 +1,14 @@
 //! The built-in job kinds. Each is a [`Handler`](crate::Handler) in its own file; adding a kind
 //! is a new file and one line in [`register_builtin`].
 
+mod batch;
 mod fail;
 mod flaky;
 mod job_stats;
 mod noop;
 mod sleep;
 
+pub use batch::Batch;
 pub use fail::Fail;
 pub use flaky::Flaky;
 pub use job_stats::JobStats;
@@ -22,6 +24,7 @@ pub fn register_builtin(registry: Registry) -> Registry {
         .register("sleep", Sleep)
         .register("flaky", Flaky)
         .register("fail", Fail)
+        .register("batch", Batch)
         .register("report.job_stats", JobStats)
 }
 

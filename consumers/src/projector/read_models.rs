@@ -107,6 +107,9 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
     let attempt = |a: u32| i32::try_from(a).unwrap_or(i32::MAX);
     match &ev.payload {
         JobEvent::Submitted(_) | JobEvent::CancelRequested(_) => {}
+        JobEvent::Sealed(_) => {
+            row.sealed_at.get_or_insert(ev.time);
+        }
         JobEvent::Started(s) => {
             if attempt(s.attempt) >= row.attempt {
                 row.attempt = attempt(s.attempt);
@@ -305,14 +308,15 @@ pub(crate) async fn write(
                $6::int4[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                $12::jsonb[], $13::text[], $14::timestamptz[], $15::text[], $16::timestamptz[],
                $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::int8[], $21::int4[],
-               $22::jsonb[])
+               $22::jsonb[], $23::uuid[], $24::jsonb[], $25::bool[], $26::timestamptz[])
              ON CONFLICT (id) DO UPDATE SET
                status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
                progress = EXCLUDED.progress,
                result = EXCLUDED.result, result_ref = EXCLUDED.result_ref, error = EXCLUDED.error,
                run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
-               last_seq = EXCLUDED.last_seq, waiting = EXCLUDED.waiting"
+               last_seq = EXCLUDED.last_seq, waiting = EXCLUDED.waiting,
+               sealed_at = EXCLUDED.sealed_at"
         ))
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -336,6 +340,10 @@ pub(crate) async fn write(
         .bind(jobs.iter().map(|j| j.last_seq).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
         .bind(col(|j| j.waiting.clone()))
+        .bind(jobs.iter().map(|j| j.batch).collect::<Vec<_>>())
+        .bind(col(|j| j.depends_on.clone()))
+        .bind(jobs.iter().map(|j| j.is_batch).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.sealed_at).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -409,6 +417,7 @@ mod tests {
                 webhook: None,
                 scheduling: Default::default(),
                 schedule: None,
+                workflow: Default::default(),
             }),
         )
     }
@@ -444,6 +453,37 @@ mod tests {
                 key: Some("acct".into()),
             }),
         )
+    }
+
+    #[test]
+    fn a_batch_and_its_members_carry_their_workflow_and_the_seal_sticks() {
+        let (batch, dep) = (JobId::new(), JobId::new());
+        let mut callback = submitted(batch);
+        if let JobEvent::Submitted(s) = &mut callback.payload {
+            s.workflow.is_batch = true;
+            s.workflow.depends_on = vec![dep];
+        }
+        let row = apply(None, 1, &callback).unwrap();
+        assert!(row.is_batch);
+        assert_eq!(row.depends_on, Some(json!([dep])));
+        assert_eq!(row.sealed_at, None);
+        let seal = ev(batch, JobEvent::Sealed(Sealed {}));
+        let row = apply(Some(row), 2, &seal).unwrap();
+        let at = row.sealed_at.expect("sealed");
+        assert_eq!(row.status, JobStatus::Queued, "a seal moves no status");
+        // Sealed twice (a repeat past the duplicate window): the first time stands.
+        let again = ev(batch, JobEvent::Sealed(Sealed {}));
+        assert_eq!(apply(Some(row), 3, &again).unwrap().sealed_at, Some(at));
+
+        let mut member = submitted(JobId::new());
+        if let JobEvent::Submitted(s) = &mut member.payload {
+            s.workflow.batch = Some(batch);
+        }
+        let row = apply(None, 4, &member).unwrap();
+        assert_eq!(
+            (row.batch, row.is_batch, row.depends_on),
+            (Some(batch.0), false, None)
+        );
     }
 
     #[test]
@@ -536,7 +576,13 @@ mod tests {
             Sequenced::new(4, succeeded(job, 2)),
             Sequenced::new(
                 5,
-                ev(job, JobEvent::Cancelled(Cancelled { attempt: Some(1) })),
+                ev(
+                    job,
+                    JobEvent::Cancelled(Cancelled {
+                        attempt: Some(1),
+                        reason: None,
+                    }),
+                ),
             ),
         ];
         let batch = fold(HashMap::new(), &events, 0, 0);

@@ -27,6 +27,7 @@
 //! consumer (so every waiting command is delivered to it at once), counts the released commands
 //! still in the stream as attempts under way, and reads the pauses from their bucket.
 
+mod gates;
 pub mod queue;
 mod ticks;
 
@@ -76,6 +77,11 @@ const TELL_MOST: usize = 500;
 /// How long a job waits behind a higher priority or other tenants' turns before it is told so
 /// (a gate is told at once).
 const TELL_AFTER: Duration = Duration::from_secs(1);
+
+/// How often the jobs waiting for other jobs' ends are checked against the read model, and the
+/// most checked at once (the longest waiting first).
+const GATES: Duration = Duration::from_millis(250);
+const GATES_MOST: usize = 2000;
 
 /// How many concurrency keys the metrics show (the busiest).
 const KEY_METRICS: usize = 20;
@@ -153,7 +159,7 @@ pub async fn run(
         let term = shutdown.child_token();
         let began = std::time::Instant::now();
         let result = tokio::select! {
-            r = schedule(&bus, &settings, &term) => r,
+            r = schedule(&bus, &db, &settings, &term) => r,
             () = leadership::watch(&mut lock) => Ok(()),
         };
         term.cancel();
@@ -184,6 +190,7 @@ pub async fn run(
 /// What the active scheduler does until `term`.
 async fn schedule(
     bus: &Bus,
+    db: &PgPool,
     settings: &SchedulerSettings,
     term: &CancellationToken,
 ) -> crate::Result<()> {
@@ -272,6 +279,8 @@ async fn schedule(
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gating = tokio::time::interval(GATES);
+    gating.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut telling = tokio::time::interval(TELL_EVERY);
     telling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown_keys = Vec::new();
@@ -335,7 +344,7 @@ async fn schedule(
                             tracing::warn!("another scheduler took over; this one stops");
                             return Ok(());
                         }
-                        cancel_held(bus, &commands, &events, job).await?;
+                        end_held(bus, &commands, &events, job, None).await?;
                         changed = true;
                     }
                 }
@@ -382,6 +391,42 @@ async fn schedule(
                 }
                 metrics::gauge!("conveyor_scheduler_under_way").set(queues.running() as f64);
                 shown_keys = show_keys(&queues, shown_keys);
+            }
+            _ = gating.tick() => {
+                let blocked = queues.blocked(GATES_MOST);
+                if blocked.is_empty() {
+                    continue;
+                }
+                // The read model out of reach holds these jobs a little longer, never the term.
+                let verdicts = match gates::check(db, &blocked).await {
+                    Ok(verdicts) => verdicts,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduler: could not check what waiting jobs wait for");
+                        continue;
+                    }
+                };
+                if verdicts.is_empty() {
+                    continue;
+                }
+                if !bus.holds_scheduler_consumer(&consumer).await? {
+                    tracing::warn!("another scheduler took over; this one stops");
+                    return Ok(());
+                }
+                for verdict in verdicts {
+                    match verdict {
+                        gates::Verdict::Go(job, upstream) => {
+                            if let Some(body) = queues.body(job).and_then(|b| told(b, upstream)) {
+                                queues.unblock(job, body, Utc::now());
+                            }
+                        }
+                        gates::Verdict::Abandon(job, why) => {
+                            if let Some(held) = queues.withdraw(job) {
+                                end_held(bus, &commands, &events, held, Some(why)).await?;
+                            }
+                        }
+                    }
+                }
+                changed = true;
             }
             _ = telling.tick() => {
                 let after = chrono::Duration::from_std(TELL_AFTER).expect("short");
@@ -448,6 +493,7 @@ async fn arrive(
         reply: reply.clone(),
         arrived: Utc::now(),
         told: Vec::new(),
+        workflow: run.waits().then(|| run.workflow.clone()),
     };
     if bus::schedule::age(&msg).is_some_and(|age| age > LONG_HELD)
         && (bus
@@ -465,13 +511,32 @@ async fn arrive(
     Ok(())
 }
 
-/// Ends a held job whose cancel was requested, as a worker taking it would (`job.cancelled`,
-/// under the job's one terminal id), then acknowledges its command.
-async fn cancel_held(
+/// The command `body` telling the handler how what it waited for ended (`None`: it no longer
+/// decodes, and stays held).
+fn told(body: &bytes::Bytes, upstream: events::job::Upstream) -> Option<bytes::Bytes> {
+    let mut cmd = match bus::decode_command(None, body) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            tracing::error!(error = %e, "scheduler: a held command no longer decodes");
+            return None;
+        }
+    };
+    let Command::Run(run) = &mut cmd.payload else {
+        return None;
+    };
+    run.upstream = Some(Box::new(upstream));
+    Some(bytes::Bytes::from(cmd.to_json()))
+}
+
+/// Ends a held job, as a worker taking it would (`job.cancelled`, under the job's one terminal
+/// id), then acknowledges its command: its cancel was requested, or (`why`) a job it depended on
+/// did not succeed.
+async fn end_held(
     bus: &Bus,
     commands: &bus::jetstream::Stream,
     events: &bus::jetstream::Stream,
     job: Waiting,
+    why: Option<String>,
 ) -> crate::Result<()> {
     // A held command can be one already released (its acknowledgement lost with a scheduler
     // that has since gone, the release repeated under its id): then a worker has the job, or had
@@ -498,12 +563,21 @@ async fn cancel_held(
         return Ok(());
     };
     let attempt = events::lifecycle::Attempt::new(cmd.job, run.clone());
-    if let events::lifecycle::Start::Cancelled(transition) = attempt.start(Utc::now(), true, "") {
-        let to = bus::transition::JobEnvelope::of(ticks::SOURCE, &cmd);
-        bus.publish_transition(&to, transition).await?;
+    let to = bus::transition::JobEnvelope::of(ticks::SOURCE, &cmd);
+    match why {
+        Some(why) => {
+            tracing::info!(job_id = %job.job, reason = %why, "scheduler: a job whose dependency did not succeed is cancelled");
+            bus.publish_transition(&to, attempt.abandon(Utc::now(), why))
+                .await?;
+        }
+        None => {
+            if let events::lifecycle::Start::Cancelled(t) = attempt.start(Utc::now(), true, "") {
+                bus.publish_transition(&to, t).await?;
+            }
+            tracing::info!(job_id = %job.job, "scheduler: a held job was cancelled");
+        }
     }
     bus.acknowledge(&job.reply, AckKind::Ack).await?;
-    tracing::info!(job_id = %job.job, "scheduler: a held job was cancelled");
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use events::job::{ConcurrencyKey, RateLimit, WaitReason};
+use events::job::{ConcurrencyKey, RateLimit, WaitReason, Workflow};
 use events::{JobId, JobKind, Tenant};
 
 /// A waiting job's place in its tenant's line: higher priority first, then earlier arrival.
@@ -58,6 +58,9 @@ pub struct Waiting {
     pub arrived: DateTime<Utc>,
     /// The reasons it was told to wait already (see [`Queues::untold`]).
     pub told: Vec<WaitReason>,
+    /// What it waits for (other jobs' ends) before it may even be weighed: `None` once that
+    /// held, or if it waits for nothing.
+    pub workflow: Option<Workflow>,
 }
 
 impl Waiting {
@@ -167,6 +170,8 @@ pub struct Queues {
     kinds: HashMap<JobKind, KindQueue>,
     /// Jobs not yet due, by due time.
     delayed: BTreeSet<(DateTime<Utc>, u64, JobId)>,
+    /// Jobs waiting for other jobs' ends (their workflow), before anything else.
+    blocked: BTreeSet<(u64, JobId)>,
     keys: HashMap<KeyId, KeyState>,
     rates: HashMap<KeyId, RateState>,
     running: HashMap<JobId, Running>,
@@ -193,7 +198,7 @@ impl Queues {
 
     /// How many jobs wait, by what holds them: `due_later` (`run_at`, a retry's backoff),
     /// `concurrency_key`, `rate_limit`, `paused`, `tenant_cap`, and `ready` (only their turn).
-    pub fn waiting_by_reason(&self) -> [(&'static str, usize); 6] {
+    pub fn waiting_by_reason(&self) -> [(&'static str, usize); 8] {
         let (mut paused, mut capped, mut ready) = (0, 0, 0);
         for (kind, queue) in &self.kinds {
             for (tenant, line) in &queue.tenants {
@@ -204,7 +209,14 @@ impl Queues {
                 }
             }
         }
+        let batches = self
+            .blocked
+            .iter()
+            .filter(|(_, id)| self.waits_for_batch(*id))
+            .count();
         [
+            ("dependencies", self.blocked.len() - batches),
+            ("batch", batches),
             ("due_later", self.delayed.len()),
             (
                 "concurrency_key",
@@ -235,6 +247,19 @@ impl Queues {
         let untold = |w: &Waiting, reason: WaitReason| {
             !w.told.contains(&reason) && (reason.is_gate() || w.told.is_empty())
         };
+        for (_, id) in &self.blocked {
+            if found.len() >= most {
+                break;
+            }
+            let reason = if self.waits_for_batch(*id) {
+                WaitReason::Batch
+            } else {
+                WaitReason::Dependencies
+            };
+            if self.waiting.get(id).is_some_and(|w| untold(w, reason)) {
+                found.push((*id, reason, None));
+            }
+        }
         let lines = self
             .keys
             .iter()
@@ -379,6 +404,51 @@ impl Queues {
             .collect()
     }
 
+    /// Whether blocked job `id` is a batch's callback (waiting for its members).
+    fn waits_for_batch(&self, id: JobId) -> bool {
+        self.waiting
+            .get(&id)
+            .and_then(|w| w.workflow.as_ref())
+            .is_some_and(|w| w.is_batch)
+    }
+
+    /// The jobs waiting for other jobs' ends, oldest first, at most `most`.
+    pub fn blocked(&self, most: usize) -> Vec<(JobId, Tenant, Workflow)> {
+        self.blocked
+            .iter()
+            .filter_map(|(_, id)| {
+                let w = self.waiting.get(id)?;
+                Some((*id, w.tenant.clone(), w.workflow.clone()?))
+            })
+            .take(most)
+            .collect()
+    }
+
+    /// The command held for job `id`, as it would be released.
+    pub fn body(&self, id: JobId) -> Option<&Bytes> {
+        self.waiting.get(&id).map(|w| &w.body)
+    }
+
+    /// What it waited for has ended: blocked job `id` goes on (to its due time, its key, its
+    /// turn), to be released as `body` (its command, now telling how those jobs ended).
+    pub fn unblock(&mut self, id: JobId, body: Bytes, now: DateTime<Utc>) {
+        let Some(job) = self.waiting.get_mut(&id) else {
+            return;
+        };
+        if job.workflow.take().is_none() {
+            return;
+        }
+        job.body = body;
+        let (seq, due) = (job.seq, job.due.filter(|d| *d > now));
+        self.blocked.remove(&(seq, id));
+        match due {
+            Some(due) => {
+                self.delayed.insert((due, seq, id));
+            }
+            None => self.admit(id, now),
+        }
+    }
+
     /// Whether a round may release something at `now`: a candidate, a job come due, or a job
     /// waiting on a rate limit.
     pub fn wants_round(&self, now: DateTime<Utc>) -> bool {
@@ -452,7 +522,12 @@ impl Queues {
         let id = job.job;
         let due = job.due.filter(|d| *d > now);
         let seq = job.seq;
+        let blocked = job.workflow.is_some();
         self.waiting.insert(id, job);
+        if blocked {
+            self.blocked.insert((seq, id));
+            return replaced;
+        }
         match due {
             Some(due) => {
                 self.delayed.insert((due, seq, id));
@@ -759,6 +834,9 @@ impl Queues {
     fn forget(&mut self, id: JobId) -> Option<Waiting> {
         let job = self.waiting.remove(&id)?;
         let place = job.place();
+        if self.blocked.remove(&(job.seq, id)) {
+            return Some(job);
+        }
         let delayed = job
             .due
             .is_some_and(|due| self.delayed.remove(&(due, job.seq, id)));
@@ -812,12 +890,62 @@ mod tests {
             reply: String::new(),
             arrived: Utc::now() - chrono::Duration::seconds(10),
             told: Vec::new(),
+            workflow: None,
         }
     }
 
     fn drain(q: &mut Queues, now: DateTime<Utc>) -> Vec<Waiting> {
         let kind = JobKind::parse("work").unwrap();
         std::iter::from_fn(|| q.pick(&kind, now)).collect()
+    }
+
+    #[test]
+    fn a_job_waiting_for_others_is_weighed_only_once_let_go() {
+        let mut q = Queues::default();
+        let now = Utc::now();
+        let dep = JobId::new();
+        let mut held = job("a", 0, 9, Some(("acct", 1)));
+        held.workflow = Some(Workflow {
+            depends_on: vec![dep],
+            ..Workflow::default()
+        });
+        let id = held.job;
+        q.add(held, now);
+        let callback = Waiting {
+            workflow: Some(Workflow {
+                is_batch: true,
+                ..Workflow::default()
+            }),
+            ..job("a", 1, 0, None)
+        };
+        let batch = callback.job;
+        q.add(callback, now);
+        q.add(job("a", 2, 0, Some(("acct", 1))), now);
+        // Neither is a candidate, nor holds its key's slot: the plain job goes first.
+        let first = drain(&mut q, now);
+        assert_eq!(first.len(), 1);
+        assert_ne!(first[0].job, id);
+        let reasons: Vec<_> = q.waiting_by_reason().into_iter().take(2).collect();
+        assert_eq!(reasons, [("dependencies", 1), ("batch", 1)]);
+        let told: Vec<_> = q
+            .untold(now, chrono::Duration::seconds(1), 10)
+            .into_iter()
+            .map(|n| (n.job, n.reason))
+            .collect();
+        assert!(told.contains(&(id, WaitReason::Dependencies)), "{told:?}");
+        assert!(told.contains(&(batch, WaitReason::Batch)), "{told:?}");
+        assert_eq!(q.blocked(10).len(), 2);
+        // Let go, it is released as its new body says, once its key has room.
+        q.unblock(id, Bytes::from_static(b"told"), now);
+        assert!(drain(&mut q, now).is_empty(), "its key is full");
+        q.ended(first[0].job, Some(1));
+        let next = drain(&mut q, now);
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].job, next[0].body.as_ref()), (id, &b"told"[..]));
+        // A held job withdrawn (its cancel) leaves nothing behind.
+        assert!(q.withdraw(batch).is_some());
+        assert!(q.blocked(10).is_empty());
+        assert_eq!(q.waiting(), 0);
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct JobContext {
     pub progress: Progress,
     /// The read-model database, when the worker was given one.
     pub db: Option<PgPool>,
+    /// How the jobs it waited for ended: its dependencies (with their results) or, for a batch's
+    /// callback, the batch's members. `None` for a job that waited for none.
+    pub upstream: Option<events::job::Upstream>,
 }
 
 /// A job handler: one per kind.
@@ -142,7 +145,7 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds: `noop`, `sleep`, `flaky`, `fail`, `report.job_stats`.
+    /// The built-in kinds: `noop`, `sleep`, `flaky`, `fail`, `batch`, `report.job_stats`.
     pub fn builtin() -> Self {
         crate::handlers::register_builtin(Self::new())
     }

@@ -588,6 +588,7 @@ async fn run_attempt(
             step: Default::default(),
         },
         db: shared.db.clone(),
+        upstream: run.upstream.as_deref().cloned(),
     };
     let running = metrics::gauge!("conveyor_jobs_running", "kind" => to.kind.to_string());
     running.increment(1.0);

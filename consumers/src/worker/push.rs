@@ -77,15 +77,18 @@ impl Handler for PushHandler {
                 _ = job.cancel.cancelled() => return Err(JobError::Cancelled),
             }
         };
-        let body = serde_json::to_vec(&json!({
+        let mut body = json!({
             "id": job.id,
             "tenant": job.tenant,
             "kind": job.kind,
             "payload": job.payload,
             "attempt": job.attempt,
             "max_attempts": job.max_attempts,
-        }))
-        .expect("a job serialises");
+        });
+        if let Some(upstream) = &job.upstream {
+            body["upstream"] = json!(upstream);
+        }
+        let body = serde_json::to_vec(&body).expect("a job serialises");
         let id = format!("{}.{}", job.id, job.attempt);
         let timestamp = Utc::now().timestamp();
         let signature = events::webhooks::sign(&self.endpoint.secret, &id, timestamp, &body)

@@ -26,6 +26,7 @@ fn submitted(max_attempts: u32) -> Submitted {
         }),
         scheduling: Default::default(),
         schedule: None,
+        workflow: Default::default(),
     }
 }
 
@@ -171,7 +172,10 @@ fn start_hands_back_what_is_not_due_and_ends_what_was_cancelled() {
     assert_eq!(ids(&t), [format!("{job}.terminal")]);
     assert_eq!(
         t.events[0].payload,
-        JobEvent::Cancelled(Cancelled { attempt: None })
+        JobEvent::Cancelled(Cancelled {
+            attempt: None,
+            reason: None,
+        })
     );
     assert_eq!(t.webhook, Some(true));
     assert_eq!(t.command, None);
@@ -260,7 +264,8 @@ fn check_conclusion(
             assert_eq!(
                 t.events[0].payload,
                 JobEvent::Cancelled(Cancelled {
-                    attempt: Some(attempt)
+                    attempt: Some(attempt),
+                    reason: None,
                 })
             );
             assert_eq!(t.command, None);
@@ -722,4 +727,22 @@ proptest! {
         world.drain();
         world.check();
     }
+}
+
+#[test]
+fn a_batch_is_sealed_once_and_a_dependent_abandoned_ends_under_the_terminal_id() {
+    let job = JobId::new();
+    let sealed = seal(job, now());
+    assert_eq!(ids(&sealed), [format!("{job}.sealed").as_str()]);
+    assert_eq!(sealed.command, None);
+    let t = Attempt::new(job, run(1, 3, 0)).abandon(now(), "dependency x failed".into());
+    assert_eq!(ids(&t), [format!("{job}.terminal").as_str()]);
+    assert_eq!(
+        t.events[0].payload,
+        JobEvent::Cancelled(Cancelled {
+            attempt: None,
+            reason: Some("dependency x failed".into()),
+        })
+    );
+    assert_eq!(t.command, None);
 }

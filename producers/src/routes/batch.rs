@@ -83,6 +83,59 @@ impl BatchItem {
     }
 }
 
+/// A submission of several jobs, checked: each one's idempotency key and validated job, or why
+/// it was refused.
+pub(crate) type Checked = Vec<ApiResult<(Option<String>, submission::Validated)>>;
+
+/// Validates `jobs`, counts the valid ones against `tenant`'s rate (but for `unrated` of them: a
+/// batch's own job is bookkeeping, not work submitted) and quota, refusing them all (429) if they
+/// would exceed it, then looks up each distinct webhook host once, all at once. Returns each
+/// job's check and how many passed validation (reserved in the quota: the caller gives back what
+/// it does not accept).
+pub(crate) async fn prepare(
+    state: &AppState,
+    tenant: &events::Tenant,
+    jobs: &[SubmitJob],
+    unrated: usize,
+) -> ApiResult<(Checked, usize)> {
+    let mut checked: Checked = jobs
+        .iter()
+        .map(|req| {
+            let key = submission::idempotency_key(None, req)?;
+            Ok((key, submission::validate(state, req)?))
+        })
+        .collect();
+    let valid = checked.iter().filter(|c| c.is_ok()).count();
+    if valid > 0 {
+        if !state.bus.is_connected() {
+            return Err(ApiError::bus(bus::Error::Disconnected));
+        }
+        let rated = u32::try_from(valid.saturating_sub(unrated)).unwrap_or(u32::MAX);
+        if rated > 0 {
+            state.limits.check_rate(tenant, rated)?;
+        }
+        state
+            .limits
+            .reserve_active(&state.db, tenant, valid as u64)
+            .await?;
+    }
+    // Within the rate and quota: each distinct webhook host is looked up once, all at once.
+    let hosts = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().and_then(|(_, (_, _, host))| host.clone()));
+    let resolved = state.webhooks.resolve(tenant, hosts).await;
+    for c in &mut checked {
+        let refused = match c {
+            Ok((_, (_, _, Some(host)))) => resolved.get(host).and_then(|r| r.as_ref().err()),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            *c = Err(e.clone().into());
+        }
+    }
+    Ok((checked, valid))
+}
+
 /// Submit up to 1,000 jobs at once.
 ///
 /// Each job is validated and answered on its own (`items`, in the order sent): 202 accepted,
@@ -112,47 +165,16 @@ pub(crate) async fn submit_batch(
             batch.jobs.len()
         )));
     }
-    let mut checked: Vec<ApiResult<(Option<String>, submission::Validated)>> = batch
-        .jobs
-        .iter()
-        .map(|req| {
-            let key = submission::idempotency_key(None, req)?;
-            Ok((key, submission::validate(&state, req)?))
-        })
-        .collect();
-    let valid = checked.iter().filter(|c| c.is_ok()).count();
-    if valid > 0 {
-        if !state.bus.is_connected() {
-            return Err(ApiError::bus(bus::Error::Disconnected));
-        }
-        let n = u32::try_from(valid).unwrap_or(u32::MAX);
-        state.limits.check_rate(&auth.tenant, n)?;
-        state
-            .limits
-            .reserve_active(&state.db, &auth.tenant, u64::from(n))
-            .await?;
-    }
-    // Within the rate and quota: each distinct webhook host is looked up once, all at once.
-    let hosts = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().and_then(|(_, (_, _, host))| host.clone()));
-    let resolved = state.webhooks.resolve(&auth.tenant, hosts).await;
-    for c in &mut checked {
-        let refused = match c {
-            Ok((_, (_, _, Some(host)))) => resolved.get(host).and_then(|r| r.as_ref().err()),
-            _ => None,
-        };
-        if let Some(e) = refused {
-            *c = Err(e.clone().into());
-        }
-    }
+    let (checked, valid) = prepare(&state, &auth.tenant, &batch.jobs, 0).await?;
     let results: Vec<ApiResult<Receipt>> =
         futures::stream::iter(batch.jobs.into_iter().zip(checked))
             .map(|(req, checked)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move {
                     let (key, (kind, job, _)) = checked?;
-                    submission::accept(&state, &tenant, &trace, key, &req, kind, job).await
+                    submission::check_dependencies(&state, &tenant, &job.workflow.depends_on)
+                        .await?;
+                    submission::accept(&state, &tenant, &trace, key.into(), &req, kind, job).await
                 }
             })
             .buffered(PIPELINE)

@@ -90,7 +90,17 @@ pub(crate) async fn submit(
     };
     let accepted = match resolved.into_values().find_map(Result::err) {
         Some(refused) => Err(refused.into()),
-        None => submission::accept(&state, &auth.tenant, &trace.0, key, &req, kind, job).await,
+        None => {
+            match submission::check_dependencies(&state, &auth.tenant, &job.workflow.depends_on)
+                .await
+            {
+                Ok(()) => {
+                    submission::accept(&state, &auth.tenant, &trace.0, key.into(), &req, kind, job)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
     };
     if !accepted.as_ref().is_ok_and(|r| r.fresh) {
         state.limits.release_active(&auth.tenant, 1);

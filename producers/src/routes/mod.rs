@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod batch;
+pub(crate) mod batches;
 pub(crate) mod dashboard;
 pub(crate) mod events;
 pub(crate) mod health;
@@ -52,6 +53,7 @@ fn documented(max_body: usize) -> OpenApiRouter<AppState> {
         .merge(dashboard::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(batch::router(max_body))
+        .merge(batches::router(max_body))
         .merge(workers::router(max_body))
         // Merged last, its fallback (under the default limit) is the router's: a request to an
         // unknown route is refused as an oversized one elsewhere would be.

@@ -230,6 +230,11 @@ pub(crate) struct LeasedJob {
     lease_expires_at: DateTime<Utc>,
     /// How often to heartbeat (ms).
     heartbeat_ms: u64,
+    /// How the jobs it waited for ended: its dependencies (with their results) or, for a batch's
+    /// callback, the batch's members. Absent for a job that waited for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    upstream: Option<events::job::Upstream>,
 }
 
 /// Leased jobs (empty when none came within the wait).
@@ -320,6 +325,7 @@ pub(crate) async fn lease(
             lease_expires_at: l.lease.expires,
             heartbeat_ms: l.lease.lease_ms / 3,
             lease: l.token,
+            upstream: l.upstream,
         })
         .collect();
     Ok(Json(LeasedJobs { jobs }))

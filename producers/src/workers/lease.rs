@@ -62,7 +62,9 @@ impl Lease {
     /// The attempt as its run command described it, with the payload and scheduling of `held`
     /// (the command itself, which a retry needs: the token does not carry them).
     pub(crate) fn run(&self, held: Option<RunJob>) -> RunJob {
-        let (payload, scheduling) = held.map(|r| (r.payload, r.scheduling)).unwrap_or_default();
+        let (payload, scheduling, workflow, upstream) = held
+            .map(|r| (r.payload, r.scheduling, r.workflow, r.upstream))
+            .unwrap_or_default();
         RunJob {
             attempt: self.attempt,
             max_attempts: self.max_attempts,
@@ -72,6 +74,8 @@ impl Lease {
             generation: self.generation,
             webhook: self.webhook,
             scheduling,
+            workflow,
+            upstream,
         }
     }
 

@@ -89,6 +89,8 @@ pub(crate) struct Leased {
     pub(crate) lease: Lease,
     pub(crate) token: String,
     pub(crate) payload: Value,
+    /// How the jobs it waited for ended.
+    pub(crate) upstream: Option<events::job::Upstream>,
 }
 
 /// A renewed lease.
@@ -400,6 +402,7 @@ impl Workers {
             token: self.signer.sign(&lease),
             lease,
             payload: run.payload,
+            upstream: run.upstream.map(|u| *u),
         }))
     }
 

@@ -3,7 +3,8 @@ Webhooks with the kind's secret. The endpoint here is a loopback server of the t
 in a thread) that verifies every request with the official ``standardwebhooks`` library and with
 ``verify_webhook``, and answers by path: /ok echoes, /flaky fails attempt 1 with a 500, /bad
 answers 400, /slow answers later than the kind's timeout; a request that does not verify gets a
-401. A second server, without CONVEYOR_ALLOW_PRIVATE_WEBHOOKS, refuses a loopback endpoint."""
+401. A job that waited for others (a dependent, a batch's callback) carries ``upstream`` in its
+body. A second server, without CONVEYOR_ALLOW_PRIVATE_WEBHOOKS, refuses a loopback endpoint."""
 
 from __future__ import annotations
 
@@ -272,6 +273,39 @@ async def test_an_endpoint_with_another_secret_refuses_and_the_job_is_dead_lette
     # ...and both accept the very same request with the kind's real secret.
     assert standardwebhooks.Webhook(real).verify(request["raw"], request["headers"])["id"] == job["id"]
     assert verify_webhook(real, request["headers"], request["raw"])["id"] == job["id"]
+
+
+async def test_a_job_that_waited_for_others_gets_upstream_in_its_body(
+    server: Conveyor, endpoint: Endpoint, client: Client
+) -> None:
+    await register_push(server, endpoint, "push.after", "ok")
+    first = await client.submit("noop", {"echo": {"rows": 3}})
+    job = await client.submit("push.after", {"n": 6}, depends_on=[first["id"]])
+    assert (await terminal(client, job["id"]))["status"] == "succeeded"
+    [request] = endpoint.requests_of(job["id"])
+    assert request["sdk"]["upstream"] == {
+        "dependencies": [{"id": first["id"], "status": "succeeded", "result": {"rows": 3}}]
+    }
+
+    batch = await client.create_batch(
+        [{"kind": "noop", "payload": {"echo": 1}}, {"kind": "fail", "payload": {"fatal": True}}],
+        callback={"kind": "push.after", "payload": {"n": 7}},
+    )
+    assert (await terminal(client, batch["id"]))["status"] == "succeeded"
+    [callback] = endpoint.requests_of(batch["id"])
+    assert callback["sdk"]["payload"] == {"n": 7}
+    assert callback["sdk"]["upstream"] == {
+        "members": {
+            "total": 2,
+            "succeeded": 1,
+            "failed": 1,
+            "cancelled": 0,
+            "jobs": [
+                {"id": batch["jobs"][0], "status": "succeeded"},
+                {"id": batch["jobs"][1], "status": "failed"},
+            ],
+        }
+    }
 
 
 async def test_both_verifiers_agreed_on_every_request(

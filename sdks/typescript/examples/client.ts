@@ -41,6 +41,27 @@ await client.pauseKind('report.monthly');
 console.log(await client.pauses());
 await client.resumeKind('report.monthly');
 
+// Workflows: a job that waits for two others; a batch of jobs with a callback once all ended.
+const jan = await client.submit('report.monthly', { month: '2026-01' });
+const feb = await client.submit('report.monthly', { month: '2026-02' });
+const merged = await client.submit('report.merge', { name: 'q1' }, { dependsOn: [jan.id, feb.id] });
+const waiting = await client.get(merged.id);
+if (waiting.waiting?.reason === 'dependencies') console.log('waits for', waiting.depends_on);
+
+const year = await client.createBatch(
+  ['03', '04', '05'].map((m) => ({ kind: 'report.monthly', payload: { month: `2026-${m}` }, maxAttempts: 5 })),
+  { callback: { kind: 'report.merge', payload: { name: '2026' } }, seal: false, idempotencyKey: 'reports-2026' },
+);
+await client.addBatchJobs(year.id, [{ kind: 'report.monthly', payload: { month: '2026-06' } }], {
+  seal: true,
+  idempotencyKey: 'reports-2026-page-2',
+});
+const progress = await client.getBatch(year.id);
+console.log(`${progress.members.succeeded + progress.members.failed + progress.members.cancelled} of ${progress.members.total} ended`);
+for await (const member of client.listAllBatchJobs(year.id, { status: 'failed' })) console.log('failed:', member.id, member.batch);
+const ended = await client.wait(year.id); // the batch's id is its callback job's
+console.log(ended.status, ended.result);
+
 // The tenant's events, live, resuming across dropped connections; stop with the signal.
 const stop = AbortSignal.timeout(60_000);
 for await (const ev of client.events({ type: ['job.succeeded', 'job.dead_lettered'], signal: stop })) {

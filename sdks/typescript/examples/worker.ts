@@ -27,4 +27,12 @@ worker.handle(
   { schema: { type: 'object', required: ['month'], properties: { month: { type: 'string' } } } },
 );
 
+// A job submitted with `dependsOn` gets how its dependencies ended; a batch's callback, its members'.
+worker.handle('report.merge', async (job: JobContext<{ name: string }>) => {
+  const members = job.upstream?.members;
+  if (members) return { name: job.payload.name, reports: members.succeeded, missing: members.failed + members.cancelled };
+  const urls = (job.upstream?.dependencies ?? []).map((d) => (d.result as { url: string } | undefined)?.url);
+  return { name: job.payload.name, urls };
+});
+
 await worker.run();

@@ -1,6 +1,7 @@
 /**
  * The client of conveyor's jobs API: submit, read, list, cancel, results, live event streams
- * over server-sent events with automatic reconnection, schedules and pauses of kinds.
+ * over server-sent events with automatic reconnection, schedules and pauses of kinds, and
+ * workflows (dependencies between jobs, batches with a callback).
  */
 
 import { ConveyorError, isTransient } from './errors.js';
@@ -9,8 +10,12 @@ import { readSse } from './sse.js';
 import {
   TERMINAL_EVENTS,
   TERMINAL_STATUSES,
+  type AcceptedBatch,
   type AcceptedJob,
+  type Batch,
+  type BatchCancelAnswer,
   type BatchResult,
+  type BatchSubmission,
   type CancelAnswer,
   type CatchUp,
   type CloudEvent,
@@ -24,6 +29,7 @@ import {
   type SchedulingOptions,
   type StreamEvent,
   type Submission,
+  type WorkflowOptions,
 } from './types.js';
 
 /** Options of a {@link Client}. */
@@ -41,9 +47,10 @@ export interface ClientOptions extends TransportOptions {
 
 /**
  * Options of one submission. With {@link SchedulingOptions}: `priority`, `concurrency` and
- * `rateLimit` (docs/scheduling.md).
+ * `rateLimit` (docs/scheduling.md); with {@link WorkflowOptions}: `dependsOn`
+ * (docs/workflows.md).
  */
-export interface SubmitOptions extends SchedulingOptions {
+export interface SubmitOptions extends SchedulingOptions, WorkflowOptions {
   /** Makes retries safe: the same key and body give the original job (`repeated: true`), another body `409`. */
   idempotencyKey?: string;
   /** Attempts before dead-lettering (1 to 100; the server's default is 3). */
@@ -64,8 +71,53 @@ export interface BatchJob extends Omit<SubmitOptions, 'signal'> {
   payload?: unknown;
 }
 
-/** The job options a schedule's ticks submit with (no `runAt` or `idempotencyKey`: the ticks give both). */
-export type ScheduleJobOptions = Omit<SubmitOptions, 'signal' | 'runAt' | 'idempotencyKey'>;
+/**
+ * The job options a schedule's ticks submit with (no `runAt` or `idempotencyKey`: the ticks give
+ * both; no `dependsOn`).
+ */
+export type ScheduleJobOptions = Omit<SubmitOptions, 'signal' | 'runAt' | 'idempotencyKey' | 'dependsOn'>;
+
+/**
+ * One job of a batch of {@link Client.createBatch} and {@link Client.addBatchJobs} (a member, or
+ * the callback): a {@link BatchJob} without its own `idempotencyKey` (the request's covers them
+ * all).
+ */
+export type BatchMember = Omit<BatchJob, 'idempotencyKey'>;
+
+/** Options of {@link Client.createBatch}. */
+export interface CreateBatchOptions {
+  /**
+   * The job that runs once, when the batch is sealed and every member has ended (whatever their
+   * outcomes), its handler told how they ended (`upstream.members`). Default: a job of the
+   * built-in kind `batch`, whose result is the members' counts `{total, succeeded, failed, cancelled}`.
+   */
+  callback?: BatchMember;
+  /** Seal the batch with these members (the server's default, `true`); `false` keeps it open for {@link Client.addBatchJobs}. */
+  seal?: boolean;
+  /** Makes retries safe: a repeat answers the same batch and member ids (`repeated: true`). */
+  idempotencyKey?: string;
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Client.addBatchJobs}. */
+export interface AddBatchJobsOptions {
+  /** Seal the batch after these members (default `false`). */
+  seal?: boolean;
+  /** One key per page: a repeated page adds its members once, even after the batch was sealed. */
+  idempotencyKey?: string;
+  signal?: AbortSignal;
+}
+
+/** Filters of {@link Client.listBatchJobs}. */
+export interface BatchJobsOptions {
+  /** Only members in this status. */
+  status?: JobStatus;
+  /** Page size, 1 to 1,000 (the server's default is 100). */
+  limit?: number;
+  /** `next_cursor` of the previous page. */
+  cursor?: string | null;
+  signal?: AbortSignal;
+}
 
 /** A schedule's own fields, with its job's. */
 interface ScheduleBase extends ScheduleJobOptions {
@@ -158,14 +210,19 @@ function addJobOptions(body: Record<string, unknown>, options: ScheduleJobOption
   return body;
 }
 
-function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal'>): Record<string, unknown> {
+function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal' | 'idempotencyKey'>): Record<string, unknown> {
   const body: Record<string, unknown> = { kind };
   if (payload !== undefined) body['payload'] = payload;
   addJobOptions(body, options);
   if (options.runAt !== undefined) {
     body['run_at'] = options.runAt instanceof Date ? options.runAt.toISOString() : options.runAt;
   }
+  if (options.dependsOn !== undefined) body['depends_on'] = [...options.dependsOn];
   return body;
+}
+
+function batchPath(id: string): string {
+  return `/v1/batches/${encodeURIComponent(id)}`;
 }
 
 function scheduleBody(spec: ScheduleSpec): Record<string, unknown> {
@@ -237,7 +294,11 @@ export class Client {
     return { ...res.body, repeated: res.status === 200 };
   }
 
-  /** Submits up to 1,000 jobs at once; each is answered on its own, in order (see {@link BatchResult}). */
+  /**
+   * Submits up to 1,000 independent jobs at once; each is answered on its own, in order (see
+   * {@link BatchResult}). For a batch whose members are followed together, with a callback once
+   * all ended, see {@link Client.createBatch}.
+   */
   async submitBatch(jobs: BatchJob[], options: { signal?: AbortSignal } = {}): Promise<BatchResult> {
     const body = {
       jobs: jobs.map((j) => {
@@ -303,6 +364,96 @@ export class Client {
   async kinds(options: { signal?: AbortSignal } = {}): Promise<KindInfo[]> {
     return (await this.transport.request<{ items: KindInfo[] }>('GET', '/v1/kinds', { signal: options.signal })).body
       .items;
+  }
+
+  // Batches (docs/workflows.md).
+
+  /**
+   * Submits a batch (`POST /v1/batches`): its callback (the batch's own job, whose id is the
+   * batch's), then up to 1,000 members, then seals it unless `seal: false`. All jobs are
+   * validated first: one refused refuses the request (a `422` whose `detail` names it, e.g.
+   * `jobs[3]: …`) and nothing is submitted. The callback runs once, when the batch is sealed and
+   * every member has ended; follow it as a job: `client.wait(batch.id)`.
+   *
+   * ```ts
+   * const batch = await client.createBatch(
+   *   months.map((month) => ({ kind: 'report.monthly', payload: { month } })),
+   *   { callback: { kind: 'report.merge', payload: { year: 2026 } }, idempotencyKey: 'reports-2026' },
+   * );
+   * const merged = await client.wait(batch.id);
+   * ```
+   */
+  async createBatch(jobs: BatchMember[], options: CreateBatchOptions = {}): Promise<BatchSubmission> {
+    const headers: Record<string, string> = {};
+    if (options.idempotencyKey !== undefined) headers['Idempotency-Key'] = options.idempotencyKey;
+    const body: Record<string, unknown> = { jobs: jobs.map((j) => submitBody(j.kind, j.payload, j)) };
+    if (options.callback !== undefined) {
+      body['callback'] = submitBody(options.callback.kind, options.callback.payload, options.callback);
+    }
+    if (options.seal !== undefined) body['seal'] = options.seal;
+    const res = await this.transport.request<AcceptedBatch>('POST', '/v1/batches', {
+      body,
+      headers,
+      signal: options.signal,
+    });
+    return { ...res.body, repeated: res.status === 200 };
+  }
+
+  /**
+   * Adds 1 to 1,000 members to an open batch (`POST /v1/batches/{id}/jobs`), sealing it after
+   * them with `seal: true`; a {@link ConveyorError} with status `409` once it is sealed or
+   * cancelled. Seal only after every page was answered: a page still in flight when the batch is
+   * sealed may be missed by the callback.
+   */
+  async addBatchJobs(id: string, jobs: BatchMember[], options: AddBatchJobsOptions = {}): Promise<AcceptedBatch> {
+    const headers: Record<string, string> = {};
+    if (options.idempotencyKey !== undefined) headers['Idempotency-Key'] = options.idempotencyKey;
+    const body: Record<string, unknown> = { jobs: jobs.map((j) => submitBody(j.kind, j.payload, j)) };
+    if (options.seal !== undefined) body['seal'] = options.seal;
+    const res = await this.transport.request<AcceptedBatch>('POST', `${batchPath(id)}/jobs`, {
+      body,
+      headers,
+      signal: options.signal,
+    });
+    return res.body;
+  }
+
+  /** Seals a batch: no member can be added; its callback runs once every member has ended. Sealing again changes nothing. */
+  async sealBatch(id: string, options: { signal?: AbortSignal } = {}): Promise<Batch> {
+    return (await this.transport.request<Batch>('POST', `${batchPath(id)}/seal`, { signal: options.signal })).body;
+  }
+
+  /** The batch and its members' progress; a {@link ConveyorError} with status `404` if `id` is no batch of the tenant. */
+  async getBatch(id: string, options: { signal?: AbortSignal } = {}): Promise<Batch> {
+    return (await this.transport.request<Batch>('GET', batchPath(id), { signal: options.signal })).body;
+  }
+
+  /** One page of a batch's members, in submission order (`status` filters). */
+  async listBatchJobs(id: string, options: BatchJobsOptions = {}): Promise<JobPage> {
+    const res = await this.transport.request<JobPage>('GET', `${batchPath(id)}/jobs`, {
+      query: { status: options.status, limit: options.limit, cursor: options.cursor ?? undefined },
+      signal: options.signal,
+    });
+    return res.body;
+  }
+
+  /** Every member of a batch matching the filters, in submission order, across all pages (`limit` is the page size). */
+  async *listAllBatchJobs(id: string, options: BatchJobsOptions = {}): AsyncGenerator<Job, void, undefined> {
+    let cursor = options.cursor ?? null;
+    do {
+      const page = await this.listBatchJobs(id, { ...options, cursor });
+      yield* page.items;
+      cursor = page.next_cursor;
+    } while (cursor);
+  }
+
+  /**
+   * Cancels a batch: its callback first (so it never runs), then every member not ended yet;
+   * `cancelled` counts those. A {@link ConveyorError} with status `409` if the batch already ended.
+   */
+  async cancelBatch(id: string, options: { signal?: AbortSignal } = {}): Promise<BatchCancelAnswer> {
+    return (await this.transport.request<BatchCancelAnswer>('POST', `${batchPath(id)}/cancel`, { signal: options.signal }))
+      .body;
   }
 
   // Schedules and pauses (docs/scheduling.md).

@@ -5,8 +5,12 @@
 
 export { Client } from './client.js';
 export type {
+  AddBatchJobsOptions,
   BatchJob,
+  BatchJobsOptions,
+  BatchMember,
   ClientOptions,
+  CreateBatchOptions,
   EventsOptions,
   FollowOptions,
   ListOptions,

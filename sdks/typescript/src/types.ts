@@ -78,14 +78,35 @@ export interface Job {
    * for a job that only waits for a free worker, and once the attempt starts or the job ends.
    */
   waiting?: JobWaiting;
+  /** The jobs it waits for before it starts (docs/workflows.md); absent when none. */
+  depends_on?: string[];
+  /** The batch it is a member of (the batch's id); absent for a job of no batch. */
+  batch?: string;
+  /**
+   * `true` when the job is a batch (its callback: `GET /v1/batches/{id}` shows the batch with
+   * {@link Client.getBatch}); absent otherwise.
+   */
+  is_batch?: boolean;
+  /** When its batch was sealed (a batch's own job, once sealed). */
+  sealed_at?: string;
 }
 
 /**
- * Why the scheduler holds a job back: its concurrency key is full, its rate limit's key reached
- * its limit, its kind is paused (for its tenant or all), its tenant runs as many jobs of the kind
- * as its share allows, jobs of a higher priority go first, or other tenants' jobs take their turns.
+ * Why the scheduler holds a job back: jobs it depends on have not all ended (`dependencies`), it
+ * is a batch not yet sealed or with members not all ended (`batch`), its concurrency key is full,
+ * its rate limit's key reached its limit, its kind is paused (for its tenant or all), its tenant
+ * runs as many jobs of the kind as its share allows, jobs of a higher priority go first, or other
+ * tenants' jobs take their turns.
  */
-export type WaitReason = 'concurrency_key' | 'rate_limit' | 'paused' | 'tenant_cap' | 'priority' | 'tenant_share';
+export type WaitReason =
+  | 'dependencies'
+  | 'batch'
+  | 'concurrency_key'
+  | 'rate_limit'
+  | 'paused'
+  | 'tenant_cap'
+  | 'priority'
+  | 'tenant_share';
 
 /** The `data` of a `job.waiting` CloudEvent: the scheduler holds the attempt back, and says why. */
 export interface JobWaitingData {
@@ -183,6 +204,21 @@ export interface SchedulingOptions {
   rateLimit?: RateLimit;
 }
 
+/**
+ * What a job waits for besides its turn (docs/workflows.md): options of {@link Client.submit},
+ * each job of {@link Client.submitBatch}, and each member (and the callback) of
+ * {@link Client.createBatch} and {@link Client.addBatchJobs}.
+ */
+export interface WorkflowOptions {
+  /**
+   * Ids of up to 32 jobs of the tenant, already submitted, that must all end before this one
+   * starts (sent as `depends_on`; an unknown id is a `422`). If all succeed it runs, their
+   * results in its handler's `upstream.dependencies`; if one fails or is cancelled, this job is
+   * cancelled unrun (its `job.cancelled` says `reason: "dependency <id> failed"`).
+   */
+  dependsOn?: string[];
+}
+
 /** The schedule tick that submitted a job (`schedule` of its `job.submitted`). */
 export interface FromSchedule {
   /** The schedule's id. */
@@ -206,6 +242,23 @@ export interface JobSubmittedData {
   rate_limit?: RateLimitInfo;
   /** Set when a schedule submitted the job. */
   schedule?: FromSchedule;
+  /** The jobs it waits for (docs/workflows.md). */
+  depends_on?: string[];
+  /** For a member of a batch: the batch's id. */
+  batch?: string;
+  /** For a batch's own job (its callback): `true`. */
+  is_batch?: boolean;
+  [extra: string]: unknown;
+}
+
+/**
+ * The `data` of a `job.cancelled` CloudEvent. `reason` says why when the job was not cancelled on
+ * request: `dependency <id> failed` (or `cancelled`) for a job whose dependency did not succeed.
+ */
+export interface JobCancelledData {
+  /** The attempt that was running, if one was. */
+  attempt?: number;
+  reason?: string;
   [extra: string]: unknown;
 }
 
@@ -269,6 +322,105 @@ export interface KindPause {
   by_operator: boolean;
 }
 
+// Workflows (docs/workflows.md): dependencies between jobs, batches with a callback.
+
+/** How a job that a workflow waited for ended: an item of {@link Upstream}. */
+export interface Ended {
+  id: string;
+  /** `succeeded`, `failed` or `cancelled`. */
+  status: JobStatus;
+  /**
+   * A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent otherwise:
+   * read a larger one with {@link Client.result}. Never set for the members of a batch.
+   */
+  result?: unknown;
+}
+
+/** How the members of a batch ended, as its callback's handler is told. */
+export interface Members {
+  total: number;
+  succeeded: number;
+  /** Dead-lettered. */
+  failed: number;
+  cancelled: number;
+  /**
+   * Each member with its status (no result), in submission order, for a batch of up to 1,000
+   * members; absent for a larger one (page through {@link Client.listBatchJobs}).
+   */
+  jobs?: Ended[];
+}
+
+/**
+ * What a job waited for, as it ended: given to the handler of a job with dependencies
+ * (`dependencies`, in the order of `depends_on`) or of a batch's callback (`members`). A retry of
+ * the job is given the same.
+ */
+export interface Upstream {
+  dependencies?: Ended[];
+  members?: Members;
+}
+
+/** Links from a batch. */
+export interface BatchLinks {
+  self: string;
+  /** Its members ({@link Client.listBatchJobs}). */
+  jobs: string;
+  /** Its callback job (`/v1/jobs/{id}`): the batch's status, timeline and result. */
+  callback: string;
+}
+
+/** The answer to {@link Client.addBatchJobs}: the batch, and the members this request submitted. */
+export interface AcceptedBatch {
+  /** The batch's id, which is also its callback job's (follow or wait for it as a job). */
+  id: string;
+  /** Whether the batch is sealed (no member can be added; its callback runs once all ended). */
+  sealed: boolean;
+  /** The ids of the members this request submitted, in the order sent. */
+  jobs: string[];
+  links: BatchLinks;
+}
+
+/** The answer to {@link Client.createBatch}. */
+export interface BatchSubmission extends AcceptedBatch {
+  /** `true` when the API answered `200` (a repeat with the same idempotency key: the same batch and member ids), `false` on `202`. */
+  repeated: boolean;
+}
+
+/** A batch's members by status, as the read model shows them now. */
+export interface BatchMemberCounts {
+  total: number;
+  queued: number;
+  running: number;
+  retry_scheduled: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+}
+
+/** A batch as `GET /v1/batches/{id}` shows it: its callback job, and its members' progress. */
+export interface Batch {
+  id: string;
+  /** The callback's kind (`batch` when none was given). */
+  kind: string;
+  /** The callback's status: `queued` until the batch is sealed and every member ended, then as any job's. */
+  status: JobStatus;
+  sealed: boolean;
+  sealed_at: string | null;
+  members: BatchMemberCounts;
+  created_at: string;
+  finished_at: string | null;
+  /** The callback's result, once it succeeded (for the built-in `batch`, the members' counts). */
+  result: unknown;
+  links: BatchLinks;
+}
+
+/** The answer to {@link Client.cancelBatch}. */
+export interface BatchCancelAnswer {
+  id: string;
+  /** Members whose cancellation was requested (those not ended yet). */
+  cancelled: number;
+}
+
 /** A CloudEvent (1.0) of the log. `subject` is the job id; `type` is `dev.conveyor.job.<name>`. */
 export interface CloudEvent<D = unknown> {
   specversion: string;
@@ -323,6 +475,24 @@ export interface LeasedJob {
   lease_expires_at: string;
   /** How often to heartbeat, in ms. */
   heartbeat_ms: number;
+  /** How the jobs it waited for ended (docs/workflows.md); absent when it waited for none. */
+  upstream?: Upstream;
+  [extra: string]: unknown;
+}
+
+/**
+ * The body of the POST a push kind's endpoint receives (signed per Standard Webhooks with the
+ * kind's secret: verify it with `verifyWebhook<PushJob>(secret, headers, body)`).
+ */
+export interface PushJob {
+  id: string;
+  tenant: string;
+  kind: string;
+  payload: unknown;
+  attempt: number;
+  max_attempts: number;
+  /** How the jobs it waited for ended (docs/workflows.md); absent when it waited for none. */
+  upstream?: Upstream;
   [extra: string]: unknown;
 }
 

@@ -28,7 +28,7 @@ import {
 } from './errors.js';
 import { sleep, type TokenSource, type TransportOptions } from './http.js';
 import { isLeaseLost, WorkerApi, type ProgressReport } from './protocol.js';
-import type { FailureReport, JsonSchema, LeasedJob, ReportOutcome } from './types.js';
+import type { FailureReport, JsonSchema, LeasedJob, ReportOutcome, Upstream } from './types.js';
 
 /** Where the worker says what went wrong (a report it could not make, a lease it lost). */
 export interface WorkerLogger {
@@ -62,6 +62,14 @@ export interface JobContext<P = unknown> {
   readonly maxAttempts: number;
   /** When this attempt's `timeout_ms` runs out: `signal` aborts then. */
   readonly deadline: Date;
+  /**
+   * How the jobs it waited for ended (docs/workflows.md): `dependencies`, in the order of its
+   * `depends_on`, each with its `status` and its `result` (when it succeeded with one of up to
+   * 16 KiB); or, for a batch's callback, `members` (their counts, and each member's status for
+   * a batch of up to 1,000). `undefined` for a job that waited for none. Every attempt sees the
+   * same.
+   */
+  readonly upstream: Upstream | undefined;
   /**
    * Aborted when the handler should stop: the job was cancelled ({@link JobCancelledError}), its
    * deadline passed ({@link JobTimeoutError}), its lease was lost ({@link LeaseLostError}), or the
@@ -432,6 +440,7 @@ export class Worker {
       attempt: job.attempt,
       maxAttempts: job.max_attempts,
       deadline,
+      upstream: job.upstream,
       signal: run.controller.signal,
       get lease() {
         return run.lease;

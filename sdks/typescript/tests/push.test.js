@@ -2,7 +2,8 @@
 // Webhooks with the kind's secret. The endpoint here is a loopback server of the test's that
 // verifies every request with the official `standardwebhooks` library and with verifyWebhook,
 // and answers by path: /ok echoes, /flaky fails attempt 1 with a 500, /bad answers 400, /slow
-// answers later than the kind's timeout; a request that does not verify gets a 401.
+// answers later than the kind's timeout; a request that does not verify gets a 401. A job that
+// waited for others (a dependent, a batch's callback) carries `upstream` in its body.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -249,6 +250,38 @@ describe('push kinds against a loopback endpoint', () => {
     // ...and both accept the very same request with the kind's real secret.
     assert.equal(new Webhook(real).verify(request.raw.toString('utf8'), request.headers).id, job.id);
     assert.equal(verifyWebhook(real, request.headers, request.raw).id, job.id);
+  });
+
+  test('a job that waited for others gets `upstream` in its body: its dependencies, or a batch callback’s members', async () => {
+    await registerPush('push.after', 'ok');
+    const first = await client.submit('noop', { echo: { rows: 3 } });
+    const job = await submit('push.after', { n: 6 }, { dependsOn: [first.id] });
+    assert.equal((await terminal(job.id)).status, 'succeeded');
+    const [request] = requestsOf(job.id);
+    assert.deepEqual(request.sdk.upstream, { dependencies: [{ id: first.id, status: 'succeeded', result: { rows: 3 } }] });
+
+    const batch = await client.createBatch(
+      [
+        { kind: 'noop', payload: { echo: 1 } },
+        { kind: 'fail', payload: { fatal: true } },
+      ],
+      { callback: { kind: 'push.after', payload: { n: 7 } } },
+    );
+    assert.equal((await terminal(batch.id)).status, 'succeeded');
+    const [callback] = requestsOf(batch.id);
+    assert.deepEqual(callback.sdk.payload, { n: 7 });
+    assert.deepEqual(callback.sdk.upstream, {
+      members: {
+        total: 2,
+        succeeded: 1,
+        failed: 1,
+        cancelled: 0,
+        jobs: [
+          { id: batch.jobs[0], status: 'succeeded' },
+          { id: batch.jobs[1], status: 'failed' },
+        ],
+      },
+    });
   });
 
   test('all the requests: both verifiers agreed on every one', async () => {

@@ -1,5 +1,5 @@
 """The client of conveyor's HTTP API: submit, read, list, cancel, follow jobs, tail events,
-schedules and pauses of kinds."""
+schedules and pauses of kinds, workflows (dependencies between jobs, batches with a callback)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ from .errors import ApiError
 from .sse import Event, parse_sse
 from .types import (
     Accepted,
+    Batch,
+    BatchAccepted,
+    BatchCancelled,
+    BatchMemberSpec,
     BatchResult,
+    BatchSubmission,
     CancelAccepted,
     CatchUp,
     CloudEvent,
@@ -58,6 +63,10 @@ def _schedule_path(schedule_id: str) -> str:
 
 def _kind_path(kind: str) -> str:
     return f"/v1/kinds/{quote(str(kind), safe='')}"
+
+
+def _batch_path(batch_id: str) -> str:
+    return f"/v1/batches/{quote(str(batch_id), safe='')}"
 
 
 def _every(value: str | timedelta | int) -> str:
@@ -102,6 +111,8 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["run_at"] = _iso(out["run_at"])
     if "webhook" in out:
         out["webhook"] = _webhook(out["webhook"])
+    if "depends_on" in out:
+        out["depends_on"] = [str(d) for d in out["depends_on"]]
     return out
 
 
@@ -163,6 +174,7 @@ class Client:
         priority: int | None = None,
         concurrency: Concurrency | None = None,
         rate_limit: RateLimit | None = None,
+        depends_on: Iterable[str] | None = None,
     ) -> Accepted:
         """Submits a job (``POST /v1/jobs``) and answers what the API accepted.
 
@@ -176,6 +188,11 @@ class Client:
         running at once, whatever their kind; ``rate_limit``, ``{"key", "limit",
         "period_ms"}``: at most ``limit`` starts of the tenant's jobs with this key per
         ``period_ms``, the others wait. Out of range: ``ApiError`` 422.
+
+        ``depends_on`` (docs/workflows.md): ids of up to 32 jobs of the tenant, already
+        submitted, that must all end before this one starts (an unknown one: ``ApiError`` 422).
+        If all succeed it runs, its handler told their results (``job.upstream``); if one fails
+        or is cancelled, it is cancelled unrun (its ``job.cancelled`` says ``reason``).
         """
         body: dict[str, Any] = {"kind": kind}
         if payload is not None:
@@ -191,6 +208,8 @@ class Client:
         )
         if run_at is not None:
             body["run_at"] = _iso(run_at)
+        if depends_on is not None:
+            body["depends_on"] = [str(d) for d in depends_on]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         result: Accepted = await self._call("POST", "/v1/jobs", json_body=body, headers=headers)
         return result
@@ -200,10 +219,11 @@ class Client:
 
         Each job is a dict of ``submit``'s arguments (``kind``, ``payload``, ``max_attempts``,
         ``timeout_ms``, ``run_at``, ``webhook``, ``priority``, ``concurrency``, ``rate_limit``,
-        ``idempotency_key``). Each is answered on its own, in order, in ``items``: ``status`` 202 (accepted, with
-        ``job``), 200 (a repeat of an earlier submission with the same ``idempotency_key``) or
-        an error status with its ``problem``. A batch over the tenant's rate or quota raises
-        ``ApiError`` 429 as a whole.
+        ``depends_on``, ``idempotency_key``). Each is answered on its own, in order, in
+        ``items``: ``status`` 202 (accepted, with ``job``), 200 (a repeat of an earlier
+        submission with the same ``idempotency_key``) or an error status with its ``problem``.
+        A batch over the tenant's rate or quota raises ``ApiError`` 429 as a whole. (For a
+        batch followed as one, with a callback once all ended, see :meth:`create_batch`.)
         """
         body = {"jobs": [_spec(j) for j in jobs]}
         result: BatchResult = await self._call("POST", "/v1/jobs/batch", json_body=body)
@@ -268,6 +288,113 @@ class Client:
         body = await self._call("GET", "/v1/kinds")
         items: builtins.list[Kind] = body["items"]
         return items
+
+    # --- batches (docs/workflows.md) ---------------------------------------------------------
+
+    async def create_batch(
+        self,
+        jobs: Iterable[BatchMemberSpec | Mapping[str, Any]] = (),
+        *,
+        callback: BatchMemberSpec | Mapping[str, Any] | None = None,
+        seal: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchSubmission:
+        """Submits a batch (``POST /v1/batches``): its callback (the batch's own job, whose id is
+        the batch's), then up to 1,000 members, then seals it unless ``seal=False``.
+
+        Members and ``callback`` are dicts like the jobs of :meth:`submit_batch`, without an
+        ``idempotency_key`` of their own (``idempotency_key`` here covers the whole request: a
+        repeat answers the same batch and member ids, with ``repeated`` True). The callback runs
+        once, when the batch is sealed and every member has ended, whatever their outcomes, its
+        handler told how they ended (``job.upstream["members"]``); without one the batch runs the
+        built-in kind ``batch``, whose result is the counts. All jobs are validated first: one
+        refused raises ``ApiError`` 422 naming it (``jobs[3]: …``) and nothing is submitted.
+        Follow the batch as a job: ``client.get(batch["id"])``, ``client.follow(batch["id"])``.
+        """
+        body: dict[str, Any] = {"jobs": [_spec(j) for j in jobs]}
+        if callback is not None:
+            body["callback"] = _spec(callback)
+        if seal is not None:
+            body["seal"] = seal
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        response, answer = await _http.request(
+            self._http, "POST", "/v1/batches", json_body=body, headers=headers
+        )
+        result: BatchSubmission = answer
+        result["repeated"] = response.status_code == 200
+        return result
+
+    async def add_batch_jobs(
+        self,
+        batch_id: str,
+        jobs: Iterable[BatchMemberSpec | Mapping[str, Any]],
+        *,
+        seal: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchAccepted:
+        """Adds 1 to 1,000 members to an open batch (``POST /v1/batches/{id}/jobs``), sealing it
+        after them with ``seal=True``; ``ApiError`` 409 once it is sealed or cancelled. With an
+        ``idempotency_key`` (one per page), a repeated page adds its members once. Seal only
+        after every page was answered: a page still in flight may be missed by the callback."""
+        body: dict[str, Any] = {"jobs": [_spec(j) for j in jobs]}
+        if seal is not None:
+            body["seal"] = seal
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        result: BatchAccepted = await self._call(
+            "POST", _batch_path(batch_id) + "/jobs", json_body=body, headers=headers
+        )
+        return result
+
+    async def seal_batch(self, batch_id: str) -> Batch:
+        """Seals a batch (``POST /v1/batches/{id}/seal``): no member can be added; its callback
+        runs once every member has ended. Sealing again changes nothing."""
+        result: Batch = await self._call("POST", _batch_path(batch_id) + "/seal")
+        return result
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        """The batch and its members' progress (``GET /v1/batches/{id}``); ``ApiError`` 404 if it
+        is no batch of the tenant."""
+        result: Batch = await self._call("GET", _batch_path(batch_id))
+        return result
+
+    async def list_batch_jobs(
+        self,
+        batch_id: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of a batch's members, in submission order (``GET /v1/batches/{id}/jobs``):
+        ``items`` and ``next_cursor``; ``limit`` 1 to 1,000 (default 100)."""
+        params = {"status": status, "limit": limit, "cursor": cursor}
+        result: JobPage = await self._call("GET", _batch_path(batch_id) + "/jobs", params=params)
+        return result
+
+    async def list_all_batch_jobs(
+        self,
+        batch_id: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every member of the batch matching ``status``, in submission order, page after page
+        (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_batch_jobs(batch_id, status=status, limit=limit, cursor=cursor)
+            for job in page["items"]:
+                yield job
+            cursor = page.get("next_cursor")
+            if not cursor or not page["items"]:
+                return
+
+    async def cancel_batch(self, batch_id: str) -> BatchCancelled:
+        """Cancels a batch (``POST /v1/batches/{id}/cancel``): its callback first (so it never
+        runs), then every member not ended yet (``cancelled`` counts them); ``ApiError`` 409 if
+        the batch already ended."""
+        result: BatchCancelled = await self._call("POST", _batch_path(batch_id) + "/cancel")
+        return result
 
     # --- schedules and pauses (docs/scheduling.md) -------------------------------------------
 

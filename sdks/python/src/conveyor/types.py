@@ -17,10 +17,12 @@ __all__ = [
     "Job",
     "JobPage",
     "JobSpec",
+    "BatchMemberSpec",
     "Concurrency",
     "RateLimit",
     "FromSchedule",
     "JobSubmittedData",
+    "JobCancelledData",
     "CatchUp",
     "ScheduleJob",
     "Schedule",
@@ -32,6 +34,16 @@ __all__ = [
     "CancelAccepted",
     "CloudEvent",
     "Kind",
+    "Ended",
+    "Members",
+    "Upstream",
+    "PushJob",
+    "BatchLinks",
+    "BatchAccepted",
+    "BatchSubmission",
+    "BatchMemberCounts",
+    "Batch",
+    "BatchCancelled",
 ]
 
 JobStatus = Literal["queued", "running", "retry_scheduled", "succeeded", "failed", "cancelled"]
@@ -69,11 +81,20 @@ JobError = TypedDict("JobError", {"class": str, "message": str}, total=False)
 
 
 WaitReason = Literal[
-    "concurrency_key", "rate_limit", "paused", "tenant_cap", "priority", "tenant_share"
+    "dependencies",
+    "batch",
+    "concurrency_key",
+    "rate_limit",
+    "paused",
+    "tenant_cap",
+    "priority",
+    "tenant_share",
 ]
-"""Why the scheduler holds a job back: its concurrency key is full, its rate limit's key reached
-its limit, its kind is paused (for its tenant or all), its tenant runs as many jobs of the kind as
-its share allows, jobs of a higher priority go first, or other tenants' jobs take their turns."""
+"""Why the scheduler holds a job back: jobs it depends on have not all ended (``dependencies``),
+it is a batch not sealed yet or with members not all ended (``batch``), its concurrency key is
+full, its rate limit's key reached its limit, its kind is paused (for its tenant or all), its
+tenant runs as many jobs of the kind as its share allows, jobs of a higher priority go first, or
+other tenants' jobs take their turns."""
 
 
 class JobWaitingData(TypedDict):
@@ -120,6 +141,14 @@ class Job(TypedDict):
     waiting: NotRequired[JobWaiting]
     """While the scheduler holds it back: why. Absent for a job that only waits for a free
     worker, and once the attempt starts or the job ends."""
+    depends_on: NotRequired[list[str]]
+    """The jobs it waits for before it starts (docs/workflows.md); absent when none."""
+    batch: NotRequired[str]
+    """The batch it is a member of (the batch's id)."""
+    is_batch: NotRequired[bool]
+    """True for a batch's own job (its callback: ``Client.get_batch`` shows the batch)."""
+    sealed_at: NotRequired[str]
+    """When its batch was sealed (a batch's own job, once sealed)."""
 
 
 class JobPage(TypedDict):
@@ -154,8 +183,10 @@ class RateLimit(TypedDict):
     """The period in ms, 1 to 86,400,000 (a day)."""
 
 
-class JobSpec(TypedDict, total=False):
-    """One job of ``Client.submit_batch``; only ``kind`` is required."""
+class BatchMemberSpec(TypedDict, total=False):
+    """One job of a batch of ``Client.create_batch`` and ``Client.add_batch_jobs`` (a member, or
+    the callback); only ``kind`` is required. No ``idempotency_key``: the request's covers them
+    all."""
 
     kind: str
     payload: Any
@@ -163,11 +194,19 @@ class JobSpec(TypedDict, total=False):
     timeout_ms: int
     run_at: str
     webhook: dict[str, str]
-    idempotency_key: str
     priority: int
     """-100 to 100 (default 0): higher starts first among the waiting jobs of its kind."""
     concurrency: Concurrency
     rate_limit: RateLimit
+    depends_on: list[str]
+    """Up to 32 jobs of the tenant, already submitted, that must all end first
+    (docs/workflows.md)."""
+
+
+class JobSpec(BatchMemberSpec, total=False):
+    """One job of ``Client.submit_batch``; only ``kind`` is required."""
+
+    idempotency_key: str
 
 
 class FromSchedule(TypedDict):
@@ -191,6 +230,22 @@ class JobSubmittedData(TypedDict):
     rate_limit: NotRequired[RateLimit]
     schedule: NotRequired[FromSchedule]
     """Set when a schedule submitted the job."""
+    depends_on: NotRequired[list[str]]
+    """The jobs it waits for (docs/workflows.md)."""
+    batch: NotRequired[str]
+    """For a member of a batch: the batch's id."""
+    is_batch: NotRequired[bool]
+    """For a batch's own job (its callback): True."""
+
+
+class JobCancelledData(TypedDict, total=False):
+    """The ``data`` of a ``job.cancelled`` CloudEvent. ``reason`` says why when it was not
+    cancelled on request: ``dependency <id> failed`` (or ``cancelled``) for a job whose
+    dependency did not succeed."""
+
+    attempt: int
+    """The attempt that was running, if one was."""
+    reason: str
 
 
 CatchUp = Literal["skip", "once"]
@@ -300,3 +355,116 @@ class Kind(TypedDict):
     kind: str
     builtin: bool
     schema: Any
+
+
+# Workflows (docs/workflows.md): dependencies between jobs, batches with a callback.
+
+
+class Ended(TypedDict):
+    """How a job a workflow waited for ended: an item of ``Upstream``."""
+
+    id: str
+    status: JobStatus
+    """``succeeded``, ``failed`` or ``cancelled``."""
+    result: NotRequired[Any]
+    """A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent
+    otherwise (read a larger one with ``Client.result``). Never set for a batch's members."""
+
+
+class Members(TypedDict):
+    """How the members of a batch ended, as its callback's handler is told."""
+
+    total: int
+    succeeded: int
+    failed: int
+    """Dead-lettered."""
+    cancelled: int
+    jobs: NotRequired[list[Ended]]
+    """Each member with its status (no result), in submission order, for a batch of up to
+    1,000 members; absent for a larger one (page through ``Client.list_batch_jobs``)."""
+
+
+class Upstream(TypedDict, total=False):
+    """What a job waited for, as it ended (``Job.upstream`` of the worker): its dependencies,
+    in the order of ``depends_on``, or a batch callback's members. A retry is told the same."""
+
+    dependencies: list[Ended]
+    members: Members
+
+
+class PushJob(TypedDict):
+    """The body of the POST a push kind's endpoint receives (verify it with
+    ``verify_webhook`` and the kind's secret)."""
+
+    id: str
+    tenant: str
+    kind: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    upstream: NotRequired[Upstream]
+    """How the jobs it waited for ended; absent when it waited for none."""
+
+
+BatchLinks = TypedDict("BatchLinks", {"self": str, "jobs": str, "callback": str})
+"""Links from a batch: itself, its members, its callback job (``/v1/jobs/{id}``)."""
+
+
+class BatchAccepted(TypedDict):
+    """The answer to ``Client.add_batch_jobs``: the batch, and the members this request
+    submitted."""
+
+    id: str
+    """The batch's id, which is also its callback job's (follow or wait for it as a job)."""
+    sealed: bool
+    """No member can be added; its callback runs once all have ended."""
+    jobs: list[str]
+    """The ids of the members this request submitted, in the order sent."""
+    links: BatchLinks
+
+
+class BatchSubmission(BatchAccepted):
+    """The answer to ``Client.create_batch``."""
+
+    repeated: bool
+    """True when the API answered 200 (a repeat with the same idempotency key: the same batch
+    and member ids), False on 202."""
+
+
+class BatchMemberCounts(TypedDict):
+    """A batch's members by status, as the read model shows them now."""
+
+    total: int
+    queued: int
+    running: int
+    retry_scheduled: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class Batch(TypedDict):
+    """A batch as ``GET /v1/batches/{id}`` shows it: its callback job, and its members'
+    progress."""
+
+    id: str
+    kind: str
+    """The callback's kind (``batch`` when none was given)."""
+    status: JobStatus
+    """The callback's: ``queued`` until the batch is sealed and every member ended."""
+    sealed: bool
+    sealed_at: str | None
+    members: BatchMemberCounts
+    created_at: str
+    finished_at: str | None
+    result: Any
+    """The callback's result once it succeeded (for the built-in ``batch``, the counts)."""
+    links: BatchLinks
+
+
+class BatchCancelled(TypedDict):
+    """The answer to ``Client.cancel_batch``."""
+
+    id: str
+    cancelled: int
+    """Members whose cancellation was requested (those not ended yet)."""

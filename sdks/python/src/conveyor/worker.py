@@ -14,13 +14,14 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
 from . import _http
 from .errors import ApiError, LeaseLostError
+from .types import Upstream
 
 __all__ = ["Worker", "Job", "Handler", "CancelReason"]
 
@@ -72,6 +73,12 @@ class Job:
     max_attempts: int
     deadline: datetime | None
     """When the attempt's ``timeout_ms`` runs out."""
+    upstream: Upstream | None
+    """How the jobs it waited for ended (docs/workflows.md): ``dependencies``, in the order of
+    its ``depends_on``, each ``{"id", "status", "result"?}`` (``result`` when it succeeded with
+    one of up to 16 KiB); or, for a batch's callback, ``members`` (``total``, ``succeeded``,
+    ``failed``, ``cancelled``, and ``jobs`` for a batch of up to 1,000). None for a job that
+    waited for none. Every attempt is told the same."""
     lease: str
     """The current lease token (renewed by each heartbeat); opaque."""
     lease_expires_at: datetime | None
@@ -90,6 +97,8 @@ class Job:
         self.attempt = int(raw.get("attempt", 1))
         self.max_attempts = int(raw.get("max_attempts", 1))
         self.deadline = _parse_time(raw.get("deadline"))
+        upstream = raw.get("upstream")
+        self.upstream = cast(Upstream, upstream) if isinstance(upstream, dict) else None
         self.lease = str(raw["lease"])
         self.lease_expires_at = _parse_time(raw.get("lease_expires_at"))
         self.heartbeat_ms = int(raw.get("heartbeat_ms") or 0)

@@ -1,0 +1,183 @@
+//! Workflows in the read model: a batch's members and their progress, and how the jobs that
+//! others wait for ended (what the scheduler checks before it lets a waiting job start).
+//!
+//! A batch's state is never counted as events arrive: it is read off its members' rows, which
+//! the projector keeps exact in the same transaction as its checkpoint, so it is as exact and as
+//! replayable as the rows themselves.
+
+use std::collections::HashMap;
+
+use events::job::{Ended, Members};
+use events::{JobId, JobStatus, Tenant};
+use serde_json::Value;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::jobs::{JobRow, StoredStatus, COLUMNS};
+
+/// How many of a batch's members stand where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub retry_scheduled: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+impl MemberCounts {
+    /// Members in all.
+    pub fn total(&self) -> i64 {
+        self.queued
+            + self.running
+            + self.retry_scheduled
+            + self.succeeded
+            + self.failed
+            + self.cancelled
+    }
+
+    /// Members that have ended.
+    pub fn ended(&self) -> i64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+
+    fn add(&mut self, status: JobStatus, n: i64) {
+        *match status {
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::Running => &mut self.running,
+            JobStatus::RetryScheduled => &mut self.retry_scheduled,
+            JobStatus::Succeeded => &mut self.succeeded,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
+        } += n;
+    }
+}
+
+/// The counts of batch `batch`'s members by status.
+pub async fn member_counts(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<MemberCounts> {
+    let rows: Vec<(StoredStatus, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM jobs WHERE batch = $1 GROUP BY status")
+            .bind(batch)
+            .fetch_all(db)
+            .await?;
+    let mut counts = MemberCounts::default();
+    for (status, n) in rows {
+        let status = JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        counts.add(status, n);
+    }
+    Ok(counts)
+}
+
+/// Up to `limit` of `tenant`'s members of `batch` (in `status`, if given), in submission order,
+/// after the member `after`.
+pub async fn members(
+    db: impl PgExecutor<'_>,
+    tenant: &Tenant,
+    batch: Uuid,
+    status: Option<JobStatus>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE batch = $1 AND tenant = $2
+           AND ($3::text IS NULL OR status = $3) AND ($4::uuid IS NULL OR id > $4)
+         ORDER BY id LIMIT $5"
+    ))
+    .bind(batch)
+    .bind(tenant.as_str())
+    .bind(status.map(JobStatus::as_str))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Whether a member of `batch` has not ended yet (one index probe per unended status).
+pub async fn has_open_members(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = $1
+           AND status IN ('queued', 'running', 'retry_scheduled'))",
+    )
+    .bind(batch)
+    .fetch_one(db)
+    .await
+}
+
+/// Which of `batches` are sealed.
+pub async fn sealed(db: impl PgExecutor<'_>, batches: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) AND sealed_at IS NOT NULL")
+        .bind(batches)
+        .fetch_all(db)
+        .await
+}
+
+/// The members of an ended batch: their counts, and each one's status if there are at most
+/// `list_up_to` of them.
+pub async fn ended_members(
+    db: impl PgExecutor<'_> + Copy,
+    batch: Uuid,
+    list_up_to: usize,
+) -> sqlx::Result<Members> {
+    let counts = member_counts(db, batch).await?;
+    let jobs = if counts.total() <= list_up_to as i64 {
+        let rows: Vec<(Uuid, StoredStatus)> =
+            sqlx::query_as("SELECT id, status FROM jobs WHERE batch = $1 ORDER BY id")
+                .bind(batch)
+                .fetch_all(db)
+                .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for (id, status) in rows {
+            jobs.push(Ended {
+                id: JobId(id),
+                status: JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                result: None,
+            });
+        }
+        Some(jobs)
+    } else {
+        None
+    };
+    let n = |c: i64| u64::try_from(c).unwrap_or(0);
+    Ok(Members {
+        total: n(counts.total()),
+        succeeded: n(counts.succeeded),
+        failed: n(counts.failed),
+        cancelled: n(counts.cancelled),
+        jobs,
+    })
+}
+
+/// Those of `ids` that have ended, with their tenant, status and result (a result of more than
+/// `result_limit` JSON bytes left out).
+pub async fn ended(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    result_limit: usize,
+) -> sqlx::Result<HashMap<Uuid, (String, Ended)>> {
+    let rows: Vec<(Uuid, String, StoredStatus, Option<Value>)> = sqlx::query_as(
+        "SELECT id, tenant, status,
+                CASE WHEN octet_length(result::text) <= $2 THEN result END
+         FROM jobs WHERE id = ANY($1) AND status IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(ids)
+    .bind(i32::try_from(result_limit).unwrap_or(i32::MAX))
+    .fetch_all(db)
+    .await?;
+    let mut ended = HashMap::with_capacity(rows.len());
+    for (id, tenant, status, result) in rows {
+        let status = JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        ended.insert(
+            id,
+            (
+                tenant,
+                Ended {
+                    id: JobId(id),
+                    status,
+                    result,
+                },
+            ),
+        );
+    }
+    Ok(ended)
+}
