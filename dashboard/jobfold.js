@@ -18,6 +18,7 @@ export function fromSubmitted(ce, seq) {
     depends_on: d.depends_on ?? null,
     batch: d.batch ?? null,
     is_batch: d.is_batch ?? false,
+    parent: d.parent ?? null,
     payload: d.payload ?? {},
     progress: null,
     result: null,
@@ -90,6 +91,12 @@ export function apply(job, ce, seq) {
     case 'sealed':
       job.sealed_at ??= ce.time;
       break;
+    case 'suspended':
+      // The attempt under way waits for the job's children; the next one is queued.
+      if (d.attempt >= job.attempt && job.status === 'running') {
+        Object.assign(job, { status: 'queued', max_attempts: d.max_attempts, progress: null });
+      }
+      break;
     case 'submitted':
     case 'cancel_requested':
       break; // no change to the job's state
@@ -124,6 +131,8 @@ export function waitingReason(w) {
       return 'jobs it depends on have not all ended';
     case 'batch':
       return "its batch's members have not all ended";
+    case 'children':
+      return 'its children have not all ended';
     default:
       return w?.reason ?? ''; // a reason newer than this dashboard
   }
@@ -153,6 +162,8 @@ export function summary(ce) {
       return d.reason ?? (d.attempt ? `during attempt ${d.attempt}` : 'before it started');
     case 'job.sealed':
       return 'batch sealed: no more members';
+    case 'job.suspended':
+      return `attempt ${d.attempt}: waits for its children, then attempt ${d.next_attempt}`;
     case 'job.redriven':
       return `attempt ${d.next_attempt} of ${d.max_attempts}`;
     case 'job.waiting':

@@ -23,17 +23,25 @@ export function render(main, { id }) {
   const output = h('div');
   const timeline = h('ol', { class: 'timeline', 'aria-live': 'polite', 'aria-relevant': 'additions' });
   const conn = h('span', { class: 'conn', role: 'status' });
-  main.append(
-    h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '← Jobs')),
-    h('div', { class: 'title' }, heading, badge),
-    h('section', { class: 'card', 'aria-label': 'Job' }, facts, actions),
-    output,
-    h('section', { class: 'card', 'aria-labelledby': 'timeline-h' }, h('div', { class: 'title' }, h('h2', { id: 'timeline-h' }, 'Timeline'), conn), timeline),
-  );
-
   // A batch's members by status (its callback is this job), read while it has not ended.
   const members = h('span', { class: 'members' }, '…');
+  // The jobs its handler submitted, with their statuses, read while any has not ended.
+  const childList = h('ul', { class: 'children' });
+  const childCard = h('section', { class: 'card', 'aria-labelledby': 'children-h', hidden: true },
+    h('h2', { id: 'children-h' }, 'Children'), childList);
+  let childrenOpen = true;
+  async function readChildren() {
+    try {
+      const page = await api(`/v1/jobs/${id}/children?limit=100`);
+      childCard.hidden = page.items.length === 0;
+      childList.replaceChildren(...page.items.map((c) => h('li', { 'data-id': c.id }, jobLink(c.id), ' ', c.kind, ' ', statusBadge(c.status))));
+      childrenOpen = page.items.some((c) => !TERMINAL.has(c.status)) || !TERMINAL.has(job?.status);
+    } catch (e) {
+      toast(`Could not load the children: ${e.message}`, 'error');
+    }
+  }
   let membersRead = 0;
+  let childrenRead = 0;
   let membersFinal = false; // read once the batch ended: its counts no longer change
   const jobLink = (other) => h('a', { href: `#/jobs/${other}` }, h('code', {}, shortId(other)));
   async function readMembers() {
@@ -47,13 +55,27 @@ export function render(main, { id }) {
     }
   }
 
+  main.append(
+    h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '← Jobs')),
+    h('div', { class: 'title' }, heading, badge),
+    h('section', { class: 'card', 'aria-label': 'Job' }, facts, actions),
+    childCard,
+    output,
+    h('section', { class: 'card', 'aria-labelledby': 'timeline-h' }, h('div', { class: 'title' }, h('h2', { id: 'timeline-h' }, 'Timeline'), conn), timeline),
+  );
+
   const bar = progressBar({ status: 'queued' }, 'Progress');
   const barText = h('span', { class: 'pct' });
 
   load();
   const ticker = setInterval(() => {
     if (job && !job.finished_at && job.started_at) drawFacts();
-    // A batch's members progress on their own streams: read again every two seconds until it ends.
+    // Children and a batch's members progress on their own streams: read again every two seconds
+    // until they (and the job) have ended.
+    if (job && childrenOpen && Date.now() - childrenRead > 2000) {
+      childrenRead = Date.now();
+      readChildren();
+    }
     if (job?.is_batch && !membersFinal && Date.now() - membersRead > 2000) {
       membersRead = Date.now();
       membersFinal = TERMINAL.has(job.status);
@@ -136,6 +158,7 @@ export function render(main, { id }) {
       job.priority ? ['Priority', h('span', { title: 'higher starts first (-100 to 100)' }, String(job.priority))] : null,
       job.depends_on?.length ? ['Depends on', h('span', { class: 'depends-on' }, ...job.depends_on.flatMap((d, i) => [i ? ', ' : '', jobLink(d)]))] : null,
       job.batch ? ['Batch', jobLink(job.batch)] : null,
+      job.parent ? ['Parent', jobLink(job.parent)] : null,
       job.is_batch ? ['Members', members] : null,
       ['Attempt', `${job.attempt} of ${job.max_attempts}`],
       ['Progress', h('span', { class: 'progress' }, bar, barText)],

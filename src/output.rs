@@ -357,6 +357,11 @@ fn event_summary(name: &str, d: &Value) -> String {
             None => attempt(&d["attempt"]),
         },
         "sealed" => "batch sealed: no more members".to_owned(),
+        "suspended" => format!(
+            "{}: waits for its children, then attempt {}",
+            attempt(&d["attempt"]),
+            text(&d["next_attempt"])
+        ),
         "waiting" => format!("{}: {}", attempt(&d["attempt"]), waiting(d)),
         "redriven" => format!(
             "generation {}, next attempt {} of {}",
@@ -380,6 +385,7 @@ fn waiting(w: &Value) -> String {
         "tenant_share" => "other tenants' turns (fair share)".to_owned(),
         "dependencies" => "jobs it depends on have not all ended".to_owned(),
         "batch" => "its batch's members have not all ended".to_owned(),
+        "children" => "its children have not all ended".to_owned(),
         other => other.to_owned(),
     }
 }
@@ -412,6 +418,7 @@ fn job_block(j: &Value, now: DateTime<Utc>, fit: &mut Fit) -> String {
                 .map(|p| p.to_string()),
         ),
         ("batch", j["batch"].as_str().map(str::to_owned)),
+        ("parent", j["parent"].as_str().map(str::to_owned)),
         (
             "depends on",
             j["depends_on"].as_array().map(|ids| {

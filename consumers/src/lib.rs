@@ -4,7 +4,7 @@
 //!   [`Handler`]s with bounded concurrency, heartbeats, timeouts, retries with backoff, dead
 //!   letters and cooperative cancellation, and publishes the job's domain events. Embed it in
 //!   your own binary with your own handlers through [`Registry`].
-//! - [`handlers`] holds the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `batch`, `report.job_stats`).
+//! - [`handlers`] holds the built-in job kinds (`noop`, `sleep`, `flaky`, `fail`, `batch`, `fan_out`, `report.job_stats`).
 //! - [`projector`] folds the EVENTS stream into the Postgres read models (`jobs`, `job_events`,
 //!   `job_stats`, described by the `readmodel` crate), one transaction per batch together with
 //!   the checkpoints.

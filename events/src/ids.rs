@@ -51,6 +51,17 @@ impl JobId {
         Self(Uuid::from_bytes(bytes))
     }
 
+    /// The `n`th of ids derived together from `name` (`n` below 4096): like
+    /// [`JobId::derived`], but with `n` in the 12 bits after the timestamp, so ids of one
+    /// timestamp sort in the order of `n`.
+    pub fn derived_nth(at_ms: u64, name: &str, n: u16) -> Self {
+        let mut bytes = *Self::derived(at_ms, name).0.as_bytes();
+        let n = n.min(0x0fff);
+        bytes[6] = 0x70 | (n >> 8) as u8;
+        bytes[7] = (n & 0xff) as u8;
+        Self(Uuid::from_bytes(bytes))
+    }
+
     /// The millisecond timestamp of a time-ordered id.
     pub fn timestamp_ms(&self) -> u64 {
         let b = self.0.as_bytes();
@@ -189,6 +200,21 @@ impl JobKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_repeat_and_sort_in_their_order() {
+        let at = 1_764_000_000_000;
+        assert_eq!(JobId::derived(at, "a"), JobId::derived(at, "a"));
+        assert_ne!(JobId::derived(at, "a"), JobId::derived(at, "b"));
+        assert_eq!(JobId::derived(at, "a").timestamp_ms(), at);
+        let ids: Vec<JobId> = (0..1000)
+            .map(|n| JobId::derived_nth(at, "page", n))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in the order of n");
+        assert_eq!(ids[7], JobId::derived_nth(at, "page", 7));
+        assert_eq!(ids[7].0.get_version_num(), 7);
+        assert!(JobId::derived_nth(at + 1, "page", 0) > ids[999]);
+    }
 
     #[test]
     fn tenants() {

@@ -111,6 +111,13 @@ pub struct Workflow {
     /// member has ended, whatever their outcomes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_batch: bool,
+    /// The job whose handler submitted it (its parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<JobId>,
+    /// Its attempt resumes a handler that waits for its children: it starts once every child
+    /// submitted so far has ended. (Set on the `run` command that follows `job.suspended` only.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaits_children: bool,
 }
 
 impl Workflow {
@@ -119,7 +126,7 @@ impl Workflow {
 
     /// Whether the job waits for other jobs' ends before it may start.
     pub fn waits(&self) -> bool {
-        !self.depends_on.is_empty() || self.is_batch
+        !self.depends_on.is_empty() || self.is_batch || self.awaits_children
     }
 }
 
@@ -165,6 +172,9 @@ pub struct Upstream {
     /// Its batch's members (a batch's callback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Members>,
+    /// Its children (an attempt resuming a handler that waited for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Members>,
 }
 
 impl Upstream {
@@ -302,13 +312,16 @@ pub enum WaitReason {
     Dependencies,
     /// It is a batch's callback: the batch is not sealed, or members have not all ended.
     Batch,
+    /// Its handler waits for its children, which have not all ended.
+    Children,
 }
 
 impl WaitReason {
     /// Gates first, then the order of the line.
-    pub const ALL: [WaitReason; 8] = [
+    pub const ALL: [WaitReason; 9] = [
         Self::Dependencies,
         Self::Batch,
+        Self::Children,
         Self::ConcurrencyKey,
         Self::RateLimit,
         Self::Paused,
@@ -334,6 +347,7 @@ impl WaitReason {
             Self::TenantShare => "tenant_share",
             Self::Dependencies => "dependencies",
             Self::Batch => "batch",
+            Self::Children => "children",
         }
     }
 }
@@ -450,6 +464,18 @@ pub struct Cancelled {
     pub reason: Option<String>,
 }
 
+/// `job.suspended`: the handler submitted children and waits for them without holding a worker:
+/// its attempt ended, and the next one starts once every child has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspended {
+    /// The attempt that ended waiting.
+    pub attempt: u32,
+    /// The attempt that resumes it.
+    pub next_attempt: u32,
+    /// The new limit of attempts (one more: a wait is no failure).
+    pub max_attempts: u32,
+}
+
 /// `job.sealed`: a batch's members are all submitted; once every one has ended, the batch's
 /// callback starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -484,11 +510,12 @@ pub enum JobEvent {
     Redriven(Redriven),
     Waiting(Waiting),
     Sealed(Sealed),
+    Suspended(Suspended),
 }
 
 impl JobEvent {
     /// All short names, as used in subjects and in `type` filters after `job.`.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "submitted",
         "started",
         "progressed",
@@ -501,6 +528,7 @@ impl JobEvent {
         "redriven",
         "waiting",
         "sealed",
+        "suspended",
     ];
 
     /// The short name: the last subject token (`succeeded`).
@@ -518,6 +546,7 @@ impl JobEvent {
             Self::Redriven(_) => "redriven",
             Self::Waiting(_) => "waiting",
             Self::Sealed(_) => "sealed",
+            Self::Suspended(_) => "suspended",
         }
     }
 
@@ -538,7 +567,7 @@ impl JobEvent {
             Self::Succeeded(_) => JobStatus::Succeeded,
             Self::DeadLettered(_) => JobStatus::Failed,
             Self::Cancelled(_) => JobStatus::Cancelled,
-            Self::Redriven(_) => JobStatus::Queued,
+            Self::Redriven(_) | Self::Suspended(_) => JobStatus::Queued,
             Self::Failed(f) if !f.will_retry => JobStatus::Failed,
             Self::Progressed(_)
             | Self::Failed(_)
@@ -569,6 +598,7 @@ impl Payload for JobEvent {
             Self::Redriven(_) => "dev.conveyor.job.redriven",
             Self::Waiting(_) => "dev.conveyor.job.waiting",
             Self::Sealed(_) => "dev.conveyor.job.sealed",
+            Self::Suspended(_) => "dev.conveyor.job.suspended",
         }
     }
 
@@ -586,6 +616,7 @@ impl Payload for JobEvent {
             Self::Redriven(d) => serde_json::to_value(d),
             Self::Waiting(d) => serde_json::to_value(d),
             Self::Sealed(d) => serde_json::to_value(d),
+            Self::Suspended(d) => serde_json::to_value(d),
         };
         v.expect("event data always serialises")
     }
@@ -607,6 +638,7 @@ impl Payload for JobEvent {
             "redriven" => Self::Redriven(serde_json::from_value(data)?),
             "waiting" => Self::Waiting(serde_json::from_value(data)?),
             "sealed" => Self::Sealed(serde_json::from_value(data)?),
+            "suspended" => Self::Suspended(serde_json::from_value(data)?),
             _ => return Err(DecodeError::UnknownType(event_type.to_owned())),
         })
     }
@@ -620,6 +652,7 @@ pub fn builtin_kinds() -> Vec<JobKind> {
         "flaky",
         "fail",
         "batch",
+        "fan_out",
         "report.job_stats",
     ]
     .into_iter()
@@ -667,6 +700,8 @@ mod tests {
                     depends_on: vec![JobId::new()],
                     batch: Some(JobId::new()),
                     is_batch: false,
+                    parent: Some(JobId::new()),
+                    awaits_children: false,
                 },
             }),
             JobEvent::Started(Started {
@@ -717,6 +752,11 @@ mod tests {
                 key: Some("account-42".into()),
             }),
             JobEvent::Sealed(Sealed {}),
+            JobEvent::Suspended(Suspended {
+                attempt: 1,
+                next_attempt: 2,
+                max_attempts: 4,
+            }),
         ];
         assert_eq!(all.len(), JobEvent::NAMES.len());
         for (ev, name) in all.into_iter().zip(JobEvent::NAMES) {

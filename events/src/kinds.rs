@@ -71,6 +71,37 @@ pub struct Fail {
     pub panic: bool,
 }
 
+/// `fan_out`: submits `count` children of `kind` with `payload`, waits for them holding no worker,
+/// then ends with their counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOut {
+    /// The children's kind (default `noop`).
+    #[serde(default = "noop")]
+    pub kind: String,
+    /// How many (1 to 1,000).
+    pub count: u32,
+    /// Each child's payload.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+fn noop() -> String {
+    "noop".into()
+}
+
+impl FanOut {
+    /// Parses and validates.
+    pub fn from_payload(payload: &Value) -> Result<Self, String> {
+        let s: Self = parse(payload)?;
+        if !(1..=1000).contains(&s.count) {
+            return Err("count must be between 1 and 1000".into());
+        }
+        crate::ids::JobKind::parse(&s.kind).map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+}
+
 /// `report.job_stats`: counts the tenant's jobs by kind and status over the last `window_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +215,15 @@ pub fn builtin_schema(kind: &str) -> Option<Value> {
                            "description": "Panic in the handler instead of returning an error." },
             }),
             &[],
+        ),
+        "fan_out" => object(
+            serde_json::json!({
+                "kind": { "type": "string", "default": "noop", "description": "The children's kind." },
+                "count": { "type": "integer", "minimum": 1, "maximum": 1000,
+                           "description": "How many children." },
+                "payload": { "description": "Each child's payload." },
+            }),
+            &["count"],
         ),
         "batch" => serde_json::json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",

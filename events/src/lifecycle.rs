@@ -172,6 +172,8 @@ pub enum AttemptOutcome {
     TimedOut,
     /// The handler failed (or panicked).
     Failed(ErrorInfo),
+    /// The handler submitted children and waits for them, holding no worker meanwhile.
+    WaitsForChildren,
 }
 
 /// What to do with a `run` command that just arrived (see [`Attempt::start`]).
@@ -215,6 +217,36 @@ impl Attempt {
     fn terminal(&self, at: DateTime<Utc>, event: JobEvent) -> Transition {
         self.transition(at)
             .event(msg_id::terminal(self.job, self.run.generation), event)
+    }
+
+    /// The attempt ends waiting for the job's children: `job.suspended`, then the next attempt's
+    /// `run` command, which the scheduler holds until every child has ended. A wait is no
+    /// failure: the limit of attempts grows by one.
+    fn suspend(&self, now: DateTime<Utc>) -> Transition {
+        let (attempt, next_attempt) = (self.run.attempt, self.run.attempt + 1);
+        let max_attempts = self.run.max_attempts.saturating_add(1);
+        let mut workflow = self.run.workflow.clone();
+        workflow.awaits_children = true;
+        self.transition(now)
+            .event(
+                msg_id::attempt_event(self.job, attempt, "suspended"),
+                JobEvent::Suspended(crate::job::Suspended {
+                    attempt,
+                    next_attempt,
+                    max_attempts,
+                }),
+            )
+            .then(
+                msg_id::run(self.job, next_attempt),
+                Command::Run(RunJob {
+                    attempt: next_attempt,
+                    max_attempts,
+                    run_at: None,
+                    workflow,
+                    upstream: None,
+                    ..self.run.clone()
+                }),
+            )
     }
 
     /// Ends the job unrun because a job it depended on ended other than `succeeded` (`why`
@@ -288,6 +320,7 @@ impl Attempt {
                     }),
                 );
             }
+            AttemptOutcome::WaitsForChildren => return self.suspend(now),
             AttemptOutcome::TimedOut => ErrorInfo {
                 class: ErrorClass::Timeout,
                 message: format!("attempt exceeded its timeout of {} ms", self.run.timeout_ms),

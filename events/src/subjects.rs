@@ -140,10 +140,16 @@ impl Namespace {
 
     /// The events that end an attempt (or a job without one): what frees a scheduler's slot.
     pub fn attempt_end_events(&self) -> Vec<String> {
-        ["succeeded", "failed", "dead_lettered", "cancelled"]
-            .iter()
-            .map(|name| format!("{self}.events.*.job.*.{name}"))
-            .collect()
+        [
+            "succeeded",
+            "failed",
+            "dead_lettered",
+            "cancelled",
+            "suspended",
+        ]
+        .iter()
+        .map(|name| format!("{self}.events.*.job.*.{name}"))
+        .collect()
     }
 
     /// The run commands of one kind: one worker consumer's filter. (Every run subject has

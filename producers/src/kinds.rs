@@ -287,7 +287,7 @@ mod tests {
             .validate(&JobKind::parse("nope").unwrap(), &Value::Null)
             .unwrap_err();
         assert!(
-            unknown.contains("known kinds: batch, fail, flaky, image.resize"),
+            unknown.contains("known kinds: batch, fail, fan_out, flaky, image.resize"),
             "{unknown}"
         );
 
@@ -302,6 +302,6 @@ mod tests {
         let e = c.validate(&resize, &json!({"width": 0})).unwrap_err();
         assert!(e.contains("/width"), "{e}");
         assert!(c.validate(&resize, &json!({})).is_err());
-        assert_eq!(c.list().len(), 6);
+        assert_eq!(c.list().len(), 8);
     }
 }

@@ -91,6 +91,9 @@ pub(crate) struct JobView {
     /// When its batch was sealed (a batch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sealed_at: Option<DateTime<Utc>>,
+    /// The job whose handler submitted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) parent: Option<Uuid>,
 }
 
 impl From<JobRow> for JobView {
@@ -123,6 +126,7 @@ impl From<JobRow> for JobView {
             depends_on: row.depends_on,
             is_batch: row.is_batch,
             sealed_at: row.sealed_at,
+            parent: row.parent,
         }
     }
 }

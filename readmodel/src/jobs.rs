@@ -66,6 +66,10 @@ pub struct JobRow {
     pub is_batch: bool,
     /// When its batch was sealed (a batch).
     pub sealed_at: Option<DateTime<Utc>>,
+    /// The job whose handler submitted it.
+    pub parent: Option<Uuid>,
+    /// The last attempt that ended waiting for the job's children (`job.suspended`).
+    pub suspended_attempt: Option<i32>,
 }
 
 impl JobRow {
@@ -103,6 +107,8 @@ impl JobRow {
                 .then(|| json!(job.workflow.depends_on)),
             is_batch: job.workflow.is_batch,
             sealed_at: None,
+            parent: job.workflow.parent.map(|p| p.0),
+            suspended_attempt: None,
         }
     }
 }
@@ -129,7 +135,8 @@ impl TryFrom<StoredStatus> for JobStatus {
 /// The columns of [`JobRow`], in its order.
 pub const COLUMNS: &str = "id, tenant, kind, status, attempt, max_attempts, timeout_ms, payload,
     progress, result, result_ref, error, webhook_url, run_at, trace_id, created_at, started_at,
-    finished_at, updated_at, last_seq, priority, waiting, batch, depends_on, is_batch, sealed_at";
+    finished_at, updated_at, last_seq, priority, waiting, batch, depends_on, is_batch, sealed_at, parent,
+    suspended_attempt";
 
 /// The live row of job `id` of `tenant`.
 pub async fn find(

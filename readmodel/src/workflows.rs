@@ -15,7 +15,32 @@ use uuid::Uuid;
 
 use crate::jobs::{JobRow, StoredStatus, COLUMNS};
 
-/// How many of a batch's members stand where.
+/// The jobs a workflow waits for as one: a batch's members, or a parent's children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The members of the batch of this id.
+    Members(Uuid),
+    /// The children of the job of this id.
+    Children(Uuid),
+}
+
+impl Group {
+    /// The column naming the group (each with its index over `(column, status, id)`).
+    fn column(self) -> &'static str {
+        match self {
+            Self::Members(_) => "batch",
+            Self::Children(_) => "parent",
+        }
+    }
+
+    fn id(self) -> Uuid {
+        match self {
+            Self::Members(id) | Self::Children(id) => id,
+        }
+    }
+}
+
+/// How many of a batch's members (or a parent's children) stand where.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemberCounts {
     pub queued: i64,
@@ -54,13 +79,15 @@ impl MemberCounts {
     }
 }
 
-/// The counts of batch `batch`'s members by status.
-pub async fn member_counts(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<MemberCounts> {
-    let rows: Vec<(StoredStatus, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM jobs WHERE batch = $1 GROUP BY status")
-            .bind(batch)
-            .fetch_all(db)
-            .await?;
+/// The counts of `group`'s jobs by status.
+pub async fn counts(db: impl PgExecutor<'_>, group: Group) -> sqlx::Result<MemberCounts> {
+    let column = group.column();
+    let rows: Vec<(StoredStatus, i64)> = sqlx::query_as(&format!(
+        "SELECT status, count(*) FROM jobs WHERE {column} = $1 GROUP BY status"
+    ))
+    .bind(group.id())
+    .fetch_all(db)
+    .await?;
     let mut counts = MemberCounts::default();
     for (status, n) in rows {
         let status = JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
@@ -69,22 +96,23 @@ pub async fn member_counts(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result
     Ok(counts)
 }
 
-/// Up to `limit` of `tenant`'s members of `batch` (in `status`, if given), in submission order,
-/// after the member `after`.
-pub async fn members(
+/// Up to `limit` of `tenant`'s jobs of `group` (in `status`, if given), in submission order,
+/// after the job `after`.
+pub async fn page(
     db: impl PgExecutor<'_>,
     tenant: &Tenant,
-    batch: Uuid,
+    group: Group,
     status: Option<JobStatus>,
     after: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
+    let column = group.column();
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM jobs WHERE batch = $1 AND tenant = $2
+        "SELECT {COLUMNS} FROM jobs WHERE {column} = $1 AND tenant = $2
            AND ($3::text IS NULL OR status = $3) AND ($4::uuid IS NULL OR id > $4)
          ORDER BY id LIMIT $5"
     ))
-    .bind(batch)
+    .bind(group.id())
     .bind(tenant.as_str())
     .bind(status.map(JobStatus::as_str))
     .bind(after)
@@ -93,15 +121,28 @@ pub async fn members(
     .await
 }
 
-/// Whether a member of `batch` has not ended yet (one index probe per unended status).
-pub async fn has_open_members(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch = $1
-           AND status IN ('queued', 'running', 'retry_scheduled'))",
-    )
-    .bind(batch)
+/// Whether a job of `group` has not ended yet (one index probe per unended status).
+pub async fn has_open(db: impl PgExecutor<'_>, group: Group) -> sqlx::Result<bool> {
+    let column = group.column();
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE {column} = $1
+           AND status IN ('queued', 'running', 'retry_scheduled'))"
+    ))
+    .bind(group.id())
     .fetch_one(db)
     .await
+}
+
+/// The last attempt of each of `ids` that ended waiting for its children, for those that have
+/// one.
+pub async fn suspended(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, i32>> {
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT id, suspended_attempt FROM jobs WHERE id = ANY($1) AND suspended_attempt IS NOT NULL",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Which of `batches` are sealed.
@@ -112,20 +153,22 @@ pub async fn sealed(db: impl PgExecutor<'_>, batches: &[Uuid]) -> sqlx::Result<V
         .await
 }
 
-/// The members of an ended batch: their counts, and each one's status if there are at most
+/// The jobs of an ended group: their counts, and each one's status if there are at most
 /// `list_up_to` of them.
-pub async fn ended_members(
+pub async fn ended_group(
     db: impl PgExecutor<'_> + Copy,
-    batch: Uuid,
+    group: Group,
     list_up_to: usize,
 ) -> sqlx::Result<Members> {
-    let counts = member_counts(db, batch).await?;
+    let counts = counts(db, group).await?;
     let jobs = if counts.total() <= list_up_to as i64 {
-        let rows: Vec<(Uuid, StoredStatus)> =
-            sqlx::query_as("SELECT id, status FROM jobs WHERE batch = $1 ORDER BY id")
-                .bind(batch)
-                .fetch_all(db)
-                .await?;
+        let column = group.column();
+        let rows: Vec<(Uuid, StoredStatus)> = sqlx::query_as(&format!(
+            "SELECT id, status FROM jobs WHERE {column} = $1 ORDER BY id"
+        ))
+        .bind(group.id())
+        .fetch_all(db)
+        .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for (id, status) in rows {
             jobs.push(Ended {

@@ -227,7 +227,7 @@ pub(super) struct Target {
 pub(super) enum JobsCommand {
     /// Submit a job, or (with `--file`) many, in batches of 1,000.
     Submit {
-        /// Job kind (`noop`, `sleep`, `flaky`, `fail`, `batch`, `report.job_stats`, …).
+        /// Job kind (`noop`, `sleep`, `flaky`, `fail`, `batch`, `fan_out`, `report.job_stats`, …).
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         kind: Option<String>,
         /// Submit the jobs of a JSON Lines file (`-` for stdin): one `POST /v1/jobs` body per
@@ -294,6 +294,22 @@ pub(super) enum JobsCommand {
     Cancel {
         /// Job id.
         id: String,
+    },
+    /// List the jobs a job's handler submitted (its children, and its continuation).
+    Children {
+        /// Job id.
+        id: String,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show a job's timeline of events.
     Events {
@@ -707,6 +723,14 @@ fn read_jobs(file: &std::path::Path) -> anyhow::Result<Vec<(usize, String, Value
     Ok(jobs)
 }
 
+/// A list's path with its `status` filter, `limit` and `cursor`.
+fn page_path(path: &str, status: Option<String>, limit: u32, cursor: Option<String>) -> String {
+    let mut q = vec![format!("limit={limit}")];
+    q.extend(status.map(|s| format!("status={s}")));
+    q.extend(cursor.map(|c| format!("cursor={c}")));
+    format!("{path}?{}", q.join("&"))
+}
+
 /// A call answered `429` or `503` is sent again after the `Retry-After` the server asks for (said
 /// on stderr), up to 60 times: how a page of many waits for the tenant's rate.
 async fn call_patiently(
@@ -801,10 +825,7 @@ pub(super) async fn batches(target: Target, command: BatchesCommand) -> anyhow::
             cursor,
             output,
         } => {
-            let mut q = vec![format!("limit={limit}")];
-            q.extend(status.map(|s| format!("status={s}")));
-            q.extend(cursor.map(|c| format!("cursor={c}")));
-            let path = format!("/v1/batches/{id}/jobs?{}", q.join("&"));
+            let path = page_path(&format!("/v1/batches/{id}/jobs"), status, limit, cursor);
             let page = c.call(Method::GET, &path, None, &[]).await?;
             return Ok(output.print(&page, View::Jobs)?);
         }
@@ -832,7 +853,8 @@ async fn submit_file(c: &Client, file: &std::path::Path) -> anyhow::Result<()> {
     for (n, line, mut job) in read_jobs(file)? {
         if let Some(fields) = job.as_object_mut() {
             if !fields.contains_key("idempotency_key") {
-                let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{n}:{line}").as_bytes());
+                let digest =
+                    <sha2::Sha256 as sha2::Digest>::digest(format!("{n}:{line}").as_bytes());
                 fields.insert(
                     "idempotency_key".into(),
                     json!(format!("line-{n}-{}", &hex::encode(digest)[..32])),
@@ -1028,6 +1050,17 @@ pub(super) async fn jobs(target: Target, command: JobsCommand) -> anyhow::Result
         JobsCommand::Cancel { id } => {
             c.call(Method::POST, &format!("/v1/jobs/{id}/cancel"), None, &[])
                 .await?
+        }
+        JobsCommand::Children {
+            id,
+            status,
+            limit,
+            cursor,
+            output,
+        } => {
+            let path = page_path(&format!("/v1/jobs/{id}/children"), status, limit, cursor);
+            let page = c.call(Method::GET, &path, None, &[]).await?;
+            return Ok(output.print(&page, View::Jobs)?);
         }
         JobsCommand::Events { id, output } => {
             let events = c

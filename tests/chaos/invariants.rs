@@ -278,10 +278,20 @@ fn workflows(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
     let mut starts: HashMap<String, Vec<(i64, u32)>> = HashMap::new();
     let mut sealed: HashMap<String, i64> = HashMap::new();
     let mut results: HashMap<String, Value> = HashMap::new();
+    // Each parent's children (with their submission's sequence), and each wait for them.
+    let mut children: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    let mut suspends: Vec<(String, i64, u32)> = Vec::new();
     for (seq, ev) in log {
         let job = ev.job.to_string();
         match &ev.payload {
+            JobEvent::Suspended(w) => suspends.push((job, *seq, w.attempt)),
             JobEvent::Submitted(s) => {
+                if let Some(parent) = s.workflow.parent {
+                    children
+                        .entry(parent.to_string())
+                        .or_default()
+                        .push((*seq, job.clone()));
+                }
                 if let Some(batch) = s.workflow.batch {
                     members
                         .entry(batch.to_string())
@@ -312,6 +322,27 @@ fn workflows(log: &[(i64, Envelope<JobEvent>)]) -> Vec<String> {
         }
     }
     let mut v = Vec::new();
+    // A wait for children: the next attempt starts only after every child submitted before the
+    // wait has ended.
+    for (job, at, attempt) in &suspends {
+        let Some(&(resumed, _)) = starts
+            .get(job)
+            .and_then(|s| s.iter().find(|(_, a)| *a == attempt + 1))
+        else {
+            continue;
+        };
+        for (submitted, child) in children.get(job).into_iter().flatten() {
+            if submitted > at {
+                continue;
+            }
+            match ends.get(child) {
+                Some((end, _)) if *end < resumed => {}
+                other => v.push(format!(
+                    "job {job} resumed at {resumed} though child {child} ended {other:?}"
+                )),
+            }
+        }
+    }
     for (job, w) in &workflow {
         let started = starts.get(job).cloned().unwrap_or_default();
         let attempts: BTreeSet<u32> = started.iter().map(|(_, a)| *a).collect();

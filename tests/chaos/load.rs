@@ -350,6 +350,13 @@ impl Client {
             body["idempotency_key"] = json!(uuid::Uuid::new_v4().to_string());
             body
         };
+        // A Rust handler that submits children and waits for them, holding no slot.
+        let fan = keyed(json!({ "kind": "fan_out", "payload": { "count": 3,
+            "kind": "sleep", "payload": { "ms": rng.random_range(50..300) } } }));
+        if let Some(id) = self.submit(&fan, rng).await {
+            self.tally.add("fan-outs accepted");
+            accepted.push(accept(id, Expect::Succeeded));
+        }
         for (first, expect) in [
             (json!({ "kind": "noop" }), Expect::Succeeded),
             (json!({ "kind": "fail", "max_attempts": 1 }), Expect::Failed),

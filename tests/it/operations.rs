@@ -212,13 +212,14 @@ async fn kinds_registered_by_workers_are_accepted_and_validated() {
         [
             "batch",
             "fail",
+            "fan_out",
             "flaky",
             "noop",
             "report.job_stats",
             "sleep"
         ]
     );
-    let sleep = &body["items"][5];
+    let sleep = &body["items"][6];
     assert_eq!(sleep["builtin"], true);
     assert_eq!(sleep["schema"]["required"], json!(["ms"]));
 

@@ -12,14 +12,38 @@ const STEP: &str = "it.step";
 
 /// Leases up to `max` jobs of `STEP` as a worker of the worker protocol, waiting up to `wait_ms`.
 async fn lease(w: &Api, max: u32, wait_ms: u64) -> Vec<Value> {
+    lease_of(w, STEP, max, wait_ms).await
+}
+
+async fn lease_of(w: &Api, kind: &str, max: u32, wait_ms: u64) -> Vec<Value> {
     let (status, body) = w
         .post(
             "/v1/workers/lease",
-            &json!({ "kinds": [STEP], "max_jobs": max, "wait_ms": wait_ms, "worker": "it-flow" }),
+            &json!({ "kinds": [kind], "max_jobs": max, "wait_ms": wait_ms, "worker": "it-flow" }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     body["jobs"].as_array().unwrap().clone()
+}
+
+/// Leases the one next job of `kind`, waiting up to a minute for it.
+async fn lease_one(w: &Api, kind: &str) -> Value {
+    for _ in 0..30 {
+        if let Some(job) = lease_of(w, kind, 1, 2_000).await.pop() {
+            return job;
+        }
+    }
+    panic!("no job of {kind} to lease");
+}
+
+async fn register(w: &Api, kind: &str) {
+    let res = w
+        .request(reqwest::Method::PUT, &format!("/v1/workers/kinds/{kind}"))
+        .json(&json!({ "schema": null }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 async fn complete(w: &Api, job: &Value, result: Value) {
@@ -53,13 +77,7 @@ async fn a_diamond_runs_in_order_and_passes_results_along() {
     let env = Env::new(BUILD).await;
     let (_dev, acme) = env.spawn_http("dev").await;
     let worker = acme.with_token(&env.token("acme", "worker"));
-    let res = worker
-        .request(reqwest::Method::PUT, &format!("/v1/workers/kinds/{STEP}"))
-        .json(&json!({ "schema": null }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    register(&worker, STEP).await;
 
     // A → (B, C) → D.
     let step = |deps: &[&str]| json!({ "kind": STEP, "depends_on": deps });
@@ -70,12 +88,15 @@ async fn a_diamond_runs_in_order_and_passes_results_along() {
     assert_eq!(acme.job(&d).await["depends_on"], json!([b, c]));
 
     // Only A may start; the others say why they wait.
-    let first = lease(&worker, 10, 1_000).await;
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(first[0]["id"], a.as_str());
-    assert!(first[0].get("upstream").is_none(), "{}", first[0]);
+    let first = lease_one(&worker, STEP).await;
+    assert_eq!(first["id"], a.as_str());
+    assert!(first.get("upstream").is_none(), "{first}");
     waits_for(&acme, &d, "dependencies").await;
-    complete(&worker, &first[0], json!({ "value": 1 })).await;
+    assert!(
+        lease(&worker, 10, 500).await.is_empty(),
+        "B, C and D wait for A"
+    );
+    complete(&worker, &first, json!({ "value": 1 })).await;
 
     // B and C start, each told A's result.
     let mut middle = Vec::new();
@@ -411,9 +432,19 @@ async fn a_batch_built_in_pages_seals_then_calls_back_and_cancelling_one_stops_i
     // From the CLI: a file of 1,500 jobs as one batch, in two pages, sealed; then its progress.
     let file = std::env::temp_dir().join(format!("conveyor-batch-{}.jsonl", env.ns));
     std::fs::write(&file, "{\"kind\": \"noop\"}\n".repeat(1500)).unwrap();
-    let vars = [("CONVEYOR_URL", api.base.as_str()), ("CONVEYOR_TOKEN", &api.token)];
+    let vars = [
+        ("CONVEYOR_URL", api.base.as_str()),
+        ("CONVEYOR_TOKEN", &api.token),
+    ];
     let file_arg = file.to_str().unwrap();
-    let args = ["batches", "submit", "--file", file_arg, "--callback", "noop"];
+    let args = [
+        "batches",
+        "submit",
+        "--file",
+        file_arg,
+        "--callback",
+        "noop",
+    ];
     let out = env.run_raw(&args, &vars, &["CONVEYOR_LOG"]).await;
     assert!(out.status.success(), "{out:?}");
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -438,4 +469,206 @@ async fn a_batch_built_in_pages_seals_then_calls_back_and_cancelling_one_stops_i
         before,
         "a rebuild changed the workflow state"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parent_fans_out_to_children_then_continues_or_waits_for_them() {
+    let env = Env::new(BUILD).await;
+    let (_dev, acme) = env.spawn_http("dev").await;
+    let worker = acme.with_token(&env.token("acme", "worker"));
+    register(&worker, "it.parent").await;
+    register(&worker, "it.merge").await;
+
+    // 50 children and a continuation: the parent ends, the continuation runs once all ended.
+    let parent = id_of(&acme.submit(json!({ "kind": "it.parent" })).await);
+    let leased = lease_one(&worker, "it.parent").await;
+    let children: Vec<Value> = (0..50)
+        .map(|i| json!({ "kind": "noop", "payload": { "echo": i } }))
+        .collect();
+    let (status, made) = worker
+        .post(
+            &format!("/v1/workers/jobs/{parent}/children"),
+            &json!({ "lease": leased["lease"], "jobs": children,
+                     "then": { "kind": "it.merge", "payload": { "of": parent } } }),
+        )
+        .await;
+    assert_eq!(status, 202, "{made}");
+    let kids: Vec<String> = made["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kids.len(), 50);
+    let then = made["then"].as_str().unwrap().to_owned();
+    complete(&worker, &leased, json!({ "fanned_out": 50 })).await;
+    assert_eq!(acme.wait_terminal(&parent).await["status"], "succeeded");
+    let merge = lease_one(&worker, "it.merge").await;
+    assert_eq!(merge["id"], then.as_str());
+    let members = &merge["upstream"]["members"];
+    assert_eq!(members["total"], 50, "{merge}");
+    assert_eq!(members["succeeded"], 50, "{merge}");
+    let told: Vec<&str> = members["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(told, kids, "each child, in submission order");
+    complete(&worker, &merge, json!({ "merged": 50 })).await;
+    assert_eq!(acme.wait_terminal(&then).await["status"], "succeeded");
+    assert!(
+        seq_of(&env, &then, "started").await
+            > seq_of(&env, kids.last().unwrap(), "succeeded").await
+    );
+    let (status, listed) = acme
+        .get(&format!("/v1/jobs/{parent}/children?limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed["items"].as_array().unwrap();
+    assert_eq!(listed.len(), 51, "the children and the continuation");
+    assert!(listed.iter().all(|c| c["parent"] == parent.as_str()));
+    assert_eq!(acme.job(&then).await["is_batch"], true);
+
+    // Waiting for its children, holding no worker: the attempt ends, the next one starts once
+    // they have all ended, told how.
+    let waiter = id_of(&acme.submit(json!({ "kind": "it.parent" })).await);
+    let first = lease_one(&worker, "it.parent").await;
+    let kids_body = json!({ "lease": first["lease"],
+                            "jobs": [{ "kind": "sleep", "payload": { "ms": 2500 } },
+                                     { "kind": "sleep", "payload": { "ms": 2500 } },
+                                     { "kind": "fail", "payload": { "fatal": true } }] });
+    let post_kids = || {
+        worker
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/workers/jobs/{waiter}/children"),
+            )
+            .header("Idempotency-Key", "round-1")
+            .json(&kids_body)
+            .send()
+    };
+    let once: Value = post_kids().await.unwrap().json().await.unwrap();
+    let again: Value = post_kids().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        once["jobs"], again["jobs"],
+        "a repeat submits the same children once"
+    );
+    let (status, waited) = worker
+        .post(
+            &format!("/v1/workers/jobs/{waiter}/wait"),
+            &json!({ "lease": first["lease"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["status"], "waiting_for_children");
+    let held = waits_for(&acme, &waiter, "children").await;
+    assert_eq!(held["status"], "queued", "{held}");
+    let resumed = lease_one(&worker, "it.parent").await;
+    assert_eq!(resumed["id"], waiter.as_str());
+    assert_eq!(resumed["attempt"], 2);
+    let told = &resumed["upstream"]["children"];
+    assert_eq!(
+        (&told["total"], &told["succeeded"], &told["failed"]),
+        (&json!(3), &json!(2), &json!(1)),
+        "{resumed}"
+    );
+    complete(&worker, &resumed, json!({ "done": true })).await;
+    let done = acme.wait_terminal(&waiter).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        acme.timeline(&waiter).await,
+        [
+            "submitted",
+            "started",
+            "suspended",
+            "waiting",
+            "started",
+            "succeeded"
+        ]
+    );
+
+    // The same from a Rust handler: the built-in `fan_out`.
+    let fan = id_of(
+        &acme
+            .submit(json!({ "kind": "fan_out",
+                            "payload": { "count": 20, "kind": "sleep", "payload": { "ms": 50 } } }))
+            .await,
+    );
+    let done = acme.wait_terminal(&fan).await;
+    assert_eq!(
+        done["result"],
+        json!({ "total": 20, "succeeded": 20, "failed": 0, "cancelled": 0 }),
+        "{done}"
+    );
+    assert_eq!(done["attempt"], 2);
+    let (_, kids) = acme
+        .get(&format!("/v1/jobs/{fan}/children?limit=100"))
+        .await;
+    assert_eq!(kids["items"].as_array().unwrap().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependency_that_succeeds_while_the_projector_is_down_releases_its_dependent_once_back() {
+    let env = Env::new(BUILD).await;
+    let (_api, api) = env.spawn_http("api").await;
+    let _worker = env.spawn("worker").await;
+    let mut projector = env.spawn("projector").await;
+    let first = id_of(
+        &api.submit(json!({ "kind": "sleep", "payload": { "ms": 3000 } }))
+            .await,
+    );
+    api.wait_for(&first, 30, |j| j["status"] == "running").await;
+    let then = id_of(
+        &api.submit(json!({ "kind": "noop", "depends_on": [first] }))
+            .await,
+    );
+    // The dependency ends while nothing folds the log.
+    projector.kill().await;
+    let db = env.db().await;
+    let ended = || async {
+        let js = env.js().await;
+        let stream = js
+            .get_stream(format!("{}_EVENTS", env.ns.to_uppercase()))
+            .await
+            .unwrap();
+        stream
+            .direct_get_last_for_subject(format!("{}.events.acme.job.{first}.succeeded", env.ns))
+            .await
+            .is_ok()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ended().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dependency did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1::uuid AND type = 'started'",
+    )
+    .bind(&then)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(started, 0, "nothing projected, nothing released");
+    let js = env.js().await;
+    let started_in_log = js
+        .get_stream(format!("{}_EVENTS", env.ns.to_uppercase()))
+        .await
+        .unwrap()
+        .direct_get_last_for_subject(format!("{}.events.acme.job.{then}.started", env.ns))
+        .await
+        .is_ok();
+    assert!(
+        !started_in_log,
+        "the dependent started before the read model showed its dependency"
+    );
+    // Back: the dependent starts once the read model has caught up.
+    let _projector = env.spawn("projector").await;
+    let done = api.wait_terminal(&then).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(seq_of(&env, &then, "started").await > seq_of(&env, &first, "succeeded").await);
 }

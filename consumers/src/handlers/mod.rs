@@ -3,6 +3,7 @@
 
 mod batch;
 mod fail;
+mod fan_out;
 mod flaky;
 mod job_stats;
 mod noop;
@@ -10,6 +11,7 @@ mod sleep;
 
 pub use batch::Batch;
 pub use fail::Fail;
+pub use fan_out::FanOut;
 pub use flaky::Flaky;
 pub use job_stats::JobStats;
 pub use noop::Noop;
@@ -25,6 +27,7 @@ pub fn register_builtin(registry: Registry) -> Registry {
         .register("flaky", Flaky)
         .register("fail", Fail)
         .register("batch", Batch)
+        .register("fan_out", FanOut)
         .register("report.job_stats", JobStats)
 }
 

@@ -110,6 +110,15 @@ pub fn apply(row: Option<JobRow>, seq: i64, ev: &Envelope<JobEvent>) -> Option<J
         JobEvent::Sealed(_) => {
             row.sealed_at.get_or_insert(ev.time);
         }
+        JobEvent::Suspended(w) => {
+            // The attempt under way waits for the job's children; the next one is queued.
+            if attempt(w.attempt) >= row.attempt && row.status == JobStatus::Running {
+                row.status = JobStatus::Queued;
+                row.max_attempts = attempt(w.max_attempts);
+                row.suspended_attempt = Some(attempt(w.attempt));
+                row.progress = None;
+            }
+        }
         JobEvent::Started(s) => {
             if attempt(s.attempt) >= row.attempt {
                 row.attempt = attempt(s.attempt);
@@ -308,7 +317,8 @@ pub(crate) async fn write(
                $6::int4[], $7::int8[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::jsonb[],
                $12::jsonb[], $13::text[], $14::timestamptz[], $15::text[], $16::timestamptz[],
                $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::int8[], $21::int4[],
-               $22::jsonb[], $23::uuid[], $24::jsonb[], $25::bool[], $26::timestamptz[])
+               $22::jsonb[], $23::uuid[], $24::jsonb[], $25::bool[], $26::timestamptz[],
+               $27::uuid[], $28::int4[])
              ON CONFLICT (id) DO UPDATE SET
                status = EXCLUDED.status, attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
                progress = EXCLUDED.progress,
@@ -316,7 +326,7 @@ pub(crate) async fn write(
                run_at = EXCLUDED.run_at, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at,
                last_seq = EXCLUDED.last_seq, waiting = EXCLUDED.waiting,
-               sealed_at = EXCLUDED.sealed_at"
+               sealed_at = EXCLUDED.sealed_at, suspended_attempt = EXCLUDED.suspended_attempt"
         ))
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -344,6 +354,8 @@ pub(crate) async fn write(
         .bind(col(|j| j.depends_on.clone()))
         .bind(jobs.iter().map(|j| j.is_batch).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.sealed_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.parent).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.suspended_attempt).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }

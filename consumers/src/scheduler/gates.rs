@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use events::job::{Upstream, Workflow};
 use events::{JobId, JobStatus, Tenant};
+use readmodel::workflows::Group;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -23,14 +24,15 @@ pub(super) enum Verdict {
     Abandon(JobId, String),
 }
 
-/// Checks the conditions of `blocked` jobs; those still unmet are left out.
+/// Checks the conditions of `blocked` jobs (each with the attempt held); those still unmet are
+/// left out.
 pub(super) async fn check(
     db: &PgPool,
-    blocked: &[(JobId, Tenant, Workflow)],
+    blocked: &[(JobId, Tenant, u32, Workflow)],
 ) -> sqlx::Result<Vec<Verdict>> {
     let mut deps: Vec<Uuid> = blocked
         .iter()
-        .flat_map(|(_, _, w)| w.depends_on.iter().map(|d| d.0))
+        .flat_map(|(_, _, _, w)| w.depends_on.iter().map(|d| d.0))
         .collect();
     deps.sort_unstable();
     deps.dedup();
@@ -41,9 +43,19 @@ pub(super) async fn check(
     };
     let batches: Vec<Uuid> = blocked
         .iter()
-        .filter(|(_, _, w)| w.is_batch)
-        .map(|(id, _, _)| id.0)
+        .filter(|(_, _, _, w)| w.is_batch)
+        .map(|(id, _, _, _)| id.0)
         .collect();
+    let parents: Vec<Uuid> = blocked
+        .iter()
+        .filter(|(_, _, _, w)| w.awaits_children)
+        .map(|(id, _, _, _)| id.0)
+        .collect();
+    let suspended = if parents.is_empty() {
+        HashMap::new()
+    } else {
+        readmodel::workflows::suspended(db, &parents).await?
+    };
     let sealed: HashSet<Uuid> = if batches.is_empty() {
         HashSet::new()
     } else {
@@ -53,7 +65,7 @@ pub(super) async fn check(
             .collect()
     };
     let mut verdicts = Vec::new();
-    'jobs: for (id, tenant, workflow) in blocked {
+    'jobs: for (id, tenant, attempt, workflow) in blocked {
         let mut upstream = Upstream::default();
         for dep in &workflow.depends_on {
             // Not ended (or not projected yet); or another tenant's, which submission refuses.
@@ -71,11 +83,27 @@ pub(super) async fn check(
             upstream.dependencies.push(end.clone());
         }
         if workflow.is_batch {
-            if !sealed.contains(&id.0) || readmodel::workflows::has_open_members(db, id.0).await? {
+            let members = Group::Members(id.0);
+            if !sealed.contains(&id.0) || readmodel::workflows::has_open(db, members).await? {
                 continue;
             }
-            upstream.members =
-                Some(readmodel::workflows::ended_members(db, id.0, Upstream::MEMBERS_LIMIT).await?);
+            upstream.members = Some(
+                readmodel::workflows::ended_group(db, members, Upstream::MEMBERS_LIMIT).await?,
+            );
+        }
+        if workflow.awaits_children {
+            // The wait is in the read model (and so is every child submitted before it), and no
+            // child is unended.
+            let waited = i64::from(*attempt) - 1;
+            let children = Group::Children(id.0);
+            if suspended.get(&id.0).is_none_or(|a| i64::from(*a) < waited)
+                || readmodel::workflows::has_open(db, children).await?
+            {
+                continue;
+            }
+            upstream.children = Some(
+                readmodel::workflows::ended_group(db, children, Upstream::MEMBERS_LIMIT).await?,
+            );
         }
         verdicts.push(Verdict::Go(*id, upstream));
     }

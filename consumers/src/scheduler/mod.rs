@@ -652,6 +652,7 @@ fn attempt_ended(bus: &Bus, queues: &mut Queues, msg: &bus::jetstream::Message) 
             events::JobEvent::Succeeded(s) => Some(s.attempt),
             events::JobEvent::DeadLettered(d) => Some(d.attempt),
             events::JobEvent::Cancelled(c) => c.attempt,
+            events::JobEvent::Suspended(w) => Some(w.attempt),
             _ => None,
         },
         Err(_) => None,

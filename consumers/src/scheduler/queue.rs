@@ -198,7 +198,7 @@ impl Queues {
 
     /// How many jobs wait, by what holds them: `due_later` (`run_at`, a retry's backoff),
     /// `concurrency_key`, `rate_limit`, `paused`, `tenant_cap`, and `ready` (only their turn).
-    pub fn waiting_by_reason(&self) -> [(&'static str, usize); 8] {
+    pub fn waiting_by_reason(&self) -> [(&'static str, usize); 9] {
         let (mut paused, mut capped, mut ready) = (0, 0, 0);
         for (kind, queue) in &self.kinds {
             for (tenant, line) in &queue.tenants {
@@ -209,14 +209,16 @@ impl Queues {
                 }
             }
         }
-        let batches = self
-            .blocked
-            .iter()
-            .filter(|(_, id)| self.waits_for_batch(*id))
-            .count();
+        let blocked = |reason| {
+            self.blocked
+                .iter()
+                .filter(|(_, id)| self.blocked_reason(*id) == reason)
+                .count()
+        };
         [
-            ("dependencies", self.blocked.len() - batches),
-            ("batch", batches),
+            ("dependencies", blocked(WaitReason::Dependencies)),
+            ("batch", blocked(WaitReason::Batch)),
+            ("children", blocked(WaitReason::Children)),
             ("due_later", self.delayed.len()),
             (
                 "concurrency_key",
@@ -251,11 +253,7 @@ impl Queues {
             if found.len() >= most {
                 break;
             }
-            let reason = if self.waits_for_batch(*id) {
-                WaitReason::Batch
-            } else {
-                WaitReason::Dependencies
-            };
+            let reason = self.blocked_reason(*id);
             if self.waiting.get(id).is_some_and(|w| untold(w, reason)) {
                 found.push((*id, reason, None));
             }
@@ -404,21 +402,22 @@ impl Queues {
             .collect()
     }
 
-    /// Whether blocked job `id` is a batch's callback (waiting for its members).
-    fn waits_for_batch(&self, id: JobId) -> bool {
-        self.waiting
-            .get(&id)
-            .and_then(|w| w.workflow.as_ref())
-            .is_some_and(|w| w.is_batch)
+    /// What blocked job `id` waits for: its children, its batch's members, or its dependencies.
+    fn blocked_reason(&self, id: JobId) -> WaitReason {
+        match self.waiting.get(&id).and_then(|w| w.workflow.as_ref()) {
+            Some(w) if w.awaits_children => WaitReason::Children,
+            Some(w) if w.is_batch => WaitReason::Batch,
+            _ => WaitReason::Dependencies,
+        }
     }
 
     /// The jobs waiting for other jobs' ends, oldest first, at most `most`.
-    pub fn blocked(&self, most: usize) -> Vec<(JobId, Tenant, Workflow)> {
+    pub fn blocked(&self, most: usize) -> Vec<(JobId, Tenant, u32, Workflow)> {
         self.blocked
             .iter()
             .filter_map(|(_, id)| {
                 let w = self.waiting.get(id)?;
-                Some((*id, w.tenant.clone(), w.workflow.clone()?))
+                Some((*id, w.tenant.clone(), w.attempt, w.workflow.clone()?))
             })
             .take(most)
             .collect()

@@ -27,6 +27,11 @@ pub enum JobError {
     /// The handler saw its cancellation token and stopped.
     #[error("cancelled")]
     Cancelled,
+    /// Not a failure: the handler submitted children ([`JobContext::submit_child`]) and waits
+    /// for them, holding no slot. The job runs again (its next attempt, with
+    /// [`JobContext::upstream`]'s `children` saying how each ended) once every child has ended.
+    #[error("waiting for its children")]
+    WaitForChildren,
 }
 
 impl JobError {
@@ -46,6 +51,7 @@ impl From<JobError> for AttemptOutcome {
     fn from(error: JobError) -> Self {
         let (class, message) = match error {
             JobError::Cancelled => return Self::Cancelled,
+            JobError::WaitForChildren => return Self::WaitsForChildren,
             JobError::Retryable(message) => (ErrorClass::Retryable, message),
             JobError::Fatal(message) => (ErrorClass::Fatal, message),
         };
@@ -108,9 +114,54 @@ pub struct JobContext {
     pub progress: Progress,
     /// The read-model database, when the worker was given one.
     pub db: Option<PgPool>,
-    /// How the jobs it waited for ended: its dependencies (with their results) or, for a batch's
-    /// callback, the batch's members. `None` for a job that waited for none.
+    /// How the jobs it waited for ended: its dependencies (with their results), a batch's
+    /// members (for the batch's callback), or its children (for an attempt that resumes a wait
+    /// for them). `None` for a job that waited for none.
     pub upstream: Option<events::job::Upstream>,
+    /// Children submitted by this attempt so far (numbers their ids).
+    pub children: Arc<AtomicU64>,
+}
+
+impl JobContext {
+    /// Submits a child of this job: a job of `kind` with `payload` and default options, tied to
+    /// this one (its `parent`) and run like any job. Its id is derived from this attempt and the
+    /// child's place among the attempt's children, so an attempt run again after a crash submits
+    /// the same children, stored once. Published straight to the log, as a schedule's jobs are:
+    /// it is not validated against the kind's schema and does not count against the tenant's
+    /// submission rate. Return [`JobError::WaitForChildren`] to resume once they have all ended.
+    pub async fn submit_child(&self, kind: &JobKind, payload: Value) -> Result<JobId, bus::Error> {
+        let n = self.children.fetch_add(1, Ordering::Relaxed);
+        let id = JobId::derived(
+            self.id.timestamp_ms(),
+            &format!("{}/{}/child/{n}", self.id, self.attempt),
+        );
+        let submitted = events::job::Submitted {
+            payload,
+            max_attempts: 3,
+            timeout_ms: 300_000,
+            run_at: None,
+            webhook: None,
+            scheduling: Default::default(),
+            schedule: None,
+            workflow: events::job::Workflow {
+                parent: Some(self.id),
+                ..Default::default()
+            },
+        };
+        let to = JobEnvelope {
+            job: id,
+            kind: kind.clone(),
+            ..self.progress.to.clone()
+        };
+        self.progress
+            .bus
+            .publish_transition(
+                &to,
+                events::lifecycle::submit(id, submitted, chrono::Utc::now()),
+            )
+            .await?;
+        Ok(id)
+    }
 }
 
 /// A job handler: one per kind.
@@ -145,7 +196,7 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds: `noop`, `sleep`, `flaky`, `fail`, `batch`, `report.job_stats`.
+    /// The built-in kinds: `noop`, `sleep`, `flaky`, `fail`, `batch`, `fan_out`, `report.job_stats`.
     pub fn builtin() -> Self {
         crate::handlers::register_builtin(Self::new())
     }

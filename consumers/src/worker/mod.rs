@@ -589,6 +589,7 @@ async fn run_attempt(
         },
         db: shared.db.clone(),
         upstream: run.upstream.as_deref().cloned(),
+        children: Default::default(),
     };
     let running = metrics::gauge!("conveyor_jobs_running", "kind" => to.kind.to_string());
     running.increment(1.0);

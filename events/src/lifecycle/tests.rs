@@ -79,6 +79,7 @@ fn outcomes() -> Vec<AttemptOutcome> {
         },
         AttemptOutcome::Cancelled,
         AttemptOutcome::TimedOut,
+        AttemptOutcome::WaitsForChildren,
     ];
     for class in [
         ErrorClass::Retryable,
@@ -269,6 +270,31 @@ fn check_conclusion(
                 })
             );
             assert_eq!(t.command, None);
+            return;
+        }
+        AttemptOutcome::WaitsForChildren => {
+            assert_eq!(ids(t), [format!("{job}.{attempt}.suspended").as_str()]);
+            assert_eq!(
+                t.events[0].payload,
+                JobEvent::Suspended(crate::job::Suspended {
+                    attempt,
+                    next_attempt: attempt + 1,
+                    max_attempts: max + 1,
+                })
+            );
+            let Some(Outgoing {
+                msg_id,
+                payload: Command::Run(next),
+            }) = &t.command
+            else {
+                panic!("a wait is followed by the next attempt's run command");
+            };
+            assert_eq!(msg_id, &format!("{job}.{}.run", attempt + 1));
+            assert!(next.workflow.awaits_children && next.upstream.is_none());
+            assert_eq!(
+                (next.attempt, next.max_attempts, next.run_at),
+                (attempt + 1, max + 1, None)
+            );
             return;
         }
         AttemptOutcome::TimedOut => ErrorInfo {

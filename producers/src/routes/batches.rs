@@ -1,5 +1,6 @@
-//! `/v1/batches`: jobs submitted as one batch, with a callback that runs once every member has
-//! ended.
+//! Workflows over HTTP: `/v1/batches` (jobs submitted as one batch, with a callback that runs
+//! once every member has ended), a job's children (`GET /v1/jobs/{id}/children`, and their
+//! submission by a handler, which the worker protocol's route calls).
 //!
 //! A batch is a job of its own, whose id is the batch's: its callback (of the kind the client
 //! names, or the built-in `batch`, which only reports the counts). The scheduler holds it until
@@ -14,10 +15,9 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use events::{JobId, JobKind, JobStatus, Tenant, TraceParent};
 use futures::StreamExt;
-use readmodel::workflows::MemberCounts;
+use readmodel::workflows::{Group, MemberCounts};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -49,7 +49,8 @@ pub(crate) fn router(single_limit: usize) -> OpenApiRouter<AppState> {
             .routes(routes!(get_batch))
             .routes(routes!(seal))
             .routes(routes!(cancel))
-            .routes(routes!(members)),
+            .routes(routes!(members))
+            .routes(routes!(children)),
         single_limit,
     );
     bodies.merge(small)
@@ -73,7 +74,7 @@ pub(crate) struct CreateBatch {
 }
 
 /// More members of an open batch.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddJobs {
     /// 1 to 1,000 members.
@@ -252,31 +253,62 @@ async fn prepare_all(
     Ok(prepared)
 }
 
-/// Publishes `members` of batch `id`, pipelined. A member's id is derived from the batch, `page`
-/// and its place when the request has an idempotency key (so a repeat publishes the same jobs
-/// again, stored once), new otherwise. Returns their ids and how many were new.
-#[allow(clippy::too_many_arguments)]
-async fn submit_members(
+/// Where the ids of jobs submitted together come from: new ones, or, for a request with an
+/// idempotency key, ids derived from the key's claim (`page`), the same on every repeat and in
+/// the order sent.
+#[derive(Debug, Clone, Copy)]
+enum Ids {
+    New,
+    Derived(JobId),
+}
+
+impl Ids {
+    fn of(&self, n: usize) -> Vec<Identity> {
+        (0..n)
+            .map(|i| match self {
+                Self::Derived(page) => Identity::Given(JobId::derived_nth(
+                    page.timestamp_ms(),
+                    &page.to_string(),
+                    u16::try_from(i).unwrap_or(u16::MAX),
+                )),
+                Self::New => Identity::New,
+            })
+            .collect()
+    }
+}
+
+/// Claims a page's idempotency `key` (scoped by `scope`, so one key names one page of one
+/// batch or parent): its ids and whether it is new. Without a key, new ids.
+async fn claim_page(
+    state: &AppState,
+    tenant: &Tenant,
+    scope: &str,
+    key: Option<&str>,
+    request: &impl Serialize,
+) -> ApiResult<(Ids, bool)> {
+    match key {
+        None => Ok((Ids::New, true)),
+        Some(key) => {
+            let (page, _, fresh) =
+                submission::claim_key(state, tenant, &format!("{scope} {key}"), request).await?;
+            Ok((Ids::Derived(page), fresh))
+        }
+    }
+}
+
+/// Publishes `jobs` (validated, their workflow set), pipelined, each under its identity. Returns
+/// their ids and how many were new; the quota reserved for the others goes back.
+async fn submit_all(
     state: &AppState,
     tenant: &Tenant,
     trace: &TraceParent,
-    id: JobId,
-    page: Option<&str>,
     reqs: &[SubmitJob],
-    members: Vec<(JobKind, events::job::Submitted)>,
+    jobs: Vec<(JobKind, events::job::Submitted)>,
+    ids: Vec<Identity>,
 ) -> ApiResult<(Vec<Uuid>, usize)> {
-    let page = page.map(str::to_owned);
     let results: Vec<ApiResult<submission::Receipt>> =
-        futures::stream::iter(reqs.iter().cloned().zip(members).enumerate())
-            .map(|(i, (req, (kind, mut job)))| {
-                job.workflow.batch = Some(id);
-                let identity = match &page {
-                    Some(page) => Identity::Given(JobId::derived(
-                        id.timestamp_ms(),
-                        &format!("{id}/{page}/{i}"),
-                    )),
-                    None => Identity::New,
-                };
+        futures::stream::iter(reqs.iter().cloned().zip(jobs).zip(ids))
+            .map(|((req, (kind, job)), identity)| {
                 let (state, tenant, trace) = (state.clone(), tenant.clone(), trace.clone());
                 async move {
                     submission::accept(&state, &tenant, &trace, identity, &req, kind, job).await
@@ -299,7 +331,6 @@ async fn submit_members(
             }
         }
     }
-    // Quota reserved for members not stored, or already stored by an earlier try, goes back.
     state
         .limits
         .release_active(tenant, (reqs.len() - fresh) as u64);
@@ -307,6 +338,92 @@ async fn submit_members(
         Some(e) => Err(e),
         None => Ok((ids, fresh)),
     }
+}
+
+/// Publishes `members` of batch `id`, with their `ids`.
+async fn submit_members(
+    state: &AppState,
+    tenant: &Tenant,
+    trace: &TraceParent,
+    (id, ids): (JobId, Ids),
+    reqs: &[SubmitJob],
+    mut members: Vec<(JobKind, events::job::Submitted)>,
+) -> ApiResult<(Vec<Uuid>, usize)> {
+    for (_, job) in &mut members {
+        job.workflow.batch = Some(id);
+    }
+    let ids = ids.of(members.len());
+    submit_all(state, tenant, trace, reqs, members, ids).await
+}
+
+/// Children submitted by a handler: their ids, and the continuation's if one was asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ChildrenAccepted {
+    /// The children, in the order sent.
+    jobs: Vec<Uuid>,
+    /// The continuation: a batch of the children whose callback it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    then: Option<Uuid>,
+}
+
+/// Submits `reqs` as children of job `parent` (its attempt `attempt`), for `tenant`: with `then`,
+/// as the members of a sealed batch whose callback is `then` (the parent's continuation, a child
+/// too). With `key` (the request's idempotency key), a repeat submits the same jobs again, stored
+/// once.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn submit_children(
+    state: &AppState,
+    tenant: &Tenant,
+    trace: &TraceParent,
+    (parent, attempt): (JobId, u32),
+    key: Option<&str>,
+    reqs: &[SubmitJob],
+    then: Option<SubmitJob>,
+) -> ApiResult<ChildrenAccepted> {
+    if reqs.is_empty() || reqs.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a request submits 1 to {MAX_BATCH} children, this one has {}",
+            reqs.len()
+        )));
+    }
+    let scope = format!("children of {parent} attempt {attempt}");
+    let (ids, _) = claim_page(state, tenant, &scope, key, &(reqs, &then)).await?;
+    let with_then = then.is_some();
+    let all: Vec<SubmitJob> = then.into_iter().chain(reqs.iter().cloned()).collect();
+    let mut prepared = prepare_all(state, tenant, &all, with_then).await?;
+    for (_, job) in &mut prepared {
+        job.workflow.parent = Some(parent);
+    }
+    let Some((kind, mut callback)) = with_then.then(|| prepared.remove(0)) else {
+        let ids = ids.of(prepared.len());
+        let (jobs, _) = submit_all(state, tenant, trace, reqs, prepared, ids).await?;
+        return Ok(ChildrenAccepted { jobs, then: None });
+    };
+    callback.workflow.is_batch = true;
+    let id = match ids {
+        Ids::Derived(page) => JobId::derived(page.timestamp_ms(), &format!("{page}/then")),
+        Ids::New => JobId::new(),
+    };
+    let receipt = submission::accept(
+        state,
+        tenant,
+        trace,
+        Identity::Given(id),
+        &all[0],
+        kind.clone(),
+        callback,
+    )
+    .await
+    .inspect_err(|_| state.limits.release_active(tenant, all.len() as u64))?;
+    if !receipt.fresh {
+        state.limits.release_active(tenant, 1);
+    }
+    let (jobs, _) = submit_members(state, tenant, trace, (id, ids), reqs, prepared).await?;
+    submission::seal(state, tenant, id, &kind, trace.clone()).await?;
+    Ok(ChildrenAccepted {
+        jobs,
+        then: Some(id.0),
+    })
 }
 
 /// Submit a batch.
@@ -381,9 +498,21 @@ pub(crate) async fn create(
     if !receipt.fresh {
         state.limits.release_active(&auth.tenant, 1);
     }
-    let page = key.as_ref().map(|_| "0");
-    let (jobs, _) =
-        submit_members(&state, &auth.tenant, &trace.0, id, page, &req.jobs, members).await?;
+    // The members of a keyed request: ids derived from the batch's, the same on a repeat.
+    let ids = if key.is_some() {
+        Ids::Derived(id)
+    } else {
+        Ids::New
+    };
+    let (jobs, _) = submit_members(
+        &state,
+        &auth.tenant,
+        &trace.0,
+        (id, ids),
+        &req.jobs,
+        members,
+    )
+    .await?;
     let sealed = req.seal.unwrap_or(true);
     if sealed {
         submission::seal(&state, &auth.tenant, id, &kind, trace.0.clone()).await?;
@@ -434,11 +563,12 @@ async fn is_sealed(state: &AppState, tenant: &Tenant, id: Uuid) -> ApiResult<boo
            ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates retries of this page")),
     responses(
         (status = 202, description = "Added", body = BatchAccepted),
+        (status = 200, description = "A repeat of a page added before with the same Idempotency-Key", body = BatchAccepted),
         (status = 400, description = "Malformed JSON, or not 1 to 1,000 members", body = crate::error::Problem),
         (status = 401, description = "Missing or invalid token", body = crate::error::Problem),
         (status = 403, description = "Token lacks jobs:write", body = crate::error::Problem),
         (status = 404, description = "No such batch", body = crate::error::Problem),
-        (status = 409, description = "The batch is sealed or cancelled", body = crate::error::Problem),
+        (status = 409, description = "The batch is sealed or cancelled, or the Idempotency-Key was used for another page", body = crate::error::Problem),
         (status = 413, description = "Body too large", body = crate::error::Problem),
         (status = 422, description = "A job is invalid", body = crate::error::Problem),
         (status = 429, description = "The tenant's submission rate or active-jobs quota would be exceeded", body = crate::error::Problem),
@@ -463,21 +593,11 @@ pub(crate) async fn add_jobs(
     let given = headers.get("idempotency-key").map(HeaderValue::as_bytes);
     let key = submission::idempotency_key(given, &SubmitJob::of_kind(DEFAULT_CALLBACK))?;
     let batch = find_batch(&state, &auth.tenant, id).await?;
-    let page = key
-        .as_ref()
-        .map(|k| hex::encode(&Sha256::digest(k.as_bytes())[..12]));
-    // A repeat of a page already added (its first member in the log) is taken again even once
-    // sealed: it adds nothing.
-    let repeat = match &page {
-        Some(page) => {
-            let first = JobId::derived(JobId(id).timestamp_ms(), &format!("{id}/{page}/0"));
-            reads::submitted_event(&state, &auth.tenant, first)
-                .await?
-                .is_some()
-        }
-        None => false,
-    };
-    if !repeat {
+    let scope = format!("page of batch {id}");
+    let (ids, fresh) = claim_page(&state, &auth.tenant, &scope, key.as_deref(), &req).await?;
+    // A repeat of a page (its key claimed before) is taken again even once the batch is sealed:
+    // it adds nothing that was stored.
+    if fresh {
         if is_sealed(&state, &auth.tenant, id).await? {
             return Err(ApiError::Conflict(format!(
                 "batch {id} is sealed: no member can be added"
@@ -496,8 +616,7 @@ pub(crate) async fn add_jobs(
         &state,
         &auth.tenant,
         &trace.0,
-        JobId(id),
-        page.as_deref(),
+        (JobId(id), ids),
         &req.jobs,
         members,
     )
@@ -507,8 +626,13 @@ pub(crate) async fn add_jobs(
     if sealed {
         submission::seal(&state, &auth.tenant, JobId(id), &kind, trace.0.clone()).await?;
     }
+    let status = if fresh {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((
-        StatusCode::ACCEPTED,
+        status,
         Json(BatchAccepted {
             id,
             sealed: sealed || is_sealed(&state, &auth.tenant, id).await?,
@@ -548,7 +672,7 @@ pub(crate) async fn seal(
 }
 
 async fn view(state: &AppState, batch: JobView) -> ApiResult<BatchView> {
-    let counts = readmodel::workflows::member_counts(&state.db, batch.id)
+    let counts = readmodel::workflows::counts(&state.db, Group::Members(batch.id))
         .await
         .map_err(ApiError::db)?;
     Ok(BatchView {
@@ -606,6 +730,45 @@ pub(crate) async fn members(
 ) -> ApiResult<Json<MemberPage>> {
     auth.require(JOBS_READ)?;
     find_batch(&state, &auth.tenant, id).await?;
+    Ok(Json(
+        page_of(&state, &auth.tenant, Group::Members(id), q).await?,
+    ))
+}
+
+/// List a job's children.
+///
+/// The jobs its handler submitted (their `parent` is this job), in submission order, with a
+/// continuation among them; `status` filters.
+#[utoipa::path(get, path = "/v1/jobs/{id}/children", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id"), MemberQuery),
+    responses(
+        (status = 200, description = "A page of children", body = MemberPage),
+        (status = 400, description = "Invalid status, limit or cursor", body = crate::error::Problem),
+        (status = 401, description = "Missing or invalid token", body = crate::error::Problem),
+        (status = 403, description = "Token lacks jobs:read", body = crate::error::Problem),
+        (status = 404, description = "No such job", body = crate::error::Problem),
+        (status = 503, description = "Read model unavailable", body = crate::error::Problem),
+    ))]
+pub(crate) async fn children(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+    Query(q): Query<MemberQuery>,
+) -> ApiResult<Json<MemberPage>> {
+    auth.require(JOBS_READ)?;
+    reads::find_job(&state, &auth.tenant, JobId(id)).await?;
+    Ok(Json(
+        page_of(&state, &auth.tenant, Group::Children(id), q).await?,
+    ))
+}
+
+/// A page of `group`'s jobs, from the query as clients send it.
+async fn page_of(
+    state: &AppState,
+    tenant: &Tenant,
+    group: Group,
+    q: MemberQuery,
+) -> ApiResult<MemberPage> {
     let status = q
         .status
         .as_deref()
@@ -624,7 +787,7 @@ pub(crate) async fn members(
         .as_deref()
         .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::BadRequest("invalid cursor".into())))
         .transpose()?;
-    let rows = readmodel::workflows::members(&state.db, &auth.tenant, id, status, after, limit + 1)
+    let rows = readmodel::workflows::page(&state.db, tenant, group, status, after, limit + 1)
         .await
         .map_err(ApiError::db)?;
     let mut items: Vec<JobView> = rows.into_iter().map(JobView::from).collect();
@@ -633,10 +796,10 @@ pub(crate) async fn members(
         items.truncate(limit);
         items.last().map(|j| j.id.to_string())
     });
-    Ok(Json(MemberPage {
+    Ok(MemberPage {
         items,
         next_cursor: next_cursor.flatten(),
-    }))
+    })
 }
 
 /// Cancel a batch.
@@ -673,9 +836,16 @@ pub(crate) async fn cancel(
     let mut cancelled = 0;
     let mut after = None;
     loop {
-        let page = readmodel::workflows::members(&state.db, &auth.tenant, id, None, after, 1000)
-            .await
-            .map_err(ApiError::db)?;
+        let page = readmodel::workflows::page(
+            &state.db,
+            &auth.tenant,
+            Group::Members(id),
+            None,
+            after,
+            1000,
+        )
+        .await
+        .map_err(ApiError::db)?;
         let Some(last) = page.last() else {
             break;
         };

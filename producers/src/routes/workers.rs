@@ -3,7 +3,8 @@
 //! [`crate::workers`].
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use events::job::{ErrorClass, ErrorInfo};
 use events::JobKind;
@@ -17,6 +18,8 @@ use crate::auth::{Auth, WORKER, WORKER_ANY_TENANT};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::AppJson;
 use crate::kinds::{Catalog, KindInfo, ServedBy};
+use crate::middleware::RequestTrace;
+use crate::submission::{self, SubmitJob};
 use crate::workers::lease::Lease;
 use crate::workers::{Report, Scope, MAX_LEASE, MAX_WAIT};
 use crate::AppState;
@@ -38,6 +41,8 @@ pub(crate) fn router(single_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(complete))
         .routes(routes!(fail))
         .routes(routes!(release))
+        .routes(routes!(wait))
+        .routes(routes!(children))
         .routes(routes!(complete_batch))
         .routes(routes!(fail_batch));
     super::limit_body(
@@ -591,6 +596,98 @@ pub(crate) async fn release(
     let lease = checked(&state, &auth, id, &req.lease)?;
     state.workers.release(&state.bus, &lease).await?;
     Ok(Json(ReportAnswer::new(id, "released")))
+}
+
+/// Wait for the job's children.
+///
+/// Ends the attempt without an outcome: the handler submitted children
+/// (`POST /v1/workers/jobs/{id}/children`) and waits for them holding no worker. Appends
+/// `job.suspended`; the job's next attempt is leased, with `upstream.children` saying how each
+/// child ended, once every child submitted so far has ended. A wait is no failure: it adds one to
+/// the job's attempts allowed.
+#[utoipa::path(post, path = "/v1/workers/jobs/{id}/wait", tag = "workers", request_body = LeaseBody,
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Suspended (`status`: `waiting_for_children`)", body = ReportAnswer),
+        (status = 400, description = "Malformed body or lease", body = Problem),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks `worker`, or does not cover the job", body = Problem),
+        (status = 409, description = "The lease is lost: drop the job", body = Problem),
+        (status = 503, description = "Event bus unavailable", body = Problem),
+    ))]
+pub(crate) async fn wait(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<Uuid>,
+    AppJson(req): AppJson<LeaseBody>,
+) -> ApiResult<Json<ReportAnswer>> {
+    let lease = checked(&state, &auth, id, &req.lease)?;
+    let status = state
+        .workers
+        .conclude(&state.bus, lease, Some(Report::WaitsForChildren))
+        .await?;
+    Ok(Json(ReportAnswer::new(id, status)))
+}
+
+/// Children a handler submits.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChildrenBody {
+    /// The lease token.
+    lease: String,
+    /// 1 to 1,000 jobs, as `POST /v1/jobs` takes them (without `idempotency_key`).
+    jobs: Vec<SubmitJob>,
+    /// A continuation: a job that runs once every one of these children has ended (the
+    /// callback of a batch of them), told how each ended. The handler may then end.
+    #[serde(default)]
+    then: Option<SubmitJob>,
+}
+
+/// Submit children of a leased job.
+///
+/// Submits jobs tied to the job (their `parent`), for its tenant, within its rate and quota. The
+/// handler then either ends (with a `then`, its continuation runs once they have all ended) or
+/// waits for them (`POST /v1/workers/jobs/{id}/wait`). With an `Idempotency-Key`, a repeat of
+/// the request during the same attempt submits the same children, stored once.
+#[utoipa::path(post, path = "/v1/workers/jobs/{id}/children", tag = "workers", request_body = ChildrenBody,
+    params(("id" = Uuid, Path, description = "Job id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates retries of this request")),
+    responses(
+        (status = 202, description = "Submitted", body = crate::routes::batches::ChildrenAccepted),
+        (status = 400, description = "Malformed body or lease, or not 1 to 1,000 children", body = Problem),
+        (status = 401, description = "Missing or invalid token", body = Problem),
+        (status = 403, description = "The token lacks `worker`, or does not cover the job", body = Problem),
+        (status = 409, description = "The lease is lost: drop the job", body = Problem),
+        (status = 413, description = "Body too large", body = Problem),
+        (status = 422, description = "A child is invalid", body = Problem),
+        (status = 429, description = "The tenant's submission rate or active-jobs quota would be exceeded", body = Problem),
+        (status = 503, description = "Event bus unavailable", body = Problem),
+    ))]
+pub(crate) async fn children(
+    State(state): State<AppState>,
+    auth: Auth,
+    Extension(trace): Extension<RequestTrace>,
+    Path(id): Path<Uuid>,
+    headers: axum::http::HeaderMap,
+    AppJson(req): AppJson<ChildrenBody>,
+) -> ApiResult<(StatusCode, Json<crate::routes::batches::ChildrenAccepted>)> {
+    let lease = checked(&state, &auth, id, &req.lease)?;
+    let given = headers
+        .get("idempotency-key")
+        .map(axum::http::HeaderValue::as_bytes);
+    let key = submission::idempotency_key(given, &SubmitJob::of_kind("noop"))?;
+    state.workers.holds(&state.bus, &lease).await?;
+    let accepted = crate::routes::batches::submit_children(
+        &state,
+        &lease.tenant,
+        &trace.0,
+        (lease.job, lease.attempt),
+        key.as_deref(),
+        &req.jobs,
+        req.then,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// One result of a batch.

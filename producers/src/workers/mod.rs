@@ -107,6 +107,8 @@ pub(crate) enum Report {
     Completed(Value),
     Failed(ErrorInfo),
     Cancelled,
+    /// The handler submitted children and waits for them.
+    WaitsForChildren,
 }
 
 /// Who may lease what: the token's tenant (or every tenant) and kinds.
@@ -456,6 +458,12 @@ impl Workers {
         })
     }
 
+    /// Refuses a lease whose attempt has ended or was handed back (`409`): what a worker may do
+    /// only while it holds the job, such as submitting its children.
+    pub(crate) async fn holds(&self, bus: &Bus, lease: &Lease) -> ApiResult<()> {
+        self.claim(bus, lease, None).await.map(drop)
+    }
+
     /// Appends a `job.progressed` of the lease's attempt. `seq` numbers the reports of the
     /// attempt, so a report sent twice is stored once.
     pub(crate) async fn progress(
@@ -525,6 +533,7 @@ impl Workers {
                 AttemptOutcome::Succeeded { result, result_ref }
             }
             Some(Report::Failed(error)) => AttemptOutcome::Failed(error),
+            Some(Report::WaitsForChildren) => AttemptOutcome::WaitsForChildren,
         };
         // A retry's command carries the payload and the scheduling, which the lease does not:
         // read them from the command, still stored until it is acknowledged.
@@ -559,7 +568,7 @@ impl Workers {
             )));
         }
         let outcome = match status {
-            "succeeded" | "cancelled" => status,
+            "succeeded" | "cancelled" | "waiting_for_children" => status,
             _ => "failed",
         };
         metrics::counter!("conveyor_job_attempts_total", "kind" => kind.clone(), "outcome" => outcome)
@@ -714,6 +723,7 @@ fn status_after(transition: &Transition) -> &'static str {
         Some(JobEvent::Succeeded(_)) => "succeeded",
         Some(JobEvent::Cancelled(_)) => "cancelled",
         Some(JobEvent::DeadLettered(_)) => "dead_lettered",
+        Some(JobEvent::Suspended(_)) => "waiting_for_children",
         _ => "retry_scheduled",
     }
 }

@@ -1,7 +1,7 @@
 /**
  * The client of conveyor's jobs API: submit, read, list, cancel, results, live event streams
  * over server-sent events with automatic reconnection, schedules and pauses of kinds, and
- * workflows (dependencies between jobs, batches with a callback).
+ * workflows (dependencies between jobs, batches with a callback, a job's children).
  */
 
 import { ConveyorError, isTransient } from './errors.js';
@@ -84,6 +84,12 @@ export type ScheduleJobOptions = Omit<SubmitOptions, 'signal' | 'runAt' | 'idemp
  */
 export type BatchMember = Omit<BatchJob, 'idempotencyKey'>;
 
+/**
+ * One child a handler submits with {@link JobContext.submitChildren} (or its continuation,
+ * `then`): a {@link BatchJob} without its own `idempotencyKey` (the request's covers them all).
+ */
+export type ChildJob = BatchMember;
+
 /** Options of {@link Client.createBatch}. */
 export interface CreateBatchOptions {
   /**
@@ -108,9 +114,9 @@ export interface AddBatchJobsOptions {
   signal?: AbortSignal;
 }
 
-/** Filters of {@link Client.listBatchJobs}. */
+/** Filters of {@link Client.listBatchJobs} and {@link Client.listChildren}. */
 export interface BatchJobsOptions {
-  /** Only members in this status. */
+  /** Only jobs in this status. */
   status?: JobStatus;
   /** Page size, 1 to 1,000 (the server's default is 100). */
   limit?: number;
@@ -210,7 +216,12 @@ function addJobOptions(body: Record<string, unknown>, options: ScheduleJobOption
   return body;
 }
 
-function submitBody(kind: string, payload: unknown, options: Omit<SubmitOptions, 'signal' | 'idempotencyKey'>): Record<string, unknown> {
+/** A job as `POST /v1/jobs` takes it (without its idempotency key), in the API's names. */
+export function submitBody(
+  kind: string,
+  payload: unknown,
+  options: Omit<SubmitOptions, 'signal' | 'idempotencyKey'>,
+): Record<string, unknown> {
   const body: Record<string, unknown> = { kind };
   if (payload !== undefined) body['payload'] = payload;
   addJobOptions(body, options);
@@ -403,9 +414,11 @@ export class Client {
    * Adds 1 to 1,000 members to an open batch (`POST /v1/batches/{id}/jobs`), sealing it after
    * them with `seal: true`; a {@link ConveyorError} with status `409` once it is sealed or
    * cancelled. Seal only after every page was answered: a page still in flight when the batch is
-   * sealed may be missed by the callback.
+   * sealed may be missed by the callback. With an `idempotencyKey` (one per page), a repeated
+   * page answers `200` (`repeated: true`) with the same member ids, added once, even after the
+   * seal; the same key with another page is a `409`.
    */
-  async addBatchJobs(id: string, jobs: BatchMember[], options: AddBatchJobsOptions = {}): Promise<AcceptedBatch> {
+  async addBatchJobs(id: string, jobs: BatchMember[], options: AddBatchJobsOptions = {}): Promise<BatchSubmission> {
     const headers: Record<string, string> = {};
     if (options.idempotencyKey !== undefined) headers['Idempotency-Key'] = options.idempotencyKey;
     const body: Record<string, unknown> = { jobs: jobs.map((j) => submitBody(j.kind, j.payload, j)) };
@@ -415,7 +428,7 @@ export class Client {
       headers,
       signal: options.signal,
     });
-    return res.body;
+    return { ...res.body, repeated: res.status === 200 };
   }
 
   /** Seals a batch: no member can be added; its callback runs once every member has ended. Sealing again changes nothing. */
@@ -442,6 +455,31 @@ export class Client {
     let cursor = options.cursor ?? null;
     do {
       const page = await this.listBatchJobs(id, { ...options, cursor });
+      yield* page.items;
+      cursor = page.next_cursor;
+    } while (cursor);
+  }
+
+  // Children (docs/workflows.md): jobs a handler submitted ({@link JobContext.submitChildren}).
+
+  /**
+   * One page of a job's children (`GET /v1/jobs/{id}/children`): the jobs its handler submitted
+   * (each with `parent`), in submission order, a continuation among them; `status` filters. A
+   * {@link ConveyorError} with status `404` if there is no such job.
+   */
+  async listChildren(id: string, options: BatchJobsOptions = {}): Promise<JobPage> {
+    const res = await this.transport.request<JobPage>('GET', `${jobPath(id)}/children`, {
+      query: { status: options.status, limit: options.limit, cursor: options.cursor ?? undefined },
+      signal: options.signal,
+    });
+    return res.body;
+  }
+
+  /** Every child of a job matching the filters, in submission order, across all pages (`limit` is the page size). */
+  async *listAllChildren(id: string, options: BatchJobsOptions = {}): AsyncGenerator<Job, void, undefined> {
+    let cursor = options.cursor ?? null;
+    do {
+      const page = await this.listChildren(id, { ...options, cursor });
       yield* page.items;
       cursor = page.next_cursor;
     } while (cursor);

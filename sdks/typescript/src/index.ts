@@ -9,6 +9,7 @@ export type {
   BatchJob,
   BatchJobsOptions,
   BatchMember,
+  ChildJob,
   ClientOptions,
   CreateBatchOptions,
   EventsOptions,
@@ -19,10 +20,10 @@ export type {
   SubmitOptions,
   WaitOptions,
 } from './client.js';
-export { Worker } from './worker.js';
+export { Worker, WaitForChildren } from './worker.js';
 export type { Handler, HandleOptions, JobContext, WorkerLogger, WorkerOptions } from './worker.js';
 export { WorkerApi, isLeaseLost } from './protocol.js';
-export type { CompleteItem, FailItem, LeaseOptions, ProgressReport } from './protocol.js';
+export type { ChildrenOptions, CompleteItem, FailItem, LeaseOptions, ProgressReport } from './protocol.js';
 export { verifyWebhook, signWebhook, WEBHOOK_TOLERANCE_SECS } from './webhooks.js';
 export type { VerifyWebhookOptions, WebhookHeaders } from './webhooks.js';
 export {

@@ -1,12 +1,21 @@
 /**
  * The worker protocol over HTTP, call by call (docs/workers.md): register a kind, lease jobs,
- * heartbeat, report progress, complete, fail, release. {@link Worker} runs it for you; use this
- * raw form to drive the protocol yourself.
+ * heartbeat, report progress, submit children, complete, fail, wait for children, release.
+ * {@link Worker} runs it for you; use this raw form to drive the protocol yourself.
  */
 
+import { submitBody, type ChildJob } from './client.js';
 import { ConveyorError } from './errors.js';
 import { Transport, type TokenSource, type TransportOptions } from './http.js';
-import type { FailureReport, HeartbeatAnswer, JsonSchema, KindInfo, LeasedJob, ReportOutcome } from './types.js';
+import type {
+  ChildrenAccepted,
+  FailureReport,
+  HeartbeatAnswer,
+  JsonSchema,
+  KindInfo,
+  LeasedJob,
+  ReportOutcome,
+} from './types.js';
 
 /** A lease request. */
 export interface LeaseOptions {
@@ -44,9 +53,30 @@ export interface FailItem {
   error: FailureReport;
 }
 
-/** Whether an error is the API's `409` for a lost lease: drop the job, do not retry the call. */
+/** Options of {@link WorkerApi.children}. */
+export interface ChildrenOptions {
+  /**
+   * A continuation: a job that runs once every one of these children has ended, its handler told
+   * how each ended (`upstream.members`). The children are then the members of a sealed batch
+   * whose callback it is; the parent's handler may end meanwhile.
+   */
+  then?: ChildJob;
+  /**
+   * Makes a retry of the request safe: a repeat with the same key during the same attempt submits
+   * the same children (the same ids), stored once; the same key with other children is a `409`
+   * (problem `conflict`).
+   */
+  idempotencyKey?: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * Whether an error is the API's `409` for a lost lease: drop the job, do not retry the call. (Of
+ * a worker call: every `409` means that, but for `children` whose `409` may also be an
+ * idempotency key reused with other children, problem `conflict`.)
+ */
 export function isLeaseLost(error: unknown): boolean {
-  return error instanceof ConveyorError && error.status === 409;
+  return error instanceof ConveyorError && error.status === 409 && error.slug !== 'conflict';
 }
 
 function jobPath(id: string, action: string): string {
@@ -112,6 +142,31 @@ export class WorkerApi {
   /** Appends `job.failed`, then `job.retry_scheduled` or `job.dead_lettered` (or `job.cancelled` for class `cancelled`). */
   async fail(id: string, lease: string, error: FailureReport, options: { signal?: AbortSignal } = {}): Promise<ReportOutcome> {
     return (await this.transport.request<ReportOutcome>('POST', jobPath(id, 'fail'), { body: { lease, error }, signal: options.signal }))
+      .body;
+  }
+
+  /**
+   * Submits 1 to 1,000 children of the leased job (`parent` is the job), counting against the
+   * tenant's rate and quota; with `then`, a continuation that runs once they all ended. Then end
+   * the attempt: complete it (a continuation carries on), or {@link WorkerApi.wait} for them.
+   */
+  async children(id: string, lease: string, jobs: ChildJob[], options: ChildrenOptions = {}): Promise<ChildrenAccepted> {
+    const body: Record<string, unknown> = { lease, jobs: jobs.map((j) => submitBody(j.kind, j.payload, j)) };
+    if (options.then !== undefined) body['then'] = submitBody(options.then.kind, options.then.payload, options.then);
+    const headers: Record<string, string> = {};
+    if (options.idempotencyKey !== undefined) headers['Idempotency-Key'] = options.idempotencyKey;
+    return (
+      await this.transport.request<ChildrenAccepted>('POST', jobPath(id, 'children'), { body, headers, signal: options.signal })
+    ).body;
+  }
+
+  /**
+   * Ends the attempt waiting for the job's children (status `waiting_for_children`): appends
+   * `job.suspended`; the job is queued again and its next attempt (one more allowed) is leased
+   * once every child has ended, told how in `upstream.children`. Stop heartbeating this lease.
+   */
+  async wait(id: string, lease: string, options: { signal?: AbortSignal } = {}): Promise<ReportOutcome> {
+    return (await this.transport.request<ReportOutcome>('POST', jobPath(id, 'wait'), { body: { lease }, signal: options.signal }))
       .body;
   }
 

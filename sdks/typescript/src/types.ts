@@ -89,11 +89,17 @@ export interface Job {
   is_batch?: boolean;
   /** When its batch was sealed (a batch's own job, once sealed). */
   sealed_at?: string;
+  /**
+   * The job whose handler submitted it as a child ({@link JobContext.submitChildren}); absent
+   * for a job of no parent. A parent's children are listed by {@link Client.listChildren}.
+   */
+  parent?: string;
 }
 
 /**
  * Why the scheduler holds a job back: jobs it depends on have not all ended (`dependencies`), it
- * is a batch not yet sealed or with members not all ended (`batch`), its concurrency key is full,
+ * is a batch not yet sealed or with members not all ended (`batch`), its handler waits for its
+ * children, which have not all ended (`children`), its concurrency key is full,
  * its rate limit's key reached its limit, its kind is paused (for its tenant or all), its tenant
  * runs as many jobs of the kind as its share allows, jobs of a higher priority go first, or other
  * tenants' jobs take their turns.
@@ -101,6 +107,7 @@ export interface Job {
 export type WaitReason =
   | 'dependencies'
   | 'batch'
+  | 'children'
   | 'concurrency_key'
   | 'rate_limit'
   | 'paused'
@@ -248,7 +255,23 @@ export interface JobSubmittedData {
   batch?: string;
   /** For a batch's own job (its callback): `true`. */
   is_batch?: boolean;
+  /** For a child (or a continuation): the job whose handler submitted it. */
+  parent?: string;
   [extra: string]: unknown;
+}
+
+/**
+ * The `data` of a `job.suspended` CloudEvent: the handler submitted children and waits for them
+ * ({@link JobContext.waitForChildren}); its attempt ended without an outcome, the job is `queued`
+ * again (`waiting.reason` `children`), and its next attempt starts once every child has ended.
+ */
+export interface JobSuspendedData {
+  /** The attempt that ended waiting. */
+  attempt: number;
+  /** The attempt that resumes it (`attempt + 1`). */
+  next_attempt: number;
+  /** The new limit of attempts: one more, since a wait is no failure. */
+  max_attempts: number;
 }
 
 /**
@@ -322,7 +345,7 @@ export interface KindPause {
   by_operator: boolean;
 }
 
-// Workflows (docs/workflows.md): dependencies between jobs, batches with a callback.
+// Workflows (docs/workflows.md): dependencies between jobs, batches with a callback, children.
 
 /** How a job that a workflow waited for ended: an item of {@link Upstream}. */
 export interface Ended {
@@ -331,12 +354,17 @@ export interface Ended {
   status: JobStatus;
   /**
    * A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent otherwise:
-   * read a larger one with {@link Client.result}. Never set for the members of a batch.
+   * read a larger one with {@link Client.result}. Never set for the members of a batch or for
+   * children.
    */
   result?: unknown;
 }
 
-/** How the members of a batch ended, as its callback's handler is told. */
+/**
+ * How a group of jobs ended: the members of a batch, as its callback's handler is told
+ * (`upstream.members`), or a job's children, as its handler is told when it resumes after
+ * waiting for them (`upstream.children`).
+ */
 export interface Members {
   total: number;
   succeeded: number;
@@ -344,20 +372,27 @@ export interface Members {
   failed: number;
   cancelled: number;
   /**
-   * Each member with its status (no result), in submission order, for a batch of up to 1,000
-   * members; absent for a larger one (page through {@link Client.listBatchJobs}).
+   * Each member with its status (no result), in submission order, for up to 1,000 of them;
+   * absent for more (page through {@link Client.listBatchJobs} or {@link Client.listChildren}).
    */
   jobs?: Ended[];
 }
 
 /**
  * What a job waited for, as it ended: given to the handler of a job with dependencies
- * (`dependencies`, in the order of `depends_on`) or of a batch's callback (`members`). A retry of
- * the job is given the same.
+ * (`dependencies`, in the order of `depends_on`), of a batch's callback or a continuation
+ * (`members`: the batch's members, or the children the continuation followed), or of an attempt
+ * that resumes a handler which waited for its children (`children`). A retry of the job is given
+ * the same.
  */
 export interface Upstream {
   dependencies?: Ended[];
   members?: Members;
+  /**
+   * The children the job's handler submitted (every attempt's), once all have ended: given to
+   * the attempt after {@link JobContext.waitForChildren}.
+   */
+  children?: Members;
 }
 
 /** Links from a batch. */
@@ -380,9 +415,12 @@ export interface AcceptedBatch {
   links: BatchLinks;
 }
 
-/** The answer to {@link Client.createBatch}. */
+/** The answer to {@link Client.createBatch} and {@link Client.addBatchJobs}. */
 export interface BatchSubmission extends AcceptedBatch {
-  /** `true` when the API answered `200` (a repeat with the same idempotency key: the same batch and member ids), `false` on `202`. */
+  /**
+   * `true` when the API answered `200` (a repeat with the same idempotency key: the same batch
+   * and member ids, or the same page's member ids), `false` on `202`.
+   */
   repeated: boolean;
 }
 
@@ -419,6 +457,14 @@ export interface BatchCancelAnswer {
   id: string;
   /** Members whose cancellation was requested (those not ended yet). */
   cancelled: number;
+}
+
+/** The answer to {@link JobContext.submitChildren} (`POST /v1/workers/jobs/{id}/children`). */
+export interface ChildrenAccepted {
+  /** The children's ids, in the order sent. */
+  jobs: string[];
+  /** The continuation's id, when one was asked for (`then`). */
+  then?: string;
 }
 
 /** A CloudEvent (1.0) of the log. `subject` is the job id; `type` is `dev.conveyor.job.<name>`. */
@@ -516,7 +562,10 @@ export interface FailureReport {
 /** What the API made of one report (`complete`, `fail`, `release`, or an item of a batch). */
 export interface ReportOutcome {
   id: string;
-  /** `succeeded`, `retry_scheduled`, `dead_lettered`, `cancelled`, `released`, or for an item of a batch `lease_lost`. */
+  /**
+   * `succeeded`, `retry_scheduled`, `dead_lettered`, `cancelled`, `released`,
+   * `waiting_for_children` (a wait), or for an item of a batch `lease_lost`.
+   */
   status: string;
   detail?: string;
   [extra: string]: unknown;

@@ -5,7 +5,9 @@
  * asking for as many as it has free slots), runs them concurrently up to `concurrency`,
  * heartbeats each one as the API asks (taking the new lease token each time), and reports the
  * outcome: the handler's value completes the job; a thrown error fails it (retryable, or fatal
- * for a {@link FatalError}); a cancellation seen by a heartbeat aborts `job.signal` and ends the
+ * for a {@link FatalError}); `return job.waitForChildren()` (after `job.submitChildren(…)`) ends
+ * the attempt waiting for its children, freeing its slot, and the job's next attempt runs once
+ * they all ended; a cancellation seen by a heartbeat aborts `job.signal` and ends the
  * job `cancelled`; a passed deadline aborts it and fails the attempt as `timeout`; a lost lease
  * (`409`) aborts it and drops it. Outcomes that are ready together go in one batch request.
  *
@@ -14,8 +16,10 @@
  * worker runs them at once; {@link Worker.run} resolves after that.
  */
 
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 
+import type { ChildJob } from './client.js';
 import {
   FatalError,
   JobCancelledError,
@@ -27,8 +31,8 @@ import {
   type JobAbortedError,
 } from './errors.js';
 import { sleep, type TokenSource, type TransportOptions } from './http.js';
-import { isLeaseLost, WorkerApi, type ProgressReport } from './protocol.js';
-import type { FailureReport, JsonSchema, LeasedJob, ReportOutcome, Upstream } from './types.js';
+import { isLeaseLost, WorkerApi, type ChildrenOptions, type ProgressReport } from './protocol.js';
+import type { ChildrenAccepted, FailureReport, JsonSchema, LeasedJob, ReportOutcome, Upstream } from './types.js';
 
 /** Where the worker says what went wrong (a report it could not make, a lease it lost). */
 export interface WorkerLogger {
@@ -65,9 +69,10 @@ export interface JobContext<P = unknown> {
   /**
    * How the jobs it waited for ended (docs/workflows.md): `dependencies`, in the order of its
    * `depends_on`, each with its `status` and its `result` (when it succeeded with one of up to
-   * 16 KiB); or, for a batch's callback, `members` (their counts, and each member's status for
-   * a batch of up to 1,000). `undefined` for a job that waited for none. Every attempt sees the
-   * same.
+   * 16 KiB); for a batch's callback or a continuation, `members` (their counts, and each
+   * member's status for up to 1,000); for an attempt resuming after
+   * {@link JobContext.waitForChildren}, `children` (the same shape). `undefined` for a job that
+   * waited for none. Retries see the same.
    */
   readonly upstream: Upstream | undefined;
   /**
@@ -87,9 +92,60 @@ export interface JobContext<P = unknown> {
    * its progress reports.
    */
   progress(current: number, total?: number, message?: string): Promise<void>;
+  /**
+   * Submits 1 to 1,000 children of this job (docs/workflows.md): jobs whose `parent` it is,
+   * counting against the tenant's rate and quota. Then end the handler one of two ways:
+   *
+   * - with `then`, a continuation: the children are the members of a sealed batch whose callback
+   *   it is; it runs once every child has ended, told how in `upstream.members`. The handler may
+   *   just return (the job completes; the continuation carries on).
+   * - or `return job.waitForChildren()`: the attempt ends without an outcome, the slot is freed,
+   *   and the job's next attempt runs once every child has ended, told how in
+   *   `upstream.children`.
+   *
+   * Resolves with the children's ids (in order) and the continuation's. Retries that may help
+   * (no answer, `429`, `503`) are made under an idempotency key (`idempotencyKey`, or one of its
+   * own), so they submit the same children once. Rejects with a {@link LeaseLostError} (and
+   * aborts `signal`) when the lease is lost, with a {@link ConveyorError} when the API refuses
+   * the children (`422` for an invalid one, `409` for a key reused with other children).
+   */
+  submitChildren(jobs: ChildJob[], options?: ChildrenOptions): Promise<ChildrenAccepted>;
+  /**
+   * Ends the attempt waiting for the job's children: `return job.waitForChildren();` from the
+   * handler (throwing the value works too, from deeper code). The worker then reports the wait
+   * (`job.suspended`) instead of an outcome, stops heartbeating and frees the slot; the job is
+   * `queued` (`waiting.reason` `children`) until every child it submitted has ended, then its
+   * next attempt (`attempt + 1`; one more attempt is allowed) runs the handler again with
+   * `upstream.children` set. Only the return value counts: calling it alone does nothing.
+   */
+  waitForChildren(): WaitForChildren;
 }
 
-/** A job handler: its value is the job's result (JSON); what it throws fails the attempt. */
+/** Marks a {@link WaitForChildren}, also across copies of the SDK. */
+const WAIT_BRAND = Symbol.for('conveyor.waitForChildren');
+
+/**
+ * What a handler returns to wait for its children ({@link JobContext.waitForChildren}): the
+ * worker ends the attempt with `wait` instead of completing the job.
+ */
+export class WaitForChildren {
+  private readonly waitsForChildren = true;
+
+  constructor() {
+    Object.defineProperty(this, WAIT_BRAND, { value: true });
+  }
+}
+
+const WAIT = new WaitForChildren();
+
+function isWaitForChildren(value: unknown): value is WaitForChildren {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[WAIT_BRAND] === true;
+}
+
+/**
+ * A job handler: its value is the job's result (JSON); what it throws fails the attempt;
+ * returning {@link JobContext.waitForChildren}'s value waits for the job's children.
+ */
 export type Handler<P = any, R = unknown> = (job: JobContext<P>) => R | Promise<R>;
 
 /** Options of {@link Worker.handle}. */
@@ -102,6 +158,7 @@ type Outcome =
   | { type: 'complete'; result: unknown }
   | { type: 'fail'; error: FailureReport }
   | { type: 'release' }
+  | { type: 'wait' }
   | { type: 'drop'; reason: string };
 
 /** One leased job, from its lease to its report. */
@@ -415,6 +472,10 @@ export class Worker {
     }
     result.then(
       (value) => {
+        if (isWaitForChildren(value)) {
+          this.decide(run, { type: 'wait' });
+          return;
+        }
         const v = value === undefined ? null : value;
         try {
           JSON.stringify(v);
@@ -425,7 +486,12 @@ export class Worker {
         this.decide(run, { type: 'complete', result: v });
       },
       (error: unknown) =>
-        this.decide(run, { type: 'fail', error: { class: isFatal(error) ? 'fatal' : 'retryable', message: messageOf(error) } }),
+        this.decide(
+          run,
+          isWaitForChildren(error)
+            ? { type: 'wait' }
+            : { type: 'fail', error: { class: isFatal(error) ? 'fatal' : 'retryable', message: messageOf(error) } },
+        ),
     );
   }
 
@@ -459,7 +525,37 @@ export class Worker {
         sent.then(forget, forget);
         return sent;
       },
+      submitChildren(jobs: ChildJob[], options: ChildrenOptions = {}): Promise<ChildrenAccepted> {
+        return worker.submitChildren(run, jobs, options);
+      },
+      waitForChildren(): WaitForChildren {
+        return WAIT;
+      },
     };
+  }
+
+  private async submitChildren(run: Run, jobs: ChildJob[], options: ChildrenOptions): Promise<ChildrenAccepted> {
+    // A key of its own unless given: a retry of the request then submits the same children.
+    const request = { ...options, idempotencyKey: options.idempotencyKey ?? randomUUID() };
+    for (let attempt = 0; ; attempt++) {
+      if (run.outcome) {
+        throw run.controller.signal.aborted
+          ? run.controller.signal.reason
+          : new Error(`conveyor worker: job ${run.id} already has its outcome; no child can be submitted`);
+      }
+      try {
+        return await this.api.children(run.id, run.lease, jobs, request);
+      } catch (e) {
+        if (isLeaseLost(e)) {
+          const lost = new LeaseLostError(messageOf(e));
+          this.decide(run, { type: 'drop', reason: 'lease lost (children)' }, lost);
+          throw lost;
+        }
+        if (!isTransient(e) || attempt >= 4 || options.signal?.aborted) throw e;
+        this.logger?.warn(`submitting children of job ${run.id} failed; retrying`, e);
+        await sleep(backoff(attempt, retryAfterOf(e)), options.signal);
+      }
+    }
   }
 
   private async sendProgress(run: Run, report: ProgressReport): Promise<void> {
@@ -532,6 +628,9 @@ export class Worker {
     if (outcome.type === 'drop') {
       this.stopHeartbeats(run);
       this.logger?.warn(`job ${run.id} dropped: ${outcome.reason}`);
+    } else if (outcome.type === 'wait') {
+      // The attempt ends waiting: no heartbeat after the wait (one in flight is awaited first).
+      this.stopHeartbeats(run);
     }
     void this.settle(run, outcome);
   }
@@ -541,6 +640,7 @@ export class Worker {
       if (outcome.type === 'drop') return;
       if (run.progress.size > 0 && outcome.type !== 'release') await Promise.allSettled([...run.progress]);
       if (outcome.type === 'release') await this.release(run);
+      else if (outcome.type === 'wait') await this.suspend(run);
       else await new Promise<void>((done) => this.enqueue(run, outcome, done));
     } catch (e) {
       this.logger?.warn(`reporting job ${run.id} failed`, e);
@@ -566,6 +666,37 @@ export class Worker {
           return;
         }
         await sleep(backoff(attempt, retryAfterOf(e)));
+      }
+    }
+  }
+
+  /** Ends the attempt waiting for the job's children (`wait`), retrying while it may help. */
+  private async suspend(run: Run): Promise<void> {
+    const giveUpAt = giveUpTime(run);
+    for (let attempt = 0; ; attempt++) {
+      await run.heartbeatInFlight;
+      try {
+        await this.api.wait(run.id, run.lease);
+        return;
+      } catch (e) {
+        if (isLeaseLost(e)) {
+          // After a try whose answer was lost, the API answers a repeated wait so too.
+          if (attempt === 0) this.logger?.warn(`job ${run.id}: the lease was lost before its wait for children; dropped`, e);
+          return;
+        }
+        if (isTransient(e) && Date.now() <= giveUpAt) {
+          await sleep(backoff(attempt, retryAfterOf(e)));
+          continue;
+        }
+        if (isTransient(e)) {
+          this.logger?.warn(`waiting for the children of job ${run.id} failed (it goes back to the queue when its lease expires)`, e);
+          return;
+        }
+        // Refused: the attempt cannot end waiting; fail it (retryable), so the failure shows.
+        this.logger?.warn(`waiting for the children of job ${run.id} was refused; failing the attempt`, e);
+        const fail: Outcome = { type: 'fail', error: { class: 'retryable', message: `the wait for children was refused: ${messageOf(e)}` } };
+        await new Promise<void>((done) => this.enqueue(run, fail, done));
+        return;
       }
     }
   }
