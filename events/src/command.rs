@@ -36,6 +36,10 @@ pub struct RunJob {
     /// What it waits for before it may start, for the scheduler.
     #[serde(flatten)]
     pub workflow: crate::job::Workflow,
+    /// How many times the job waited for its children before this attempt (each wait a round:
+    /// a Rust handler's children are numbered within it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
     /// How what it waited for ended: set by the scheduler when it lets the job start, and kept
     /// by its later attempts (which wait for nothing more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +59,7 @@ impl RunJob {
             webhook: Some(job.webhook.is_some()),
             scheduling: job.scheduling.clone(),
             workflow: job.workflow.clone(),
+            round: 0,
             upstream: None,
         }
     }
@@ -77,6 +82,7 @@ impl RunJob {
             webhook: Some(job.webhook.is_some()),
             scheduling: job.scheduling.clone(),
             workflow: job.workflow.clone(),
+            round: 0,
             upstream: None,
         }
     }

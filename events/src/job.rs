@@ -138,10 +138,13 @@ pub struct Ended {
     pub id: JobId,
     /// `succeeded`, `failed` or `cancelled`.
     pub status: JobStatus,
-    /// Its result, if it succeeded with one inlined in the log and small enough to pass on
-    /// ([`Upstream::RESULT_LIMIT`]); else read it with `GET /v1/jobs/{id}/result`.
+    /// Its result, if it succeeded with one small enough to pass on ([`Upstream::RESULT_LIMIT`]
+    /// each, and all of them within a budget); else `result_url` says where to read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    /// Where to read a result not passed on (`GET /v1/jobs/{id}/result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_url: Option<String>,
 }
 
 /// A batch's members at its end.

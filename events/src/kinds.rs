@@ -79,7 +79,7 @@ pub struct FanOut {
     /// The children's kind (default `noop`).
     #[serde(default = "noop")]
     pub kind: String,
-    /// How many (1 to 1,000).
+    /// How many (1 to 100).
     pub count: u32,
     /// Each child's payload.
     #[serde(default)]
@@ -94,10 +94,15 @@ impl FanOut {
     /// Parses and validates.
     pub fn from_payload(payload: &Value) -> Result<Self, String> {
         let s: Self = parse(payload)?;
-        if !(1..=1000).contains(&s.count) {
-            return Err("count must be between 1 and 1000".into());
+        if !(1..=100).contains(&s.count) {
+            return Err("count must be between 1 and 100".into());
         }
         crate::ids::JobKind::parse(&s.kind).map_err(|e| e.to_string())?;
+        // One level only: a fan-out of fan-outs (or of batches) would multiply one submission
+        // into more jobs than the tenant's rate allows.
+        if matches!(s.kind.as_str(), "fan_out" | "batch") {
+            return Err(format!("kind `{}` cannot be fanned out", s.kind));
+        }
         Ok(s)
     }
 }
@@ -218,8 +223,10 @@ pub fn builtin_schema(kind: &str) -> Option<Value> {
         ),
         "fan_out" => object(
             serde_json::json!({
-                "kind": { "type": "string", "default": "noop", "description": "The children's kind." },
-                "count": { "type": "integer", "minimum": 1, "maximum": 1000,
+                "kind": { "type": "string", "default": "noop",
+                          "not": { "enum": ["fan_out", "batch"] },
+                          "description": "The children's kind (not `fan_out` or `batch`)." },
+                "count": { "type": "integer", "minimum": 1, "maximum": 100,
                            "description": "How many children." },
                 "payload": { "description": "Each child's payload." },
             }),

@@ -41,6 +41,10 @@ use crate::job::{
 use crate::retry::RetryPolicy;
 use crate::subjects::msg_id;
 
+/// The most times a job may wait for its children: a handler that waits for ever (with no
+/// child, say) ends dead-lettered rather than taking a slot every round for ever.
+pub const MAX_WAITS: u32 = 100;
+
 /// A message to publish under its `Nats-Msg-Id`: a republish of the same step carries the same
 /// id, so the stream stores it once.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +247,7 @@ impl Attempt {
                     max_attempts,
                     run_at: None,
                     workflow,
+                    round: self.run.round + 1,
                     upstream: None,
                     ..self.run.clone()
                 }),
@@ -320,7 +325,13 @@ impl Attempt {
                     }),
                 );
             }
-            AttemptOutcome::WaitsForChildren => return self.suspend(now),
+            AttemptOutcome::WaitsForChildren if self.run.round < MAX_WAITS => {
+                return self.suspend(now)
+            }
+            AttemptOutcome::WaitsForChildren => ErrorInfo {
+                class: ErrorClass::Fatal,
+                message: format!("waited for its children {MAX_WAITS} times"),
+            },
             AttemptOutcome::TimedOut => ErrorInfo {
                 class: ErrorClass::Timeout,
                 message: format!("attempt exceeded its timeout of {} ms", self.run.timeout_ms),

@@ -298,15 +298,23 @@ pub(crate) async fn seal(
 }
 
 /// Refuses dependencies that name no job of `tenant`'s (422): each must be in the read model or,
-/// submitted a moment ago, in the log. A job can depend only on jobs submitted before it, so no
-/// cycle can form.
+/// submitted a moment ago, in the log. A job can depend only on jobs submitted before it; and a
+/// job joining `containers` (the batch it is added to, the parent that submits it) cannot depend
+/// on them, nor on a job that waits for them, as far as the read model shows: either would be a
+/// cycle, waiting for ever.
 pub(crate) async fn check_dependencies(
     state: &AppState,
     tenant: &Tenant,
     depends_on: &[JobId],
+    containers: &[JobId],
 ) -> ApiResult<()> {
     if depends_on.is_empty() {
         return Ok(());
+    }
+    if let Some(own) = depends_on.iter().find(|d| containers.contains(d)) {
+        return Err(unprocessable(format!(
+            "depends_on: job {own} waits for this job (its batch or its parent), so it cannot wait for it"
+        )));
     }
     let ids: Vec<Uuid> = depends_on.iter().map(|d| d.0).collect();
     let known: Vec<Uuid> =
@@ -322,6 +330,43 @@ pub(crate) async fn check_dependencies(
                 "depends_on: no job {dep} (a job can depend only on jobs of its tenant already submitted)"
             )));
         }
+    }
+    if containers.is_empty() {
+        return Ok(());
+    }
+    // What the dependencies wait for, transitively (unended jobs only: an ended one waits for
+    // nothing): their own dependencies, a batch's members, a waiting parent's children.
+    let containers: Vec<Uuid> = containers.iter().map(|c| c.0).collect();
+    let cycle: bool = sqlx::query_scalar(
+        "WITH RECURSIVE waits(id, depth) AS (
+             SELECT unnest($1::uuid[]), 0
+           UNION
+             SELECT e.next, w.depth + 1
+             FROM waits w
+             JOIN jobs j ON j.id = w.id AND j.tenant = $3
+                        AND j.status IN ('queued', 'running', 'retry_scheduled')
+             CROSS JOIN LATERAL (
+                 SELECT (jsonb_array_elements_text(coalesce(j.depends_on, '[]')))::uuid AS next
+               UNION ALL
+                 SELECT m.id FROM jobs m WHERE j.is_batch AND m.batch = j.id
+                   AND m.status IN ('queued', 'running', 'retry_scheduled')
+               UNION ALL
+                 SELECT c.id FROM jobs c WHERE j.suspended_attempt IS NOT NULL AND c.parent = j.id
+                   AND c.status IN ('queued', 'running', 'retry_scheduled')
+             ) e
+             WHERE w.depth < 16)
+         SELECT EXISTS (SELECT 1 FROM waits WHERE id = ANY($2))",
+    )
+    .bind(&ids)
+    .bind(&containers)
+    .bind(tenant.as_str())
+    .fetch_one(&state.db)
+    .await
+    .map_err(ApiError::db)?;
+    if cycle {
+        return Err(unprocessable(
+            "depends_on: a job it names waits, through others, for this job's batch or parent: a cycle",
+        ));
     }
     Ok(())
 }

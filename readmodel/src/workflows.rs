@@ -107,9 +107,15 @@ pub async fn page(
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
     let column = group.column();
+    // Two shapes, each one range of its index (`(column, id)`, or `(column, status, id)`).
+    let status_filter = if status.is_some() {
+        "AND status = $3"
+    } else {
+        "AND $3::text IS NULL"
+    };
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM jobs WHERE {column} = $1 AND tenant = $2
-           AND ($3::text IS NULL OR status = $3) AND ($4::uuid IS NULL OR id > $4)
+        "SELECT {COLUMNS} FROM jobs WHERE {column} = $1 AND tenant = $2 {status_filter}
+           AND id > coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')
          ORDER BY id LIMIT $5"
     ))
     .bind(group.id())
@@ -117,6 +123,26 @@ pub async fn page(
     .bind(status.map(JobStatus::as_str))
     .bind(after)
     .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Which of the groups named by `ids` (all batches, or all parents, as `of` says) have a job not
+/// ended yet: one query for them all.
+pub async fn open_groups(
+    db: impl PgExecutor<'_>,
+    of: fn(Uuid) -> Group,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    let Some(first) = ids.first() else {
+        return Ok(Vec::new());
+    };
+    let column = of(*first).column();
+    sqlx::query_scalar(&format!(
+        "SELECT DISTINCT {column} FROM jobs WHERE {column} = ANY($1)
+           AND status IN ('queued', 'running', 'retry_scheduled')"
+    ))
+    .bind(ids)
     .fetch_all(db)
     .await
 }
@@ -147,6 +173,9 @@ pub async fn suspended(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Ha
 
 /// Which of `batches` are sealed.
 pub async fn sealed(db: impl PgExecutor<'_>, batches: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
     sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) AND sealed_at IS NOT NULL")
         .bind(batches)
         .fetch_all(db)
@@ -175,6 +204,7 @@ pub async fn ended_group(
                 id: JobId(id),
                 status: JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?,
                 result: None,
+                result_url: None,
             });
         }
         Some(jobs)
@@ -192,15 +222,17 @@ pub async fn ended_group(
 }
 
 /// Those of `ids` that have ended, with their tenant, status and result (a result of more than
-/// `result_limit` JSON bytes left out).
+/// `result_limit` JSON bytes, or kept in the object store, left out: its `result_url` says where
+/// it is).
 pub async fn ended(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
     result_limit: usize,
 ) -> sqlx::Result<HashMap<Uuid, (String, Ended)>> {
-    let rows: Vec<(Uuid, String, StoredStatus, Option<Value>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, String, StoredStatus, Option<Value>, bool)> = sqlx::query_as(
         "SELECT id, tenant, status,
-                CASE WHEN octet_length(result::text) <= $2 THEN result END
+                CASE WHEN octet_length(result::text) <= $2 THEN result END,
+                result_ref IS NOT NULL OR coalesce(octet_length(result::text) > $2, false)
          FROM jobs WHERE id = ANY($1) AND status IN ('succeeded', 'failed', 'cancelled')",
     )
     .bind(ids)
@@ -208,8 +240,9 @@ pub async fn ended(
     .fetch_all(db)
     .await?;
     let mut ended = HashMap::with_capacity(rows.len());
-    for (id, tenant, status, result) in rows {
+    for (id, tenant, status, result, elsewhere) in rows {
         let status = JobStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let result_url = elsewhere.then(|| format!("/v1/jobs/{id}/result"));
         ended.insert(
             id,
             (
@@ -218,6 +251,7 @@ pub async fn ended(
                     id: JobId(id),
                     status,
                     result,
+                    result_url,
                 },
             ),
         );

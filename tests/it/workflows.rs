@@ -156,6 +156,21 @@ async fn a_diamond_runs_in_order_and_passes_results_along() {
         ["submitted", "waiting", "started", "succeeded"]
     );
 
+    // A result too large to pass on says where it is.
+    let big = id_of(
+        &acme
+            .submit(json!({ "kind": "noop", "payload": { "echo": "x".repeat(20_000) } }))
+            .await,
+    );
+    assert_eq!(acme.wait_terminal(&big).await["status"], "succeeded");
+    let after_big = id_of(&acme.submit(step(&[&big])).await);
+    let leased = lease_one(&worker, STEP).await;
+    assert_eq!(leased["id"], after_big.as_str());
+    let told = &leased["upstream"]["dependencies"][0];
+    assert!(told.get("result").is_none(), "{told}");
+    assert_eq!(told["result_url"], format!("/v1/jobs/{big}/result"));
+    complete(&worker, &leased, json!(null)).await;
+
     // Unknown jobs, and other tenants' jobs, cannot be depended on.
     let globex = acme.with_token(&env.token("globex", "jobs:write jobs:read"));
     for (who, deps) in [
@@ -528,12 +543,24 @@ async fn a_parent_fans_out_to_children_then_continues_or_waits_for_them() {
     let listed = listed["items"].as_array().unwrap();
     assert_eq!(listed.len(), 51, "the children and the continuation");
     assert!(listed.iter().all(|c| c["parent"] == parent.as_str()));
+    let order: Vec<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(order[0], then, "the continuation, submitted first");
+    let sent: Vec<&str> = kids.iter().map(String::as_str).collect();
+    assert_eq!(order[1..], sent[..], "then the children as sent");
     assert_eq!(acme.job(&then).await["is_batch"], true);
 
     // Waiting for its children, holding no worker: the attempt ends, the next one starts once
     // they have all ended, told how.
     let waiter = id_of(&acme.submit(json!({ "kind": "it.parent" })).await);
     let first = lease_one(&worker, "it.parent").await;
+    // A child may not wait for its parent: a cycle.
+    let (status, refused) = worker
+        .post(
+            &format!("/v1/workers/jobs/{waiter}/children"),
+            &json!({ "lease": first["lease"], "jobs": [{ "kind": "noop", "depends_on": [waiter] }] }),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
     let kids_body = json!({ "lease": first["lease"],
                             "jobs": [{ "kind": "sleep", "payload": { "ms": 2500 } },
                                      { "kind": "sleep", "payload": { "ms": 2500 } },
@@ -554,14 +581,20 @@ async fn a_parent_fans_out_to_children_then_continues_or_waits_for_them() {
         once["jobs"], again["jobs"],
         "a repeat submits the same children once"
     );
-    let (status, waited) = worker
-        .post(
-            &format!("/v1/workers/jobs/{waiter}/wait"),
-            &json!({ "lease": first["lease"] }),
-        )
-        .await;
+    let (wait_path, wait_body) = (
+        format!("/v1/workers/jobs/{waiter}/wait"),
+        json!({ "lease": first["lease"] }),
+    );
+    let wait = || worker.post(&wait_path, &wait_body);
+    let (status, waited) = wait().await;
     assert_eq!(status, 200, "{waited}");
     assert_eq!(waited["status"], "waiting_for_children");
+    let (status, again) = wait().await;
+    assert_eq!(
+        (status, &again["status"]),
+        (200, &waited["status"]),
+        "a retry answers as the first"
+    );
     let held = waits_for(&acme, &waiter, "children").await;
     assert_eq!(held["status"], "queued", "{held}");
     let resumed = lease_one(&worker, "it.parent").await;

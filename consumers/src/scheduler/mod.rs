@@ -79,7 +79,8 @@ const TELL_MOST: usize = 500;
 const TELL_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the jobs waiting for other jobs' ends are checked against the read model, and the
-/// most checked at once (the longest waiting first).
+/// most checked at once (each check goes on from where the last one stopped, so every held job
+/// is checked in turn).
 const GATES: Duration = Duration::from_millis(250);
 const GATES_MOST: usize = 2000;
 
@@ -279,6 +280,7 @@ async fn schedule(
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gate_cursor = None;
     let mut gating = tokio::time::interval(GATES);
     gating.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut telling = tokio::time::interval(TELL_EVERY);
@@ -301,7 +303,7 @@ async fn schedule(
                     Some(Err(e)) => return Err(bus::Error::consumer(e).into()),
                     None => return Err(bus::Error::Ended("the scheduler's consumer").into()),
                 };
-                arrive(bus, &events, &mut queues, msg).await?;
+                arrive(bus, (&commands, &events), &mut queues, msg).await?;
                 changed = true;
             }
             end = ends.next() => match end {
@@ -393,7 +395,8 @@ async fn schedule(
                 shown_keys = show_keys(&queues, shown_keys);
             }
             _ = gating.tick() => {
-                let blocked = queues.blocked(GATES_MOST);
+                let (blocked, next) = queues.blocked(gate_cursor, GATES_MOST);
+                gate_cursor = next;
                 if blocked.is_empty() {
                     continue;
                 }
@@ -450,7 +453,7 @@ async fn schedule(
 /// Takes a waiting command into the queues (or acknowledges one released already).
 async fn arrive(
     bus: &Bus,
-    events: &bus::jetstream::Stream,
+    (commands, events): (&bus::jetstream::Stream, &bus::jetstream::Stream),
     queues: &mut Queues,
     msg: bus::jetstream::Message,
 ) -> crate::Result<()> {
@@ -504,6 +507,13 @@ async fn arrive(
         tracing::info!(job_id = %cmd.job, attempt = run.attempt, "scheduler: a waiting command whose attempt already started, or whose job ended, is dropped");
         bus.acknowledge(&reply, AckKind::Ack).await?;
         return Ok(());
+    }
+    // A job that waits for other jobs may be held long: one cancelled while no scheduler
+    // watched (a takeover) ends now rather than when what it waits for has ended.
+    if waiting.workflow.is_some()
+        && bus::attempt::cancel_marked(&bus.cancels().await?, cmd.job).await
+    {
+        return end_held(bus, commands, events, waiting, None).await;
     }
     if let Some(done) = queues.add(waiting, Utc::now()) {
         bus.acknowledge(&done, AckKind::Ack).await?;

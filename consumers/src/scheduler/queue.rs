@@ -83,6 +83,9 @@ impl Waiting {
     }
 }
 
+/// A job held for other jobs' ends: its id, tenant, attempt and what it waits for.
+pub type Blocked = (JobId, Tenant, u32, Workflow);
+
 /// A reason a waiting job has not been told yet: the news for its `job.waiting`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -411,16 +414,37 @@ impl Queues {
         }
     }
 
-    /// The jobs waiting for other jobs' ends, oldest first, at most `most`.
-    pub fn blocked(&self, most: usize) -> Vec<(JobId, Tenant, u32, Workflow)> {
-        self.blocked
-            .iter()
+    /// At most `most` of the jobs waiting for other jobs' ends, in arrival order from after
+    /// `after` (wrapping round to the oldest), so that checks taking `most` at a time reach every
+    /// one in turn; with the place to go on from next time (`None`: from the oldest).
+    pub fn blocked(
+        &self,
+        after: Option<(u64, JobId)>,
+        most: usize,
+    ) -> (Vec<Blocked>, Option<(u64, JobId)>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let (later, earlier) = match after {
+            Some(at) => (
+                self.blocked.range((Excluded(at), Unbounded)),
+                self.blocked.range(..=at),
+            ),
+            None => (
+                self.blocked.range(..),
+                self.blocked.range(..(0, JobId(uuid::Uuid::nil()))),
+            ),
+        };
+        let places: Vec<(u64, JobId)> = later.chain(earlier).take(most).copied().collect();
+        let next = (places.len() == most && self.blocked.len() > most)
+            .then(|| places.last().copied())
+            .flatten();
+        let jobs = places
+            .into_iter()
             .filter_map(|(_, id)| {
-                let w = self.waiting.get(id)?;
-                Some((*id, w.tenant.clone(), w.attempt, w.workflow.clone()?))
+                let w = self.waiting.get(&id)?;
+                Some((id, w.tenant.clone(), w.attempt, w.workflow.clone()?))
             })
-            .take(most)
-            .collect()
+            .collect();
+        (jobs, next)
     }
 
     /// The command held for job `id`, as it would be released.
@@ -933,7 +957,11 @@ mod tests {
             .collect();
         assert!(told.contains(&(id, WaitReason::Dependencies)), "{told:?}");
         assert!(told.contains(&(batch, WaitReason::Batch)), "{told:?}");
-        assert_eq!(q.blocked(10).len(), 2);
+        assert_eq!(q.blocked(None, 10).0.len(), 2);
+        // Checked one at a time, each in turn.
+        let (one, next) = q.blocked(None, 1);
+        let (other, _) = q.blocked(next, 1);
+        assert_ne!(one[0].0, other[0].0);
         // Let go, it is released as its new body says, once its key has room.
         q.unblock(id, Bytes::from_static(b"told"), now);
         assert!(drain(&mut q, now).is_empty(), "its key is full");
@@ -943,7 +971,7 @@ mod tests {
         assert_eq!((next[0].job, next[0].body.as_ref()), (id, &b"told"[..]));
         // A held job withdrawn (its cancel) leaves nothing behind.
         assert!(q.withdraw(batch).is_some());
-        assert!(q.blocked(10).is_empty());
+        assert!(q.blocked(None, 10).0.is_empty());
         assert_eq!(q.waiting(), 0);
     }
 

@@ -118,23 +118,38 @@ pub struct JobContext {
     /// members (for the batch's callback), or its children (for an attempt that resumes a wait
     /// for them). `None` for a job that waited for none.
     pub upstream: Option<events::job::Upstream>,
+    /// How many times the job waited for its children before this attempt.
+    pub round: u32,
     /// Children submitted by this attempt so far (numbers their ids).
     pub children: Arc<AtomicU64>,
 }
 
 impl JobContext {
     /// Submits a child of this job: a job of `kind` with `payload` and default options, tied to
-    /// this one (its `parent`) and run like any job. Its id is derived from this attempt and the
-    /// child's place among the attempt's children, so an attempt run again after a crash submits
-    /// the same children, stored once. Published straight to the log, as a schedule's jobs are:
+    /// this one (its `parent`) and run like any job. Its id is derived from the job's round (how
+    /// many times it waited for its children before) and the child's place in it, so an attempt
+    /// run again (after a crash, or a retry) submits the same children, stored once, and they
+    /// list in the order submitted. Published straight to the log, as a schedule's jobs are:
     /// it is not validated against the kind's schema and does not count against the tenant's
     /// submission rate. Return [`JobError::WaitForChildren`] to resume once they have all ended.
     pub async fn submit_child(&self, kind: &JobKind, payload: Value) -> Result<JobId, bus::Error> {
         let n = self.children.fetch_add(1, Ordering::Relaxed);
-        let id = JobId::derived(
+        let id = JobId::derived_nth(
             self.id.timestamp_ms(),
-            &format!("{}/{}/child/{n}", self.id, self.attempt),
+            &format!("{}/round/{}", self.id, self.round),
+            u16::try_from(n).unwrap_or(u16::MAX),
         );
+        // Already submitted by an earlier run of this round (past the duplicate window, a
+        // second publish would be stored again).
+        let events = self.progress.bus.events_stream().await?;
+        let subject = self
+            .progress
+            .bus
+            .ns()
+            .job_event(&self.tenant, id, "submitted");
+        if bus::last_message(&events, subject).await?.is_some() {
+            return Ok(id);
+        }
         let submitted = events::job::Submitted {
             payload,
             max_attempts: 3,

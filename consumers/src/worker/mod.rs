@@ -589,6 +589,7 @@ async fn run_attempt(
         },
         db: shared.db.clone(),
         upstream: run.upstream.as_deref().cloned(),
+        round: run.round,
         children: Default::default(),
     };
     let running = metrics::gauge!("conveyor_jobs_running", "kind" => to.kind.to_string());
@@ -622,6 +623,7 @@ fn record_metrics(kind: &JobKind, ran: &Ran, elapsed: Duration) {
     let outcome = match ran {
         Ran::Returned(Ok(_)) => "succeeded",
         Ran::Returned(Err(JobError::Cancelled)) => "cancelled",
+        Ran::Returned(Err(JobError::WaitForChildren)) => "waiting_for_children",
         Ran::Returned(Err(_)) => "failed",
         Ran::TimedOut => "timed_out",
         Ran::HandedBack => "handed_back",
@@ -632,7 +634,7 @@ fn record_metrics(kind: &JobKind, ran: &Ran, elapsed: Duration) {
     metrics::histogram!("conveyor_job_duration_seconds", "kind" => kind)
         .record(elapsed.as_secs_f64());
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    if outcome == "succeeded" {
+    if matches!(outcome, "succeeded" | "waiting_for_children") {
         tracing::debug!(outcome, duration_ms, "attempt ended");
     } else {
         tracing::info!(outcome, duration_ms, "attempt ended");

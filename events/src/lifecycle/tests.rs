@@ -291,6 +291,7 @@ fn check_conclusion(
             };
             assert_eq!(msg_id, &format!("{job}.{}.run", attempt + 1));
             assert!(next.workflow.awaits_children && next.upstream.is_none());
+            assert_eq!(next.round, run.round + 1);
             assert_eq!(
                 (next.attempt, next.max_attempts, next.run_at),
                 (attempt + 1, max + 1, None)
@@ -753,6 +754,20 @@ proptest! {
         world.drain();
         world.check();
     }
+}
+
+#[test]
+fn a_handler_that_waits_too_often_is_dead_lettered() {
+    let job = JobId::new();
+    let run = RunJob {
+        round: MAX_WAITS,
+        ..run(3, 3, 0)
+    };
+    let policy = RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(1));
+    let t =
+        Attempt::new(job, run).conclude(AttemptOutcome::WaitsForChildren, 1, &policy, now(), 0.5);
+    let names: Vec<_> = t.events.iter().map(|e| e.payload.name()).collect();
+    assert_eq!(names, ["failed", "dead_lettered"]);
 }
 
 #[test]

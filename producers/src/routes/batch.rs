@@ -90,13 +90,15 @@ pub(crate) type Checked = Vec<ApiResult<(Option<String>, submission::Validated)>
 /// Validates `jobs`, counts the valid ones against `tenant`'s rate (but for `unrated` of them: a
 /// batch's own job is bookkeeping, not work submitted) and quota, refusing them all (429) if they
 /// would exceed it, then looks up each distinct webhook host once, all at once. Returns each
-/// job's check and how many passed validation (reserved in the quota: the caller gives back what
-/// it does not accept).
+/// job's check and how many passed validation and were reserved in the quota (the caller gives
+/// back what it does not accept). `charge: false` (a repeat of a request already taken) skips the
+/// rate and the quota.
 pub(crate) async fn prepare(
     state: &AppState,
     tenant: &events::Tenant,
     jobs: &[SubmitJob],
     unrated: usize,
+    charge: bool,
 ) -> ApiResult<(Checked, usize)> {
     let mut checked: Checked = jobs
         .iter()
@@ -106,10 +108,10 @@ pub(crate) async fn prepare(
         })
         .collect();
     let valid = checked.iter().filter(|c| c.is_ok()).count();
-    if valid > 0 {
-        if !state.bus.is_connected() {
-            return Err(ApiError::bus(bus::Error::Disconnected));
-        }
+    if valid > 0 && !state.bus.is_connected() {
+        return Err(ApiError::bus(bus::Error::Disconnected));
+    }
+    if valid > 0 && charge {
         let rated = u32::try_from(valid.saturating_sub(unrated)).unwrap_or(u32::MAX);
         if rated > 0 {
             state.limits.check_rate(tenant, rated)?;
@@ -133,7 +135,7 @@ pub(crate) async fn prepare(
             *c = Err(e.clone().into());
         }
     }
-    Ok((checked, valid))
+    Ok((checked, if charge { valid } else { 0 }))
 }
 
 /// Submit up to 1,000 jobs at once.
@@ -165,14 +167,14 @@ pub(crate) async fn submit_batch(
             batch.jobs.len()
         )));
     }
-    let (checked, valid) = prepare(&state, &auth.tenant, &batch.jobs, 0).await?;
+    let (checked, valid) = prepare(&state, &auth.tenant, &batch.jobs, 0, true).await?;
     let results: Vec<ApiResult<Receipt>> =
         futures::stream::iter(batch.jobs.into_iter().zip(checked))
             .map(|(req, checked)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move {
                     let (key, (kind, job, _)) = checked?;
-                    submission::check_dependencies(&state, &tenant, &job.workflow.depends_on)
+                    submission::check_dependencies(&state, &tenant, &job.workflow.depends_on, &[])
                         .await?;
                     submission::accept(&state, &tenant, &trace, key.into(), &req, kind, job).await
                 }

@@ -34,6 +34,9 @@ use crate::AppState;
 /// Members of one request in flight at once (each waits for its two publish acks).
 const PIPELINE: usize = 256;
 
+/// The most members one request cancels (a larger batch takes more requests).
+const CANCEL_MOST: usize = 10_000;
+
 /// The kind of a batch's job when no callback is named.
 const DEFAULT_CALLBACK: &str = "batch";
 
@@ -172,6 +175,8 @@ pub(crate) struct BatchCancelled {
     id: Uuid,
     /// Members whose cancellation was requested (those not ended yet).
     cancelled: usize,
+    /// Whether members are left to cancel (a request cancels at most 10,000): call again.
+    more: bool,
 }
 
 /// A page of a batch's members.
@@ -207,15 +212,26 @@ fn not_a_batch(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no batch {id}"))
 }
 
-/// Validates `jobs` (the callback first, if `with_callback`) all together, within the tenant's
-/// rate and quota: all or none. Returns their kinds and `job.submitted` data.
+/// How a request's jobs are checked together.
+#[derive(Debug, Clone, Copy)]
+struct Checks<'a> {
+    /// The first job is a batch's callback (not counted against the rate).
+    callback: bool,
+    /// The jobs they join (their batch, their parent): none of them may depend on these.
+    joining: &'a [JobId],
+    /// Whether they count against the tenant's rate and quota (not a repeat of a request taken).
+    charge: bool,
+}
+
+/// Validates `jobs` all together, within the tenant's rate and quota: all or none. Returns their
+/// kinds and `job.submitted` data.
 async fn prepare_all(
     state: &AppState,
     tenant: &Tenant,
     jobs: &[SubmitJob],
-    with_callback: bool,
+    checks: Checks<'_>,
 ) -> ApiResult<Vec<(JobKind, events::job::Submitted)>> {
-    let place = |i: usize| match (with_callback, i) {
+    let place = |i: usize| match (checks.callback, i) {
         (true, 0) => "callback".to_owned(),
         (true, i) => format!("jobs[{}]", i - 1),
         (false, i) => format!("jobs[{i}]"),
@@ -226,7 +242,8 @@ async fn prepare_all(
             place(i)
         )));
     }
-    let (checked, valid) = batch::prepare(state, tenant, jobs, usize::from(with_callback)).await?;
+    let unrated = usize::from(checks.callback);
+    let (checked, reserved) = batch::prepare(state, tenant, jobs, unrated, checks.charge).await?;
     let mut prepared = Vec::with_capacity(jobs.len());
     let mut refused = None;
     for (i, c) in checked.into_iter().enumerate() {
@@ -239,7 +256,8 @@ async fn prepare_all(
     }
     if refused.is_none() {
         for (i, (_, job)) in prepared.iter().enumerate() {
-            let checked = submission::check_dependencies(state, tenant, &job.workflow.depends_on);
+            let deps = &job.workflow.depends_on;
+            let checked = submission::check_dependencies(state, tenant, deps, checks.joining);
             if let Err(e) = checked.await {
                 refused = Some(at(&place(i), e));
                 break;
@@ -247,7 +265,7 @@ async fn prepare_all(
         }
     }
     if let Some(e) = refused {
-        state.limits.release_active(tenant, valid as u64);
+        state.limits.release_active(tenant, reserved as u64);
         return Err(e);
     }
     Ok(prepared)
@@ -263,8 +281,9 @@ enum Ids {
 }
 
 impl Ids {
-    fn of(&self, n: usize) -> Vec<Identity> {
-        (0..n)
+    /// The ids of `n` jobs, the first the `from`th of the page.
+    fn of(&self, from: usize, n: usize) -> Vec<Identity> {
+        (from..from + n)
             .map(|i| match self {
                 Self::Derived(page) => Identity::Given(JobId::derived_nth(
                     page.timestamp_ms(),
@@ -297,14 +316,14 @@ async fn claim_page(
 }
 
 /// Publishes `jobs` (validated, their workflow set), pipelined, each under its identity. Returns
-/// their ids and how many were new; the quota reserved for the others goes back.
+/// their ids and how many were new; the quota reserved for the others (if `charged`) goes back.
 async fn submit_all(
     state: &AppState,
-    tenant: &Tenant,
-    trace: &TraceParent,
+    (tenant, trace): (&Tenant, &TraceParent),
     reqs: &[SubmitJob],
     jobs: Vec<(JobKind, events::job::Submitted)>,
     ids: Vec<Identity>,
+    charged: bool,
 ) -> ApiResult<(Vec<Uuid>, usize)> {
     let results: Vec<ApiResult<submission::Receipt>> =
         futures::stream::iter(reqs.iter().cloned().zip(jobs).zip(ids))
@@ -331,29 +350,31 @@ async fn submit_all(
             }
         }
     }
-    state
-        .limits
-        .release_active(tenant, (reqs.len() - fresh) as u64);
+    if charged {
+        state
+            .limits
+            .release_active(tenant, (reqs.len() - fresh) as u64);
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok((ids, fresh)),
     }
 }
 
-/// Publishes `members` of batch `id`, with their `ids`.
+/// Publishes `members` of batch `id`, with their `ids` (from the `from`th of the page).
 async fn submit_members(
     state: &AppState,
-    tenant: &Tenant,
-    trace: &TraceParent,
-    (id, ids): (JobId, Ids),
+    to: (&Tenant, &TraceParent),
+    (id, ids, from): (JobId, Ids, usize),
     reqs: &[SubmitJob],
     mut members: Vec<(JobKind, events::job::Submitted)>,
+    charged: bool,
 ) -> ApiResult<(Vec<Uuid>, usize)> {
     for (_, job) in &mut members {
         job.workflow.batch = Some(id);
     }
-    let ids = ids.of(members.len());
-    submit_all(state, tenant, trace, reqs, members, ids).await
+    let ids = ids.of(from, members.len());
+    submit_all(state, to, reqs, members, ids, charged).await
 }
 
 /// Children submitted by a handler: their ids, and the continuation's if one was asked for.
@@ -387,22 +408,28 @@ pub(crate) async fn submit_children(
         )));
     }
     let scope = format!("children of {parent} attempt {attempt}");
-    let (ids, _) = claim_page(state, tenant, &scope, key, &(reqs, &then)).await?;
+    let (ids, fresh) = claim_page(state, tenant, &scope, key, &(reqs, &then)).await?;
     let with_then = then.is_some();
     let all: Vec<SubmitJob> = then.into_iter().chain(reqs.iter().cloned()).collect();
-    let mut prepared = prepare_all(state, tenant, &all, with_then).await?;
+    let checks = Checks {
+        callback: with_then,
+        joining: &[parent],
+        charge: fresh,
+    };
+    let mut prepared = prepare_all(state, tenant, &all, checks).await?;
     for (_, job) in &mut prepared {
         job.workflow.parent = Some(parent);
     }
     let Some((kind, mut callback)) = with_then.then(|| prepared.remove(0)) else {
-        let ids = ids.of(prepared.len());
-        let (jobs, _) = submit_all(state, tenant, trace, reqs, prepared, ids).await?;
+        let ids = ids.of(0, prepared.len());
+        let (jobs, _) = submit_all(state, (tenant, trace), reqs, prepared, ids, fresh).await?;
         return Ok(ChildrenAccepted { jobs, then: None });
     };
+    // The continuation first in the page, as sent.
     callback.workflow.is_batch = true;
-    let id = match ids {
-        Ids::Derived(page) => JobId::derived(page.timestamp_ms(), &format!("{page}/then")),
-        Ids::New => JobId::new(),
+    let id = match ids.of(0, 1).pop() {
+        Some(Identity::Given(id)) => id,
+        _ => JobId::new(),
     };
     let receipt = submission::accept(
         state,
@@ -414,11 +441,16 @@ pub(crate) async fn submit_children(
         callback,
     )
     .await
-    .inspect_err(|_| state.limits.release_active(tenant, all.len() as u64))?;
-    if !receipt.fresh {
+    .inspect_err(|_| {
+        if fresh {
+            state.limits.release_active(tenant, all.len() as u64)
+        }
+    })?;
+    if !receipt.fresh && fresh {
         state.limits.release_active(tenant, 1);
     }
-    let (jobs, _) = submit_members(state, tenant, trace, (id, ids), reqs, prepared).await?;
+    let to = (tenant, trace);
+    let (jobs, _) = submit_members(state, to, (id, ids, 1), reqs, prepared, fresh).await?;
     submission::seal(state, tenant, id, &kind, trace.clone()).await?;
     Ok(ChildrenAccepted {
         jobs,
@@ -471,18 +503,27 @@ pub(crate) async fn create(
     let all: Vec<SubmitJob> = std::iter::once(callback)
         .chain(req.jobs.iter().cloned())
         .collect();
-    let mut prepared = prepare_all(&state, &auth.tenant, &all, true).await?;
-    let members = prepared.split_off(1);
-    let (kind, mut job) = prepared.pop().expect("the callback");
-    job.workflow.is_batch = true;
+    // The key first: a repeat (its first answer lost) is not charged again.
     let (id, fresh) = match &key {
         Some(key) => {
-            let (id, _, fresh) = submission::claim_key(&state, &auth.tenant, key, &req)
-                .await
-                .inspect_err(|_| state.limits.release_active(&auth.tenant, all.len() as u64))?;
+            let (id, _, fresh) = submission::claim_key(&state, &auth.tenant, key, &req).await?;
             (id, fresh)
         }
         None => (JobId::new(), true),
+    };
+    let checks = Checks {
+        callback: true,
+        joining: &[],
+        charge: fresh,
+    };
+    let mut prepared = prepare_all(&state, &auth.tenant, &all, checks).await?;
+    let members = prepared.split_off(1);
+    let (kind, mut job) = prepared.pop().expect("the callback");
+    job.workflow.is_batch = true;
+    let release = |n: usize| {
+        if fresh {
+            state.limits.release_active(&auth.tenant, n as u64)
+        }
     };
     let receipt = submission::accept(
         &state,
@@ -494,9 +535,9 @@ pub(crate) async fn create(
         job,
     )
     .await
-    .inspect_err(|_| state.limits.release_active(&auth.tenant, all.len() as u64))?;
+    .inspect_err(|_| release(all.len()))?;
     if !receipt.fresh {
-        state.limits.release_active(&auth.tenant, 1);
+        release(1);
     }
     // The members of a keyed request: ids derived from the batch's, the same on a repeat.
     let ids = if key.is_some() {
@@ -504,19 +545,28 @@ pub(crate) async fn create(
     } else {
         Ids::New
     };
-    let (jobs, _) = submit_members(
-        &state,
-        &auth.tenant,
-        &trace.0,
-        (id, ids),
-        &req.jobs,
-        members,
-    )
-    .await?;
+    let to = (&auth.tenant, &trace.0);
     let sealed = req.seal.unwrap_or(true);
-    if sealed {
-        submission::seal(&state, &auth.tenant, id, &kind, trace.0.clone()).await?;
-    }
+    let submitted = async {
+        let (jobs, _) = submit_members(&state, to, (id, ids, 0), &req.jobs, members, fresh).await?;
+        if sealed {
+            submission::seal(&state, &auth.tenant, id, &kind, trace.0.clone()).await?;
+        }
+        Ok::<_, ApiError>(jobs)
+    };
+    let jobs = match submitted.await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            // Without a key the client cannot take this batch up again: its callback is
+            // cancelled rather than left waiting for ever (members already in run as jobs).
+            if key.is_none() {
+                let cancelled = submission::cancel(&state, &auth.tenant, id, trace.0.clone()).await;
+                tracing::warn!(batch = %id, error = %e, cancelled = cancelled.is_ok(),
+                    "a batch was not fully submitted; its callback was cancelled");
+            }
+            return Err(e);
+        }
+    };
     metrics::counter!("conveyor_batches_submitted_total").increment(u64::from(fresh));
     let status = if fresh {
         StatusCode::ACCEPTED
@@ -539,7 +589,10 @@ pub(crate) async fn create(
 async fn find_batch(state: &AppState, tenant: &Tenant, id: Uuid) -> ApiResult<JobView> {
     let job = reads::find_job(state, tenant, JobId(id))
         .await
-        .map_err(|_| not_a_batch(id))?;
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => not_a_batch(id),
+            e => e,
+        })?;
     if !job.is_batch {
         return Err(not_a_batch(id));
     }
@@ -594,10 +647,19 @@ pub(crate) async fn add_jobs(
     let key = submission::idempotency_key(given, &SubmitJob::of_kind(DEFAULT_CALLBACK))?;
     let batch = find_batch(&state, &auth.tenant, id).await?;
     let scope = format!("page of batch {id}");
-    let (ids, fresh) = claim_page(&state, &auth.tenant, &scope, key.as_deref(), &req).await?;
-    // A repeat of a page (its key claimed before) is taken again even once the batch is sealed:
-    // it adds nothing that was stored.
-    if fresh {
+    let (ids, claimed_now) = claim_page(&state, &auth.tenant, &scope, key.as_deref(), &req).await?;
+    // A repeat of a page that was stored (its first member in the log) is taken again even once
+    // the batch is sealed: it adds nothing that was stored. Any other page (a new one, or one
+    // whose key a refused try claimed) must find the batch open.
+    let repeat = match (claimed_now, ids.of(0, 1).pop()) {
+        (false, Some(Identity::Given(first))) => {
+            reads::submitted_event(&state, &auth.tenant, first)
+                .await?
+                .is_some()
+        }
+        _ => false,
+    };
+    if !repeat {
         if is_sealed(&state, &auth.tenant, id).await? {
             return Err(ApiError::Conflict(format!(
                 "batch {id} is sealed: no member can be added"
@@ -611,16 +673,20 @@ pub(crate) async fn add_jobs(
             return Err(ApiError::Conflict(format!("batch {id} was cancelled")));
         }
     }
-    let members = prepare_all(&state, &auth.tenant, &req.jobs, false).await?;
-    let (jobs, _) = submit_members(
-        &state,
-        &auth.tenant,
-        &trace.0,
-        (JobId(id), ids),
-        &req.jobs,
-        members,
-    )
-    .await?;
+    let fresh = !repeat;
+    // The members may wait for nothing that waits for the batch (or for its parent).
+    let joining: Vec<JobId> = std::iter::once(JobId(id))
+        .chain(batch.parent.map(JobId))
+        .collect();
+    let checks = Checks {
+        callback: false,
+        joining: &joining,
+        charge: fresh,
+    };
+    let members = prepare_all(&state, &auth.tenant, &req.jobs, checks).await?;
+    let to = (&auth.tenant, &trace.0);
+    let (jobs, _) =
+        submit_members(&state, to, (JobId(id), ids, 0), &req.jobs, members, fresh).await?;
     let kind = JobKind::parse(&batch.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
     let sealed = req.seal.unwrap_or(false);
     if sealed {
@@ -805,8 +871,9 @@ async fn page_of(
 /// Cancel a batch.
 ///
 /// Cancels its callback first (so it never runs), then every member that has not ended (running
-/// ones see their cancellation, waiting ones never start). Members submitted in the last moment,
-/// not yet in the read model, are not seen; no member can be added once this was asked.
+/// ones see their cancellation, waiting ones never start), up to 10,000 a request: with `more`,
+/// call again. Members submitted in the last moment, not yet in the read model, are not seen; no
+/// member can be added once this was asked. `409` once the batch and every member have ended.
 #[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
     params(("id" = Uuid, Path, description = "Batch id")),
     responses(
@@ -814,7 +881,7 @@ async fn page_of(
         (status = 401, description = "Missing or invalid token", body = crate::error::Problem),
         (status = 403, description = "Token lacks jobs:write", body = crate::error::Problem),
         (status = 404, description = "No such batch", body = crate::error::Problem),
-        (status = 409, description = "The batch already ended", body = crate::error::Problem),
+        (status = 409, description = "The batch and every member already ended", body = crate::error::Problem),
         (status = 503, description = "Event bus or read model unavailable", body = crate::error::Problem),
     ))]
 pub(crate) async fn cancel(
@@ -826,17 +893,8 @@ pub(crate) async fn cancel(
     auth.require(JOBS_WRITE)?;
     tracing::Span::current().record("tenant", auth.tenant.as_str());
     let batch = find_batch(&state, &auth.tenant, id).await?;
-    if batch.status.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "batch {id} already ended ({})",
-            batch.status.as_str()
-        )));
-    }
-    submission::cancel(&state, &auth.tenant, JobId(id), trace.0.clone()).await?;
-    let mut cancelled = 0;
-    let mut after = None;
-    loop {
-        let page = readmodel::workflows::page(
+    let open = |after| {
+        readmodel::workflows::page(
             &state.db,
             &auth.tenant,
             Group::Members(id),
@@ -844,18 +902,38 @@ pub(crate) async fn cancel(
             after,
             1000,
         )
-        .await
-        .map_err(ApiError::db)?;
-        let Some(last) = page.last() else {
+    };
+    let first = open(None).await.map_err(ApiError::db)?;
+    if batch.status.is_terminal() && first.iter().all(|m| m.status.is_terminal()) {
+        let counts = readmodel::workflows::counts(&state.db, Group::Members(id))
+            .await
+            .map_err(ApiError::db)?;
+        if counts.total() == counts.ended() {
+            return Err(ApiError::Conflict(format!(
+                "batch {id} already ended ({}), and so has every member",
+                batch.status.as_str()
+            )));
+        }
+    }
+    if !batch.status.is_terminal() {
+        match submission::cancel(&state, &auth.tenant, JobId(id), trace.0.clone()).await {
+            Ok(()) | Err(ApiError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (mut cancelled, mut more) = (0, false);
+    let mut page = first;
+    while let Some(last) = page.last().map(|m| m.id) {
+        if cancelled >= CANCEL_MOST {
+            more = true;
             break;
-        };
-        after = Some(last.id);
-        let open: Vec<Uuid> = page
+        }
+        let unended: Vec<Uuid> = page
             .iter()
             .filter(|m| !m.status.is_terminal())
             .map(|m| m.id)
             .collect();
-        let results: Vec<ApiResult<()>> = futures::stream::iter(open)
+        let results: Vec<ApiResult<()>> = futures::stream::iter(unended)
             .map(|member| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move { submission::cancel(&state, &tenant, JobId(member), trace).await }
@@ -871,6 +949,14 @@ pub(crate) async fn cancel(
                 Err(e) => return Err(e),
             }
         }
+        page = open(Some(last)).await.map_err(ApiError::db)?;
     }
-    Ok((StatusCode::ACCEPTED, Json(BatchCancelled { id, cancelled })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchCancelled {
+            id,
+            cancelled,
+            more,
+        }),
+    ))
 }

@@ -91,8 +91,13 @@ pub(crate) async fn submit(
     let accepted = match resolved.into_values().find_map(Result::err) {
         Some(refused) => Err(refused.into()),
         None => {
-            match submission::check_dependencies(&state, &auth.tenant, &job.workflow.depends_on)
-                .await
+            match submission::check_dependencies(
+                &state,
+                &auth.tenant,
+                &job.workflow.depends_on,
+                &[],
+            )
+            .await
             {
                 Ok(()) => {
                     submission::accept(&state, &auth.tenant, &trace.0, key.into(), &req, kind, job)

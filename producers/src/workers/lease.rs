@@ -62,8 +62,8 @@ impl Lease {
     /// The attempt as its run command described it, with the payload and scheduling of `held`
     /// (the command itself, which a retry needs: the token does not carry them).
     pub(crate) fn run(&self, held: Option<RunJob>) -> RunJob {
-        let (payload, scheduling, workflow, upstream) = held
-            .map(|r| (r.payload, r.scheduling, r.workflow, r.upstream))
+        let (payload, scheduling, workflow, round, upstream) = held
+            .map(|r| (r.payload, r.scheduling, r.workflow, r.round, r.upstream))
             .unwrap_or_default();
         RunJob {
             attempt: self.attempt,
@@ -75,6 +75,7 @@ impl Lease {
             webhook: self.webhook,
             scheduling,
             workflow,
+            round,
             upstream,
         }
     }

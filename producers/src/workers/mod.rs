@@ -539,7 +539,19 @@ impl Workers {
         // read them from the command, still stored until it is acknowledged.
         let held = match outcome {
             AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => None,
-            _ => Some(self.held_command(bus, &lease).await?),
+            _ => match self.held_command(bus, &lease).await {
+                Ok(held) => Some(held),
+                // A retry of a report whose outcome is stored (its command acknowledged, so
+                // gone): answered as the first was.
+                Err(ApiError::LeaseLost(_)) if !fresh => {
+                    return Ok(match outcome {
+                        AttemptOutcome::WaitsForChildren => "waiting_for_children",
+                        _ if self.ended(bus, &lease.tenant, lease.job).await => "dead_lettered",
+                        _ => "retry_scheduled",
+                    });
+                }
+                Err(e) => return Err(e),
+            },
         };
         let duration_ms = u64::try_from((now - lease.started).num_milliseconds()).unwrap_or(0);
         let jitter = rand::rng().random_range(0.0..1.0);

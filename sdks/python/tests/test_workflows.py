@@ -413,7 +413,7 @@ async def test_a_batch_without_callback_and_idempotent_repeats(client: Client) -
     view = await client.get_batch(batch["id"])
     assert view["kind"] == "batch" and view["result"] == done["result"]
     listed = [j["id"] async for j in client.list_all_batch_jobs(batch["id"])]
-    assert sorted(listed) == sorted(batch["jobs"]), "each member listed once"
+    assert listed == batch["jobs"], "each member listed once, in submission order"
 
     # The same key with another body is a conflict.
     with pytest.raises(ApiError) as info:
@@ -426,15 +426,33 @@ async def test_a_batch_without_callback_and_idempotent_repeats(client: Client) -
     assert info.value.detail.startswith("jobs[1]: "), info.value.detail
 
 
-@pytest.mark.xfail(
-    reason="server: with an Idempotency-Key, member ids are derived (the batch's millisecond + a "
-    "digest), so ORDER BY id is not the order sent",
-)
-async def test_members_submitted_with_an_idempotency_key_list_in_submission_order(
+async def test_members_with_an_idempotency_key_list_in_order_and_a_repeated_page_is_a_200(
     client: Client,
 ) -> None:
     members = [{"kind": "noop", "payload": {"echo": i}} for i in range(8)]
-    batch = await client.create_batch(members, idempotency_key=f"wf-order-{time.time_ns()}")
-    await ended(client, batch["id"])
-    listed = [j["id"] async for j in client.list_all_batch_jobs(batch["id"])]
-    assert listed == batch["jobs"]
+    batch = await client.create_batch(
+        members, idempotency_key=f"wf-order-{time.time_ns()}", seal=False
+    )
+    page = [{"kind": "noop", "payload": {"echo": 10 + i}} for i in range(5)]
+    page_key = f"wf-page-{time.time_ns()}"
+    added = await client.add_batch_jobs(batch["id"], page, idempotency_key=page_key)
+    assert added["repeated"] is False, "a new page is a 202"
+    again = await client.add_batch_jobs(batch["id"], page, idempotency_key=page_key)
+    assert again["repeated"] is True, "a repeated page is a 200"
+    assert again["jobs"] == added["jobs"], "the same member ids"
+    # Another page under the key, or the same page with another `seal`, is another request.
+    for other, seal in ((page[1:], None), (page, True)):
+        with pytest.raises(ApiError) as info:
+            await client.add_batch_jobs(batch["id"], other, idempotency_key=page_key, seal=seal)
+        assert info.value.status == 409
+    assert (await client.seal_batch(batch["id"]))["sealed"] is True
+    # Even after the seal, the repeated page answers the same.
+    late = await client.add_batch_jobs(batch["id"], page, idempotency_key=page_key)
+    assert late["repeated"] is True and late["jobs"] == added["jobs"] and late["sealed"] is True
+
+    done = await ended(client, batch["id"])
+    assert done["result"] == {"total": 13, "succeeded": 13, "failed": 0, "cancelled": 0}, (
+        "the repeated page added its members once"
+    )
+    listed = [j["id"] async for j in client.list_all_batch_jobs(batch["id"], limit=3)]
+    assert listed == batch["jobs"] + added["jobs"]

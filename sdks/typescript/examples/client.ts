@@ -62,6 +62,11 @@ for await (const member of client.listAllBatchJobs(year.id, { status: 'failed' }
 const ended = await client.wait(year.id); // the batch's id is its callback job's
 console.log(ended.status, ended.result);
 
+// A job whose handler submits children (see examples/worker.ts): follow them from the parent.
+const months = await client.submit('report.months', { months: ['2026-07', '2026-08'] });
+await client.wait(months.id);
+for await (const child of client.listAllChildren(months.id)) console.log(child.id, child.kind, child.status, child.parent);
+
 // The tenant's events, live, resuming across dropped connections; stop with the signal.
 const stop = AbortSignal.timeout(60_000);
 for await (const ev of client.events({ type: ['job.succeeded', 'job.dead_lettered'], signal: stop })) {

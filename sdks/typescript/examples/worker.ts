@@ -35,4 +35,21 @@ worker.handle('report.merge', async (job: JobContext<{ name: string }>) => {
   return { name: job.payload.name, urls };
 });
 
+// A handler that fans out: submits one child per month, then waits for them without holding a
+// slot; its next attempt is told how they ended. `report.year` continues with a callback instead.
+worker.handle('report.months', async (job: JobContext<{ months: string[] }>) => {
+  const told = job.upstream?.children;
+  if (told) return { reports: told.succeeded, missing: told.failed + told.cancelled };
+  await job.submitChildren(job.payload.months.map((month) => ({ kind: 'report.monthly', payload: { month }, maxAttempts: 5 })));
+  return job.waitForChildren();
+});
+worker.handle('report.year', async (job: JobContext<{ year: number }>) => {
+  const months = Array.from({ length: 12 }, (_, i) => `${job.payload.year}-${String(i + 1).padStart(2, '0')}`);
+  const { jobs, then } = await job.submitChildren(
+    months.map((month) => ({ kind: 'report.monthly', payload: { month } })),
+    { then: { kind: 'report.merge', payload: { name: `${job.payload.year}` } } }, // told upstream.members
+  );
+  return { months: jobs.length, merge: then };
+});
+
 await worker.run();

@@ -363,7 +363,7 @@ test('a batch without a callback runs the built-in `batch`, whose result is the 
   assert.deepEqual(view.result, done.result);
   const listed = [];
   for await (const job of client.listAllBatchJobs(batch.id)) listed.push(job.id);
-  assert.deepEqual([...listed].sort(), [...batch.jobs].sort(), 'each member listed once');
+  assert.deepEqual(listed, batch.jobs, 'each member listed once, in submission order');
 
   // The same key with another body is a conflict.
   await assert.rejects(client.createBatch(members.slice(1), { idempotencyKey: key }), (e) => e instanceof ConveyorError && e.status === 409);
@@ -376,15 +376,34 @@ test('a batch without a callback runs the built-in `batch`, whose result is the 
   });
 });
 
-test(
-  'members submitted with an Idempotency-Key list in submission order',
-  { todo: 'server: with a key, member ids are derived (the batch’s millisecond + a digest), so ORDER BY id is not the order sent' },
-  async () => {
-    const members = Array.from({ length: 8 }, (_, i) => ({ kind: 'noop', payload: { echo: i } }));
-    const batch = await client.createBatch(members, { idempotencyKey: `wf-order-${Date.now()}` });
-    await wait(batch.id);
-    const listed = [];
-    for await (const job of client.listAllBatchJobs(batch.id)) listed.push(job.id);
-    assert.deepEqual(listed, batch.jobs);
-  },
-);
+test('members submitted with an Idempotency-Key list in submission order; a repeated page is a 200 with the same ids, another page under its key a 409', async () => {
+  const members = Array.from({ length: 8 }, (_, i) => ({ kind: 'noop', payload: { echo: i } }));
+  const batch = await client.createBatch(members, { idempotencyKey: `wf-order-${Date.now()}`, seal: false });
+  const page = Array.from({ length: 5 }, (_, i) => ({ kind: 'noop', payload: { echo: 10 + i } }));
+  const pageKey = `wf-page-${Date.now()}`;
+  const added = await client.addBatchJobs(batch.id, page, { idempotencyKey: pageKey });
+  assert.equal(added.repeated, false, 'a new page is a 202');
+  const again = await client.addBatchJobs(batch.id, page, { idempotencyKey: pageKey });
+  assert.equal(again.repeated, true, 'a repeated page is a 200');
+  assert.deepEqual(again.jobs, added.jobs, 'the same member ids');
+  for (const other of [page.slice(1), page]) {
+    // Another page under the key, or the same page with another `seal`, is another request.
+    const seal = other === page;
+    await assert.rejects(
+      client.addBatchJobs(batch.id, other, { idempotencyKey: pageKey, seal }),
+      (e) => e instanceof ConveyorError && e.status === 409,
+    );
+  }
+  assert.equal((await client.sealBatch(batch.id)).sealed, true);
+  // Even after the seal, the repeated page answers the same.
+  const late = await client.addBatchJobs(batch.id, page, { idempotencyKey: pageKey });
+  assert.equal(late.repeated, true);
+  assert.deepEqual(late.jobs, added.jobs);
+  assert.equal(late.sealed, true);
+
+  const done = await wait(batch.id);
+  assert.deepEqual(done.result, { total: 13, succeeded: 13, failed: 0, cancelled: 0 }, 'the repeated page added its members once');
+  const listed = [];
+  for await (const job of client.listAllBatchJobs(batch.id, { limit: 3 })) listed.push(job.id);
+  assert.deepEqual(listed, [...batch.jobs, ...added.jobs]);
+});

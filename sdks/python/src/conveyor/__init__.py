@@ -13,6 +13,7 @@ from .errors import (
     ConveyorError,
     FatalError,
     LeaseLostError,
+    WaitForChildren,
     WebhookVerificationError,
 )
 from .sse import TERMINAL_EVENTS, Event
@@ -29,6 +30,7 @@ __all__ = [
     "ConveyorError",
     "FatalError",
     "LeaseLostError",
+    "WaitForChildren",
     "WebhookVerificationError",
     "verify_webhook",
     "sign_webhook",

@@ -1,5 +1,6 @@
 """The client of conveyor's HTTP API: submit, read, list, cancel, follow jobs, tail events,
-schedules and pauses of kinds, workflows (dependencies between jobs, batches with a callback)."""
+schedules and pauses of kinds, workflows (dependencies between jobs, batches with a callback, a
+job's children)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from .sse import Event, parse_sse
 from .types import (
     Accepted,
     Batch,
-    BatchAccepted,
     BatchCancelled,
     BatchMemberSpec,
     BatchResult,
@@ -331,18 +331,22 @@ class Client:
         *,
         seal: bool | None = None,
         idempotency_key: str | None = None,
-    ) -> BatchAccepted:
+    ) -> BatchSubmission:
         """Adds 1 to 1,000 members to an open batch (``POST /v1/batches/{id}/jobs``), sealing it
         after them with ``seal=True``; ``ApiError`` 409 once it is sealed or cancelled. With an
-        ``idempotency_key`` (one per page), a repeated page adds its members once. Seal only
-        after every page was answered: a page still in flight may be missed by the callback."""
+        ``idempotency_key`` (one per page), a repeated page answers 200 (``repeated`` True) with
+        the same member ids, added once, even after the seal; the same key with another page is
+        ``ApiError`` 409. Seal only after every page was answered: a page still in flight may be
+        missed by the callback."""
         body: dict[str, Any] = {"jobs": [_spec(j) for j in jobs]}
         if seal is not None:
             body["seal"] = seal
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
-        result: BatchAccepted = await self._call(
-            "POST", _batch_path(batch_id) + "/jobs", json_body=body, headers=headers
+        response, answer = await _http.request(
+            self._http, "POST", _batch_path(batch_id) + "/jobs", json_body=body, headers=headers
         )
+        result: BatchSubmission = answer
+        result["repeated"] = response.status_code == 200
         return result
 
     async def seal_batch(self, batch_id: str) -> Batch:
@@ -383,6 +387,42 @@ class Client:
         cursor: str | None = None
         while True:
             page = await self.list_batch_jobs(batch_id, status=status, limit=limit, cursor=cursor)
+            for job in page["items"]:
+                yield job
+            cursor = page.get("next_cursor")
+            if not cursor or not page["items"]:
+                return
+
+    # --- children (docs/workflows.md) ---------------------------------------------------------
+
+    async def list_children(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of a job's children (``GET /v1/jobs/{id}/children``): the jobs its handler
+        submitted (``Job.submit_children`` of the worker; each has ``parent``), in submission
+        order, a continuation among them; ``items`` and ``next_cursor``; ``limit`` 1 to 1,000
+        (default 100). ``ApiError`` 404 if there is no such job."""
+        params = {"status": status, "limit": limit, "cursor": cursor}
+        result: JobPage = await self._call("GET", _job_path(job_id) + "/children", params=params)
+        return result
+
+    async def list_all_children(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus | str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every child of the job matching ``status``, in submission order, page after page
+        (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_children(job_id, status=status, limit=limit, cursor=cursor)
             for job in page["items"]:
                 yield job
             cursor = page.get("next_cursor")

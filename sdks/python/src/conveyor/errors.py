@@ -1,4 +1,5 @@
-"""The SDK's errors: API answers carrying an RFC 9457 problem, lost leases, fatal job errors."""
+"""The SDK's errors: API answers carrying an RFC 9457 problem, lost leases, fatal job errors, and
+the handler's way to wait for its children."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ __all__ = [
     "ApiError",
     "LeaseLostError",
     "FatalError",
+    "WaitForChildren",
     "WebhookVerificationError",
 ]
 
@@ -119,6 +121,18 @@ class FatalError(Exception):
     once). Any exception with a true ``fatal`` attribute counts as fatal too."""
 
     fatal = True
+
+
+class WaitForChildren(Exception):
+    """Raised by ``Job.wait_for_children()`` (or raise it yourself) to end the attempt waiting
+    for the job's children: no failure, and no outcome. The worker reports the wait (the job's
+    timeline gets ``job.suspended``) instead of completing or failing the job, and frees the
+    handler's slot; the job's next attempt runs the handler again once every child it submitted
+    has ended, with ``job.upstream["children"]`` saying how. Let it propagate: a handler that
+    catches it (``except Exception``) completes or fails instead."""
+
+    def __init__(self, message: str = "waiting for the job's children") -> None:
+        super().__init__(message)
 
 
 class WebhookVerificationError(ConveyorError):

@@ -23,6 +23,7 @@ __all__ = [
     "FromSchedule",
     "JobSubmittedData",
     "JobCancelledData",
+    "JobSuspendedData",
     "CatchUp",
     "ScheduleJob",
     "Schedule",
@@ -44,6 +45,8 @@ __all__ = [
     "BatchMemberCounts",
     "Batch",
     "BatchCancelled",
+    "ChildSpec",
+    "ChildrenAccepted",
 ]
 
 JobStatus = Literal["queued", "running", "retry_scheduled", "succeeded", "failed", "cancelled"]
@@ -83,6 +86,7 @@ JobError = TypedDict("JobError", {"class": str, "message": str}, total=False)
 WaitReason = Literal[
     "dependencies",
     "batch",
+    "children",
     "concurrency_key",
     "rate_limit",
     "paused",
@@ -91,8 +95,8 @@ WaitReason = Literal[
     "tenant_share",
 ]
 """Why the scheduler holds a job back: jobs it depends on have not all ended (``dependencies``),
-it is a batch not sealed yet or with members not all ended (``batch``), its concurrency key is
-full, its rate limit's key reached its limit, its kind is paused (for its tenant or all), its
+it is a batch not sealed yet or with members not all ended (``batch``), its handler waits for its
+children, which have not all ended (``children``), its concurrency key is full, its rate limit's key reached its limit, its kind is paused (for its tenant or all), its
 tenant runs as many jobs of the kind as its share allows, jobs of a higher priority go first, or
 other tenants' jobs take their turns."""
 
@@ -149,6 +153,9 @@ class Job(TypedDict):
     """True for a batch's own job (its callback: ``Client.get_batch`` shows the batch)."""
     sealed_at: NotRequired[str]
     """When its batch was sealed (a batch's own job, once sealed)."""
+    parent: NotRequired[str]
+    """The job whose handler submitted it as a child (``Job.submit_children`` of the worker);
+    absent for a job of no parent. ``Client.list_children`` lists a parent's children."""
 
 
 class JobPage(TypedDict):
@@ -236,6 +243,22 @@ class JobSubmittedData(TypedDict):
     """For a member of a batch: the batch's id."""
     is_batch: NotRequired[bool]
     """For a batch's own job (its callback): True."""
+    parent: NotRequired[str]
+    """For a child (or a continuation): the job whose handler submitted it."""
+
+
+class JobSuspendedData(TypedDict):
+    """The ``data`` of a ``job.suspended`` CloudEvent: the handler submitted children and waits
+    for them (``Job.wait_for_children`` of the worker); its attempt ended without an outcome, the
+    job is ``queued`` again (``waiting.reason`` ``children``), and its next attempt starts once
+    every child has ended."""
+
+    attempt: int
+    """The attempt that ended waiting."""
+    next_attempt: int
+    """The attempt that resumes it (``attempt + 1``)."""
+    max_attempts: int
+    """The new limit of attempts: one more, since a wait is no failure."""
 
 
 class JobCancelledData(TypedDict, total=False):
@@ -357,7 +380,7 @@ class Kind(TypedDict):
     schema: Any
 
 
-# Workflows (docs/workflows.md): dependencies between jobs, batches with a callback.
+# Workflows (docs/workflows.md): dependencies between jobs, batches with a callback, children.
 
 
 class Ended(TypedDict):
@@ -368,11 +391,14 @@ class Ended(TypedDict):
     """``succeeded``, ``failed`` or ``cancelled``."""
     result: NotRequired[Any]
     """A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent
-    otherwise (read a larger one with ``Client.result``). Never set for a batch's members."""
+    otherwise (read a larger one with ``Client.result``). Never set for a batch's members or for
+    children."""
 
 
 class Members(TypedDict):
-    """How the members of a batch ended, as its callback's handler is told."""
+    """How a group of jobs ended: the members of a batch, as its callback's handler is told
+    (``upstream["members"]``), or a job's children, as its handler is told when it resumes after
+    waiting for them (``upstream["children"]``)."""
 
     total: int
     succeeded: int
@@ -380,16 +406,21 @@ class Members(TypedDict):
     """Dead-lettered."""
     cancelled: int
     jobs: NotRequired[list[Ended]]
-    """Each member with its status (no result), in submission order, for a batch of up to
-    1,000 members; absent for a larger one (page through ``Client.list_batch_jobs``)."""
+    """Each one with its status (no result), in submission order, for up to 1,000 of them;
+    absent for more (page through ``Client.list_batch_jobs`` or ``Client.list_children``)."""
 
 
 class Upstream(TypedDict, total=False):
     """What a job waited for, as it ended (``Job.upstream`` of the worker): its dependencies,
-    in the order of ``depends_on``, or a batch callback's members. A retry is told the same."""
+    in the order of ``depends_on``; a batch callback's or a continuation's members; or, for an
+    attempt resuming a handler that waited for its children, its children. A retry is told the
+    same."""
 
     dependencies: list[Ended]
     members: Members
+    children: Members
+    """The children the job's handler submitted (every attempt's), once all have ended: given
+    to the attempt after ``Job.wait_for_children``."""
 
 
 class PushJob(TypedDict):
@@ -424,11 +455,11 @@ class BatchAccepted(TypedDict):
 
 
 class BatchSubmission(BatchAccepted):
-    """The answer to ``Client.create_batch``."""
+    """The answer to ``Client.create_batch`` and ``Client.add_batch_jobs``."""
 
     repeated: bool
     """True when the API answered 200 (a repeat with the same idempotency key: the same batch
-    and member ids), False on 202."""
+    and member ids, or the same page's member ids), False on 202."""
 
 
 class BatchMemberCounts(TypedDict):
@@ -468,3 +499,18 @@ class BatchCancelled(TypedDict):
     id: str
     cancelled: int
     """Members whose cancellation was requested (those not ended yet)."""
+
+
+ChildSpec = BatchMemberSpec
+"""One child a handler submits with ``Job.submit_children`` (or its continuation, ``then``): a
+job as ``Client.submit_batch`` takes it, without its own ``idempotency_key`` (the request's
+covers them all)."""
+
+
+class ChildrenAccepted(TypedDict):
+    """The answer to ``Job.submit_children`` (``POST /v1/workers/jobs/{id}/children``)."""
+
+    jobs: list[str]
+    """The children's ids, in the order sent."""
+    then: NotRequired[str]
+    """The continuation's id, when one was asked for."""

@@ -1,5 +1,6 @@
 """A worker over conveyor's HTTP worker protocol (docs/workers.md): lease jobs, run them with
-asyncio, heartbeat, report progress and outcomes, and shut down gracefully."""
+asyncio, heartbeat, report progress, submit children and wait for them, report outcomes, and shut
+down gracefully."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ import random
 import signal
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar, cast
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping, NoReturn, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
 from . import _http
-from .errors import ApiError, LeaseLostError
-from .types import Upstream
+from .client import _spec
+from .errors import ApiError, LeaseLostError, WaitForChildren
+from .types import BatchMemberSpec, ChildrenAccepted, Upstream
 
 __all__ = ["Worker", "Job", "Handler", "CancelReason"]
 
@@ -76,9 +79,10 @@ class Job:
     upstream: Upstream | None
     """How the jobs it waited for ended (docs/workflows.md): ``dependencies``, in the order of
     its ``depends_on``, each ``{"id", "status", "result"?}`` (``result`` when it succeeded with
-    one of up to 16 KiB); or, for a batch's callback, ``members`` (``total``, ``succeeded``,
-    ``failed``, ``cancelled``, and ``jobs`` for a batch of up to 1,000). None for a job that
-    waited for none. Every attempt is told the same."""
+    one of up to 16 KiB); for a batch's callback or a continuation, ``members`` (``total``,
+    ``succeeded``, ``failed``, ``cancelled``, and ``jobs`` for up to 1,000); for an attempt
+    resuming after :meth:`wait_for_children`, ``children`` (the same shape). None for a job that
+    waited for none. Retries are told the same."""
     lease: str
     """The current lease token (renewed by each heartbeat); opaque."""
     lease_expires_at: datetime | None
@@ -122,11 +126,56 @@ class Job:
         self._seq += 1
         await self._worker._progress(self, self._seq, current, total, message)
 
+    async def submit_children(
+        self,
+        jobs: Iterable[BatchMemberSpec | Mapping[str, Any]],
+        *,
+        then: BatchMemberSpec | Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChildrenAccepted:
+        """Submits 1 to 1,000 children of this job (``POST /v1/workers/jobs/{id}/children``):
+        jobs whose ``parent`` it is, counting against the tenant's rate and quota. Each is a dict
+        as :meth:`Client.submit_batch <conveyor.Client.submit_batch>` takes it (``kind``,
+        ``payload``, ``max_attempts``, …), without ``idempotency_key``. Then end the handler one
+        of two ways:
+
+        - with ``then``, a continuation (a job of the same form): the children are the members
+          of a sealed batch whose callback it is; it runs once every child has ended, told how
+          in ``upstream["members"]``. The handler may just return (the job completes; the
+          continuation carries on).
+        - or :meth:`wait_for_children`: the attempt ends without an outcome, the slot is freed,
+          and the job's next attempt runs once every child has ended, told how in
+          ``upstream["children"]``.
+
+        Answers the children's ids (``jobs``, in order) and the continuation's (``then``).
+        Transient failures are retried under an idempotency key (``idempotency_key``, or one of
+        its own), so a retry submits the same children once; a repeat with the same key during
+        the same attempt answers the same ids. Raises :class:`LeaseLostError` (and stops the
+        handler) when the lease is gone, :class:`ApiError` when the API refuses the children
+        (422 for an invalid one, 409 ``conflict`` for a key reused with other children).
+        """
+        return await self._worker._children(self, jobs, then, idempotency_key)
+
+    def wait_for_children(self) -> NoReturn:
+        """Ends the attempt waiting for the job's children: raises :class:`WaitForChildren`,
+        which the worker turns into a wait (``job.suspended``) instead of an outcome. The job is
+        ``queued`` (``waiting.reason`` ``children``) and holds no slot until every child it
+        submitted has ended; then its next attempt (``attempt + 1``; one more attempt is
+        allowed) runs the handler again, with ``upstream["children"]`` set::
+
+            if job.upstream and "children" in job.upstream:
+                return summarize(job.upstream["children"])
+            await job.submit_children([{"kind": "resize", "payload": p} for p in parts])
+            job.wait_for_children()
+        """
+        raise WaitForChildren()
+
 
 Handler = Callable[[Job], Awaitable[Any]]
 """A job handler: an async function of the job, returning the job's result (JSON-serializable).
 Raising fails the attempt (retried with backoff); raising :class:`conveyor.FatalError`, or any
-exception with a true ``fatal`` attribute, dead-letters the job at once."""
+exception with a true ``fatal`` attribute, dead-letters the job at once; raising
+:class:`conveyor.WaitForChildren` (``job.wait_for_children()``) waits for its children."""
 
 H = TypeVar("H", bound=Handler)
 
@@ -171,7 +220,9 @@ class Worker:
     registers each kind with its payload schema, then leases jobs (as many as free slots, up
     to ``concurrency``; a long poll of ``wait_ms``) and runs each handler in its own asyncio
     task, heartbeating as the server asks. A handler's return value completes the job; an
-    exception fails the attempt (retryable, or fatal for :class:`conveyor.FatalError`); a
+    exception fails the attempt (retryable, or fatal for :class:`conveyor.FatalError`);
+    ``job.wait_for_children()`` (after ``job.submit_children(...)``) ends the attempt waiting
+    for its children, freeing the slot, and the job's next attempt runs once they all ended; a
     cancelled job or a passed deadline cancels the handler's task and is reported as such; a
     lost lease cancels it and drops the job. Reports of jobs that end together are sent in
     batches.
@@ -346,17 +397,27 @@ class Worker:
     # --- HTTP -------------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         assert self._http is not None
         try:
             _, result = await _http.request(
-                self._http, method, path, json_body=body, timeout=timeout
+                self._http, method, path, json_body=body, timeout=timeout, headers=headers
             )
         except ApiError as e:
-            # Every 409 of a job's worker endpoint means the lease is gone (docs/workers.md).
-            if e.status == 409 and path.startswith("/v1/workers/jobs/") and not isinstance(
-                e, LeaseLostError
+            # Every 409 of a job's worker endpoint means the lease is gone (docs/workers.md),
+            # but for an idempotency key reused with other children (`conflict`).
+            if (
+                e.status == 409
+                and path.startswith("/v1/workers/jobs/")
+                and not isinstance(e, LeaseLostError)
+                and e.slug != "conflict"
             ):
                 raise LeaseLostError(
                     e.status,
@@ -542,6 +603,11 @@ class Worker:
                 await self._send_fail(job, "retryable", "the handler was cancelled")
             return
         error = task.exception()
+        if isinstance(error, WaitForChildren):
+            # Like a result: it does not count after a cancellation or the deadline.
+            if not await self._report_cut_short(job, reason, shutdown_releases=False):
+                await self._wait_for_children(job)
+            return
         if error is not None:
             if isinstance(error, LeaseLostError):
                 log.warning("job %s: lease lost; dropped", job.id)
@@ -626,6 +692,73 @@ class Worker:
                 failures += 1
                 if failures >= 5:
                     raise
+                retry_after = e.retry_after if isinstance(e, ApiError) else None
+                await asyncio.sleep(retry_after or self._backoff(failures))
+
+    async def _children(
+        self,
+        job: Job,
+        jobs: Iterable[BatchMemberSpec | Mapping[str, Any]],
+        then: BatchMemberSpec | Mapping[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> ChildrenAccepted:
+        body: dict[str, Any] = {"lease": job.lease, "jobs": [_spec(j) for j in jobs]}
+        if then is not None:
+            body["then"] = _spec(then)
+        # A key of its own unless given: a retry of the request then submits the same children.
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        failures = 0
+        while True:
+            body["lease"] = job.lease
+            try:
+                result: ChildrenAccepted = await self._call(
+                    "POST", _job_path(job.id, "children"), body, headers=headers
+                )
+                return result
+            except LeaseLostError:
+                if job._state is not None:
+                    self._abort(job._state, "lease_lost")
+                raise
+            except (ApiError, httpx.TransportError) as e:
+                if isinstance(e, ApiError) and not e.retryable:
+                    raise
+                failures += 1
+                if failures >= 5:
+                    raise
+                retry_after = e.retry_after if isinstance(e, ApiError) else None
+                log.warning("job %s: submitting children failed (%s); retrying", job.id, e)
+                await asyncio.sleep(retry_after or self._backoff(failures))
+
+    async def _wait_for_children(self, job: Job) -> None:
+        """Ends the attempt waiting for the job's children (``wait``)."""
+        failures = 0
+        while True:
+            try:
+                await self._call("POST", _job_path(job.id, "wait"), {"lease": job.lease})
+                log.info("job %s: waits for its children", job.id)
+                return
+            except LeaseLostError as e:
+                # After a try whose answer was lost, the API answers a repeated wait so too.
+                if failures == 0:
+                    log.warning(
+                        "job %s: lease lost before its wait for children (%s)", job.id, e.detail
+                    )
+                return
+            except (ApiError, httpx.TransportError) as e:
+                if isinstance(e, ApiError) and not e.retryable and e.status < 500:
+                    # Refused: the attempt cannot end waiting; fail it so the failure shows.
+                    log.warning("job %s: the wait for children was refused (%s)", job.id, e)
+                    await self._send_fail(
+                        job, "retryable", f"the wait for children was refused: {e}"
+                    )
+                    return
+                failures += 1
+                expires = job.lease_expires_at
+                if failures >= 10 or (
+                    expires is not None and (expires - _now()).total_seconds() < -5
+                ):
+                    log.error("job %s: the wait for children failed for good: %s", job.id, e)
+                    return
                 retry_after = e.retry_after if isinstance(e, ApiError) else None
                 await asyncio.sleep(retry_after or self._backoff(failures))
 
