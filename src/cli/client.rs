@@ -834,8 +834,16 @@ pub(super) async fn batches(target: Target, command: BatchesCommand) -> anyhow::
                 .await?
         }
         BatchesCommand::Cancel { id } => {
-            c.call(Method::POST, &format!("/v1/batches/{id}/cancel"), None, &[])
-                .await?
+            // A request cancels up to 10,000 members: again while it says there are more.
+            let path = format!("/v1/batches/{id}/cancel");
+            let mut total = 0;
+            loop {
+                let out = call_patiently(&c, Method::POST, &path, None, &[]).await?;
+                total += out["cancelled"].as_u64().unwrap_or(0);
+                if out["more"] != true {
+                    break json!({ "id": id, "cancelled": total });
+                }
+            }
         }
     };
     print(&out);

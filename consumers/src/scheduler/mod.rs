@@ -522,8 +522,9 @@ async fn arrive(
 }
 
 /// The command `body` telling the handler how what it waited for ended (`None`: it no longer
-/// decodes, and stays held).
-fn told(body: &bytes::Bytes, upstream: events::job::Upstream) -> Option<bytes::Bytes> {
+/// decodes, and stays held). Should that make it too large for the stream, the lists of members
+/// and children and the results are left out (their counts and `result_url`s stay).
+fn told(body: &bytes::Bytes, mut upstream: events::job::Upstream) -> Option<bytes::Bytes> {
     let mut cmd = match bus::decode_command(None, body) {
         Ok(cmd) => cmd,
         Err(e) => {
@@ -531,11 +532,30 @@ fn told(body: &bytes::Bytes, upstream: events::job::Upstream) -> Option<bytes::B
             return None;
         }
     };
-    let Command::Run(run) = &mut cmd.payload else {
-        return None;
-    };
-    run.upstream = Some(Box::new(upstream));
-    Some(bytes::Bytes::from(cmd.to_json()))
+    let limit = usize::try_from(events::streams::MAX_MESSAGE_BYTES).unwrap_or(usize::MAX) * 3 / 4;
+    for slim in [false, true] {
+        if slim {
+            for group in [&mut upstream.members, &mut upstream.children] {
+                if let Some(g) = group.as_mut() {
+                    g.jobs = None;
+                }
+            }
+            for dep in &mut upstream.dependencies {
+                if dep.result.take().is_some() {
+                    dep.result_url = Some(format!("/v1/jobs/{}/result", dep.id));
+                }
+            }
+        }
+        let Command::Run(run) = &mut cmd.payload else {
+            return None;
+        };
+        run.upstream = Some(Box::new(upstream.clone()));
+        let json = cmd.to_json();
+        if json.len() <= limit || slim {
+            return Some(bytes::Bytes::from(json));
+        }
+    }
+    None
 }
 
 /// Ends a held job, as a worker taking it would (`job.cancelled`, under the job's one terminal
