@@ -325,10 +325,16 @@ pub(crate) async fn check_dependencies(
             .await
             .map_err(ApiError::db)?;
     for dep in depends_on.iter().filter(|d| !known.contains(&d.0)) {
-        if reads::submitted_event(state, tenant, *dep).await?.is_none() {
-            return Err(unprocessable(format!(
-                "depends_on: no job {dep} (a job can depend only on jobs of its tenant already submitted)"
-            )));
+        // Submitted a moment ago: in the log, and (within the read-your-writes wait) in the read
+        // model, where the cycle check below looks.
+        match reads::find_job(state, tenant, *dep).await {
+            Ok(_) => {}
+            Err(ApiError::NotFound(_)) => {
+                return Err(unprocessable(format!(
+                    "depends_on: no job {dep} (a job can depend only on jobs of its tenant already submitted)"
+                )))
+            }
+            Err(e) => return Err(e),
         }
     }
     if containers.is_empty() {
@@ -576,15 +582,29 @@ pub(crate) async fn cancel(
         )));
     }
     let kind = JobKind::parse(&job.kind).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state
+    request_cancel(state, tenant, id, &kind, trace)
+        .await
+        .map(drop)
+}
+
+/// Publishes the cancellation of `id` (a job of `kind` the caller knows has not ended): whether
+/// it was asked now (`false`: it had been asked before, within the duplicate window).
+pub(crate) async fn request_cancel(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+    kind: &JobKind,
+    trace: TraceParent,
+) -> ApiResult<bool> {
+    let acks = state
         .bus
         .publish_transition(
-            &envelope(id, tenant, &kind, Some(trace)),
+            &envelope(id, tenant, kind, Some(trace)),
             lifecycle::cancel(id, Utc::now()),
         )
         .await
         .map_err(ApiError::bus)?;
-    Ok(())
+    Ok(!acks.first().is_some_and(|a| a.duplicate))
 }
 
 /// Re-drives the dead-lettered job `id`: `409` unless it is dead-lettered (failed).

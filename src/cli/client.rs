@@ -723,6 +723,12 @@ fn read_jobs(file: &std::path::Path) -> anyhow::Result<Vec<(usize, String, Value
     Ok(jobs)
 }
 
+/// Whether `e` is the API's `409`.
+fn ended_meanwhile(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::client::ApiFailure>()
+        .is_some_and(|f| f.status == 409)
+}
+
 /// A list's path with its `status` filter, `limit` and `cursor`.
 fn page_path(path: &str, status: Option<String>, limit: u32, cursor: Option<String>) -> String {
     let mut q = vec![format!("limit={limit}")];
@@ -837,8 +843,15 @@ pub(super) async fn batches(target: Target, command: BatchesCommand) -> anyhow::
             // A request cancels up to 10,000 members: again while it says there are more.
             let path = format!("/v1/batches/{id}/cancel");
             let mut total = 0;
+            let mut first = true;
             loop {
-                let out = call_patiently(&c, Method::POST, &path, None, &[]).await?;
+                let out = match call_patiently(&c, Method::POST, &path, None, &[]).await {
+                    Ok(out) => out,
+                    // After a first round, a 409 says every member has ended meanwhile.
+                    Err(e) if !first && ended_meanwhile(&e) => json!({ "more": false }),
+                    Err(e) => return Err(e),
+                };
+                first = false;
                 total += out["cancelled"].as_u64().unwrap_or(0);
                 if out["more"] != true {
                     break json!({ "id": id, "cancelled": total });

@@ -173,9 +173,10 @@ impl From<MemberCounts> for Members {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct BatchCancelled {
     id: Uuid,
-    /// Members whose cancellation was requested (those not ended yet).
+    /// Members whose cancellation this request asked (not those an earlier one did).
     cancelled: usize,
-    /// Whether members are left to cancel (a request cancels at most 10,000): call again.
+    /// Whether members may be left to cancel (a request asks at most 10,000, and goes through
+    /// at most 50,000 members not ended): call again.
     more: bool,
 }
 
@@ -872,7 +873,7 @@ async fn page_of(
 ///
 /// Cancels its callback first (so it never runs), then every member that has not ended (running
 /// ones see their cancellation, waiting ones never start), up to 10,000 a request: with `more`,
-/// call again. Members submitted in the last moment, not yet in the read model, are not seen; no
+/// call again (`cancelled` counts the members this request asked; a `409` then says all ended). Members submitted in the last moment, not yet in the read model, are not seen; no
 /// member can be added once this was asked. `409` once the batch and every member have ended.
 #[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
     params(("id" = Uuid, Path, description = "Batch id")),
@@ -921,33 +922,35 @@ pub(crate) async fn cancel(
             Err(e) => return Err(e),
         }
     }
-    let (mut cancelled, mut more) = (0, false);
+    // Counted: members asked now (not those asked by an earlier request). Bounded: the cancels
+    // asked now, and the members gone through.
+    let (mut cancelled, mut seen, mut more) = (0, 0, false);
     let mut page = first;
     while let Some(last) = page.last().map(|m| m.id) {
-        if cancelled >= CANCEL_MOST {
+        if cancelled >= CANCEL_MOST || seen >= 5 * CANCEL_MOST {
             more = true;
             break;
         }
-        let unended: Vec<Uuid> = page
+        let unended: Vec<(Uuid, String)> = page
             .iter()
             .filter(|m| !m.status.is_terminal())
-            .map(|m| m.id)
+            .map(|m| (m.id, m.kind.clone()))
             .collect();
-        let results: Vec<ApiResult<()>> = futures::stream::iter(unended)
-            .map(|member| {
+        seen += unended.len();
+        let results: Vec<ApiResult<bool>> = futures::stream::iter(unended)
+            .map(|(member, kind)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
-                async move { submission::cancel(&state, &tenant, JobId(member), trace).await }
+                async move {
+                    let kind =
+                        JobKind::parse(&kind).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    submission::request_cancel(&state, &tenant, JobId(member), &kind, trace).await
+                }
             })
             .buffered(PIPELINE)
             .collect()
             .await;
         for r in results {
-            match r {
-                Ok(()) => cancelled += 1,
-                // Ended in the meantime.
-                Err(ApiError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
+            cancelled += usize::from(r?);
         }
         page = open(Some(last)).await.map_err(ApiError::db)?;
     }

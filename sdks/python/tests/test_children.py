@@ -3,11 +3,13 @@ handler run by the SDK's worker submits children with a continuation (``then``, 
 worker serves, told how they ended in ``upstream["members"]``); a handler that waits for its
 children (``job.wait_for_children()``) frees its slot, and its next attempt is told how they
 ended in ``upstream["children"]``; idempotent repeats (a key given, and the SDK's own key when an
-answer is lost); the built-in ``fan_out`` as a reference."""
+answer is lost, of children or of a wait); cycles through a parent refused; the built-in
+``fan_out`` as a reference, and its limits."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -56,6 +58,16 @@ def kind(name: str) -> str:
 
 async def ended(client: Client, job_id: str) -> dict[str, Any]:
     return await wait_status(client, job_id, "succeeded", "failed", "cancelled")
+
+
+async def waiting_for(client: Client, job_id: str, reason: str) -> dict[str, Any]:
+    """The job once the scheduler said it holds it back for ``reason``."""
+
+    async def check() -> dict[str, Any] | None:
+        job = await client.get(job_id)
+        return dict(job) if job.get("waiting", {}).get("reason") == reason else None
+
+    return await eventually(check, timeout=15, what=f"job {job_id} to wait for its {reason}")
 
 
 async def children_of(client: Client, job_id: str, **options: Any) -> list[dict[str, Any]]:
@@ -131,13 +143,13 @@ async def test_children_with_a_continuation_the_same_worker_runs(
     for i, child_id in enumerate(children):
         assert (await client.get(child_id))["result"] == i, f"child {i}"
 
-    # The parent's children: the 10 and the continuation, each naming it.
+    # The parent's children: the continuation first (it is submitted first), then the 10 in the
+    # order sent, each naming it.
     listed = await children_of(client, parent["id"], limit=4)
     assert len(listed) == 11, [j["id"] for j in listed]
     assert all(j["parent"] == parent["id"] for j in listed)
-    assert {j["id"] for j in listed} == {*children, then}
-    assert [j["id"] for j in listed if j["id"] != then] == children, "in submission order"
-    continuation = next(j for j in listed if j["id"] == then)
+    assert [j["id"] for j in listed] == [then, *children], "continuation, then submission order"
+    continuation = listed[0]
     assert continuation["kind"] == merge_kind
     assert continuation["is_batch"] is True, "the continuation is the batch of the children"
     child = await client.get(children[0])
@@ -347,9 +359,155 @@ async def test_an_answer_lost_on_the_way_back_submits_the_children_once(
     assert len(transport.children_sent) == 2, "the first answer was lost, the second came"
     assert transport.children_sent[0] == transport.children_sent[1]
     listed = await children_of(client, parent["id"])
-    assert {j["id"] for j in listed} == {*accepted["jobs"], accepted["then"]}, "each child once"
-    assert len(listed) == 3
+    # Each child once; under the worker's key, the continuation first, then the children as sent.
+    assert [j["id"] for j in listed] == [accepted["then"], *accepted["jobs"]]
     assert (await ended(client, accepted["then"]))["status"] == "succeeded"
+
+
+class _LosesFirstWaitAnswer(httpx.AsyncBaseTransport):
+    """Sends every request; the answer to the first ``wait`` request is lost on its way."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.waits: list[tuple[int, bytes]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("/wait"):
+            self.waits.append((response.status_code, request.content))
+            if len(self.waits) == 1:
+                await response.aread()
+                await response.aclose()
+                raise httpx.ReadError("the answer was lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_an_answer_to_the_wait_lost_on_the_way_back_is_answered_the_same_again(
+    server: Conveyor, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost_wait = kind("lostwait")
+    transport = _LosesFirstWaitAnswer()
+    http = httpx.AsyncClient(base_url=server.url, transport=transport)
+    worker = new_worker(server, http_client=http)
+    attempts: list[int] = []
+
+    @worker.handle(lost_wait)
+    async def run_lost_wait(job: Job) -> Any:
+        attempts.append(job.attempt)
+        told = (job.upstream or {}).get("children")
+        if told is not None:
+            return {"told": told["succeeded"]}
+        await job.submit_children([{"kind": "noop", "payload": {"echo": 1}}])
+        job.wait_for_children()
+
+    caplog.set_level(logging.WARNING, logger="conveyor")
+    try:
+        async with running(worker):
+            parent = await client.submit(lost_wait, {})
+            done = await ended(client, parent["id"])
+
+            # The wait was made by the first request: the job may resume (and end) before the
+            # worker's backoff sends it again, with the same lease, answered as the first was.
+            async def sent_again() -> bool:
+                return len(transport.waits) == 2 and worker.active == 0
+
+            await eventually(sent_again, what="the wait sent again")
+    finally:
+        await http.aclose()
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"told": 1}
+    assert attempts == [1, 2]
+    assert [status for status, _ in transport.waits] == [200, 200]
+    assert transport.waits[0][1] == transport.waits[1][1], "with the same lease"
+    assert [r.getMessage() for r in caplog.records if "wait for children" in r.getMessage()] == []
+    kinds = await types_of(client, parent["id"])
+    assert kinds.count("job.suspended") == 1 and "job.failed" not in kinds, kinds
+
+
+async def test_a_repeated_wait_with_the_same_lease_answers_the_same(
+    server: Conveyor, client: Client
+) -> None:
+    raw_kind = kind("raw")
+    token = server.token(WORKER_SCOPES)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as raw:
+        r = await raw.put(f"/v1/workers/kinds/{raw_kind}", json={"schema": None})
+        assert r.status_code == 200, r.text
+        job = await client.submit(raw_kind, {})
+        r = await raw.post(
+            "/v1/workers/lease",
+            json={"kinds": [raw_kind], "max_jobs": 1, "wait_ms": 10000, "worker": "raw"},
+        )
+        assert r.status_code == 200, r.text
+        lease = r.json()["jobs"][0]["lease"]
+        r = await raw.post(
+            f"/v1/workers/jobs/{job['id']}/children",
+            json={"lease": lease, "jobs": [{"kind": "noop", "payload": {"echo": 1}}]},
+        )
+        assert r.status_code == 202, r.text
+        for _ in range(2):
+            r = await raw.post(f"/v1/workers/jobs/{job['id']}/wait", json={"lease": lease})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"id": job["id"], "status": "waiting_for_children"}
+        r = await raw.post(f"/v1/workers/jobs/{job['id']}/heartbeat", json={"lease": lease})
+        assert r.status_code == 409, "the lease is gone"
+        r = await raw.post(
+            "/v1/workers/lease",
+            json={"kinds": [raw_kind], "max_jobs": 1, "wait_ms": 10000, "worker": "raw"},
+        )
+        assert r.status_code == 200, r.text
+        [resumed] = r.json()["jobs"]
+        assert resumed["id"] == job["id"] and resumed["attempt"] == 2
+        assert resumed["upstream"]["children"]["succeeded"] == 1
+        r = await raw.post(
+            f"/v1/workers/jobs/{job['id']}/complete", json={"lease": resumed["lease"], "result": 1}
+        )
+        assert r.status_code == 200, r.text
+    assert (await ended(client, job["id"]))["status"] == "succeeded"
+
+
+async def test_a_child_cannot_depend_on_its_parent_or_what_waits_for_it(
+    server: Conveyor, client: Client
+) -> None:
+    cycle = kind("cycle")
+    seen: dict[str, Any] = {}
+    worker = new_worker(server)
+
+    @worker.handle(cycle)
+    async def run_cycle(job: Job) -> Any:
+        async def refusal(depends_on: list[str]) -> Any:
+            try:
+                return await job.submit_children(
+                    [{"kind": "noop", "payload": {}, "depends_on": depends_on}]
+                )
+            except ApiError as e:
+                return e
+
+        seen["on_parent"] = await refusal([job.id])
+        # A job that waits for the parent, submitted while it runs.
+        seen["dependent"] = await client.submit("noop", {"echo": "after"}, depends_on=[job.id])
+        # The check sees what the read model shows: once it holds the job that waits.
+        await waiting_for(client, seen["dependent"]["id"], "dependencies")
+        seen["on_dependent"] = await refusal([seen["dependent"]["id"]])
+        seen["cancelled"] = job.cancelled.is_set()
+        return "ok"
+
+    async with running(worker):
+        parent = await client.submit(cycle, {})
+        done = await ended(client, parent["id"])
+    assert done["status"] == "succeeded", done
+    for name in ("on_parent", "on_dependent"):
+        e = seen[name]
+        assert isinstance(e, ApiError) and not isinstance(e, LeaseLostError), (name, e)
+        assert e.status == 422, (name, e.detail)
+        assert e.detail.startswith("jobs[0]: "), (name, e.detail)
+    assert seen["cancelled"] is False, "a refused child leaves the job running"
+    assert await children_of(client, parent["id"]) == [], "no child was submitted"
+    assert (await ended(client, seen["dependent"]["id"]))["status"] == "succeeded"
 
 
 async def test_wait_for_children_raises_the_sentinel() -> None:
@@ -371,3 +529,26 @@ async def test_the_built_in_fan_out_waits_for_its_children(client: Client) -> No
     assert len(listed) == 5
     assert all(j["parent"] == job["id"] and j["result"] == "x" for j in listed)
     assert "job.suspended" in await types_of(client, job["id"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"count": 0},
+        {"count": 101},
+        {"count": 2, "kind": "fan_out", "payload": {"count": 2}},
+        {"count": 2, "kind": "batch"},
+    ],
+    ids=["no_children", "over_100", "of_fan_outs", "of_batches"],
+)
+async def test_the_built_in_fan_out_refuses(client: Client, payload: dict[str, Any]) -> None:
+    with pytest.raises(ApiError) as info:
+        await client.submit("fan_out", payload)
+    assert info.value.status == 422, info.value.detail
+
+
+async def test_the_built_in_fan_out_takes_up_to_100(client: Client) -> None:
+    job = await client.submit("fan_out", {"count": 100, "payload": {"echo": 1}})
+    done = await ended(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"total": 100, "succeeded": 100, "failed": 0, "cancelled": 0}

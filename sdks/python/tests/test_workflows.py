@@ -2,17 +2,21 @@
 dependencies between jobs (a diamond run by the SDK's worker, whose handlers compute from
 ``job.upstream``; a failed dependency cancels its dependents unrun), and batches with a callback
 (created open, filled, sealed, followed with ``get_batch`` and ``list_batch_jobs``, the callback
-told the members' outcomes; another batch cancelled; idempotent repeats)."""
+told the members' outcomes; another batch cancelled, also while a member still runs;
+idempotent repeats); a result too large to pass on is linked (``result_url``); cycles through a
+batch are refused."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
+import httpx
 import pytest
 
 from conveyor import ApiError, Client, FatalError, Job, Worker
@@ -164,6 +168,62 @@ async def test_a_diamond_run_by_the_sdk_worker_computes_from_upstream(
     started = await time_of(client, d["id"], "job.started")
     for dep in (b, c):
         assert started >= await time_of(client, dep["id"], "job.succeeded"), "D started too early"
+
+
+async def test_a_result_too_large_to_pass_on_is_linked_by_result_url(
+    server: Conveyor, client: Client
+) -> None:
+    reader = kind("reader")
+    seen: list[Any] = []
+    worker = new_worker(server)
+
+    @worker.handle(reader)
+    async def run_reader(job: Job) -> Any:
+        assert job.upstream is not None
+        seen.append(job.upstream)
+        large, small = job.upstream["dependencies"]
+        # What a handler does with it: read the result where it is.
+        read = await client.result(large["id"])
+        return {"large": len(read), "small": small.get("result")}
+
+    async with running(worker):
+        large = await client.submit("noop", {"echo": "x" * 20000})
+        small = await client.submit("noop", {"echo": "y"})
+        dependent = await client.submit(reader, {}, depends_on=[large["id"], small["id"]])
+        done = await ended(client, dependent["id"])
+
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"large": 20000, "small": "y"}
+    assert len(seen) == 1
+    told_large, told_small = seen[0]["dependencies"]
+    assert told_large["id"] == large["id"] and told_large["status"] == "succeeded"
+    assert "result" not in told_large, f"a result over 16 KiB is not passed on: {told_large}"
+    assert told_large["result_url"] == f"/v1/jobs/{large['id']}/result"
+    assert told_small == {"id": small["id"], "status": "succeeded", "result": "y"}, (
+        "a small result still comes inline"
+    )
+    assert await client.result(large["id"]) == "x" * 20000
+
+
+async def test_a_member_cannot_depend_on_its_own_batch_or_what_waits_for_it(client: Client) -> None:
+    batch = await client.create_batch([{"kind": "noop", "payload": {"echo": 0}}], seal=False)
+    batch_id = batch["id"]
+    with pytest.raises(ApiError) as info:
+        await client.add_batch_jobs(batch_id, [{"kind": "noop", "depends_on": [batch_id]}])
+    assert info.value.status == 422, info.value.detail
+    assert info.value.detail.startswith("jobs[0]: "), info.value.detail
+    after = await client.submit("noop", {"echo": "after"}, depends_on=[batch_id])
+    # The check sees what the read model shows: once it holds the job that waits for the batch.
+    await waiting_for(client, after["id"], "dependencies")
+    with pytest.raises(ApiError) as info:
+        await client.add_batch_jobs(batch_id, [{"kind": "noop", "depends_on": [after["id"]]}])
+    assert info.value.status == 422, info.value.detail
+    # Nothing was added; the batch goes on.
+    assert (await client.seal_batch(batch_id))["sealed"] is True
+    done = await ended(client, batch_id)
+    assert done["status"] == "succeeded"
+    assert done["result"] == {"total": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
+    assert (await ended(client, after["id"]))["status"] == "succeeded"
 
 
 async def test_a_failed_dependency_cancels_its_dependents_unrun(
@@ -373,7 +433,9 @@ async def test_cancelling_a_batch(server: Conveyor, client: Client) -> None:
             return (await client.get_batch(batch_id))["members"]["total"] == 3
 
         await eventually(all_three, what="the members in the read model")
-        assert await client.cancel_batch(batch_id) == {"id": batch_id, "cancelled": 3}
+        assert await client.cancel_batch(batch_id) == {
+            "id": batch_id, "cancelled": 3, "more": False,
+        }
         assert (await ended(client, batch_id))["status"] == "cancelled"
         for member in batch["jobs"]:
             assert (await ended(client, member))["status"] == "cancelled", member
@@ -392,6 +454,83 @@ async def test_cancelling_a_batch(server: Conveyor, client: Client) -> None:
     with pytest.raises(ApiError) as info:
         await client.add_batch_jobs(batch_id, [{"kind": "noop"}])
     assert info.value.status == 409, "no member can be added to a cancelled batch"
+
+
+async def test_cancelling_a_batch_whose_member_still_runs(server: Conveyor, client: Client) -> None:
+    """A repeat while a member is open answers 202 again; 409 only once every member ended."""
+    member_kind = kind("raw_member")
+    token = server.token(WORKER_SCOPES)
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as raw:
+        r = await raw.put(f"/v1/workers/kinds/{member_kind}", json={"schema": None})
+        assert r.status_code == 200, r.text
+        batch = await client.create_batch(
+            [
+                {"kind": member_kind, "payload": {}},
+                {"kind": "noop", "payload": {"echo": 1}, "run_at": later},
+            ]
+        )
+        batch_id = batch["id"]
+        member, waiting = batch["jobs"]
+        r = await raw.post(
+            "/v1/workers/lease",
+            json={"kinds": [member_kind], "max_jobs": 1, "wait_ms": 10000, "worker": "raw"},
+        )
+        assert r.status_code == 200, r.text
+        assert [j["id"] for j in r.json()["jobs"]] == [member]
+        lease = r.json()["jobs"][0]["lease"]
+        cancel_seen = asyncio.Event()
+
+        async def beat() -> None:
+            # Keeps the lease (and learns of the cancellation) until the test reports.
+            nonlocal lease
+            while True:
+                r = await raw.post(f"/v1/workers/jobs/{member}/heartbeat", json={"lease": lease})
+                assert r.status_code == 200, r.text
+                lease = r.json()["lease"]
+                if r.json()["cancelled"]:
+                    cancel_seen.set()
+                await asyncio.sleep(0.2)
+
+        beats = asyncio.create_task(beat())
+        try:
+
+            async def member_running() -> bool:
+                m = (await client.get_batch(batch_id))["members"]
+                return m["total"] == 2 and m["running"] == 1
+
+            await eventually(member_running, what="the member running in the read model")
+            assert await client.cancel_batch(batch_id) == {
+                "id": batch_id, "cancelled": 2, "more": False,
+            }
+            assert (await ended(client, batch_id))["status"] == "cancelled", "the callback first"
+            assert (await ended(client, waiting))["status"] == "cancelled"
+            # The running member has not ended (no report yet): the batch is not done.
+            assert (await client.get(member))["status"] == "running"
+            assert await client.cancel_batch(batch_id) == {
+                "id": batch_id, "cancelled": 1, "more": False,
+            }, "a 202 again"
+            await asyncio.wait_for(cancel_seen.wait(), 30)
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+        r = await raw.post(
+            f"/v1/workers/jobs/{member}/fail",
+            json={"lease": lease, "error": {"class": "cancelled", "message": "batch cancelled"}},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "cancelled"
+
+    async def both_cancelled() -> bool:
+        return (await client.get_batch(batch_id))["members"]["cancelled"] == 2
+
+    await eventually(both_cancelled, what="both members counted cancelled")
+    with pytest.raises(ApiError) as info:
+        await client.cancel_batch(batch_id)
+    assert info.value.status == 409, "the batch and every member ended"
 
 
 async def test_a_batch_without_callback_and_idempotent_repeats(client: Client) -> None:

@@ -487,11 +487,26 @@ export class Client {
 
   /**
    * Cancels a batch: its callback first (so it never runs), then every member not ended yet;
-   * `cancelled` counts those. A {@link ConveyorError} with status `409` if the batch already ended.
+   * `cancelled` counts those. One request cancels at most 10,000 members (answering
+   * `more: true`): this calls again until none is left, summing `cancelled`, so it answers
+   * `more: false`. A {@link ConveyorError} with status `409` if the batch and every member had
+   * already ended (a `409` to a later call, once a previous one cancelled the rest, ends the loop).
    */
   async cancelBatch(id: string, options: { signal?: AbortSignal } = {}): Promise<BatchCancelAnswer> {
-    return (await this.transport.request<BatchCancelAnswer>('POST', `${batchPath(id)}/cancel`, { signal: options.signal }))
-      .body;
+    let cancelled = 0;
+    for (let call = 0; ; call++) {
+      let answer: BatchCancelAnswer;
+      try {
+        answer = (await this.transport.request<BatchCancelAnswer>('POST', `${batchPath(id)}/cancel`, { signal: options.signal }))
+          .body;
+      } catch (e) {
+        // Everything left ended between two calls: the batch is cancelled as asked.
+        if (call > 0 && e instanceof ConveyorError && e.status === 409) return { id, cancelled, more: false };
+        throw e;
+      }
+      cancelled += answer.cancelled;
+      if (!answer.more) return { ...answer, cancelled, more: false };
+    }
   }
 
   // Schedules and pauses (docs/scheduling.md).

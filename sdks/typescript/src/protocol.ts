@@ -164,6 +164,8 @@ export class WorkerApi {
    * Ends the attempt waiting for the job's children (status `waiting_for_children`): appends
    * `job.suspended`; the job is queued again and its next attempt (one more allowed) is leased
    * once every child has ended, told how in `upstream.children`. Stop heartbeating this lease.
+   * A repeat with the same lease (say, after an answer lost on its way back) answers the same,
+   * `waiting_for_children`; an older server answered it `409` (lease lost): the wait was made.
    */
   async wait(id: string, lease: string, options: { signal?: AbortSignal } = {}): Promise<ReportOutcome> {
     return (await this.transport.request<ReportOutcome>('POST', jobPath(id, 'wait'), { body: { lease }, signal: options.signal }))

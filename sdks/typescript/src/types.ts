@@ -353,11 +353,17 @@ export interface Ended {
   /** `succeeded`, `failed` or `cancelled`. */
   status: JobStatus;
   /**
-   * A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent otherwise:
-   * read a larger one with {@link Client.result}. Never set for the members of a batch or for
-   * children.
+   * A dependency's result, when it succeeded with one small enough to pass on (up to 16 KiB of
+   * JSON each, and all of the job's dependencies' within a budget of 256 KiB); absent otherwise.
+   * Never set for the members of a batch or for children.
    */
   result?: unknown;
+  /**
+   * Where to read a dependency's result that was not passed on (too large, or kept in the object
+   * store), e.g. `/v1/jobs/<id>/result`: read it with {@link Client.result} (a token with
+   * `jobs:read`). Absent when `result` is set, or when the job had no result to pass on.
+   */
+  result_url?: string;
 }
 
 /**
@@ -452,11 +458,22 @@ export interface Batch {
   links: BatchLinks;
 }
 
-/** The answer to {@link Client.cancelBatch}. */
+/**
+ * The answer to `POST /v1/batches/{id}/cancel`, and to {@link Client.cancelBatch} (which calls it
+ * again while `more` is `true`, summing `cancelled`).
+ */
 export interface BatchCancelAnswer {
   id: string;
-  /** Members whose cancellation was requested (those not ended yet). */
+  /**
+   * Members whose cancellation was requested (those not ended yet): across the calls of
+   * {@link Client.cancelBatch}, a member still open when a later call came is counted again.
+   */
   cancelled: number;
+  /**
+   * Whether members are left to cancel: one request cancels at most 10,000, call again. Always
+   * `false` from {@link Client.cancelBatch}, which does so.
+   */
+  more: boolean;
 }
 
 /** The answer to {@link JobContext.submitChildren} (`POST /v1/workers/jobs/{id}/children`). */

@@ -680,7 +680,8 @@ export class Worker {
         return;
       } catch (e) {
         if (isLeaseLost(e)) {
-          // After a try whose answer was lost, the API answers a repeated wait so too.
+          // A repeated wait (after a try whose answer was lost) answers 200 `waiting_for_children`
+          // like the first; older servers answered it 409: the wait was made, nothing to do.
           if (attempt === 0) this.logger?.warn(`job ${run.id}: the lease was lost before its wait for children; dropped`, e);
           return;
         }

@@ -3,7 +3,8 @@
 // worker serves, told how they ended in `upstream.members`); a handler that waits for its
 // children (`return job.waitForChildren()`) frees its slot, and its next attempt is told how
 // they ended in `upstream.children`; idempotent repeats (a key given, and the SDK's own key when
-// an answer is lost); the raw protocol calls; the built-in `fan_out` as a reference.
+// an answer is lost, of children or of a wait); cycles through a parent refused; the raw protocol
+// calls; the built-in `fan_out` as a reference, and its limits.
 import assert from 'node:assert/strict';
 import { after, afterEach, before, test } from 'node:test';
 
@@ -103,17 +104,17 @@ test('a handler submits 10 children with a continuation the same worker runs: it
   // Each child ran with its own payload.
   for (const [i, id] of children.entries()) assert.equal((await client.get(id)).result, i, `child ${i}`);
 
-  // The parent's children: the 10 and the continuation, each naming it.
+  // The parent's children: the continuation first (it is submitted first), then the 10 in the
+  // order sent, each naming it.
   const listed = await childrenOf(parent.id, { limit: 4 });
   assert.equal(listed.length, 11, JSON.stringify(listed.map((j) => j.id)));
   for (const job of listed) assert.equal(job.parent, parent.id, `job ${job.id} names its parent`);
-  assert.deepEqual(new Set(listed.map((j) => j.id)), new Set([...children, then]));
   assert.deepEqual(
-    listed.filter((j) => j.id !== then).map((j) => j.id),
-    children,
-    'the children list in submission order',
+    listed.map((j) => j.id),
+    [then, ...children],
+    'the continuation, then the children in submission order',
   );
-  const continuation = listed.find((j) => j.id === then);
+  const continuation = listed[0];
   assert.equal(continuation.kind, 'ch.merge');
   assert.equal(continuation.is_batch, true, 'the continuation is the batch of the children');
   const child = await client.get(children[0]);
@@ -320,8 +321,95 @@ test('an answer lost on the way back: the worker submits the children again unde
   assert.equal(sent.length, 2);
   assert.equal(sent[0].body, sent[1].body);
   const listed = await childrenOf(parent.id);
-  assert.deepEqual(new Set(listed.map((j) => j.id)), new Set([...accepted.jobs, accepted.then]), 'each child once');
+  // Each child once; under the worker's key, the continuation first, then the children as sent.
+  assert.deepEqual(
+    listed.map((j) => j.id),
+    [accepted.then, ...accepted.jobs],
+  );
   assert.equal((await wait(accepted.then)).status, 'succeeded');
+});
+
+test('an answer to the wait lost on the way back: the worker waits again, answered the same, and the job resumes', async () => {
+  const answers = [];
+  const lossy = async (url, init = {}) => {
+    const res = await fetch(url, init);
+    if (new URL(url).pathname.endsWith('/wait')) {
+      answers.push({ status: res.status, body: init.body });
+      if (answers.length === 1) {
+        await res.text();
+        throw new TypeError('fetch failed: the answer was lost');
+      }
+    }
+    return res;
+  };
+  const attempts = [];
+  const worker = await startWorker(
+    {
+      'ch.lostwait': async (job) => {
+        attempts.push(job.attempt);
+        if (job.upstream?.children) return { told: job.upstream.children.succeeded };
+        await job.submitChildren([{ kind: 'noop', payload: { echo: 1 } }]);
+        return job.waitForChildren();
+      },
+    },
+    { fetch: lossy },
+  );
+  const parent = await client.submit('ch.lostwait', {});
+  const done = await wait(parent.id);
+  assert.equal(done.status, 'succeeded', JSON.stringify({ done, warnings }));
+  assert.deepEqual(done.result, { told: 1 });
+  assert.deepEqual(attempts, [1, 2]);
+  // The wait was made by the first request: the job may resume (and end) before the worker's
+  // backoff sends it again, with the same lease, answered as the first was.
+  await waitFor(async () => answers.length === 2 && worker.active === 0, { what: 'the wait sent again' });
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    [200, 200],
+  );
+  assert.equal(answers[0].body, answers[1].body, 'with the same lease');
+  assert.deepEqual(warnings, [], 'the repeat was answered as the first: nothing to warn of');
+  const kinds = types(await client.timeline(parent.id));
+  assert.equal(kinds.filter((t) => t === 'job.suspended').length, 1, 'one wait');
+  assert.ok(!kinds.includes('job.failed'), kinds.join(' '));
+});
+
+test('a child cannot depend on its parent, nor on a job that waits for the parent: 422', async () => {
+  const seen = {};
+  await startWorker({
+    'ch.cycle': async (job) => {
+      const refusal = async (dependsOn) => {
+        try {
+          return { accepted: await job.submitChildren([{ kind: 'noop', payload: {}, dependsOn }]) };
+        } catch (e) {
+          return e;
+        }
+      };
+      seen.onParent = await refusal([job.id]);
+      // A job that waits for the parent, submitted while it runs.
+      seen.dependent = await client.submit('noop', { echo: 'after' }, { dependsOn: [job.id] });
+      // The check sees what the read model shows: once it holds the job that waits.
+      await waitFor(
+        async () => (await client.get(seen.dependent.id)).waiting?.reason === 'dependencies',
+        { what: 'the dependent held for its dependencies' },
+      );
+      seen.onDependent = await refusal([seen.dependent.id]);
+      seen.aborted = job.signal.aborted;
+      return 'ok';
+    },
+  });
+  const parent = await client.submit('ch.cycle', {});
+  const done = await wait(parent.id);
+  assert.equal(done.status, 'succeeded', JSON.stringify({ done, warnings }));
+  for (const name of ['onParent', 'onDependent']) {
+    const e = seen[name];
+    assert.ok(e instanceof ConveyorError, `${name}: ${JSON.stringify(e)}`);
+    assert.equal(e.status, 422, `${name}: ${e.detail}`);
+    assert.match(e.detail, /^jobs\[0\]: /, name);
+    assert.equal(isLeaseLost(e), false);
+  }
+  assert.equal(seen.aborted, false, 'a refused child leaves the job running');
+  assert.deepEqual(await childrenOf(parent.id), [], 'no child was submitted');
+  assert.equal((await wait(seen.dependent.id)).status, 'succeeded');
 });
 
 test('the raw protocol: children and wait, then the lease is gone', async () => {
@@ -346,6 +434,8 @@ test('the raw protocol: children and wait, then the lease is gone', async () => 
     return true;
   });
 
+  assert.deepEqual(await api.wait(leased.id, leased.lease), { id: job.id, status: 'waiting_for_children' });
+  // A repeat with the same lease (an answer lost on its way back) is answered as the first.
   assert.deepEqual(await api.wait(leased.id, leased.lease), { id: job.id, status: 'waiting_for_children' });
   await assert.rejects(api.heartbeat(leased.id, leased.lease), (e) => isLeaseLost(e));
   await assert.rejects(api.children(leased.id, leased.lease, kids), (e) => {
@@ -377,4 +467,23 @@ test('the built-in fan_out submits children and waits for them: its result is th
     assert.equal(child.result, 'x');
   }
   assert.ok(types(await client.timeline(job.id)).includes('job.suspended'));
+});
+
+test('the built-in fan_out takes 1 to 100 children of any kind but fan_out and batch', async () => {
+  for (const payload of [
+    { count: 0 },
+    { count: 101 },
+    { count: 2, kind: 'fan_out', payload: { count: 2 } },
+    { count: 2, kind: 'batch' },
+  ]) {
+    await assert.rejects(client.submit('fan_out', payload), (e) => {
+      assert.ok(e instanceof ConveyorError, String(e));
+      assert.equal(e.status, 422, `${JSON.stringify(payload)}: ${e.detail}`);
+      return true;
+    });
+  }
+  const most = await client.submit('fan_out', { count: 100, payload: { echo: 1 } });
+  const done = await wait(most.id);
+  assert.equal(done.status, 'succeeded', JSON.stringify(done));
+  assert.deepEqual(done.result, { total: 100, succeeded: 100, failed: 0, cancelled: 0 });
 });

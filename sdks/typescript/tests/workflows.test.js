@@ -2,11 +2,13 @@
 // dependencies between jobs (a diamond run by the SDK's worker, whose handlers compute from
 // `job.upstream`; a failed dependency cancels its dependents unrun), and batches with a callback
 // (created open, filled, sealed, followed with getBatch and listBatchJobs, the callback told the
-// members' outcomes; another batch cancelled; idempotent repeats).
+// members' outcomes; another batch cancelled, also while a member still runs; idempotent
+// repeats); a result too large to pass on is linked (`result_url`); cycles through a batch are
+// refused.
 import assert from 'node:assert/strict';
 import { after, afterEach, before, test } from 'node:test';
 
-import { Client, ConveyorError, FatalError, JobCancelledError, Worker } from '../dist/index.js';
+import { Client, ConveyorError, FatalError, JobCancelledError, Worker, WorkerApi } from '../dist/index.js';
 import { Conveyor, deferred, types, waitFor } from './helpers/conveyor.js';
 
 let conveyor;
@@ -136,6 +138,56 @@ test('a diamond A → (B, C) → D run by the SDK worker: each handler computes 
   assert.equal(done.waiting, undefined, 'waiting is gone once it ran');
   const dStarted = await timeOf(d.id, 'job.started');
   for (const dep of [b, c]) assert.ok(dStarted >= (await timeOf(dep.id, 'job.succeeded')), 'D started only after B and C succeeded');
+});
+
+test('a dependency whose result is too large to pass on: its dependent is told result_url instead of result', async () => {
+  const seen = [];
+  await startWorker({
+    'wf.reader': async (job) => {
+      seen.push(job.upstream);
+      const [large, small] = job.upstream.dependencies;
+      // What a handler does with it: read the result where it is.
+      const read = await client.result(large.id);
+      return { large: read.length, small: small.result };
+    },
+  });
+  const large = await client.submit('noop', { echo: 'x'.repeat(20_000) });
+  const small = await client.submit('noop', { echo: 'y' });
+  const dependent = await client.submit('wf.reader', {}, { dependsOn: [large.id, small.id] });
+
+  const done = await wait(dependent.id);
+  assert.equal(done.status, 'succeeded', JSON.stringify(done));
+  assert.deepEqual(done.result, { large: 20_000, small: 'y' });
+  assert.equal(seen.length, 1);
+  const [told] = seen;
+  const [toldLarge, toldSmall] = told.dependencies;
+  assert.equal(toldLarge.id, large.id);
+  assert.equal(toldLarge.status, 'succeeded');
+  assert.ok(!('result' in toldLarge), `a result over 16 KiB is not passed on: ${Object.keys(toldLarge)}`);
+  assert.equal(toldLarge.result_url, `/v1/jobs/${large.id}/result`);
+  assert.deepEqual(toldSmall, { id: small.id, status: 'succeeded', result: 'y' }, 'a small result still comes inline');
+  assert.equal(await client.result(large.id), 'x'.repeat(20_000));
+});
+
+test('a batch member cannot depend on its own batch, nor on a job that waits for the batch: 422', async () => {
+  const open = await client.createBatch([{ kind: 'noop', payload: { echo: 0 } }], { seal: false });
+  const refused = (e) => {
+    assert.ok(e instanceof ConveyorError, String(e));
+    assert.equal(e.status, 422, e.detail);
+    assert.match(e.detail, /^jobs\[0\]: /);
+    return true;
+  };
+  await assert.rejects(client.addBatchJobs(open.id, [{ kind: 'noop', dependsOn: [open.id] }]), refused);
+  const after = await client.submit('noop', { echo: 'after' }, { dependsOn: [open.id] });
+  // The check sees what the read model shows: once it holds the job that waits for the batch.
+  await waitingFor(after.id, 'dependencies');
+  await assert.rejects(client.addBatchJobs(open.id, [{ kind: 'noop', dependsOn: [after.id] }]), refused);
+  // Nothing was added; the batch goes on.
+  const sealed = await client.sealBatch(open.id);
+  assert.equal(sealed.sealed, true);
+  assert.equal((await wait(open.id)).status, 'succeeded');
+  assert.deepEqual((await client.get(open.id)).result, { total: 1, succeeded: 1, failed: 0, cancelled: 0 });
+  assert.equal((await wait(after.id)).status, 'succeeded');
 });
 
 test('a failed dependency cancels its dependents unrun, and theirs in turn; unknown dependencies are refused', async () => {
@@ -322,7 +374,7 @@ test('cancelling a batch: its callback never runs, waiting members never start, 
   await waitFor(async () => (await client.getBatch(batch.id)).members.total === 3, { what: 'the members in the read model' });
 
   const answer = await client.cancelBatch(batch.id);
-  assert.deepEqual(answer, { id: batch.id, cancelled: 3 });
+  assert.deepEqual(answer, { id: batch.id, cancelled: 3, more: false });
   assert.equal((await wait(batch.id)).status, 'cancelled');
   for (const id of batch.jobs) assert.equal((await wait(id)).status, 'cancelled', `member ${id}`);
   assert.ok(reason instanceof JobCancelledError, String(reason));
@@ -338,6 +390,57 @@ test('cancelling a batch: its callback never runs, waiting members never start, 
   assert.equal(ended.result, null);
   await assert.rejects(client.cancelBatch(batch.id), (e) => e instanceof ConveyorError && e.status === 409);
   await assert.rejects(client.addBatchJobs(batch.id, [{ kind: 'noop' }]), (e) => e instanceof ConveyorError && e.status === 409);
+});
+
+test('cancelling a batch whose member still runs: a repeat is a 202 again, a 409 only once every member ended', async () => {
+  const api = new WorkerApi(conveyor.url, workerToken);
+  await api.registerKind('wf.raw.member');
+  const later = new Date(Date.now() + 3_600_000);
+  const batch = await client.createBatch([
+    { kind: 'wf.raw.member', payload: {} },
+    { kind: 'noop', payload: { echo: 1 }, runAt: later },
+  ]);
+  const [member, waiting] = batch.jobs;
+  const [leased] = await api.lease({ kinds: ['wf.raw.member'], waitMs: 10_000 });
+  assert.equal(leased.id, member);
+  // Heartbeats keep the lease (and say when the job was cancelled) until the test reports.
+  let lease = leased.lease;
+  let cancelSeen = false;
+  let beating = true;
+  const beats = (async () => {
+    while (beating) {
+      const answer = await api.heartbeat(member, lease);
+      lease = answer.lease;
+      cancelSeen ||= answer.cancelled;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  try {
+    await waitFor(
+      async () => {
+        const b = await client.getBatch(batch.id);
+        return b.members.total === 2 && b.members.running === 1;
+      },
+      { what: 'the member running in the read model' },
+    );
+
+    assert.deepEqual(await client.cancelBatch(batch.id), { id: batch.id, cancelled: 2, more: false });
+    assert.equal((await wait(batch.id)).status, 'cancelled', 'the callback first');
+    assert.equal((await wait(waiting)).status, 'cancelled', 'the waiting member never starts');
+    // The running member has not ended (its worker has not reported yet): the batch is not done.
+    assert.equal((await client.get(member)).status, 'running');
+    assert.deepEqual(await client.cancelBatch(batch.id), { id: batch.id, cancelled: 1, more: false }, 'a 202 again');
+    await waitFor(async () => cancelSeen, { what: 'a heartbeat to say the member was cancelled' });
+  } finally {
+    beating = false;
+    await beats;
+  }
+  assert.equal((await api.fail(member, lease, { class: 'cancelled', message: 'the batch was cancelled' })).status, 'cancelled');
+  await waitFor(
+    async () => (await client.getBatch(batch.id)).members.cancelled === 2,
+    { what: 'both members counted cancelled' },
+  );
+  await assert.rejects(client.cancelBatch(batch.id), (e) => e instanceof ConveyorError && e.status === 409);
 });
 
 test('a batch without a callback runs the built-in `batch`, whose result is the counts; an Idempotency-Key makes a repeat the same batch', async () => {

@@ -431,10 +431,27 @@ class Client:
 
     async def cancel_batch(self, batch_id: str) -> BatchCancelled:
         """Cancels a batch (``POST /v1/batches/{id}/cancel``): its callback first (so it never
-        runs), then every member not ended yet (``cancelled`` counts them); ``ApiError`` 409 if
-        the batch already ended."""
-        result: BatchCancelled = await self._call("POST", _batch_path(batch_id) + "/cancel")
-        return result
+        runs), then every member not ended yet (``cancelled`` counts them). One request cancels
+        at most 10,000 members (answering ``more: True``): this calls again until none is left,
+        summing ``cancelled``, so it answers ``more: False``. ``ApiError`` 409 if the batch and
+        every member had already ended (a 409 to a later call, once a previous one cancelled the
+        rest, ends the loop)."""
+        cancelled = 0
+        first = True
+        while True:
+            try:
+                answer: BatchCancelled = await self._call(
+                    "POST", _batch_path(batch_id) + "/cancel"
+                )
+            except ApiError as e:
+                # Everything left ended between two calls: the batch is cancelled as asked.
+                if not first and e.status == 409:
+                    return {"id": batch_id, "cancelled": cancelled, "more": False}
+                raise
+            first = False
+            cancelled += answer["cancelled"]
+            if not answer.get("more"):
+                return {"id": answer["id"], "cancelled": cancelled, "more": False}
 
     # --- schedules and pauses (docs/scheduling.md) -------------------------------------------
 

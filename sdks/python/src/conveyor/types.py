@@ -390,9 +390,13 @@ class Ended(TypedDict):
     status: JobStatus
     """``succeeded``, ``failed`` or ``cancelled``."""
     result: NotRequired[Any]
-    """A dependency's result, when it succeeded with one of up to 16 KiB (JSON); absent
-    otherwise (read a larger one with ``Client.result``). Never set for a batch's members or for
-    children."""
+    """A dependency's result, when it succeeded with one small enough to pass on (up to 16 KiB of
+    JSON each, and all of the job's dependencies' within a budget of 256 KiB); absent otherwise.
+    Never set for a batch's members or for children."""
+    result_url: NotRequired[str]
+    """Where to read a dependency's result that was not passed on (too large, or kept in the
+    object store), e.g. ``/v1/jobs/<id>/result``: read it with ``Client.result`` (a token with
+    ``jobs:read``). Absent when ``result`` is set, or when the job had no result to pass on."""
 
 
 class Members(TypedDict):
@@ -494,11 +498,16 @@ class Batch(TypedDict):
 
 
 class BatchCancelled(TypedDict):
-    """The answer to ``Client.cancel_batch``."""
+    """The answer to ``POST /v1/batches/{id}/cancel``, and to ``Client.cancel_batch`` (which
+    calls it again while ``more`` is true, summing ``cancelled``)."""
 
     id: str
     cancelled: int
-    """Members whose cancellation was requested (those not ended yet)."""
+    """Members whose cancellation was requested (those not ended yet): across the calls of
+    ``Client.cancel_batch``, a member still open when a later call came is counted again."""
+    more: bool
+    """Whether members are left to cancel: one request cancels at most 10,000, call again.
+    Always False from ``Client.cancel_batch``, which does so."""
 
 
 ChildSpec = BatchMemberSpec

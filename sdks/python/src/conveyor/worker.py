@@ -78,8 +78,9 @@ class Job:
     """When the attempt's ``timeout_ms`` runs out."""
     upstream: Upstream | None
     """How the jobs it waited for ended (docs/workflows.md): ``dependencies``, in the order of
-    its ``depends_on``, each ``{"id", "status", "result"?}`` (``result`` when it succeeded with
-    one of up to 16 KiB); for a batch's callback or a continuation, ``members`` (``total``,
+    its ``depends_on``, each ``{"id", "status", "result"?, "result_url"?}`` (``result`` when it
+    succeeded with one small enough to pass on, up to 16 KiB each; else ``result_url`` says where
+    to read it); for a batch's callback or a continuation, ``members`` (``total``,
     ``succeeded``, ``failed``, ``cancelled``, and ``jobs`` for up to 1,000); for an attempt
     resuming after :meth:`wait_for_children`, ``children`` (the same shape). None for a job that
     waited for none. Retries are told the same."""
@@ -738,7 +739,9 @@ class Worker:
                 log.info("job %s: waits for its children", job.id)
                 return
             except LeaseLostError as e:
-                # After a try whose answer was lost, the API answers a repeated wait so too.
+                # A repeated wait (after a try whose answer was lost) answers 200
+                # `waiting_for_children` like the first; older servers answered it 409: the wait
+                # was made, nothing to do.
                 if failures == 0:
                     log.warning(
                         "job %s: lease lost before its wait for children (%s)", job.id, e.detail
