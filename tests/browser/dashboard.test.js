@@ -321,7 +321,7 @@ test('job page: a held job shows why it waits and its priority, live; once it ru
   }
 });
 
-test('job page: a batch shows its members' progress live, a member links to its batch, a dependent to its dependencies', async () => {
+test("job page: a batch shows its members' progress live, a member links to its batch, a dependent to its dependencies", async () => {
   const call = (path, opts) => conveyor.call(token, path, opts);
   // An open batch: its callback waits for the seal and for every member.
   const made = await call('/v1/batches', { method: 'POST', body: { jobs: [{ kind: 'noop' }, { kind: 'noop' }], seal: false } });
