@@ -197,6 +197,11 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document the API serves at `/openapi.json`, as pretty JSON.
+pub fn openapi_document() -> String {
+    routes::document()
+}
+
 /// The router with every route, for tests (`app(state).oneshot(request)`) and [`serve`].
 pub fn app(state: AppState) -> Router {
     routes::router(state)

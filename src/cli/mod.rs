@@ -159,6 +159,8 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Prints the API's OpenAPI document (what `/openapi.json` serves) on stdout.
+    Openapi,
     /// Prints a development token (HS256) on stdout.
     Token {
         /// Tenant of the token.
@@ -287,6 +289,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "migrations applied to {}",
                 crate::config::redact(&db.database_url)
             );
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", producers::openapi_document());
             Ok(())
         }
         Command::Token {

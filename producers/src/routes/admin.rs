@@ -134,6 +134,7 @@ pub(crate) async fn projections(
 
 /// Query of `GET /v1/admin/dead-letters`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeadLetterQuery {
     /// Only jobs of this kind.
@@ -145,7 +146,7 @@ pub(crate) struct DeadLetterQuery {
 }
 
 /// Dead-lettered jobs of the caller's tenant, newest first.
-#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
+#[utoipa::path(get, path = "/v1/admin/dead-letters", operation_id = "list_dead_letters", tag = "admin", params(DeadLetterQuery),
     responses((status = 200, description = "A page of dead-lettered jobs", body = crate::routes::jobs::JobPage),
               (status = 403, description = "Token lacks admin", body = crate::error::Problem)))]
 pub(crate) async fn list(
@@ -169,7 +170,7 @@ pub(crate) async fn list(
 
 /// Run a dead-lettered job again, with a fresh budget of attempts. Its timeline shows
 /// `job.redriven`, then the new attempts.
-#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/redrive", tag = "admin",
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{id}/redrive", operation_id = "redrive_dead_letter", tag = "admin",
     params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 202, description = "Queued again"),
               (status = 404, description = "No such job for this tenant", body = crate::error::Problem),

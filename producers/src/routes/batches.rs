@@ -466,7 +466,7 @@ pub(crate) async fn submit_children(
 /// one refused refuses the request (its place in `detail`), and nothing is submitted. With an
 /// `Idempotency-Key`, a repeat answers `200` with the same batch and member ids, publishing what
 /// an interrupted first try may have missed.
-#[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
+#[utoipa::path(post, path = "/v1/batches", operation_id = "create_batch", tag = "batches", request_body = CreateBatch,
     params(("Idempotency-Key" = Option<String>, Header, description = "Deduplicates retries of the whole request")),
     responses(
         (status = 202, description = "Accepted", body = BatchAccepted),
@@ -806,7 +806,7 @@ pub(crate) async fn members(
 ///
 /// The jobs its handler submitted (their `parent` is this job), in submission order, with a
 /// continuation among them; `status` filters.
-#[utoipa::path(get, path = "/v1/jobs/{id}/children", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/children", operation_id = "list_children", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id"), MemberQuery),
     responses(
         (status = 200, description = "A page of children", body = MemberPage),
@@ -875,7 +875,7 @@ async fn page_of(
 /// ones see their cancellation, waiting ones never start), up to 10,000 a request: with `more`,
 /// call again (`cancelled` counts the members this request asked; a `409` then says all ended). Members submitted in the last moment, not yet in the read model, are not seen; no
 /// member can be added once this was asked. `409` once the batch and every member have ended.
-#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", operation_id = "cancel_batch", tag = "batches",
     params(("id" = Uuid, Path, description = "Batch id")),
     responses(
         (status = 202, description = "Cancellation requested", body = BatchCancelled),

@@ -32,6 +32,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 /// Filters of `GET /v1/events`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     /// Comma-separated types, e.g. `job.succeeded,job.failed`.
@@ -152,7 +153,7 @@ pub(crate) fn sse(items: impl Stream<Item = Item> + Send + 'static, slot: Stream
 /// `id:` is the EVENTS stream sequence; reconnect with `Last-Event-ID` (or `?after=`) to resume
 /// exactly after it. A client that falls too far behind gets a `resume` event and the stream
 /// ends. A comment line every 15 s keeps the connection alive.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery,
+#[utoipa::path(get, path = "/v1/events", operation_id = "stream_events", tag = "events", params(EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this sequence")),
     responses(
         (status = 200, description = "Server-sent events, one per CloudEvent", content_type = "text/event-stream", body = String),

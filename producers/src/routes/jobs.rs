@@ -147,6 +147,7 @@ pub(crate) async fn get_job(
 
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Only jobs in this status. `queued` lists them in the order they will start: highest
@@ -161,7 +162,7 @@ pub(crate) struct ListQuery {
 }
 
 /// List jobs, newest first (queued ones in the order they will start), with keyset pagination.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "Bad filter, limit or cursor", body = crate::error::Problem),
@@ -189,7 +190,7 @@ pub(crate) async fn list(
 ///
 /// A queued job never starts; a running one sees its cancellation token fire and ends
 /// `cancelled`. `409` if the job already ended.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 202, description = "Cancellation requested", body = CancelAccepted),
@@ -218,7 +219,7 @@ pub(crate) async fn cancel(
 ///
 /// With `Accept: text/event-stream`: the same as server-sent events, then the live ones, and the
 /// stream ends after the terminal event (at once if the job already ended).
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "job_events", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job's CloudEvents (or server-sent events)",

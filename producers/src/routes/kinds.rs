@@ -31,7 +31,7 @@ pub(crate) struct KindList {
 /// The job kinds `POST /v1/jobs` accepts: the built-in ones, those configured with
 /// `CONVEYOR_KINDS`, and those workers have registered, each with the JSON Schema of its payload
 /// when it declares one.
-#[utoipa::path(get, path = "/v1/kinds", tag = "jobs",
+#[utoipa::path(get, path = "/v1/kinds", operation_id = "list_kinds", tag = "jobs",
     responses((status = 200, description = "The accepted kinds", body = KindList)))]
 pub(crate) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<KindList>> {
     auth.require_reader()?;

@@ -37,6 +37,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI document of the API as served, pretty JSON (`conveyor openapi` prints it).
+pub(crate) fn document() -> String {
+    let (_, doc) = documented(usize::MAX).split_for_parts();
+    doc.to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
 /// Every route with its body limit (`max_body` bytes but for batches), and the OpenAPI document
 /// of those that are the API.
 fn documented(max_body: usize) -> OpenApiRouter<AppState> {

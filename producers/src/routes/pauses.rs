@@ -51,6 +51,7 @@ pub(crate) struct PauseList {
 
 /// Which tenant an operator's pause is for.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PauseScope {
     /// Only this tenant (default: every tenant).

@@ -181,7 +181,7 @@ async fn stored(state: &AppState, auth: &Auth, id: &str) -> ApiResult<(Schedule,
 /// Create or replace a schedule. Each tick submits its job once, with an id derived from the
 /// schedule and the tick, even across restarts and a scheduler taking over; ticks up to a minute
 /// late still run, older missed ones follow `catch_up`.
-#[utoipa::path(post, path = "/v1/schedules", tag = "schedules", request_body = CreateSchedule,
+#[utoipa::path(post, path = "/v1/schedules", operation_id = "create_schedule", tag = "schedules", request_body = CreateSchedule,
     responses(
         (status = 201, description = "Created", body = ScheduleView),
         (status = 200, description = "Replaced (its ticks so far kept)", body = ScheduleView),
@@ -273,7 +273,7 @@ pub(crate) async fn create(
 }
 
 /// The caller's schedules, by id.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+#[utoipa::path(get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules",
     responses(
         (status = 200, description = "The schedules", body = ScheduleList),
         (status = 403, description = "Token lacks jobs:read", body = crate::error::Problem),

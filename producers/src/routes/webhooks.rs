@@ -77,7 +77,7 @@ pub(crate) async fn list_failed(
 }
 
 /// Queue a failed delivery again, with a fresh attempt budget.
-#[utoipa::path(post, path = "/v1/admin/webhooks/failed/{job}/redrive", tag = "admin",
+#[utoipa::path(post, path = "/v1/admin/webhooks/failed/{job}/redrive", operation_id = "redrive_webhook", tag = "admin",
     params(("job" = String, Path, description = "Job id")),
     responses((status = 202, description = "Queued again"),
               (status = 404, description = "No failed delivery for this job", body = crate::error::Problem)))]

@@ -649,7 +649,7 @@ pub(crate) struct ChildrenBody {
 /// handler then either ends (with a `then`, its continuation runs once they have all ended) or
 /// waits for them (`POST /v1/workers/jobs/{id}/wait`). With an `Idempotency-Key`, a repeat of
 /// the request during the same attempt submits the same children, stored once.
-#[utoipa::path(post, path = "/v1/workers/jobs/{id}/children", tag = "workers", request_body = ChildrenBody,
+#[utoipa::path(post, path = "/v1/workers/jobs/{id}/children", operation_id = "submit_children", tag = "workers", request_body = ChildrenBody,
     params(("id" = Uuid, Path, description = "Job id"),
            ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates retries of this request")),
     responses(
