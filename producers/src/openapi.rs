@@ -33,6 +33,54 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Paths anyone may call, without a token.
+const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Makes explicit, on every operation, what the routes' annotations leave implicit: an error
+/// answers `application/problem+json`, an operation behind the bearer scheme may answer `401`,
+/// and the health checks need no token.
+pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = PUBLIC.contains(&path.as_str());
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            if public {
+                op.security = Some(Vec::new());
+            }
+            let responses = &mut op.responses.responses;
+            if !public && !responses.contains_key("401") {
+                let problem = ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build();
+                let unauthorized = ResponseBuilder::new()
+                    .description("Missing or invalid token")
+                    .content("application/problem+json", problem)
+                    .build();
+                responses.insert("401".into(), RefOr::T(unauthorized));
+            }
+            for (status, response) in responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if status.as_str() >= "400" {
+                    if let Some(content) = response.content.shift_remove("application/json") {
+                        response
+                            .content
+                            .insert("application/problem+json".into(), content);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The document as `GET /openapi.json` serves it: JSON, rendered once.
 #[derive(Debug, Clone)]
 pub(crate) struct Document(Bytes);

@@ -451,6 +451,28 @@ async fn health_readiness_and_openapi() {
             "GET /v1/ws",
         ]
     );
+    // Every error is documented as problem+json; every operation but the health checks may
+    // answer 401.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let public = matches!(path.as_str(), "/healthz" | "/readyz");
+            assert_eq!(
+                responses.contains_key("401"),
+                !public,
+                "{method} {path}: 401 documented for every operation behind the token"
+            );
+            for (status, response) in responses {
+                if status.as_str() >= "400" {
+                    let types: Vec<&String> = response["content"]
+                        .as_object()
+                        .map(|c| c.keys().collect())
+                        .unwrap_or_default();
+                    assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+                }
+            }
+        }
+    }
     let unknown = uuid::Uuid::now_v7().to_string();
     for (path, method) in &operations {
         let concrete = path

@@ -27,7 +27,8 @@ use crate::openapi::{ApiDoc, Document};
 use crate::AppState;
 
 pub(crate) fn router(state: AppState) -> Router {
-    let (routes, doc) = documented(state.settings.max_body_bytes).split_for_parts();
+    let (routes, mut doc) = documented(state.settings.max_body_bytes).split_for_parts();
+    crate::openapi::finish(&mut doc);
     routes
         .layer(Extension(Document::new(&doc)))
         .layer(axum::middleware::from_fn_with_state(
@@ -39,7 +40,8 @@ pub(crate) fn router(state: AppState) -> Router {
 
 /// The OpenAPI document of the API as served, pretty JSON (`conveyor openapi` prints it).
 pub(crate) fn document() -> String {
-    let (_, doc) = documented(usize::MAX).split_for_parts();
+    let (_, mut doc) = documented(usize::MAX).split_for_parts();
+    crate::openapi::finish(&mut doc);
     doc.to_pretty_json()
         .expect("the OpenAPI document serialises")
 }
