@@ -468,7 +468,11 @@ async fn health_readiness_and_openapi() {
                         .as_object()
                         .map(|c| c.keys().collect())
                         .unwrap_or_default();
-                    assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+                    assert_eq!(
+                        types,
+                        ["application/problem+json"],
+                        "{method} {path} {status}"
+                    );
                 }
             }
         }

@@ -168,21 +168,51 @@ pub(crate) async fn submit_batch(
         )));
     }
     let (checked, valid) = prepare(&state, &auth.tenant, &batch.jobs, 0, true).await?;
-    let results: Vec<ApiResult<Receipt>> =
-        futures::stream::iter(batch.jobs.into_iter().zip(checked))
-            .map(|(req, checked)| {
+    // A key used again within the batch is a repeat of its first use: the first uses go first,
+    // so the earlier item is the one accepted (202) and the later one the repeat (200).
+    let mut seen = std::collections::HashSet::new();
+    let repeat: Vec<bool> = checked
+        .iter()
+        .map(|c| match c {
+            Ok((Some(key), _)) => !seen.insert(key.clone()),
+            _ => false,
+        })
+        .collect();
+    let mut results: Vec<Option<ApiResult<Receipt>>> =
+        (0..batch.jobs.len()).map(|_| None).collect();
+    let (later, first): (Vec<_>, Vec<_>) = batch
+        .jobs
+        .into_iter()
+        .zip(checked)
+        .enumerate()
+        .partition(|(i, _)| repeat[*i]);
+    for phase in [first, later] {
+        let this = phase
+            .into_iter()
+            .map(|(i, (req, checked))| (i, req, checked));
+        let done: Vec<(usize, ApiResult<Receipt>)> = futures::stream::iter(this)
+            .map(|(i, req, checked)| {
                 let (state, tenant, trace) = (state.clone(), auth.tenant.clone(), trace.0.clone());
                 async move {
-                    let (key, (kind, job, _)) = checked?;
-                    submission::check_dependencies(&state, &tenant, &job.workflow.depends_on, &[])
-                        .await?;
-                    submission::accept(&state, &tenant, &trace, key.into(), &req, kind, job).await
+                    let accepted = async {
+                        let (key, (kind, job, _)) = checked?;
+                        let deps = &job.workflow.depends_on;
+                        submission::check_dependencies(&state, &tenant, deps, &[]).await?;
+                        submission::accept(&state, &tenant, &trace, key.into(), &req, kind, job)
+                            .await
+                    };
+                    (i, accepted.await)
                 }
             })
             .buffered(PIPELINE)
             .collect()
             .await;
-    let items: Vec<BatchItem> = results.into_iter().map(BatchItem::of).collect();
+        for (i, result) in done {
+            results[i] = Some(result);
+        }
+    }
+    let results = results.into_iter().flatten();
+    let items: Vec<BatchItem> = results.map(BatchItem::of).collect();
     let count = |status: u16| items.iter().filter(|i| i.status == status).count();
     let (accepted, repeated) = (count(202), count(200));
     let failed = items.len() - accepted - repeated;
