@@ -36,11 +36,24 @@ impl Modify for BearerAuth {
 /// Paths anyone may call, without a token.
 const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Makes explicit, on every operation, what the routes' annotations leave implicit: an error
-/// answers `application/problem+json`, an operation behind the bearer scheme may answer `401`,
-/// and the health checks need no token.
+/// Makes explicit, on every operation, what the routes' annotations leave implicit, because the
+/// extractors and the middleware answer it for every route alike: an error answers
+/// `application/problem+json`; an operation behind the bearer scheme may answer `401`; one with
+/// parameters, `400` (a malformed one); one with a body, `400` (malformed JSON), `413` and `415`
+/// (not JSON); and the health checks need no token.
 pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build();
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/problem+json", content)
+                .build(),
+        )
+    };
     for (path, item) in doc.paths.paths.iter_mut() {
         let public = PUBLIC.contains(&path.as_str());
         let operations = [
@@ -54,16 +67,23 @@ pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
             if public {
                 op.security = Some(Vec::new());
             }
+            let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let has_body = op.request_body.is_some();
             let responses = &mut op.responses.responses;
-            if !public && !responses.contains_key("401") {
-                let problem = ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build();
-                let unauthorized = ResponseBuilder::new()
-                    .description("Missing or invalid token")
-                    .content("application/problem+json", problem)
-                    .build();
-                responses.insert("401".into(), RefOr::T(unauthorized));
+            let implied = [
+                ("401", "Missing or invalid token", !public),
+                (
+                    "400",
+                    "A malformed parameter or body",
+                    has_params || has_body,
+                ),
+                ("413", "Body too large", has_body),
+                ("415", "The body is not application/json", has_body),
+            ];
+            for (status, description, applies) in implied {
+                if applies && !responses.contains_key(status) {
+                    responses.insert(status.into(), problem(description));
+                }
             }
             for (status, response) in responses.iter_mut() {
                 let RefOr::T(response) = response else {
