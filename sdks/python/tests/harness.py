@@ -18,10 +18,11 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
-from conveyor import Client
+from conveyor import Client, Worker
 
 ROOT = Path(__file__).resolve().parents[3]
 SDK = Path(__file__).resolve().parents[1]
@@ -239,6 +240,45 @@ async def wait_status(client: Client, job_id: str, *statuses: str, timeout: floa
         return job if job["status"] in statuses else None
 
     return await eventually(check, timeout=timeout, what=f"job {job_id} in {statuses}")
+
+
+async def ended(client: Client, job_id: str) -> dict[str, Any]:
+    """Polls the job until it has ended."""
+    return await wait_status(client, job_id, "succeeded", "failed", "cancelled")
+
+
+async def waiting_for(client: Client, job_id: str, reason: str) -> dict[str, Any]:
+    """The job once the scheduler said it holds it back for ``reason``."""
+
+    async def check() -> dict[str, Any] | None:
+        job = await client.get(job_id)
+        return dict(job) if job.get("waiting", {}).get("reason") == reason else None
+
+    return await eventually(check, timeout=15, what=f"job {job_id} to wait for its {reason}")
+
+
+def new_worker(server: "Conveyor", **options: Any) -> Worker:
+    """A worker of the SDK against ``server``, polling each second, leaving signals alone."""
+    options.setdefault("wait_ms", 1000)
+    options.setdefault("handle_signals", False)
+    return Worker(server.url, server.token(WORKER_SCOPES), **options)
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Runs ``worker`` until the block ends, once it has registered its kinds; then closes it."""
+    task = asyncio.create_task(worker.run())
+    ready = asyncio.create_task(worker.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises what stopped it
+    assert worker.ready.is_set(), "the worker did not register its kinds"
+    try:
+        yield worker
+    finally:
+        await asyncio.wait_for(worker.close(), 30)
+        await task
 
 
 class Proxy:

@@ -10,40 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from conveyor import ApiError, Client, FatalError, Job, Worker
-from harness import WORKER_SCOPES, Conveyor, eventually, wait_status
+from harness import WORKER_SCOPES, Conveyor, eventually, new_worker, running, wait_status
 
 TERMINAL = {"dev.conveyor.job.succeeded", "dev.conveyor.job.dead_lettered", "dev.conveyor.job.cancelled"}
 CHILD = Path(__file__).with_name("child_worker.py")
-
-
-def new_worker(server: Conveyor, **options: Any) -> Worker:
-    options.setdefault("wait_ms", 1000)
-    options.setdefault("handle_signals", False)
-    return Worker(server.url, server.token(WORKER_SCOPES), **options)
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    ready = asyncio.create_task(worker.ready.wait())
-    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises what stopped it
-    assert worker.ready.is_set(), "the worker did not register its kinds"
-    try:
-        yield worker
-    finally:
-        await asyncio.wait_for(worker.close(), 30)
-        await task
 
 
 async def timeline_types(client: Client, job_id: str) -> list[str]:

@@ -12,61 +12,25 @@ import asyncio
 import contextlib
 import time
 import uuid
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from conveyor import ApiError, Client, FatalError, Job, Worker
-from harness import WORKER_SCOPES, Conveyor, eventually, wait_status
+from harness import WORKER_SCOPES, Conveyor, ended, eventually, running, waiting_for, wait_status
+from harness import new_worker as harness_worker
 
 UNKNOWN = "0190a5c4-0000-7000-8000-000000000000"
 
 
-def new_worker(server: Conveyor) -> Worker:
-    return Worker(
-        server.url,
-        server.token(WORKER_SCOPES),
-        wait_ms=1000,
-        handle_signals=False,
-        shutdown_grace_ms=2000,
-    )
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    ready = asyncio.create_task(worker.ready.wait())
-    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises what stopped it
-    assert worker.ready.is_set(), "the worker did not register its kinds"
-    try:
-        yield worker
-    finally:
-        await asyncio.wait_for(worker.close(), 30)
-        await task
+def new_worker(server: Conveyor, **options: Any) -> Worker:
+    return harness_worker(server, shutdown_grace_ms=2000, **options)
 
 
 def kind(name: str) -> str:
     return f"wf.{name}_{uuid.uuid4().hex[:8]}"
-
-
-async def ended(client: Client, job_id: str) -> dict[str, Any]:
-    return await wait_status(client, job_id, "succeeded", "failed", "cancelled")
-
-
-async def waiting_for(client: Client, job_id: str, reason: str) -> dict[str, Any]:
-    """The job once the scheduler said it holds it back for ``reason``."""
-
-    async def check() -> dict[str, Any] | None:
-        job = await client.get(job_id)
-        return dict(job) if job.get("waiting", {}).get("reason") == reason else None
-
-    return await eventually(check, timeout=15, what=f"job {job_id} to wait for its {reason}")
 
 
 async def event_data(client: Client, job_id: str, short: str) -> dict[str, Any]:

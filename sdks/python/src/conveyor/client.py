@@ -8,7 +8,7 @@ import asyncio
 import builtins
 import random
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import quote
 
 import httpx
@@ -115,6 +115,18 @@ def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["depends_on"] = [str(d) for d in out["depends_on"]]
     return out
 
+
+
+async def _all_pages(page: Callable[[str | None], Awaitable[JobPage]]) -> AsyncIterator[Job]:
+    """Every job of a list, page after page: ``page(cursor)`` fetches one."""
+    cursor: str | None = None
+    while True:
+        result = await page(cursor)
+        for job in result["items"]:
+            yield job
+        cursor = result.get("next_cursor")
+        if not cursor or not result["items"]:
+            return
 
 class Client:
     """An async client of the conveyor API.
@@ -258,14 +270,10 @@ class Client:
     ) -> AsyncIterator[Job]:
         """Every job matching the filters, in the order of ``list``, page after page (``limit`` is
         the page size)."""
-        cursor: str | None = None
-        while True:
-            page = await self.list(status=status, kind=kind, limit=limit, cursor=cursor)
-            for job in page["items"]:
-                yield job
-            cursor = page.get("next_cursor")
-            if not cursor or not page["items"]:
-                return
+        async for job in _all_pages(
+            lambda cursor: self.list(status=status, kind=kind, limit=limit, cursor=cursor)
+        ):
+            yield job
 
     async def cancel(self, job_id: str) -> CancelAccepted:
         """Requests the job's cancellation (``POST /v1/jobs/{id}/cancel``); raises ``ApiError``
@@ -384,14 +392,10 @@ class Client:
     ) -> AsyncIterator[Job]:
         """Every member of the batch matching ``status``, in submission order, page after page
         (``limit`` is the page size)."""
-        cursor: str | None = None
-        while True:
-            page = await self.list_batch_jobs(batch_id, status=status, limit=limit, cursor=cursor)
-            for job in page["items"]:
-                yield job
-            cursor = page.get("next_cursor")
-            if not cursor or not page["items"]:
-                return
+        async for job in _all_pages(
+            lambda cursor: self.list_batch_jobs(batch_id, status=status, limit=limit, cursor=cursor)
+        ):
+            yield job
 
     # --- children (docs/workflows.md) ---------------------------------------------------------
 
@@ -420,14 +424,10 @@ class Client:
     ) -> AsyncIterator[Job]:
         """Every child of the job matching ``status``, in submission order, page after page
         (``limit`` is the page size)."""
-        cursor: str | None = None
-        while True:
-            page = await self.list_children(job_id, status=status, limit=limit, cursor=cursor)
-            for job in page["items"]:
-                yield job
-            cursor = page.get("next_cursor")
-            if not cursor or not page["items"]:
-                return
+        async for job in _all_pages(
+            lambda cursor: self.list_children(job_id, status=status, limit=limit, cursor=cursor)
+        ):
+            yield job
 
     async def cancel_batch(self, batch_id: str) -> BatchCancelled:
         """Cancels a batch (``POST /v1/batches/{id}/cancel``): its callback first (so it never
